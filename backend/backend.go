@@ -1,0 +1,161 @@
+// Package backend is the seam between rsvp and the engines that store its
+// messages. A backend keeps three things durable: queues of requests, replies
+// keyed by correlation id, and dead letters.
+//
+// The root package rsvp builds retries, deadlines, dead-lettering and waiter
+// multiplexing on top of this interface; a backend only stores and delivers.
+// Every implementation must pass the conformance suite in
+// backend/backendtest.
+package backend
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Sentinel errors a backend returns. Callers match them with errors.Is.
+var (
+	// ErrNotFound: no reply (or other record) is stored under that id.
+	ErrNotFound = errors.New("backend: not found")
+	// ErrReplyExists: a final reply for the correlation id is already stored;
+	// the new one was not stored. Exactly one final reply wins.
+	ErrReplyExists = errors.New("backend: reply already exists")
+	// ErrClosed: the backend or consumer was closed.
+	ErrClosed = errors.New("backend: closed")
+	// ErrTooLarge: the message does not fit the engine's limit.
+	ErrTooLarge = errors.New("backend: message too large")
+)
+
+// Message is a stored request as the seam carries it. Field meanings are
+// those of the wire format in docs/wire.md.
+type Message struct {
+	ID            string            // unique id; duplicates within the dedupe window are stored once
+	CorrelationID string            // id the reply carries; defaults to ID
+	ReplyTo       string            // reply address (from Backend.ReplyAddress); empty: no reply wanted
+	Queue         string            // queue the request was sent to
+	Type          string            // schema name and version, e.g. "thumbnail.request.v1"
+	ContentType   string            // MIME type of Body
+	Headers       map[string]string // application headers
+	Body          []byte
+	CreatedAt     time.Time
+	Deadline      time.Time // zero: none; past it the request is not started
+	Attempt       int       // delivery attempt, 1 on first delivery; set by the backend on delivery
+}
+
+// Status is the final state a reply records.
+type Status string
+
+// Final states. See the lifecycle in docs/wire.md.
+const (
+	StatusSucceeded Status = "succeeded"
+	StatusFailed    Status = "failed"
+	StatusExpired   Status = "expired"
+)
+
+// Reply is the final outcome of a request.
+type Reply struct {
+	CorrelationID string
+	Status        Status
+	ErrorCode     string // set when Status is not succeeded
+	ErrorMessage  string
+	ContentType   string
+	Headers       map[string]string
+	Body          []byte
+	CreatedAt     time.Time
+}
+
+// DeadLetter is a request that will not be retried, with why.
+type DeadLetter struct {
+	Message   *Message // the original request; Attempt is the last attempt
+	Reason    string   // "failed", "expired", "bad_payload", "attempts_exhausted", ...
+	LastError string
+	At        time.Time
+}
+
+// ConsumeParams configures a consumer. Zero values take the defaults given.
+type ConsumeParams struct {
+	// Lease is how long a delivery stays invisible to other consumers before
+	// it is redelivered, unless extended or settled. Default 30s.
+	Lease time.Duration
+	// Prefetch bounds the deliveries held by this consumer before Next hands
+	// them out. Default 1.
+	Prefetch int
+}
+
+// Backend stores and delivers messages. All methods are safe for concurrent
+// use. Methods that wait take a context and return its error when it ends
+// first.
+type Backend interface {
+	// Enqueue stores msg durably on its queue and returns only once it is
+	// stored (as durable as the backend is configured to be). A message whose
+	// ID was stored within the dedupe window is stored once; enqueueing it
+	// again is not an error.
+	Enqueue(ctx context.Context, msg *Message) error
+
+	// Consume returns a consumer of queue. Consumers of the same queue, in this
+	// or any other process, compete: each message goes to one of them at a
+	// time.
+	Consume(ctx context.Context, queue string, p ConsumeParams) (Consumer, error)
+
+	// ReplyAddress returns the ReplyTo value under which a reply to
+	// correlationID is delivered to the subscription of inbox.
+	ReplyAddress(inbox, correlationID string) string
+
+	// PutReply stores r durably at replyTo (an address from ReplyAddress,
+	// possibly of another process). It returns ErrReplyExists, storing
+	// nothing, if a reply for r.CorrelationID is already stored.
+	PutReply(ctx context.Context, replyTo string, r *Reply) error
+
+	// GetReply returns the stored reply for correlationID, or ErrNotFound.
+	// Replies are kept for the backend's retention period.
+	GetReply(ctx context.Context, correlationID string) (*Reply, error)
+
+	// SubscribeReplies calls fn for each reply stored under an address of
+	// inbox from now on, until the subscription is closed. fn is called from
+	// one goroutine at a time and must not block. Delivery is best effort: a
+	// caller that must not miss a reply also calls GetReply after
+	// subscribing.
+	SubscribeReplies(ctx context.Context, inbox string, fn func(*Reply)) (Subscription, error)
+
+	// WatchReply is SubscribeReplies for a single correlation id, whatever
+	// inbox its reply is addressed to. It serves waiters for requests sent by
+	// another process.
+	WatchReply(ctx context.Context, correlationID string, fn func(*Reply)) (Subscription, error)
+
+	// DeadLetter stores dl durably in the dead-letter store of its queue.
+	DeadLetter(ctx context.Context, dl *DeadLetter) error
+
+	// DeadLetters returns up to limit dead letters of queue, oldest first.
+	DeadLetters(ctx context.Context, queue string, limit int) ([]*DeadLetter, error)
+
+	// Close releases the backend. Consumers and subscriptions stop.
+	Close() error
+}
+
+// Consumer hands out deliveries of one queue.
+type Consumer interface {
+	// Next blocks until a delivery is available, ctx ends, or the consumer is
+	// closed (ErrClosed). Safe for concurrent use by many workers.
+	Next(ctx context.Context) (Delivery, error)
+	// Close stops fetching. Unsettled deliveries are redelivered after their
+	// lease.
+	Close() error
+}
+
+// Delivery is one leased message. Exactly one of Ack, Nack or letting the
+// lease run out settles it.
+type Delivery interface {
+	Message() *Message
+	// Ack removes the message from the queue.
+	Ack(ctx context.Context) error
+	// Nack makes the message available again after delay.
+	Nack(ctx context.Context, delay time.Duration) error
+	// Extend renews the lease for another lease period.
+	Extend(ctx context.Context) error
+}
+
+// Subscription is a live reply subscription.
+type Subscription interface {
+	Close() error
+}

@@ -1,0 +1,26 @@
+package backend
+
+import "fmt"
+
+// MaxNameLen is the longest queue name or id the seam carries, in bytes.
+const MaxNameLen = 128
+
+// ValidateName reports whether s can be used as a queue name, message id or
+// correlation id: 1 to MaxNameLen bytes of ASCII letters, digits, '-', '_'
+// and ':'. Every engine can carry these in a subject, key or column. kind
+// names the value in the error ("queue", "id", ...).
+func ValidateName(kind, s string) error {
+	if s == "" {
+		return fmt.Errorf("%s is empty", kind)
+	}
+	if len(s) > MaxNameLen {
+		return fmt.Errorf("%s %.20q... is %d bytes, longer than %d", kind, s, len(s), MaxNameLen)
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_' || c == ':') {
+			return fmt.Errorf("%s %q has character %q at byte %d; allowed are letters, digits, '-', '_' and ':'", kind, s, c, i)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,420 @@
+// Package rsvpnats is the NATS JetStream backend of rsvp.
+//
+// Embedded runs a nats-server inside the process, with its data in a
+// directory (or in memory, for tests); Connect uses an external server or
+// cluster, NATS 2.12 or newer. Both create their streams idempotently, so any
+// number of processes can share one engine: responders on the same queue
+// compete for its requests.
+//
+// docs/wire.md describes the streams, subjects and headers, for programs that
+// speak to the engine with a plain NATS client.
+package rsvpnats
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/rsvp-go/rsvp/backend"
+)
+
+// Options configures a backend. The zero value works.
+type Options struct {
+	// ReplyRetention is how long replies are kept for Await. Default 24h.
+	ReplyRetention time.Duration
+	// DedupeWindow is how long a request id is remembered so that sending it
+	// again stores nothing. Default 2m.
+	DedupeWindow time.Duration
+	// DeadLetterRetention is how long dead letters are kept. Default 14 days.
+	DeadLetterRetention time.Duration
+	// Timeout bounds each call to the engine that has no deadline of its own.
+	// Default 10s.
+	Timeout time.Duration
+	// Logger receives the backend's log lines. Default: discard.
+	Logger *slog.Logger
+
+	// NATSOptions are passed to nats.Connect (credentials, TLS, ...). Connect
+	// only.
+	NATSOptions []nats.Option
+
+	// The fields below apply to Embedded only.
+
+	// Sync chooses when the embedded engine fsyncs. Default SyncAlways.
+	Sync Sync
+	// SyncInterval is the fsync period for SyncInterval. Default 1s.
+	SyncInterval time.Duration
+	// Memory keeps everything in memory: nothing survives Close. For tests.
+	Memory bool
+	// Listen serves the embedded engine on a loopback TCP port, guarded by a
+	// random token. The address and token are written to the data directory
+	// (mode 0600), where another process opening the same directory finds
+	// them and connects instead of failing on the lock. Default: no port.
+	Listen bool
+}
+
+// Sync is the fsync policy of the embedded engine.
+type Sync int
+
+const (
+	// SyncAlways fsyncs before acknowledging every write: an acknowledged
+	// request survives a process kill and a power cut.
+	SyncAlways Sync = iota
+	// SyncInterval fsyncs every Options.SyncInterval: an acknowledged request
+	// survives a process kill, but a power cut may lose the last interval.
+	SyncInterval
+)
+
+func (o Options) withDefaults() Options {
+	o.ReplyRetention = cmp.Or(o.ReplyRetention, 24*time.Hour)
+	o.DedupeWindow = cmp.Or(o.DedupeWindow, 2*time.Minute)
+	o.DeadLetterRetention = cmp.Or(o.DeadLetterRetention, 14*24*time.Hour)
+	o.Timeout = cmp.Or(o.Timeout, 10*time.Second)
+	o.SyncInterval = cmp.Or(o.SyncInterval, time.Second)
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	return o
+}
+
+func (o Options) validate() error {
+	var errs []error
+	if o.ReplyRetention < 0 || o.DedupeWindow < 0 || o.DeadLetterRetention < 0 || o.Timeout < 0 || o.SyncInterval < 0 {
+		errs = append(errs, errors.New("durations must not be negative"))
+	}
+	if o.Sync != SyncAlways && o.Sync != SyncInterval {
+		errs = append(errs, fmt.Errorf("unknown Sync %d", o.Sync))
+	}
+	return errors.Join(errs...)
+}
+
+// Backend is a backend.Backend on NATS JetStream.
+type Backend struct {
+	opts    Options
+	nc      *nats.Conn
+	js      jetstream.JetStream
+	replies jetstream.Stream
+	dlq     jetstream.Stream
+	syncs   map[string]*groupSync // by stream; only for an embedded engine with SyncAlways
+	onClose func() error          // stops an embedded server, releases the lock
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+var _ backend.Backend = (*Backend)(nil)
+
+// Connect opens a backend on the NATS server or cluster at url (comma
+// separated URLs for a cluster). The server must run JetStream, version 2.12
+// or newer (atomic batch publish).
+func Connect(ctx context.Context, url string, opts Options) (*Backend, error) {
+	opts = opts.withDefaults()
+	if err := opts.validate(); err != nil {
+		return nil, fmt.Errorf("rsvpnats: %w", err)
+	}
+	nopts := append([]nats.Option{nats.Name("rsvp"), nats.MaxReconnects(-1)}, opts.NATSOptions...)
+	nc, err := nats.Connect(url, nopts...)
+	if err != nil {
+		return nil, fmt.Errorf("rsvpnats: connect to %s: %w", redact(url), err)
+	}
+	b, err := open(ctx, nc, opts, false, "")
+	if err != nil {
+		nc.Close()
+		return nil, err
+	}
+	return b, nil
+}
+
+// redact hides a password in a URL for error messages.
+func redact(url string) string {
+	if i, j := strings.Index(url, "://"), strings.LastIndex(url, "@"); i >= 0 && j > i {
+		return url[:i+3] + "***" + url[j:]
+	}
+	return url
+}
+
+// open creates the streams (idempotently). With syncDir (the embedded
+// server's store directory) set, writes are made durable by group commit.
+func open(ctx context.Context, nc *nats.Conn, opts Options, memory bool, syncDir string) (*Backend, error) {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, fmt.Errorf("rsvpnats: %w", err)
+	}
+	storage := jetstream.FileStorage
+	if memory {
+		storage = jetstream.MemoryStorage
+	}
+	maxMsg := int32(nc.MaxPayload())
+	cfgs := []jetstream.StreamConfig{{
+		Name:               streamRequests,
+		Description:        "rsvp requests, one subject per queue",
+		Subjects:           []string{subjRequests + ">"},
+		Retention:          jetstream.WorkQueuePolicy,
+		Storage:            storage,
+		Duplicates:         opts.DedupeWindow,
+		MaxMsgSize:         maxMsg,
+		AllowAtomicPublish: true,
+	}, {
+		Name:                 streamReplies,
+		Description:          "rsvp replies, one subject per correlation id",
+		Subjects:             []string{subjReplies + ">"},
+		Storage:              storage,
+		MaxAge:               opts.ReplyRetention,
+		MaxMsgsPerSubject:    1,
+		Discard:              jetstream.DiscardNew,
+		DiscardNewPerSubject: true,
+		MaxMsgSize:           maxMsg,
+		AllowDirect:          true,
+		AllowAtomicPublish:   true,
+		RePublish:            &jetstream.RePublish{Source: subjReplies + ">", Destination: subjNotify + ">"},
+	}, {
+		Name:               streamDLQ,
+		Description:        "rsvp dead letters, one subject per queue",
+		Subjects:           []string{subjDLQ + ">"},
+		Storage:            storage,
+		MaxAge:             opts.DeadLetterRetention,
+		Duplicates:         opts.DedupeWindow,
+		MaxMsgSize:         maxMsg,
+		AllowDirect:        true,
+		AllowAtomicPublish: true,
+	}}
+	streams := make([]jetstream.Stream, len(cfgs))
+	for i, cfg := range cfgs {
+		cctx, cancel := context.WithTimeout(ctx, opts.Timeout)
+		streams[i], err = js.CreateOrUpdateStream(cctx, cfg)
+		cancel()
+		if err != nil {
+			return nil, fmt.Errorf("rsvpnats: create stream %s: %w", cfg.Name, err)
+		}
+	}
+	b := &Backend{opts: opts, nc: nc, js: js, replies: streams[1], dlq: streams[2]}
+	if syncDir != "" {
+		b.syncs = make(map[string]*groupSync, len(cfgs))
+		for _, cfg := range cfgs {
+			g, err := newGroupSync(filepath.Join(syncDir, "jetstream", "$G", "streams", cfg.Name))
+			if err != nil {
+				b.stopSyncs()
+				return nil, err
+			}
+			b.syncs[cfg.Name] = g
+		}
+	}
+	return b, nil
+}
+
+func (b *Backend) stopSyncs() {
+	for _, g := range b.syncs {
+		g.close()
+	}
+}
+
+// publish stores m in stream and returns once it is as durable as the
+// backend is configured to make it.
+func (b *Backend) publish(ctx context.Context, stream string, m *nats.Msg) error {
+	ctx, cancel := b.withTimeout(ctx)
+	defer cancel()
+	g := b.syncs[stream]
+	if g == nil {
+		_, err := b.js.PublishMsg(ctx, m)
+		return err
+	}
+	g.begin()
+	if _, err := b.js.PublishMsg(ctx, m); err != nil {
+		g.end()
+		return err
+	}
+	return g.wait()
+}
+
+// Conn returns the backend's NATS connection, for programs that also speak
+// the wire format directly.
+func (b *Backend) Conn() *nats.Conn { return b.nc }
+
+// Close stops the batchers, closes the connection and, for an embedded
+// engine, stops the server and releases its directory.
+func (b *Backend) Close() error {
+	b.closeOnce.Do(func() {
+		b.stopSyncs()
+		if err := b.nc.Drain(); err != nil {
+			b.nc.Close()
+		}
+		waitClosed(b.nc, b.opts.Timeout)
+		if b.onClose != nil {
+			b.closeErr = b.onClose()
+		}
+	})
+	return b.closeErr
+}
+
+var errClosed = errors.New("rsvpnats: closed")
+
+func waitClosed(nc *nats.Conn, d time.Duration) {
+	deadline := time.Now().Add(d)
+	for !nc.IsClosed() && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	nc.Close()
+}
+
+func (b *Backend) checkSize(m *nats.Msg) error {
+	size := len(m.Data) + len(m.Subject)
+	for k, vs := range m.Header {
+		for _, v := range vs {
+			size += len(k) + len(v) + 4
+		}
+	}
+	if max := b.nc.MaxPayload(); int64(size) > max-256 {
+		return fmt.Errorf("%w: %d bytes with headers, engine limit %d", backend.ErrTooLarge, size, max-256)
+	}
+	return nil
+}
+
+// Enqueue implements backend.Backend.
+func (b *Backend) Enqueue(ctx context.Context, msg *backend.Message) error {
+	if err := backend.ValidateName("queue", msg.Queue); err != nil {
+		return fmt.Errorf("rsvpnats: enqueue: %w", err)
+	}
+	m := encodeRequest(msg)
+	if err := b.checkSize(m); err != nil {
+		return fmt.Errorf("rsvpnats: enqueue: %w", err)
+	}
+	if err := b.publish(ctx, streamRequests, m); err != nil {
+		return fmt.Errorf("rsvpnats: enqueue on %s: %w", msg.Queue, err)
+	}
+	return nil
+}
+
+// ReplyAddress implements backend.Backend.
+func (b *Backend) ReplyAddress(inbox, correlationID string) string {
+	return subjReplies + correlationID + "." + inbox
+}
+
+// PutReply implements backend.Backend.
+func (b *Backend) PutReply(ctx context.Context, replyTo string, r *backend.Reply) error {
+	rest, ok := strings.CutPrefix(replyTo, subjReplies)
+	if !ok || !strings.HasPrefix(rest, r.CorrelationID+".") {
+		return fmt.Errorf("rsvpnats: reply address %q is not %s<correlation id>.<inbox> for %q", replyTo, subjReplies, r.CorrelationID)
+	}
+	m := encodeReply(replyTo, r)
+	if err := b.checkSize(m); err != nil {
+		return fmt.Errorf("rsvpnats: reply: %w", err)
+	}
+	if err := b.publish(ctx, streamReplies, m); err != nil {
+		if isPerSubjectLimit(err) {
+			return backend.ErrReplyExists
+		}
+		return fmt.Errorf("rsvpnats: store reply %s: %w", r.CorrelationID, err)
+	}
+	return nil
+}
+
+func isPerSubjectLimit(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && strings.Contains(apiErr.Description, "maximum messages per subject")
+}
+
+// GetReply implements backend.Backend.
+func (b *Backend) GetReply(ctx context.Context, correlationID string) (*backend.Reply, error) {
+	if err := backend.ValidateName("correlation id", correlationID); err != nil {
+		return nil, fmt.Errorf("rsvpnats: get reply: %w", err)
+	}
+	ctx, cancel := b.withTimeout(ctx)
+	defer cancel()
+	raw, err := b.replies.GetLastMsgForSubject(ctx, subjReplies+correlationID+".*")
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil, backend.ErrNotFound
+	}
+	if err != nil {
+		return nil, fmt.Errorf("rsvpnats: get reply %s: %w", correlationID, err)
+	}
+	return decodeReply(raw.Header, raw.Data)
+}
+
+func (b *Backend) withTimeout(ctx context.Context) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return context.WithCancel(ctx)
+	}
+	return context.WithTimeout(ctx, b.opts.Timeout)
+}
+
+// SubscribeReplies implements backend.Backend.
+func (b *Backend) SubscribeReplies(ctx context.Context, inbox string, fn func(*backend.Reply)) (backend.Subscription, error) {
+	return b.subscribeNotify(subjNotify+"*."+inbox, fn)
+}
+
+// WatchReply implements backend.Backend.
+func (b *Backend) WatchReply(ctx context.Context, correlationID string, fn func(*backend.Reply)) (backend.Subscription, error) {
+	return b.subscribeNotify(subjNotify+correlationID+".*", fn)
+}
+
+func (b *Backend) subscribeNotify(subject string, fn func(*backend.Reply)) (backend.Subscription, error) {
+	sub, err := b.nc.Subscribe(subject, func(m *nats.Msg) {
+		r, err := decodeReply(m.Header, m.Data)
+		if err != nil {
+			b.opts.Logger.Warn("rsvpnats: undecodable reply", "subject", m.Subject, "err", err)
+			return
+		}
+		fn(r)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("rsvpnats: subscribe %s: %w", subject, err)
+	}
+	// Make sure the server has the interest before any caller looks for a
+	// stored reply, so nothing falls between the look and the subscription.
+	if err := b.nc.Flush(); err != nil {
+		_ = sub.Unsubscribe()
+		return nil, fmt.Errorf("rsvpnats: subscribe %s: %w", subject, err)
+	}
+	return natsSub{sub}, nil
+}
+
+type natsSub struct{ s *nats.Subscription }
+
+func (s natsSub) Close() error {
+	if err := s.s.Unsubscribe(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) && !errors.Is(err, nats.ErrBadSubscription) {
+		return err
+	}
+	return nil
+}
+
+// DeadLetter implements backend.Backend.
+func (b *Backend) DeadLetter(ctx context.Context, dl *backend.DeadLetter) error {
+	if err := b.publish(ctx, streamDLQ, encodeDeadLetter(dl)); err != nil {
+		return fmt.Errorf("rsvpnats: dead-letter %s: %w", dl.Message.ID, err)
+	}
+	return nil
+}
+
+// DeadLetters implements backend.Backend.
+func (b *Backend) DeadLetters(ctx context.Context, queue string, limit int) ([]*backend.DeadLetter, error) {
+	if err := backend.ValidateName("queue", queue); err != nil {
+		return nil, fmt.Errorf("rsvpnats: dead letters: %w", err)
+	}
+	ctx, cancel := b.withTimeout(ctx)
+	defer cancel()
+	var out []*backend.DeadLetter
+	for seq := uint64(1); len(out) < limit; {
+		raw, err := b.dlq.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(subjDLQ+queue))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			break
+		}
+		if err != nil {
+			return out, fmt.Errorf("rsvpnats: dead letters of %s: %w", queue, err)
+		}
+		dl, err := decodeDeadLetter(raw.Subject, raw.Header, raw.Data)
+		if err != nil {
+			return out, fmt.Errorf("rsvpnats: dead letter %d of %s: %w", raw.Sequence, queue, err)
+		}
+		out = append(out, dl)
+		seq = raw.Sequence + 1
+	}
+	return out, nil
+}

@@ -1,0 +1,208 @@
+package rsvpnats
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/rsvp-go/rsvp/backend"
+)
+
+// Stream names and subjects. docs/wire.md is the reference for all of these.
+const (
+	streamRequests = "RSVP_REQUESTS"
+	streamReplies  = "RSVP_REPLIES"
+	streamDLQ      = "RSVP_DLQ"
+
+	subjRequests = "rsvp.req."    // + queue
+	subjReplies  = "rsvp.reply."  // + correlation id + "." + inbox
+	subjNotify   = "rsvp.notify." // + correlation id + "." + inbox (republished replies)
+	subjDLQ      = "rsvp.dlq."    // + queue
+)
+
+// Header names of the wire format.
+const (
+	hdrMsgID         = "Nats-Msg-Id"
+	hdrID            = "Rsvp-Id"
+	hdrCorrelationID = "Rsvp-Correlation-Id"
+	hdrReplyTo       = "Rsvp-Reply-To"
+	hdrType          = "Rsvp-Type"
+	hdrContentType   = "Content-Type"
+	hdrCreatedAt     = "Rsvp-Created-At"
+	hdrDeadline      = "Rsvp-Deadline"
+	hdrStatus        = "Rsvp-Status"
+	hdrErrorCode     = "Rsvp-Error-Code"
+	hdrErrorMessage  = "Rsvp-Error-Message"
+	hdrQueue         = "Rsvp-Queue"
+	hdrAttempt       = "Rsvp-Attempt"
+	hdrDeadReason    = "Rsvp-Dead-Reason"
+	hdrDeadError     = "Rsvp-Dead-Error"
+	hdrDeadAt        = "Rsvp-Dead-At"
+)
+
+func setTime(h nats.Header, key string, t time.Time) {
+	if !t.IsZero() {
+		h.Set(key, t.UTC().Format(time.RFC3339Nano))
+	}
+}
+
+func getTime(h nats.Header, key string) (time.Time, error) {
+	v := h.Get(key)
+	if v == "" {
+		return time.Time{}, nil
+	}
+	t, err := time.Parse(time.RFC3339Nano, v)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("header %s: %w", key, err)
+	}
+	return t, nil
+}
+
+// isWireHeader reports whether a header belongs to the wire format (or to
+// NATS) rather than to the application.
+func isWireHeader(k string) bool {
+	return strings.HasPrefix(k, "Rsvp-") || strings.HasPrefix(k, "Nats-") || k == hdrContentType
+}
+
+func putAppHeaders(h nats.Header, app map[string]string) {
+	for k, v := range app {
+		h.Set(k, v)
+	}
+}
+
+func appHeaders(h nats.Header) map[string]string {
+	var m map[string]string
+	for k, vs := range h {
+		if isWireHeader(k) || len(vs) == 0 {
+			continue
+		}
+		if m == nil {
+			m = make(map[string]string)
+		}
+		m[k] = vs[0]
+	}
+	return m
+}
+
+// encodeRequest turns a request into the NATS message stored on its queue.
+func encodeRequest(m *backend.Message) *nats.Msg {
+	h := make(nats.Header, 8+len(m.Headers))
+	putAppHeaders(h, m.Headers)
+	h.Set(hdrMsgID, m.ID)
+	h.Set(hdrID, m.ID)
+	h.Set(hdrCorrelationID, m.CorrelationID)
+	if m.ReplyTo != "" {
+		h.Set(hdrReplyTo, m.ReplyTo)
+	}
+	if m.Type != "" {
+		h.Set(hdrType, m.Type)
+	}
+	if m.ContentType != "" {
+		h.Set(hdrContentType, m.ContentType)
+	}
+	setTime(h, hdrCreatedAt, m.CreatedAt)
+	setTime(h, hdrDeadline, m.Deadline)
+	return &nats.Msg{Subject: subjRequests + m.Queue, Header: h, Data: m.Body}
+}
+
+// decodeRequest is the inverse of encodeRequest. queue is taken from the
+// subject.
+func decodeRequest(subject string, h nats.Header, body []byte) (*backend.Message, error) {
+	m := &backend.Message{
+		ID:            h.Get(hdrID),
+		CorrelationID: h.Get(hdrCorrelationID),
+		ReplyTo:       h.Get(hdrReplyTo),
+		Queue:         strings.TrimPrefix(subject, subjRequests),
+		Type:          h.Get(hdrType),
+		ContentType:   h.Get(hdrContentType),
+		Headers:       appHeaders(h),
+		Body:          body,
+	}
+	if m.ID == "" {
+		m.ID = h.Get(hdrMsgID)
+	}
+	if m.CorrelationID == "" {
+		m.CorrelationID = m.ID
+	}
+	var err, err2 error
+	m.CreatedAt, err = getTime(h, hdrCreatedAt)
+	m.Deadline, err2 = getTime(h, hdrDeadline)
+	if err = errors.Join(err, err2); err != nil {
+		return m, err
+	}
+	if m.ID == "" {
+		return m, fmt.Errorf("request has no %s header", hdrID)
+	}
+	return m, nil
+}
+
+func encodeReply(subject string, r *backend.Reply) *nats.Msg {
+	h := make(nats.Header, 6+len(r.Headers))
+	putAppHeaders(h, r.Headers)
+	h.Set(hdrCorrelationID, r.CorrelationID)
+	h.Set(hdrStatus, string(r.Status))
+	if r.ErrorCode != "" {
+		h.Set(hdrErrorCode, r.ErrorCode)
+	}
+	if r.ErrorMessage != "" {
+		h.Set(hdrErrorMessage, headerSafe(r.ErrorMessage))
+	}
+	if r.ContentType != "" {
+		h.Set(hdrContentType, r.ContentType)
+	}
+	setTime(h, hdrCreatedAt, r.CreatedAt)
+	return &nats.Msg{Subject: subject, Header: h, Data: r.Body}
+}
+
+func decodeReply(h nats.Header, body []byte) (*backend.Reply, error) {
+	r := &backend.Reply{
+		CorrelationID: h.Get(hdrCorrelationID),
+		Status:        backend.Status(h.Get(hdrStatus)),
+		ErrorCode:     h.Get(hdrErrorCode),
+		ErrorMessage:  h.Get(hdrErrorMessage),
+		ContentType:   h.Get(hdrContentType),
+		Headers:       appHeaders(h),
+		Body:          body,
+	}
+	if r.Status == "" {
+		r.Status = backend.StatusSucceeded
+	}
+	var err error
+	r.CreatedAt, err = getTime(h, hdrCreatedAt)
+	return r, err
+}
+
+func encodeDeadLetter(dl *backend.DeadLetter) *nats.Msg {
+	m := encodeRequest(dl.Message)
+	m.Subject = subjDLQ + dl.Message.Queue
+	// A dead letter is stored once per attempt that produced it.
+	m.Header.Set(hdrMsgID, dl.Message.ID+":"+strconv.Itoa(dl.Message.Attempt))
+	m.Header.Set(hdrQueue, dl.Message.Queue)
+	m.Header.Set(hdrAttempt, strconv.Itoa(dl.Message.Attempt))
+	m.Header.Set(hdrDeadReason, dl.Reason)
+	if dl.LastError != "" {
+		m.Header.Set(hdrDeadError, headerSafe(dl.LastError))
+	}
+	setTime(m.Header, hdrDeadAt, dl.At)
+	return m
+}
+
+func decodeDeadLetter(subject string, h nats.Header, body []byte) (*backend.DeadLetter, error) {
+	m, err := decodeRequest(subjRequests+strings.TrimPrefix(subject, subjDLQ), h, body)
+	if err != nil {
+		return nil, err
+	}
+	m.Attempt, _ = strconv.Atoi(h.Get(hdrAttempt))
+	dl := &backend.DeadLetter{Message: m, Reason: h.Get(hdrDeadReason), LastError: h.Get(hdrDeadError)}
+	dl.At, err = getTime(h, hdrDeadAt)
+	return dl, err
+}
+
+// headerSafe folds line breaks, which a header value cannot carry.
+func headerSafe(s string) string {
+	return strings.NewReplacer("\r\n", " ", "\n", " ", "\r", " ").Replace(s)
+}

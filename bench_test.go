@@ -1,0 +1,94 @@
+package rsvp_test
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/rsvp-go/rsvp"
+	"github.com/rsvp-go/rsvp/backend/rsvpnats"
+)
+
+// BenchmarkRoundTrip measures Send → handler → reply → Await with 1 KiB
+// bodies on an embedded engine on disk, at concurrency 1 and 64, with fsync
+// on every write (always) and on an interval. It reports round trips/s and
+// the latency percentiles.
+func BenchmarkRoundTrip(b *testing.B) {
+	for _, sync := range []struct {
+		name string
+		mode rsvpnats.Sync
+	}{{"always", rsvpnats.SyncAlways}, {"interval", rsvpnats.SyncInterval}} {
+		for _, conc := range []int{1, 64} {
+			b.Run(fmt.Sprintf("sync=%s/c=%d", sync.name, conc), func(b *testing.B) {
+				be, err := rsvpnats.Embedded(b.TempDir(), rsvpnats.Options{Sync: sync.mode})
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer be.Close()
+				ctx := context.Background()
+				c, err := rsvp.New(ctx, be, rsvp.Config{})
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer c.Close(ctx)
+				_, err = c.Handle("echo", rsvp.HandlerFunc(func(ctx context.Context, m *rsvp.Message) (*rsvp.Reply, error) {
+					return &rsvp.Reply{Body: m.Body}, nil
+				}), rsvp.HandleOptions{Concurrency: max(conc, 8)})
+				if err != nil {
+					b.Fatal(err)
+				}
+				runClosedLoop(b, conc, func() error {
+					_, err := c.Request(ctx, "echo", &rsvp.Message{Body: body1K})
+					return err
+				})
+			})
+		}
+	}
+}
+
+var body1K = make([]byte, 1024)
+
+// runClosedLoop runs b.N calls of op from conc goroutines and reports
+// throughput and latency percentiles.
+func runClosedLoop(b *testing.B, conc int, op func() error) {
+	b.Helper()
+	var next atomic.Int64
+	lat := make([]time.Duration, b.N)
+	var wg sync.WaitGroup
+	var failed atomic.Value
+	b.ResetTimer()
+	start := time.Now()
+	for range conc {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := next.Add(1) - 1
+				if i >= int64(b.N) {
+					return
+				}
+				t := time.Now()
+				if err := op(); err != nil {
+					failed.Store(err)
+					return
+				}
+				lat[i] = time.Since(t)
+			}
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	b.StopTimer()
+	if err, _ := failed.Load().(error); err != nil {
+		b.Fatal(err)
+	}
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "ops/s")
+	b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
+	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-µs")
+}
+

@@ -1,0 +1,294 @@
+package rsvp
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/rsvp-go/rsvp/backend"
+)
+
+// Config configures a Client. The zero value works.
+type Config struct {
+	// Inbox names this client's reply inbox: replies to requests it sends
+	// are addressed there. Default: a new random name per client.
+	Inbox string
+	// MaxBodySize is the largest request or reply body accepted. Default
+	// 1 MiB.
+	MaxBodySize int
+	// Codec encodes the values of Call and HandleTyped. Default JSON.
+	Codec Codec
+	// RecheckInterval is how often a waiting Request or Await looks up the
+	// stored reply, in case its notification was lost to a reconnect.
+	// Default 5s.
+	RecheckInterval time.Duration
+	// Logger receives log lines about requests. Default: discard.
+	Logger *slog.Logger
+}
+
+func (c Config) withDefaults() Config {
+	c.MaxBodySize = cmp.Or(c.MaxBodySize, 1<<20)
+	c.RecheckInterval = cmp.Or(c.RecheckInterval, 5*time.Second)
+	if c.Codec == nil {
+		c.Codec = JSON
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Inbox == "" {
+		c.Inbox = strings.ReplaceAll(NewID(), "-", "")
+	}
+	return c
+}
+
+func (c Config) validate() error {
+	var errs []error
+	if err := backend.ValidateName("inbox", c.Inbox); err != nil {
+		errs = append(errs, err)
+	}
+	if c.MaxBodySize < 0 || c.RecheckInterval < 0 {
+		errs = append(errs, errors.New("MaxBodySize and RecheckInterval must not be negative"))
+	}
+	return errors.Join(errs...)
+}
+
+// Client sends requests, awaits replies and runs responders on one backend.
+// It is safe for concurrent use. All replies to requests it sends arrive
+// through one shared subscription and are handed to their waiters.
+type Client struct {
+	b       backend.Backend
+	cfg     Config
+	sub     backend.Subscription
+	waiters waiters
+
+	mu         sync.Mutex
+	responders map[*Responder]struct{}
+	closed     bool
+}
+
+// New returns a client on b. The caller keeps ownership of b and closes it
+// after the client.
+func New(ctx context.Context, b backend.Backend, cfg Config) (*Client, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, fmt.Errorf("rsvp: config: %w", err)
+	}
+	c := &Client{b: b, cfg: cfg, waiters: waiters{m: make(map[string][]chan *Reply)}, responders: make(map[*Responder]struct{})}
+	sub, err := b.SubscribeReplies(ctx, cfg.Inbox, c.waiters.deliver)
+	if err != nil {
+		return nil, fmt.Errorf("rsvp: subscribe to replies: %w", err)
+	}
+	c.sub = sub
+	return c, nil
+}
+
+// Backend returns the backend the client runs on.
+func (c *Client) Backend() backend.Backend { return c.b }
+
+// Close stops the client's responders (see Responder.Stop) and its reply
+// subscription. Waiting calls return when their contexts end.
+func (c *Client) Close(ctx context.Context) error {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil
+	}
+	c.closed = true
+	rs := make([]*Responder, 0, len(c.responders))
+	for r := range c.responders {
+		rs = append(rs, r)
+	}
+	c.mu.Unlock()
+	var errs []error
+	for _, r := range rs {
+		errs = append(errs, r.Stop(ctx))
+	}
+	errs = append(errs, c.sub.Close())
+	return errors.Join(errs...)
+}
+
+// Send stores a request durably on queue and returns without waiting for
+// the reply: await it later with Await and the ticket's CorrelationID. msg
+// is not modified.
+//
+// Sending a message whose ID was sent within the dedupe window stores
+// nothing new and returns the same ticket.
+func (c *Client) Send(ctx context.Context, queue string, msg *Message) (Ticket, error) {
+	m, err := c.prepare(queue, msg)
+	if err != nil {
+		return Ticket{}, err
+	}
+	return c.send(ctx, m)
+}
+
+func (c *Client) send(ctx context.Context, m *Message) (Ticket, error) {
+	if err := c.b.Enqueue(ctx, m); err != nil {
+		if errors.Is(err, backend.ErrTooLarge) {
+			return Ticket{}, fmt.Errorf("%w: %w", ErrTooLarge, err)
+		}
+		return Ticket{}, fmt.Errorf("rsvp: send to %s: %w", m.Queue, err)
+	}
+	c.cfg.Logger.DebugContext(ctx, "rsvp: sent", "queue", m.Queue, "id", m.ID, "correlation_id", m.CorrelationID)
+	return Ticket{ID: m.ID, CorrelationID: m.CorrelationID, Queue: m.Queue}, nil
+}
+
+// prepare validates msg and returns a copy with the defaults filled in.
+func (c *Client) prepare(queue string, msg *Message) (*Message, error) {
+	if msg == nil {
+		return nil, fmt.Errorf("%w: nil message", ErrInvalid)
+	}
+	m := *msg
+	m.Queue = queue
+	m.Attempt = 0
+	if m.ID == "" {
+		m.ID = NewID()
+	}
+	m.CorrelationID = cmp.Or(m.CorrelationID, m.ID)
+	if m.CreatedAt.IsZero() {
+		m.CreatedAt = time.Now()
+	}
+	if m.ReplyTo == "" {
+		m.ReplyTo = c.b.ReplyAddress(c.cfg.Inbox, m.CorrelationID)
+	}
+	var errs []error
+	for kind, v := range map[string]string{"queue": queue, "id": m.ID, "correlation id": m.CorrelationID} {
+		if err := backend.ValidateName(kind, v); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for k := range m.Headers {
+		if isReservedHeader(k) {
+			errs = append(errs, fmt.Errorf("header %q uses a reserved prefix (Rsvp-, Nats-) or name (Content-Type: use Message.ContentType)", k))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	if len(m.Body) > c.cfg.MaxBodySize {
+		return nil, fmt.Errorf("%w: body is %d bytes, limit %d", ErrTooLarge, len(m.Body), c.cfg.MaxBodySize)
+	}
+	return &m, nil
+}
+
+func isReservedHeader(k string) bool {
+	k = strings.ToLower(k)
+	return strings.HasPrefix(k, "rsvp-") || strings.HasPrefix(k, "nats-") || k == "content-type"
+}
+
+// Request sends msg to queue and waits for its reply. The context's
+// deadline, if any, travels with the request as its Deadline: a responder
+// does not start it after that. A failed or expired request returns the
+// stored reply and a *RemoteError.
+func (c *Client) Request(ctx context.Context, queue string, msg *Message) (*Reply, error) {
+	m, err := c.prepare(queue, msg)
+	if err != nil {
+		return nil, err
+	}
+	if d, ok := ctx.Deadline(); ok && (m.Deadline.IsZero() || d.Before(m.Deadline)) {
+		m.Deadline = d
+	}
+	ch := c.waiters.add(m.CorrelationID)
+	defer c.waiters.remove(m.CorrelationID, ch)
+	if _, err := c.send(ctx, m); err != nil {
+		return nil, err
+	}
+	// A caller-chosen id may have been answered before (dedupe).
+	lookNow := msg.ID != ""
+	return c.wait(ctx, m.CorrelationID, ch, lookNow)
+}
+
+// Await waits for the reply to the request with correlationID, sent by this
+// or any other client on the same engine (a requester that restarted, say),
+// for as long as the backend retains replies.
+func (c *Client) Await(ctx context.Context, correlationID string) (*Reply, error) {
+	if err := backend.ValidateName("correlation id", correlationID); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	ch := c.waiters.add(correlationID)
+	defer c.waiters.remove(correlationID, ch)
+	// The reply may be addressed to another client's inbox.
+	sub, err := c.b.WatchReply(ctx, correlationID, c.waiters.deliver)
+	if err != nil {
+		return nil, fmt.Errorf("rsvp: await %s: %w", correlationID, err)
+	}
+	defer sub.Close()
+	return c.wait(ctx, correlationID, ch, true)
+}
+
+func (c *Client) wait(ctx context.Context, id string, ch chan *Reply, lookNow bool) (*Reply, error) {
+	recheck := time.NewTimer(c.cfg.RecheckInterval)
+	defer recheck.Stop()
+	for {
+		if lookNow {
+			if r, err := c.b.GetReply(ctx, id); err == nil {
+				return r, replyError(r)
+			} else if !errors.Is(err, backend.ErrNotFound) {
+				return nil, fmt.Errorf("rsvp: await %s: %w", id, err)
+			}
+		}
+		select {
+		case r := <-ch:
+			return r, replyError(r)
+		case <-ctx.Done():
+			return nil, fmt.Errorf("rsvp: await %s: %w", id, context.Cause(ctx))
+		case <-recheck.C:
+			recheck.Reset(c.cfg.RecheckInterval)
+			lookNow = true
+		}
+	}
+}
+
+// waiters maps correlation ids to the channels of calls awaiting them.
+type waiters struct {
+	mu sync.Mutex
+	m  map[string][]chan *Reply
+}
+
+func (w *waiters) add(id string) chan *Reply {
+	ch := make(chan *Reply, 1)
+	w.mu.Lock()
+	w.m[id] = append(w.m[id], ch)
+	w.mu.Unlock()
+	return ch
+}
+
+// remove forgets ch. A reply delivered to it afterwards is not delivered to
+// anyone: it stays stored for Await.
+func (w *waiters) remove(id string, ch chan *Reply) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	chs := w.m[id]
+	for i, c := range chs {
+		if c == ch {
+			chs = append(chs[:i], chs[i+1:]...)
+			break
+		}
+	}
+	if len(chs) == 0 {
+		delete(w.m, id)
+	} else {
+		w.m[id] = chs
+	}
+}
+
+// deliver hands r to every call waiting for it and forgets them.
+func (w *waiters) deliver(r *Reply) {
+	w.mu.Lock()
+	chs := w.m[r.CorrelationID]
+	delete(w.m, r.CorrelationID)
+	w.mu.Unlock()
+	for _, ch := range chs {
+		ch <- r // buffered 1, and each channel is delivered to once
+	}
+}
+
+func (w *waiters) len() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return len(w.m)
+}

@@ -1,0 +1,78 @@
+package rsvp
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/rsvp-go/rsvp/backend"
+)
+
+// Sentinel errors. Match them with errors.Is.
+var (
+	// ErrExpired: the request's deadline passed before a responder finished
+	// it. The request was dead-lettered with reason "expired".
+	ErrExpired = errors.New("rsvp: request expired")
+	// ErrTooLarge: the body is over Config.MaxBodySize or the engine's limit.
+	ErrTooLarge = errors.New("rsvp: message too large")
+	// ErrInvalid: a queue name, id or message field is not acceptable.
+	ErrInvalid = errors.New("rsvp: invalid argument")
+	// ErrClosed: the client was closed.
+	ErrClosed = errors.New("rsvp: client closed")
+)
+
+// Error codes carried by failure replies (RemoteError.Code) and used as
+// dead-letter reasons.
+const (
+	CodeFailed            = "failed"             // the handler returned an error on its last attempt
+	CodeExpired           = "expired"            // the deadline passed before the request was done
+	CodeBadPayload        = "bad_payload"        // the body did not decode
+	CodeAttemptsExhausted = "attempts_exhausted" // leases ran out (the worker died) on every attempt
+)
+
+// RemoteError is the failure a responder replied with. A handler may return
+// one (or wrap one) to choose the code the requester sees.
+type RemoteError struct {
+	Code    string
+	Message string
+}
+
+func (e *RemoteError) Error() string {
+	return fmt.Sprintf("rsvp: remote error %s: %s", e.Code, e.Message)
+}
+
+// Is makes errors.Is(err, ErrExpired) true for an expired request.
+func (e *RemoteError) Is(target error) bool {
+	return target == ErrExpired && e.Code == CodeExpired
+}
+
+// Permanent marks err as not worth retrying: the request fails at once,
+// goes to the dead-letter store, and the requester gets the failure.
+func Permanent(err error) error {
+	if err == nil {
+		return nil
+	}
+	return &permanentError{err}
+}
+
+type permanentError struct{ err error }
+
+func (e *permanentError) Error() string { return "permanent: " + e.err.Error() }
+func (e *permanentError) Unwrap() error { return e.err }
+
+// IsPermanent reports whether err was marked with Permanent.
+func IsPermanent(err error) bool {
+	var p *permanentError
+	return errors.As(err, &p)
+}
+
+// replyError turns a stored reply into the error Request and Await return.
+func replyError(r *backend.Reply) error {
+	if r.Status == backend.StatusSucceeded {
+		return nil
+	}
+	code := r.ErrorCode
+	if code == "" {
+		code = string(r.Status)
+	}
+	return &RemoteError{Code: code, Message: r.ErrorMessage}
+}

@@ -1,0 +1,301 @@
+package rsvp
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"runtime/debug"
+	"sync"
+	"time"
+
+	"github.com/rsvp-go/rsvp/backend"
+)
+
+// A Handler answers requests. It returns the reply (nil for an empty one)
+// or an error: an error is retried with backoff up to HandleOptions
+// MaxAttempts, unless wrapped with Permanent. Return a *RemoteError (or wrap
+// one) to choose the code the requester sees.
+//
+// ctx ends at the request's deadline, or when the responder is stopped
+// without time to finish. A handler may run more than once for one request
+// (at-least-once execution); the requester sees exactly one final reply.
+type Handler interface {
+	ServeRequest(ctx context.Context, req *Message) (*Reply, error)
+}
+
+// HandlerFunc adapts a function to a Handler.
+type HandlerFunc func(ctx context.Context, req *Message) (*Reply, error)
+
+// ServeRequest calls f.
+func (f HandlerFunc) ServeRequest(ctx context.Context, req *Message) (*Reply, error) {
+	return f(ctx, req)
+}
+
+// HandleOptions configures a responder. The zero value works.
+type HandleOptions struct {
+	// Concurrency is how many requests are handled at once. Default 1.
+	Concurrency int
+	// MaxAttempts is how many times a failing request is tried before it is
+	// dead-lettered. Default 5.
+	MaxAttempts int
+	// Backoff returns the delay before attempt+1 after attempt failed.
+	// Default: 1s doubling to at most 1m, each ±25% at random.
+	Backoff func(attempt int) time.Duration
+	// Lease is how long a request is reserved for this responder before
+	// another may take it; it is renewed every Lease/3 while the handler
+	// runs, so only a dead worker lets it run out. Default 30s.
+	Lease time.Duration
+}
+
+func (o HandleOptions) withDefaults() HandleOptions {
+	o.Concurrency = cmp.Or(o.Concurrency, 1)
+	o.MaxAttempts = cmp.Or(o.MaxAttempts, 5)
+	o.Lease = cmp.Or(o.Lease, 30*time.Second)
+	if o.Backoff == nil {
+		o.Backoff = DefaultBackoff
+	}
+	return o
+}
+
+func (o HandleOptions) validate() error {
+	var errs []error
+	if o.Concurrency < 1 {
+		errs = append(errs, fmt.Errorf("Concurrency %d is below 1", o.Concurrency))
+	}
+	if o.MaxAttempts < 1 {
+		errs = append(errs, fmt.Errorf("MaxAttempts %d is below 1", o.MaxAttempts))
+	}
+	if o.Lease < 100*time.Millisecond {
+		errs = append(errs, fmt.Errorf("Lease %s is below 100ms", o.Lease))
+	}
+	return errors.Join(errs...)
+}
+
+// DefaultBackoff waits 1s after the first attempt, doubling up to 1m, with
+// ±25% jitter so that failures do not retry in lockstep.
+func DefaultBackoff(attempt int) time.Duration {
+	d := time.Minute
+	if attempt < 7 {
+		d = time.Second << max(attempt-1, 0)
+	}
+	return time.Duration(float64(d) * (0.75 + rand.Float64()/2))
+}
+
+// Responder runs a Handler on the requests of one queue.
+type Responder struct {
+	c     *Client
+	queue string
+	h     Handler
+	opts  HandleOptions
+	cons  backend.Consumer
+	log   *slog.Logger
+
+	fetchCtx    context.Context // ends: stop taking requests
+	stopFetch   context.CancelFunc
+	handleCtx   context.Context // ends: abandon running handlers
+	stopHandles context.CancelFunc
+	wg          sync.WaitGroup
+	stopped     chan struct{}
+	stopOnce    sync.Once
+}
+
+// Handle starts a responder for queue. It runs until Stop or Client.Close.
+func (c *Client) Handle(queue string, h Handler, opts HandleOptions) (*Responder, error) {
+	opts = opts.withDefaults()
+	if err := errors.Join(backend.ValidateName("queue", queue), opts.validate()); err != nil {
+		return nil, fmt.Errorf("%w: handle: %w", ErrInvalid, err)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return nil, ErrClosed
+	}
+	cons, err := c.b.Consume(context.Background(), queue, backend.ConsumeParams{Lease: opts.Lease, Prefetch: opts.Concurrency})
+	if err != nil {
+		return nil, fmt.Errorf("rsvp: handle %s: %w", queue, err)
+	}
+	r := &Responder{c: c, queue: queue, h: h, opts: opts, cons: cons, stopped: make(chan struct{}),
+		log: c.cfg.Logger.With("queue", queue)}
+	r.fetchCtx, r.stopFetch = context.WithCancel(context.Background())
+	r.handleCtx, r.stopHandles = context.WithCancel(context.Background())
+	r.wg.Add(opts.Concurrency)
+	for range opts.Concurrency {
+		go r.work()
+	}
+	c.responders[r] = struct{}{}
+	return r, nil
+}
+
+// Stop stops taking requests and waits for running handlers to finish until
+// ctx ends; then it cancels them and leaves their requests to be delivered
+// again. It returns ctx's error if handlers had to be cancelled.
+func (r *Responder) Stop(ctx context.Context) error {
+	var err error
+	r.stopOnce.Do(func() {
+		r.stopFetch()
+		done := make(chan struct{})
+		go func() { r.wg.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-ctx.Done():
+			err = ctx.Err()
+			r.stopHandles()
+			<-done
+		}
+		r.stopHandles()
+		err = errors.Join(err, r.cons.Close())
+		r.c.mu.Lock()
+		delete(r.c.responders, r)
+		r.c.mu.Unlock()
+		close(r.stopped)
+	})
+	<-r.stopped
+	return err
+}
+
+// Stopped is closed once Stop has returned.
+func (r *Responder) Stopped() <-chan struct{} { return r.stopped }
+
+func (r *Responder) work() {
+	defer r.wg.Done()
+	for {
+		d, err := r.cons.Next(r.fetchCtx)
+		if err != nil {
+			if r.fetchCtx.Err() == nil && !errors.Is(err, backend.ErrClosed) {
+				r.log.Error("rsvp: fetch failed", "err", err)
+			}
+			return
+		}
+		r.handle(d)
+	}
+}
+
+// settleCtx bounds the calls that record an outcome. They run even while
+// the responder stops, so that finished work is not done again.
+func settleCtx() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), 30*time.Second)
+}
+
+func (r *Responder) handle(d backend.Delivery) {
+	m := d.Message()
+	log := r.log.With("id", m.ID, "correlation_id", m.CorrelationID, "attempt", m.Attempt)
+	ctx, cancel := settleCtx()
+	defer cancel()
+
+	if !m.Deadline.IsZero() && !time.Now().Before(m.Deadline) {
+		r.fail(ctx, d, CodeExpired, "deadline passed before the request was started", log)
+		return
+	}
+	if m.Attempt > r.opts.MaxAttempts {
+		r.fail(ctx, d, CodeAttemptsExhausted, fmt.Sprintf("lease ran out on all %d attempts", r.opts.MaxAttempts), log)
+		return
+	}
+
+	reply, err := r.run(d, m)
+	switch {
+	case err == nil:
+		if reply == nil {
+			reply = &Reply{}
+		}
+		out := *reply
+		out.CorrelationID, out.Status, out.ErrorCode, out.ErrorMessage = m.CorrelationID, backend.StatusSucceeded, "", ""
+		if len(out.Body) > r.c.cfg.MaxBodySize {
+			r.fail(ctx, d, CodeFailed, fmt.Sprintf("reply body is %d bytes, limit %d", len(out.Body), r.c.cfg.MaxBodySize), log)
+			return
+		}
+		r.finish(ctx, d, &out, log)
+	case r.handleCtx.Err() != nil:
+		// Stopped without time to finish: someone else gets it now.
+		_ = d.Nack(ctx, 0)
+	case !m.Deadline.IsZero() && !time.Now().Before(m.Deadline):
+		r.fail(ctx, d, CodeExpired, "deadline passed while handling: "+err.Error(), log)
+	case IsPermanent(err) || m.Attempt >= r.opts.MaxAttempts:
+		code := CodeFailed
+		var re *RemoteError
+		if errors.As(err, &re) {
+			code = re.Code
+		}
+		r.fail(ctx, d, code, err.Error(), log)
+	default:
+		delay := r.opts.Backoff(m.Attempt)
+		log.Info("rsvp: attempt failed, will retry", "err", err, "retry_in", delay)
+		if err := d.Nack(ctx, delay); err != nil {
+			log.Error("rsvp: nack failed; the request comes back after its lease", "err", err)
+		}
+	}
+}
+
+// run calls the handler with the lease kept alive, turning a panic into an
+// error.
+func (r *Responder) run(d backend.Delivery, m *Message) (reply *Reply, err error) {
+	ctx, cancel := context.WithCancel(r.handleCtx)
+	defer cancel()
+	if !m.Deadline.IsZero() {
+		var cancelDeadline context.CancelFunc
+		ctx, cancelDeadline = context.WithDeadline(ctx, m.Deadline)
+		defer cancelDeadline()
+	}
+	extended := make(chan struct{})
+	go func() {
+		defer close(extended)
+		t := time.NewTicker(r.opts.Lease / 3)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				if err := d.Extend(ctx); err != nil {
+					r.log.Warn("rsvp: lease extension failed", "id", m.ID, "err", err)
+				}
+			}
+		}
+	}()
+	defer func() {
+		cancel()
+		<-extended
+	}()
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("handler panicked: %v\n%s", p, debug.Stack())
+		}
+	}()
+	return r.h.ServeRequest(ctx, m)
+}
+
+// finish stores the reply, then acknowledges the request. If the reply
+// cannot be stored the request is left to come back.
+func (r *Responder) finish(ctx context.Context, d backend.Delivery, reply *Reply, log *slog.Logger) {
+	m := d.Message()
+	if m.ReplyTo != "" {
+		reply.CreatedAt = time.Now()
+		err := r.c.b.PutReply(ctx, m.ReplyTo, reply)
+		if err != nil && !errors.Is(err, backend.ErrReplyExists) {
+			log.Error("rsvp: storing the reply failed; the request will be handled again", "err", err)
+			_ = d.Nack(ctx, r.opts.Backoff(m.Attempt))
+			return
+		}
+	}
+	if err := d.Ack(ctx); err != nil {
+		log.Warn("rsvp: ack failed; the request may be handled again", "err", err)
+	}
+}
+
+// fail dead-letters the request and replies with the failure.
+func (r *Responder) fail(ctx context.Context, d backend.Delivery, code, msg string, log *slog.Logger) {
+	m := d.Message()
+	log.Warn("rsvp: request dead-lettered", "reason", code, "err", msg)
+	if err := r.c.b.DeadLetter(ctx, &backend.DeadLetter{Message: m, Reason: code, LastError: msg, At: time.Now()}); err != nil {
+		log.Error("rsvp: dead-lettering failed; the request will be handled again", "err", err)
+		_ = d.Nack(ctx, r.opts.Backoff(m.Attempt))
+		return
+	}
+	status := backend.StatusFailed
+	if code == CodeExpired {
+		status = backend.StatusExpired
+	}
+	r.finish(ctx, d, &Reply{CorrelationID: m.CorrelationID, Status: status, ErrorCode: code, ErrorMessage: msg}, log)
+}

@@ -1,0 +1,263 @@
+package rsvpnats_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"go.uber.org/goleak"
+
+	"github.com/rsvp-go/rsvp/backend"
+	"github.com/rsvp-go/rsvp/backend/backendtest"
+	"github.com/rsvp-go/rsvp/backend/rsvpnats"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+func TestConformanceEmbeddedMemory(t *testing.T) {
+	t.Parallel()
+	backendtest.Run(t, func(t *testing.T) backendtest.Opener {
+		return func(t *testing.T) backend.Backend {
+			b, err := rsvpnats.Embedded("", rsvpnats.Options{Memory: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return b
+		}
+	}, backendtest.Features{})
+}
+
+func TestConformanceEmbeddedDisk(t *testing.T) {
+	t.Parallel()
+	backendtest.Run(t, func(t *testing.T) backendtest.Opener {
+		dir := t.TempDir()
+		return func(t *testing.T) backend.Backend {
+			// Listen: a second handle on dir connects to the first.
+			b, err := rsvpnats.Embedded(dir, rsvpnats.Options{Listen: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return b
+		}
+	}, backendtest.Features{Durable: true, Shared: true})
+}
+
+func TestConformanceExternal(t *testing.T) {
+	t.Parallel()
+	url := startNATSServer(t)
+	backendtest.Run(t, func(t *testing.T) backendtest.Opener {
+		return func(t *testing.T) backend.Backend {
+			b, err := rsvpnats.Connect(context.Background(), url, rsvpnats.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return b
+		}
+	}, backendtest.Features{Durable: true, Shared: true})
+}
+
+var (
+	buildOnce sync.Once
+	serverBin string
+	buildErr  error
+)
+
+// startNATSServer builds nats-server from the module the project depends
+// on and runs it as a separate process on a free loopback port, with
+// JetStream on disk. It is stopped with the test.
+func startNATSServer(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "rsvp-nats-server-*")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		serverBin = filepath.Join(dir, "nats-server")
+		out, err := exec.Command("go", "build", "-o", serverBin, "github.com/nats-io/nats-server/v2").CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("go build nats-server: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	port := freePort(t)
+	cmd := exec.Command(serverBin, "-a", "127.0.0.1", "-p", fmt.Sprint(port), "-js", "-sd", t.TempDir())
+	var logs strings.Builder
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		if t.Failed() {
+			t.Logf("nats-server output:\n%s", logs.String())
+		}
+	})
+	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		nc, err := nats.Connect(url, nats.Timeout(time.Second))
+		if err == nil {
+			nc.Close()
+			return url
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("nats-server on %s did not come up: %v", url, err)
+		}
+		time.Sleep(20 * time.Millisecond) // polling a process we do not control
+	}
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+func TestEmbeddedDirectoryNotWritable(t *testing.T) {
+	t.Parallel()
+	if os.Geteuid() == 0 {
+		// root writes anywhere: use a path under a regular file instead.
+		file := filepath.Join(t.TempDir(), "file")
+		if err := os.WriteFile(file, nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		_, err := rsvpnats.Embedded(filepath.Join(file, "data"), rsvpnats.Options{})
+		if err == nil || !strings.Contains(err.Error(), "engine directory") {
+			t.Fatalf("got %v, want an error naming the engine directory", err)
+		}
+		return
+	}
+	dir := t.TempDir()
+	if err := os.Chmod(dir, 0o500); err != nil {
+		t.Fatal(err)
+	}
+	_, err := rsvpnats.Embedded(filepath.Join(dir, "data"), rsvpnats.Options{})
+	if err == nil || !strings.Contains(err.Error(), "engine directory") {
+		t.Fatalf("got %v, want an error naming the engine directory", err)
+	}
+}
+
+func TestEmbeddedLockedWithoutListen(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	first, err := rsvpnats.Embedded(dir, rsvpnats.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	m := &backend.Message{ID: "kept-1", CorrelationID: "kept-1", Queue: "q", Body: []byte("x")}
+	if err := first.Enqueue(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	_, err = rsvpnats.Embedded(dir, rsvpnats.Options{Timeout: 300 * time.Millisecond})
+	if err == nil || !strings.Contains(err.Error(), "locked by another process") {
+		t.Fatalf("got %v, want an error saying the directory is locked", err)
+	}
+	// The owner is unharmed: its request is still there.
+	c, err := first.Consume(ctx, "q", backend.ConsumeParams{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	d, err := c.Next(ctx)
+	if err != nil || d.Message().ID != "kept-1" {
+		t.Fatalf("owner lost its request: %v", err)
+	}
+}
+
+func TestEmbeddedSharedTokenIsPrivate(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	b, err := rsvpnats.Embedded(dir, rsvpnats.Options{Listen: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	fi, err := os.Stat(filepath.Join(dir, "engine.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		t.Fatalf("engine.json has mode %v, want 0600", fi.Mode().Perm())
+	}
+	data, err := os.ReadFile(filepath.Join(dir, "engine.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Without the token the engine refuses a connection.
+	url := strings.Split(strings.Split(string(data), `"url":"`)[1], `"`)[0]
+	if nc, err := nats.Connect(url, nats.Timeout(2*time.Second)); err == nil {
+		nc.Close()
+		t.Fatal("connected to the shared engine without its token")
+	}
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "engine.json")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("engine.json left behind after Close: %v", err)
+	}
+}
+
+func TestConnectUnreachable(t *testing.T) {
+	t.Parallel()
+	url := fmt.Sprintf("nats://127.0.0.1:%d", freePort(t))
+	_, err := rsvpnats.Connect(context.Background(), url, rsvpnats.Options{NATSOptions: []nats.Option{nats.Timeout(time.Second)}})
+	if err == nil || !strings.Contains(err.Error(), url) {
+		t.Fatalf("got %v, want an error naming %s", err, url)
+	}
+}
+
+func TestOptionsValidated(t *testing.T) {
+	t.Parallel()
+	for _, o := range []rsvpnats.Options{{ReplyRetention: -time.Second}, {Sync: 7}} {
+		if _, err := rsvpnats.Embedded("", rsvpnats.Options{Memory: true, ReplyRetention: o.ReplyRetention, Sync: o.Sync}); err == nil {
+			t.Errorf("options %+v accepted", o)
+		}
+	}
+}
+
+func TestSyncIntervalMode(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	b, err := rsvpnats.Embedded(dir, rsvpnats.Options{Sync: rsvpnats.SyncInterval, SyncInterval: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := b.PutReply(ctx, b.ReplyAddress("in", "r1"), &backend.Reply{CorrelationID: "r1", Status: backend.StatusSucceeded, Body: []byte("v")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	b, err = rsvpnats.Embedded(dir, rsvpnats.Options{Sync: rsvpnats.SyncInterval})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if r, err := b.GetReply(ctx, "r1"); err != nil || string(r.Body) != "v" {
+		t.Fatalf("reply after a clean close in interval mode: %v, %v", r, err)
+	}
+}

@@ -91,4 +91,3 @@ func runClosedLoop(b *testing.B, conc int, op func() error) {
 	b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
 	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-µs")
 }
-

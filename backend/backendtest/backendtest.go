@@ -561,4 +561,3 @@ var cases = []testCase{
 		}
 	}},
 }
-

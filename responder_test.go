@@ -1,0 +1,381 @@
+package rsvp_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/rsvp-go/rsvp"
+	"github.com/rsvp-go/rsvp/backend"
+)
+
+func ctxWithin(t *testing.T, d time.Duration) context.Context {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func fastRetry(int) time.Duration { return 20 * time.Millisecond }
+
+func handle(t *testing.T, c *testClient, queue string, opts rsvp.HandleOptions, fn rsvp.HandlerFunc) *rsvp.Responder {
+	t.Helper()
+	r, err := c.Handle(queue, fn, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func deadLetters(t *testing.T, c *testClient, queue string) []*backend.DeadLetter {
+	t.Helper()
+	dls, err := c.be.DeadLetters(ctxWithin(t, 5*time.Second), queue, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dls
+}
+
+func TestRetryThenSucceed(t *testing.T) {
+	t.Parallel()
+	c := setup(t, rsvp.Config{})
+	var attempts []int
+	var mu sync.Mutex
+	handle(t, c, "flaky", rsvp.HandleOptions{Backoff: fastRetry}, func(ctx context.Context, m *rsvp.Message) (*rsvp.Reply, error) {
+		mu.Lock()
+		attempts = append(attempts, m.Attempt)
+		mu.Unlock()
+		if m.Attempt < 3 {
+			return nil, errors.New("not yet")
+		}
+		return &rsvp.Reply{Body: []byte("ok")}, nil
+	})
+	r, err := c.Request(ctxWithin(t, 10*time.Second), "flaky", &rsvp.Message{})
+	if err != nil || string(r.Body) != "ok" {
+		t.Fatalf("reply %v, %v", r, err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(attempts) != 3 || attempts[0] != 1 || attempts[2] != 3 {
+		t.Fatalf("attempts %v, want [1 2 3]", attempts)
+	}
+}
+
+func TestBackoffIsApplied(t *testing.T) {
+	t.Parallel()
+	c := setup(t, rsvp.Config{})
+	const delay = 300 * time.Millisecond
+	var first time.Time
+	var gap atomic.Int64
+	handle(t, c, "slowretry", rsvp.HandleOptions{Backoff: func(int) time.Duration { return delay }}, func(ctx context.Context, m *rsvp.Message) (*rsvp.Reply, error) {
+		if m.Attempt == 1 {
+			first = time.Now()
+			return nil, errors.New("once")
+		}
+		gap.Store(int64(time.Since(first)))
+		return nil, nil
+	})
+	if _, err := c.Request(ctxWithin(t, 10*time.Second), "slowretry", &rsvp.Message{}); err != nil {
+		t.Fatal(err)
+	}
+	if g := time.Duration(gap.Load()); g < delay-50*time.Millisecond {
+		t.Fatalf("retried after %s, before the %s backoff", g, delay)
+	}
+}
+
+func TestDefaultBackoff(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		attempt  int
+		min, max time.Duration
+	}{{1, 750 * time.Millisecond, 1250 * time.Millisecond}, {2, 1500 * time.Millisecond, 2500 * time.Millisecond}, {4, 6 * time.Second, 10 * time.Second}, {30, 45 * time.Second, 75 * time.Second}} {
+		for range 50 {
+			if d := rsvp.DefaultBackoff(tc.attempt); d < tc.min || d > tc.max {
+				t.Fatalf("DefaultBackoff(%d) = %s, want within [%s, %s]", tc.attempt, d, tc.min, tc.max)
+			}
+		}
+	}
+}
+
+func TestAttemptsExhaustedDeadLetters(t *testing.T) {
+	t.Parallel()
+	c := setup(t, rsvp.Config{})
+	var calls atomic.Int32
+	handle(t, c, "broken", rsvp.HandleOptions{MaxAttempts: 3, Backoff: fastRetry}, func(ctx context.Context, m *rsvp.Message) (*rsvp.Reply, error) {
+		calls.Add(1)
+		return nil, errors.New("disk on fire")
+	})
+	r, err := c.Request(ctxWithin(t, 10*time.Second), "broken", &rsvp.Message{Body: []byte("payload")})
+	var re *rsvp.RemoteError
+	if !errors.As(err, &re) || re.Code != rsvp.CodeFailed || !strings.Contains(re.Message, "disk on fire") {
+		t.Fatalf("got %v, want a RemoteError with code failed and the last error", err)
+	}
+	if r == nil || r.Status != backend.StatusFailed {
+		t.Fatalf("reply %+v, want the stored failure", r)
+	}
+	if n := calls.Load(); n != 3 {
+		t.Fatalf("handler ran %d times, want 3", n)
+	}
+	dls := deadLetters(t, c, "broken")
+	if len(dls) != 1 {
+		t.Fatalf("%d dead letters, want 1", len(dls))
+	}
+	dl := dls[0]
+	if dl.Reason != rsvp.CodeFailed || dl.Message.Attempt != 3 || !strings.Contains(dl.LastError, "disk on fire") || string(dl.Message.Body) != "payload" {
+		t.Fatalf("dead letter %+v", dl)
+	}
+}
+
+func TestPermanentErrorIsNotRetried(t *testing.T) {
+	t.Parallel()
+	c := setup(t, rsvp.Config{})
+	var calls atomic.Int32
+	handle(t, c, "strict", rsvp.HandleOptions{Backoff: fastRetry}, func(ctx context.Context, m *rsvp.Message) (*rsvp.Reply, error) {
+		calls.Add(1)
+		return nil, rsvp.Permanent(&rsvp.RemoteError{Code: "not_found", Message: "no such image"})
+	})
+	_, err := c.Request(ctxWithin(t, 10*time.Second), "strict", &rsvp.Message{})
+	var re *rsvp.RemoteError
+	if !errors.As(err, &re) || re.Code != "not_found" {
+		t.Fatalf("got %v, want RemoteError not_found", err)
+	}
+	if calls.Load() != 1 {
+		t.Fatalf("handler ran %d times, want 1", calls.Load())
+	}
+	if dls := deadLetters(t, c, "strict"); len(dls) != 1 || dls[0].Reason != "not_found" {
+		t.Fatalf("dead letters %+v", dls)
+	}
+}
+
+func TestExpiredBeforeStart(t *testing.T) {
+	t.Parallel()
+	c := setup(t, rsvp.Config{})
+	tk, err := c.Send(ctxWithin(t, 5*time.Second), "late", &rsvp.Message{Deadline: time.Now().Add(-time.Second)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var calls atomic.Int32
+	handle(t, c, "late", rsvp.HandleOptions{}, func(ctx context.Context, m *rsvp.Message) (*rsvp.Reply, error) {
+		calls.Add(1)
+		return nil, nil
+	})
+	r, err := c.Await(ctxWithin(t, 10*time.Second), tk.CorrelationID)
+	if !errors.Is(err, rsvp.ErrExpired) {
+		t.Fatalf("got %v, want ErrExpired", err)
+	}
+	if r.Status != backend.StatusExpired || calls.Load() != 0 {
+		t.Fatalf("status %s, handler calls %d", r.Status, calls.Load())
+	}
+	if dls := deadLetters(t, c, "late"); len(dls) != 1 || dls[0].Reason != rsvp.CodeExpired {
+		t.Fatalf("dead letters %+v", dls)
+	}
+}
+
+func TestDeadlineTravelsWithRequest(t *testing.T) {
+	t.Parallel()
+	c := setup(t, rsvp.Config{})
+	got := make(chan time.Time, 1)
+	handle(t, c, "timed", rsvp.HandleOptions{}, func(ctx context.Context, m *rsvp.Message) (*rsvp.Reply, error) {
+		d, _ := ctx.Deadline()
+		got <- d
+		return nil, nil
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	want, _ := ctx.Deadline()
+	if _, err := c.Request(ctx, "timed", &rsvp.Message{}); err != nil {
+		t.Fatal(err)
+	}
+	if d := <-got; d.Sub(want).Abs() > time.Millisecond {
+		t.Fatalf("handler deadline %v, requester deadline %v", d, want)
+	}
+}
+
+func TestDeadlinePassesWhileHandling(t *testing.T) {
+	t.Parallel()
+	c := setup(t, rsvp.Config{})
+	handle(t, c, "slow", rsvp.HandleOptions{Backoff: fastRetry}, func(ctx context.Context, m *rsvp.Message) (*rsvp.Reply, error) {
+		<-ctx.Done() // the request's deadline
+		return nil, ctx.Err()
+	})
+	tk, err := c.Send(ctxWithin(t, 5*time.Second), "slow", &rsvp.Message{Deadline: time.Now().Add(300 * time.Millisecond)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Await(ctxWithin(t, 10*time.Second), tk.CorrelationID); !errors.Is(err, rsvp.ErrExpired) {
+		t.Fatalf("got %v, want ErrExpired", err)
+	}
+}
+
+func TestLeaseIsExtendedWhileHandling(t *testing.T) {
+	t.Parallel()
+	c := setup(t, rsvp.Config{})
+	var calls atomic.Int32
+	opts := rsvp.HandleOptions{Lease: 300 * time.Millisecond, Concurrency: 2}
+	release := make(chan struct{})
+	handle(t, c, "long", opts, func(ctx context.Context, m *rsvp.Message) (*rsvp.Reply, error) {
+		calls.Add(1)
+		<-release
+		return &rsvp.Reply{Body: []byte("done")}, nil
+	})
+	tk, err := c.Send(ctxWithin(t, 5*time.Second), "long", &rsvp.Message{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Hold the handler for five leases; an idle second worker is ready to
+	// take a redelivery.
+	timer := time.NewTimer(5 * opts.Lease)
+	<-timer.C
+	close(release)
+	r, err := c.Await(ctxWithin(t, 10*time.Second), tk.CorrelationID)
+	if err != nil || string(r.Body) != "done" {
+		t.Fatalf("reply %v, %v", r, err)
+	}
+	if n := calls.Load(); n != 1 {
+		t.Fatalf("handler ran %d times: the lease was not extended", n)
+	}
+}
+
+func TestPanicBecomesFailure(t *testing.T) {
+	t.Parallel()
+	c := setup(t, rsvp.Config{})
+	handle(t, c, "panicky", rsvp.HandleOptions{MaxAttempts: 1}, func(ctx context.Context, m *rsvp.Message) (*rsvp.Reply, error) {
+		if string(m.Body) == "boom" {
+			panic("kaboom")
+		}
+		return &rsvp.Reply{Body: m.Body}, nil
+	})
+	_, err := c.Request(ctxWithin(t, 10*time.Second), "panicky", &rsvp.Message{Body: []byte("boom")})
+	var re *rsvp.RemoteError
+	if !errors.As(err, &re) || !strings.Contains(re.Message, "kaboom") {
+		t.Fatalf("got %v, want the panic as a failure", err)
+	}
+	// The responder lives on.
+	if r, err := c.Request(ctxWithin(t, 10*time.Second), "panicky", &rsvp.Message{Body: []byte("fine")}); err != nil || string(r.Body) != "fine" {
+		t.Fatalf("after a panic: %v, %v", r, err)
+	}
+}
+
+func TestStopLetsInFlightFinish(t *testing.T) {
+	t.Parallel()
+	c := setup(t, rsvp.Config{})
+	started := make(chan struct{})
+	release := make(chan struct{})
+	r := handle(t, c, "drain", rsvp.HandleOptions{}, func(ctx context.Context, m *rsvp.Message) (*rsvp.Reply, error) {
+		close(started)
+		<-release
+		return &rsvp.Reply{Body: []byte("finished")}, nil
+	})
+	tk, err := c.Send(ctxWithin(t, 5*time.Second), "drain", &rsvp.Message{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-started
+	stopped := make(chan error, 1)
+	go func() { stopped <- r.Stop(ctxWithin(t, 10*time.Second)) }()
+	close(release)
+	if err := <-stopped; err != nil {
+		t.Fatalf("stop: %v", err)
+	}
+	if reply, err := c.Await(ctxWithin(t, 10*time.Second), tk.CorrelationID); err != nil || string(reply.Body) != "finished" {
+		t.Fatalf("reply %v, %v", reply, err)
+	}
+}
+
+func TestHardStopRedelivers(t *testing.T) {
+	t.Parallel()
+	c := setup(t, rsvp.Config{})
+	started := make(chan struct{}, 1)
+	r := handle(t, c, "hard", rsvp.HandleOptions{}, func(ctx context.Context, m *rsvp.Message) (*rsvp.Reply, error) {
+		started <- struct{}{}
+		<-ctx.Done() // never finishes on its own
+		return nil, ctx.Err()
+	})
+	tk, err := c.Send(ctxWithin(t, 5*time.Second), "hard", &rsvp.Message{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-started
+	expired, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := r.Stop(expired); !errors.Is(err, context.Canceled) {
+		t.Fatalf("stop: %v, want context.Canceled", err)
+	}
+	// Another responder gets it at once, as attempt 2.
+	attempt := make(chan int, 1)
+	handle(t, c, "hard", rsvp.HandleOptions{}, func(ctx context.Context, m *rsvp.Message) (*rsvp.Reply, error) {
+		attempt <- m.Attempt
+		return nil, nil
+	})
+	if _, err := c.Await(ctxWithin(t, 10*time.Second), tk.CorrelationID); err != nil {
+		t.Fatal(err)
+	}
+	if a := <-attempt; a != 2 {
+		t.Fatalf("redelivered as attempt %d, want 2", a)
+	}
+}
+
+func TestDedupe(t *testing.T) {
+	t.Parallel()
+	c := setup(t, rsvp.Config{})
+	var calls atomic.Int32
+	handle(t, c, "once", rsvp.HandleOptions{}, func(ctx context.Context, m *rsvp.Message) (*rsvp.Reply, error) {
+		calls.Add(1)
+		return &rsvp.Reply{Body: []byte("answer")}, nil
+	})
+	msg := &rsvp.Message{ID: "order-1234", Body: []byte("x")}
+	t1, err := c.Send(ctxWithin(t, 5*time.Second), "once", msg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t2, err := c.Send(ctxWithin(t, 5*time.Second), "once", msg)
+	if err != nil || t1 != t2 {
+		t.Fatalf("second send: %v, %v vs %v", err, t2, t1)
+	}
+	if _, err := c.Await(ctxWithin(t, 10*time.Second), t1.CorrelationID); err != nil {
+		t.Fatal(err)
+	}
+	// Request with the same id is answered from the stored reply.
+	r, err := c.Request(ctxWithin(t, 10*time.Second), "once", msg)
+	if err != nil || string(r.Body) != "answer" {
+		t.Fatalf("request with a handled id: %v, %v", r, err)
+	}
+	if n := calls.Load(); n != 1 {
+		t.Fatalf("handler ran %d times for one id", n)
+	}
+}
+
+func TestConcurrentResponders(t *testing.T) {
+	t.Parallel()
+	c := setup(t, rsvp.Config{})
+	var byA, byB atomic.Int32
+	handle(t, c, "shared", rsvp.HandleOptions{Concurrency: 4}, func(ctx context.Context, m *rsvp.Message) (*rsvp.Reply, error) {
+		byA.Add(1)
+		return &rsvp.Reply{Body: m.Body}, nil
+	})
+	handle(t, c, "shared", rsvp.HandleOptions{Concurrency: 4}, func(ctx context.Context, m *rsvp.Message) (*rsvp.Reply, error) {
+		byB.Add(1)
+		return &rsvp.Reply{Body: m.Body}, nil
+	})
+	ctx := ctxWithin(t, 30*time.Second)
+	var wg sync.WaitGroup
+	for i := range 200 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			body := []byte{byte(i)}
+			r, err := c.Request(ctx, "shared", &rsvp.Message{Body: body})
+			if err != nil || string(r.Body) != string(body) {
+				t.Errorf("request %d: %v, %v", i, r, err)
+			}
+		}()
+	}
+	wg.Wait()
+	if a, b := byA.Load(), byB.Load(); a+b != 200 || a == 0 || b == 0 {
+		t.Fatalf("responders handled %d and %d of 200", a, b)
+	}
+}

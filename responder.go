@@ -213,12 +213,8 @@ func (r *Responder) handle(d backend.Delivery) {
 	case !m.Deadline.IsZero() && !time.Now().Before(m.Deadline):
 		r.fail(ctx, d, CodeExpired, "deadline passed while handling: "+err.Error(), log)
 	case IsPermanent(err) || m.Attempt >= r.opts.MaxAttempts:
-		code := CodeFailed
-		var re *RemoteError
-		if errors.As(err, &re) {
-			code = re.Code
-		}
-		r.fail(ctx, d, code, err.Error(), log)
+		code, msg := failure(err)
+		r.fail(ctx, d, code, msg, log)
 	default:
 		delay := r.opts.Backoff(m.Attempt)
 		log.Info("rsvp: attempt failed, will retry", "err", err, "retry_in", delay)
@@ -298,4 +294,18 @@ func (r *Responder) fail(ctx context.Context, d backend.Delivery, code, msg stri
 		status = backend.StatusExpired
 	}
 	r.finish(ctx, d, &Reply{CorrelationID: m.CorrelationID, Status: status, ErrorCode: code, ErrorMessage: msg}, log)
+}
+
+// failure returns the code and message a failed request replies with: those
+// of a *RemoteError in err's chain, else CodeFailed and the error's text.
+func failure(err error) (code, msg string) {
+	var re *RemoteError
+	if errors.As(err, &re) {
+		return re.Code, re.Message
+	}
+	var p *permanentError
+	if errors.As(err, &p) {
+		err = p.err
+	}
+	return CodeFailed, err.Error()
 }

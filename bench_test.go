@@ -9,6 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/rsvp-go/rsvp"
 	"github.com/rsvp-go/rsvp/backend/rsvpnats"
 )
@@ -90,4 +93,79 @@ func runClosedLoop(b *testing.B, conc int, op func() error) {
 	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "ops/s")
 	b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
 	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-µs")
+}
+
+// BenchmarkRawJetStream is the engine's limit for BenchmarkRoundTrip: a
+// hand-written request → consumer → reply loop with plain nats.go calls on
+// the same embedded server and streams, with none of rsvp's work (no
+// validation, deadlines, leases, dead letters, group commit). Publishes are
+// acknowledged by the server; in sync=interval mode that is the same
+// durability as rsvp's interval mode.
+func BenchmarkRawJetStream(b *testing.B) {
+	for _, conc := range []int{1, 64} {
+		b.Run(fmt.Sprintf("sync=interval/c=%d", conc), func(b *testing.B) {
+			be, err := rsvpnats.Embedded(b.TempDir(), rsvpnats.Options{Sync: rsvpnats.SyncInterval})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer be.Close()
+			nc := be.Conn()
+			js, err := jetstream.New(nc)
+			if err != nil {
+				b.Fatal(err)
+			}
+			ctx := context.Background()
+
+			// Responder: a pull consumer; reply, then ack.
+			cons, err := js.CreateOrUpdateConsumer(ctx, "RSVP_REQUESTS", jetstream.ConsumerConfig{
+				Durable: "raw", FilterSubject: "rsvp.req.raw", AckPolicy: jetstream.AckExplicitPolicy})
+			if err != nil {
+				b.Fatal(err)
+			}
+			cc, err := cons.Consume(func(m jetstream.Msg) {
+				id := m.Headers().Get("Rsvp-Id")
+				reply := &nats.Msg{Subject: "rsvp.reply." + id + ".raw", Header: nats.Header{"Rsvp-Correlation-Id": {id}}, Data: m.Data()}
+				if _, err := js.PublishMsg(ctx, reply); err != nil {
+					b.Error(err)
+				}
+				_ = m.Ack()
+			}, jetstream.PullMaxMessages(max(conc, 8)))
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer cc.Stop()
+
+			// Requester: one subscription for all replies, a map of waiters.
+			var mu sync.Mutex
+			waiting := map[string]chan struct{}{}
+			sub, err := nc.Subscribe("rsvp.notify.*.raw", func(m *nats.Msg) {
+				mu.Lock()
+				ch := waiting[m.Header.Get("Rsvp-Correlation-Id")]
+				mu.Unlock()
+				if ch != nil {
+					close(ch)
+				}
+			})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer sub.Unsubscribe()
+			runClosedLoop(b, conc, func() error {
+				id := rsvp.NewID()
+				ch := make(chan struct{})
+				mu.Lock()
+				waiting[id] = ch
+				mu.Unlock()
+				req := &nats.Msg{Subject: "rsvp.req.raw", Header: nats.Header{"Rsvp-Id": {id}, "Nats-Msg-Id": {id}}, Data: body1K}
+				if _, err := js.PublishMsg(ctx, req); err != nil {
+					return err
+				}
+				<-ch
+				mu.Lock()
+				delete(waiting, id)
+				mu.Unlock()
+				return nil
+			})
+		})
+	}
 }

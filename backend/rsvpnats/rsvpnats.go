@@ -2,7 +2,7 @@
 //
 // Embedded runs a nats-server inside the process, with its data in a
 // directory (or in memory, for tests); Connect uses an external server or
-// cluster, NATS 2.12 or newer. Both create their streams idempotently, so any
+// cluster, NATS 2.10 or newer. Both create their streams idempotently, so any
 // number of processes can share one engine: responders on the same queue
 // compete for its requests.
 //
@@ -113,8 +113,8 @@ type Backend struct {
 var _ backend.Backend = (*Backend)(nil)
 
 // Connect opens a backend on the NATS server or cluster at url (comma
-// separated URLs for a cluster). The server must run JetStream, version 2.12
-// or newer (atomic batch publish).
+// separated URLs for a cluster). The server must run JetStream, version 2.10
+// or newer.
 func Connect(ctx context.Context, url string, opts Options) (*Backend, error) {
 	opts = opts.withDefaults()
 	if err := opts.validate(); err != nil {
@@ -154,14 +154,13 @@ func open(ctx context.Context, nc *nats.Conn, opts Options, memory bool, syncDir
 	}
 	maxMsg := int32(nc.MaxPayload())
 	cfgs := []jetstream.StreamConfig{{
-		Name:               streamRequests,
-		Description:        "rsvp requests, one subject per queue",
-		Subjects:           []string{subjRequests + ">"},
-		Retention:          jetstream.WorkQueuePolicy,
-		Storage:            storage,
-		Duplicates:         opts.DedupeWindow,
-		MaxMsgSize:         maxMsg,
-		AllowAtomicPublish: true,
+		Name:        streamRequests,
+		Description: "rsvp requests, one subject per queue",
+		Subjects:    []string{subjRequests + ">"},
+		Retention:   jetstream.WorkQueuePolicy,
+		Storage:     storage,
+		Duplicates:  opts.DedupeWindow,
+		MaxMsgSize:  maxMsg,
 	}, {
 		Name:                 streamReplies,
 		Description:          "rsvp replies, one subject per correlation id",
@@ -176,15 +175,14 @@ func open(ctx context.Context, nc *nats.Conn, opts Options, memory bool, syncDir
 		AllowAtomicPublish:   true,
 		RePublish:            &jetstream.RePublish{Source: subjReplies + ">", Destination: subjNotify + ">"},
 	}, {
-		Name:               streamDLQ,
-		Description:        "rsvp dead letters, one subject per queue",
-		Subjects:           []string{subjDLQ + ">"},
-		Storage:            storage,
-		MaxAge:             opts.DeadLetterRetention,
-		Duplicates:         opts.DedupeWindow,
-		MaxMsgSize:         maxMsg,
-		AllowDirect:        true,
-		AllowAtomicPublish: true,
+		Name:        streamDLQ,
+		Description: "rsvp dead letters, one subject per queue",
+		Subjects:    []string{subjDLQ + ">"},
+		Storage:     storage,
+		MaxAge:      opts.DeadLetterRetention,
+		Duplicates:  opts.DedupeWindow,
+		MaxMsgSize:  maxMsg,
+		AllowDirect: true,
 	}}
 	streams := make([]jetstream.Stream, len(cfgs))
 	for i, cfg := range cfgs {

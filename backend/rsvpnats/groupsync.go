@@ -10,6 +10,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/rsvp-go/rsvp/backend"
 )
 
 // groupSync makes writes that the embedded server has acknowledged durable
@@ -86,7 +88,7 @@ func (g *groupSync) wait() error {
 	case err := <-ch:
 		return err
 	case <-g.done:
-		return errClosed
+		return backend.ErrClosed
 	}
 }
 

@@ -241,25 +241,15 @@ func (b *Backend) Conn() *nats.Conn { return b.nc }
 func (b *Backend) Close() error {
 	b.closeOnce.Do(func() {
 		b.stopSyncs()
-		if err := b.nc.Drain(); err != nil {
-			b.nc.Close()
-		}
-		waitClosed(b.nc, b.opts.Timeout)
+		// Settles (acks, naks) still buffered go out before the connection
+		// closes; anything lost here comes back after its lease.
+		_ = b.nc.FlushTimeout(b.opts.Timeout)
+		b.nc.Close()
 		if b.onClose != nil {
 			b.closeErr = b.onClose()
 		}
 	})
 	return b.closeErr
-}
-
-var errClosed = errors.New("rsvpnats: closed")
-
-func waitClosed(nc *nats.Conn, d time.Duration) {
-	deadline := time.Now().Add(d)
-	for !nc.IsClosed() && time.Now().Before(deadline) {
-		time.Sleep(time.Millisecond)
-	}
-	nc.Close()
 }
 
 func (b *Backend) checkSize(m *nats.Msg) error {

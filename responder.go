@@ -140,13 +140,15 @@ func (r *Responder) Stop(ctx context.Context) error {
 		go func() { r.wg.Wait(); close(done) }()
 		select {
 		case <-done:
+			err = r.cons.Close()
 		case <-ctx.Done():
-			err = ctx.Err()
+			// Unsubscribe before the cancelled handlers give their requests
+			// back, so those go to another responder, not to this one.
+			err = errors.Join(ctx.Err(), r.cons.Close())
 			r.stopHandles()
 			<-done
 		}
 		r.stopHandles()
-		err = errors.Join(err, r.cons.Close())
 		r.c.mu.Lock()
 		delete(r.c.responders, r)
 		r.c.mu.Unlock()

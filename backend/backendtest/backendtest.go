@@ -223,6 +223,37 @@ var cases = []testCase{
 		}
 		_ = d.Ack(ctxFor(t, 5*time.Second))
 	}},
+	{name: "CloseGivesBackAtOnce", run: func(t *testing.T, open Opener, f Features) {
+		b := opened(t, open)
+		q := uniq("q")
+		for range 3 {
+			mustEnqueue(t, b, newMsg(b, q))
+		}
+		// A consumer that prefetched, holds one delivery and closes: what it
+		// held goes to the next consumer without waiting out a lease.
+		c1, err := b.Consume(ctxFor(t, 10*time.Second), q, backend.ConsumeParams{Lease: time.Minute, Prefetch: 3})
+		if err != nil {
+			t.Fatal(err)
+		}
+		d := next(t, c1, 10*time.Second)
+		if err := c1.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if err := d.Nack(ctxFor(t, 5*time.Second), 0); err != nil {
+			t.Fatal(err)
+		}
+		c2 := consume(t, b, q, backend.ConsumeParams{Lease: time.Minute})
+		for range 3 {
+			d := next(t, c2, 10*time.Second)
+			if d.Message().Attempt != 2 {
+				t.Errorf("given back as attempt %d, want 2", d.Message().Attempt)
+			}
+			_ = d.Ack(ctxFor(t, 5*time.Second))
+		}
+		if _, err := c1.Next(ctxFor(t, time.Second)); !errors.Is(err, backend.ErrClosed) {
+			t.Fatalf("Next on a closed consumer: %v, want ErrClosed", err)
+		}
+	}},
 	{name: "ExtendKeepsLease", run: func(t *testing.T, open Opener, f Features) {
 		b := opened(t, open)
 		q := uniq("q")

@@ -3,7 +3,6 @@ package rsvpnats
 import (
 	"cmp"
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -22,9 +21,7 @@ func (b *Backend) Consume(ctx context.Context, queue string, p backend.ConsumePa
 	}
 	p.Lease = cmp.Or(p.Lease, 30*time.Second)
 	p.Prefetch = max(p.Prefetch, 1)
-	ctx, cancel := b.withTimeout(ctx)
-	defer cancel()
-	cons, err := b.js.CreateOrUpdateConsumer(ctx, streamRequests, jetstream.ConsumerConfig{
+	cfg := jetstream.ConsumerConfig{
 		Durable:       "rsvp_" + queue,
 		Description:   "rsvp responders of queue " + queue,
 		FilterSubject: subjRequests + queue,
@@ -32,47 +29,115 @@ func (b *Backend) Consume(ctx context.Context, queue string, p backend.ConsumePa
 		AckWait:       p.Lease,
 		MaxDeliver:    -1,
 		MaxAckPending: 100_000,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("rsvpnats: consumer for %s: %w", queue, err)
 	}
-	it, err := cons.Messages(jetstream.PullMaxMessages(p.Prefetch))
-	if err != nil {
-		return nil, fmt.Errorf("rsvpnats: consume %s: %w", queue, err)
+	c := &consumer{out: make(chan jetstream.Msg), done: make(chan struct{}), log: b.opts.Logger.With("queue", queue)}
+	c.open = func(ctx context.Context) (jetstream.MessagesContext, error) {
+		ctx, cancel := b.withTimeout(ctx)
+		defer cancel()
+		cons, err := b.js.CreateOrUpdateConsumer(ctx, streamRequests, cfg)
+		if err != nil {
+			return nil, fmt.Errorf("rsvpnats: consumer for %s: %w", queue, err)
+		}
+		// Missing heartbeats end the iterator, so that a consumer deleted
+		// under it is noticed (within two heartbeats) and made again.
+		it, err := cons.Messages(jetstream.PullMaxMessages(p.Prefetch), jetstream.PullHeartbeat(5*time.Second),
+			jetstream.WithMessagesErrOnMissingHeartbeat(true))
+		if err != nil {
+			return nil, fmt.Errorf("rsvpnats: consume %s: %w", queue, err)
+		}
+		return it, nil
 	}
-	c := &consumer{it: it, out: make(chan jetstream.Msg), done: make(chan struct{}), log: b.opts.Logger}
+	it, err := c.open(ctx)
+	if err != nil {
+		return nil, err
+	}
+	c.it = it
 	c.wg.Add(1)
 	go c.pump()
 	return c, nil
 }
 
 type consumer struct {
-	it   jetstream.MessagesContext
+	open func(context.Context) (jetstream.MessagesContext, error)
 	out  chan jetstream.Msg
 	done chan struct{}
 	wg   sync.WaitGroup
 	log  *slog.Logger
 	once sync.Once
+
+	mu      sync.Mutex
+	it      jetstream.MessagesContext // replaced when the consumer had to be made again
+	closing bool
 }
 
-// pump moves messages from the iterator to Next's callers.
+// pump moves messages from the iterator to Next's callers. Once the
+// consumer is closing, it returns what it still holds to the queue. If the
+// iterator ends by itself (the JetStream consumer was deleted, say), it
+// makes a new one, retrying every second.
 func (c *consumer) pump() {
 	defer c.wg.Done()
 	for {
-		m, err := c.it.Next()
+		c.mu.Lock()
+		it := c.it
+		c.mu.Unlock()
+		m, err := it.Next()
 		if err != nil {
-			if !errors.Is(err, jetstream.ErrMsgIteratorClosed) {
-				c.log.Warn("rsvpnats: consumer stopped", "err", err)
+			giveBack(it)
+			if !c.reopen(err) {
+				return
 			}
-			return
+			continue
 		}
 		select {
 		case c.out <- m:
 		case <-c.done:
-			// Not handed out: let it go back to the queue at once.
 			_ = m.Nak()
+		}
+	}
+}
+
+// giveBack ends it and returns the messages it still buffers to the queue.
+func giveBack(it jetstream.MessagesContext) {
+	it.Drain()
+	for {
+		m, err := it.Next()
+		if err != nil {
 			return
 		}
+		_ = m.Nak()
+	}
+}
+
+// reopen replaces an iterator that ended with err. It reports false when
+// the consumer is closing.
+func (c *consumer) reopen(err error) bool {
+	c.mu.Lock()
+	closing := c.closing
+	c.mu.Unlock()
+	if closing {
+		return false
+	}
+	retry := time.NewTimer(0)
+	defer retry.Stop()
+	for {
+		select {
+		case <-c.done:
+			return false
+		case <-retry.C:
+		}
+		c.log.Warn("rsvpnats: consumer interrupted; making it again", "err", err)
+		var it jetstream.MessagesContext
+		if it, err = c.open(context.Background()); err == nil {
+			c.mu.Lock()
+			defer c.mu.Unlock()
+			if c.closing {
+				it.Stop()
+				return false
+			}
+			c.it = it
+			return true
+		}
+		retry.Reset(time.Second)
 	}
 }
 
@@ -99,10 +164,16 @@ func (c *consumer) Next(ctx context.Context) (backend.Delivery, error) {
 	}
 }
 
+// Close unsubscribes first, so that the messages it then gives back (the
+// ones fetched but not handed out) go to other consumers at once rather
+// than back to this one.
 func (c *consumer) Close() error {
 	c.once.Do(func() {
+		c.mu.Lock()
+		c.closing = true
+		c.it.Drain()
+		c.mu.Unlock()
 		close(c.done)
-		c.it.Stop()
 		c.wg.Wait()
 	})
 	return nil

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/goleak"
 
 	"github.com/rsvp-go/rsvp/backend"
@@ -259,5 +260,55 @@ func TestSyncIntervalMode(t *testing.T) {
 	defer b.Close()
 	if r, err := b.GetReply(ctx, "r1"); err != nil || string(r.Body) != "v" {
 		t.Fatalf("reply after a clean close in interval mode: %v, %v", r, err)
+	}
+}
+
+func TestConsumerDeletedIsMadeAgain(t *testing.T) {
+	t.Parallel()
+	b, err := rsvpnats.Embedded("", rsvpnats.Options{Memory: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	c, err := b.Consume(ctx, "remade", backend.ConsumeParams{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// A first request shows the consumer is pulling.
+	if err := b.Enqueue(ctx, &backend.Message{ID: "before-delete", CorrelationID: "before-delete", Queue: "remade"}); err != nil {
+		t.Fatal(err)
+	}
+	if d, err := c.Next(ctx); err != nil {
+		t.Fatal(err)
+	} else {
+		_ = d.Ack(ctx)
+	}
+	// An operator deletes the JetStream consumer under a running responder.
+	js, err := jetstream.New(b.Conn())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := js.DeleteConsumer(ctx, "RSVP_REQUESTS", "rsvp_remade"); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Enqueue(ctx, &backend.Message{ID: "after-delete", CorrelationID: "after-delete", Queue: "remade"}); err != nil {
+		t.Fatal(err)
+	}
+	// The deletion is noticed at once when the server reports it to a waiting
+	// pull, else by the missing heartbeats; the request must come through.
+	// (The first request may come again: its ack can lose the race with the
+	// deletion.)
+	for {
+		d, err := c.Next(ctx)
+		if err != nil {
+			t.Fatalf("after the consumer was deleted: %v", err)
+		}
+		_ = d.Ack(ctx)
+		if d.Message().ID == "after-delete" {
+			return
+		}
 	}
 }

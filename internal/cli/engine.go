@@ -1,0 +1,115 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/rsvp-go/rsvp"
+	"github.com/rsvp-go/rsvp/backend/rsvpnats"
+)
+
+// maxBody is the largest request or reply body the commands accept, the
+// client's limit too.
+const maxBody = 1 << 20
+
+// closeTimeout bounds closing the client and the engine on exit.
+const closeTimeout = 10 * time.Second
+
+// engineSpec is a parsed --engine value.
+type engineSpec struct {
+	raw    string // as given, with its credentials hidden: for messages
+	memory bool   // embedded:mem
+	dir    string // embedded:DIR
+	url    string // nats://... or tls://...
+}
+
+// parseEngine parses an --engine value. Its errors are usage errors.
+func parseEngine(s string) (engineSpec, error) {
+	spec := engineSpec{raw: userinfo.ReplaceAllString(s, "://***@")}
+	switch {
+	case s == "embedded:mem":
+		spec.memory = true
+	case strings.HasPrefix(s, "embedded:"):
+		spec.dir = strings.TrimPrefix(s, "embedded:")
+		if spec.dir == "" {
+			return spec, usagef("engine %q names no directory: use embedded:DIR or embedded:mem", spec.raw)
+		}
+	case strings.HasPrefix(s, "nats://"), strings.HasPrefix(s, "tls://"):
+		spec.url = s
+	default:
+		return spec, usagef("engine %q is not one of embedded:DIR, embedded:mem, nats://HOST:PORT, tls://HOST:PORT", spec.raw)
+	}
+	return spec, nil
+}
+
+// userinfo matches the credentials in a URL.
+var userinfo = regexp.MustCompile(`://[^@/,]*@`)
+
+// engineFlag parses the --engine flag of fs.
+func engineFlag(fs *flag.FlagSet) (engineSpec, error) {
+	return parseEngine(fs.Lookup("engine").Value.String())
+}
+
+// session is an open engine and a client on it.
+type session struct {
+	backend *rsvpnats.Backend
+	client  *rsvp.Client
+}
+
+// openOptions tune open for the command at hand.
+type openOptions struct {
+	log *slog.Logger // for the backend and the client; nil: discard
+}
+
+// open opens the engine of spec and a client on it.
+func open(ctx context.Context, spec engineSpec, o openOptions) (*session, error) {
+	b, err := openBackend(ctx, spec, o.log)
+	if err != nil {
+		return nil, err
+	}
+	c, err := rsvp.New(ctx, b, rsvp.Config{MaxBodySize: maxBody, Logger: o.log})
+	if err != nil {
+		b.Close()
+		return nil, fmt.Errorf("start client on engine %s: %w", spec.raw, err)
+	}
+	return &session{backend: b, client: c}, nil
+}
+
+func openBackend(ctx context.Context, spec engineSpec, log *slog.Logger) (*rsvpnats.Backend, error) {
+	opts := rsvpnats.Options{Logger: log}
+	var (
+		b   *rsvpnats.Backend
+		err error
+	)
+	switch {
+	case spec.memory:
+		opts.Memory = true
+		b, err = rsvpnats.Embedded("", opts)
+	case spec.dir != "":
+		opts.Listen = true // so that other rsvp processes on dir can connect
+		b, err = rsvpnats.Embedded(spec.dir, opts)
+	default:
+		b, err = rsvpnats.Connect(ctx, spec.url, opts)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("cannot open engine %s: %w", spec.raw, err)
+	}
+	return b, nil
+}
+
+// close closes the client, then the engine. A failure is worth a warning
+// only: the command's work is done or abandoned by now.
+func (s *session) close(ctx context.Context, stderr io.Writer) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), closeTimeout)
+	defer cancel()
+	if err := errors.Join(s.client.Close(ctx), s.backend.Close()); err != nil {
+		fmt.Fprintf(stderr, "rsvp: warning: closing the engine: %v\n", err)
+	}
+}

@@ -27,6 +27,8 @@ const (
 	CodeExpired           = "expired"            // the deadline passed before the request was done
 	CodeBadPayload        = "bad_payload"        // the body did not decode
 	CodeAttemptsExhausted = "attempts_exhausted" // leases ran out (the worker died) on every attempt
+	CodeBadRequest        = "bad_request"        // the request could not be read (no id, bad headers)
+	CodeBadReplyTo        = "bad_reply_to"       // no reply can be stored at the request's ReplyTo
 )
 
 // RemoteError is the failure a responder replied with. A handler may return

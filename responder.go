@@ -204,8 +204,8 @@ func (r *Responder) handle(d backend.Delivery) {
 		}
 		out := *reply
 		out.CorrelationID, out.Status, out.ErrorCode, out.ErrorMessage = m.CorrelationID, backend.StatusSucceeded, "", ""
-		if len(out.Body) > r.c.cfg.MaxBodySize {
-			r.fail(ctx, d, CodeFailed, fmt.Sprintf("reply body is %d bytes, limit %d", len(out.Body), r.c.cfg.MaxBodySize), log)
+		if err := r.checkReply(&out); err != nil {
+			r.fail(ctx, d, CodeFailed, err.Error(), log)
 			return
 		}
 		r.finish(ctx, d, &out, log)
@@ -258,21 +258,40 @@ func (r *Responder) run(d backend.Delivery, m *Message) (reply *Reply, err error
 	}()
 	defer func() {
 		if p := recover(); p != nil {
-			err = fmt.Errorf("handler panicked: %v\n%s", p, debug.Stack())
+			r.log.Error("rsvp: handler panicked", "id", m.ID, "panic", p, "stack", string(debug.Stack()))
+			err = fmt.Errorf("handler panicked: %v", p)
 		}
 	}()
 	return r.h.ServeRequest(ctx, m)
 }
 
+// checkReply reports what in a handler's reply cannot be sent.
+func (r *Responder) checkReply(reply *Reply) error {
+	if len(reply.Body) > r.c.cfg.MaxBodySize {
+		return fmt.Errorf("reply body is %d bytes, limit %d", len(reply.Body), r.c.cfg.MaxBodySize)
+	}
+	for k := range reply.Headers {
+		if isReservedHeader(k) {
+			return fmt.Errorf("reply header %q uses a reserved prefix (Rsvp-, Nats-) or name (Content-Type: use Reply.ContentType)", k)
+		}
+	}
+	return nil
+}
+
 // finish stores the reply, then acknowledges the request. If the reply
-// cannot be stored the request is left to come back.
+// cannot be stored for now the request is left to come back; if it can
+// never be (a bad reply address), the request is dead-lettered.
 func (r *Responder) finish(ctx context.Context, d backend.Delivery, reply *Reply, log *slog.Logger) {
 	m := d.Message()
 	if m.ReplyTo != "" {
 		reply.CreatedAt = time.Now()
 		err := r.c.b.PutReply(ctx, m.ReplyTo, reply)
+		if errors.Is(err, backend.ErrBadAddress) {
+			log.Error("rsvp: the request's reply address is unusable; dead-lettering it", "reply_to", m.ReplyTo, "err", err)
+			err = r.c.b.DeadLetter(ctx, &backend.DeadLetter{Message: m, Reason: CodeBadReplyTo, LastError: err.Error(), At: time.Now()})
+		}
 		if err != nil && !errors.Is(err, backend.ErrReplyExists) {
-			log.Error("rsvp: storing the reply failed; the request will be handled again", "err", err)
+			log.Error("rsvp: storing the outcome failed; the request will be handled again", "err", err)
 			_ = d.Nack(ctx, r.opts.Backoff(m.Attempt))
 			return
 		}

@@ -9,6 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/rsvp-go/rsvp"
 	"github.com/rsvp-go/rsvp/backend"
 )
@@ -251,8 +254,8 @@ func TestPanicBecomesFailure(t *testing.T) {
 	})
 	_, err := c.Request(ctxWithin(t, 10*time.Second), "panicky", &rsvp.Message{Body: []byte("boom")})
 	var re *rsvp.RemoteError
-	if !errors.As(err, &re) || !strings.Contains(re.Message, "kaboom") {
-		t.Fatalf("got %v, want the panic as a failure", err)
+	if !errors.As(err, &re) || re.Message != "handler panicked: kaboom" {
+		t.Fatalf("got %v, want the panic as a failure (its stack goes to the log only)", err)
 	}
 	// The responder lives on.
 	if r, err := c.Request(ctxWithin(t, 10*time.Second), "panicky", &rsvp.Message{Body: []byte("fine")}); err != nil || string(r.Body) != "fine" {
@@ -377,5 +380,79 @@ func TestConcurrentResponders(t *testing.T) {
 	wg.Wait()
 	if a, b := byA.Load(), byB.Load(); a+b != 200 || a == 0 || b == 0 {
 		t.Fatalf("responders handled %d and %d of 200", a, b)
+	}
+}
+
+func TestBadReplyToIsDeadLetteredOnce(t *testing.T) {
+	t.Parallel()
+	c := setup(t, rsvp.Config{})
+	var calls atomic.Int32
+	handle(t, c, "misaddressed", rsvp.HandleOptions{Backoff: fastRetry}, func(ctx context.Context, m *rsvp.Message) (*rsvp.Reply, error) {
+		calls.Add(1)
+		return &rsvp.Reply{Body: []byte("lost")}, nil
+	})
+	if _, err := c.Send(ctxWithin(t, 5*time.Second), "misaddressed", &rsvp.Message{ReplyTo: "nowhere"}); err != nil {
+		t.Fatal(err)
+	}
+	// The queue keeps working, and the bad request is dead-lettered once.
+	if _, err := c.Request(ctxWithin(t, 10*time.Second), "misaddressed", &rsvp.Message{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return len(deadLetters(t, c, "misaddressed")) > 0 })
+	dls := deadLetters(t, c, "misaddressed")
+	if len(dls) != 1 || dls[0].Reason != rsvp.CodeBadReplyTo || dls[0].Message.ReplyTo != "nowhere" {
+		t.Fatalf("dead letters %+v", dls)
+	}
+	if n := calls.Load(); n != 2 {
+		t.Fatalf("handler ran %d times for 2 requests", n)
+	}
+}
+
+func TestReservedReplyHeaderFails(t *testing.T) {
+	t.Parallel()
+	c := setup(t, rsvp.Config{})
+	handle(t, c, "sneaky", rsvp.HandleOptions{}, func(ctx context.Context, m *rsvp.Message) (*rsvp.Reply, error) {
+		return &rsvp.Reply{Headers: map[string]string{"nats-expected-stream": "x"}}, nil
+	})
+	_, err := c.Request(ctxWithin(t, 10*time.Second), "sneaky", &rsvp.Message{})
+	var re *rsvp.RemoteError
+	if !errors.As(err, &re) || !strings.Contains(re.Message, "reserved") {
+		t.Fatalf("got %v, want a failure naming the reserved header", err)
+	}
+}
+
+func TestUnreadableRequestIsDeadLettered(t *testing.T) {
+	t.Parallel()
+	c := setup(t, rsvp.Config{})
+	handle(t, c, "raw", rsvp.HandleOptions{}, func(ctx context.Context, m *rsvp.Message) (*rsvp.Reply, error) {
+		return nil, nil
+	})
+	// A foreign publisher forgets the id header and sends a bad deadline.
+	js, err := jetstream.New(c.be.Conn())
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad := &nats.Msg{Subject: "rsvp.req.raw", Header: nats.Header{"Rsvp-Deadline": {"tomorrow"}}, Data: []byte("??")}
+	if _, err := js.PublishMsg(ctxWithin(t, 5*time.Second), bad); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return len(deadLetters(t, c, "raw")) > 0 })
+	dl := deadLetters(t, c, "raw")[0]
+	if dl.Reason != rsvp.CodeBadRequest || !strings.Contains(dl.LastError, "Rsvp-Deadline") || string(dl.Message.Body) != "??" {
+		t.Fatalf("dead letter %+v", dl)
+	}
+}
+
+// waitFor polls cond until it holds, failing the test after 10s.
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 10s")
+		}
+		<-tick.C
 	}
 }

@@ -25,6 +25,9 @@ var (
 	ErrClosed = errors.New("backend: closed")
 	// ErrTooLarge: the message does not fit the engine's limit.
 	ErrTooLarge = errors.New("backend: message too large")
+	// ErrBadAddress: a reply address (ReplyTo) that no reply can be stored
+	// at. Retrying does not help.
+	ErrBadAddress = errors.New("backend: bad reply address")
 )
 
 // Message is a stored request as the seam carries it. Field meanings are
@@ -104,7 +107,9 @@ type Backend interface {
 
 	// PutReply stores r durably at replyTo (an address from ReplyAddress,
 	// possibly of another process). It returns ErrReplyExists, storing
-	// nothing, if a reply for r.CorrelationID is already stored.
+	// nothing, if a reply for r.CorrelationID is already stored (at any
+	// address), and ErrBadAddress if replyTo is not a reply address for
+	// r.CorrelationID.
 	PutReply(ctx context.Context, replyTo string, r *Reply) error
 
 	// GetReply returns the stored reply for correlationID, or ErrNotFound.

@@ -314,6 +314,10 @@ var cases = []testCase{
 		if err := b.PutReply(ctx, b.ReplyAddress("inboxA", id), second); !errors.Is(err, backend.ErrReplyExists) {
 			t.Fatalf("second reply: %v, want ErrReplyExists", err)
 		}
+		// Also when addressed to another inbox (a requester that restarted).
+		if err := b.PutReply(ctx, b.ReplyAddress("inboxB", id), second); !errors.Is(err, backend.ErrReplyExists) {
+			t.Fatalf("second reply to another inbox: %v, want ErrReplyExists", err)
+		}
 		got, err := b.GetReply(ctx, id)
 		if err != nil {
 			t.Fatal(err)
@@ -582,8 +586,10 @@ var cases = []testCase{
 		if _, err := b.GetReply(ctx, "no.such"); err == nil || errors.Is(err, backend.ErrNotFound) {
 			t.Errorf("GetReply of an illegal id: %v, want a validation error", err)
 		}
-		if err := b.PutReply(ctx, "somewhere.else", &backend.Reply{CorrelationID: "x"}); err == nil {
-			t.Error("PutReply to a foreign address: no error")
+		for _, addr := range []string{"somewhere.else", b.ReplyAddress("inbox1", "y"), b.ReplyAddress("in.box", "x"), ""} {
+			if err := b.PutReply(ctx, addr, &backend.Reply{CorrelationID: "x"}); !errors.Is(err, backend.ErrBadAddress) {
+				t.Errorf("PutReply for x to %q: %v, want ErrBadAddress", addr, err)
+			}
 		}
 		big := newMsg(b, uniq("q"))
 		big.Body = make([]byte, 64<<20)

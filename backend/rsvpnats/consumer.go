@@ -3,6 +3,7 @@ package rsvpnats
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -30,7 +31,7 @@ func (b *Backend) Consume(ctx context.Context, queue string, p backend.ConsumePa
 		MaxDeliver:    -1,
 		MaxAckPending: 100_000,
 	}
-	c := &consumer{out: make(chan jetstream.Msg), done: make(chan struct{}), log: b.opts.Logger.With("queue", queue)}
+	c := &consumer{b: b, out: make(chan jetstream.Msg), done: make(chan struct{}), log: b.opts.Logger.With("queue", queue)}
 	c.open = func(ctx context.Context) (jetstream.MessagesContext, error) {
 		ctx, cancel := b.withTimeout(ctx)
 		defer cancel()
@@ -58,6 +59,7 @@ func (b *Backend) Consume(ctx context.Context, queue string, p backend.ConsumePa
 }
 
 type consumer struct {
+	b    *Backend
 	open func(context.Context) (jetstream.MessagesContext, error)
 	out  chan jetstream.Msg
 	done chan struct{}
@@ -146,10 +148,11 @@ func (c *consumer) Next(ctx context.Context) (backend.Delivery, error) {
 		select {
 		case m := <-c.out:
 			msg, err := decodeRequest(m.Subject(), m.Headers(), m.Data())
+			if err == nil {
+				err = errors.Join(backend.ValidateName("id", msg.ID), backend.ValidateName("correlation id", msg.CorrelationID))
+			}
 			if err != nil {
-				// Not ours to handle: nobody could. Keep it out of the way.
-				c.log.Error("rsvpnats: undecodable request terminated", "subject", m.Subject(), "err", err)
-				_ = m.Term()
+				c.reject(m, msg, err)
 				continue
 			}
 			if md, err := m.Metadata(); err == nil {
@@ -177,6 +180,31 @@ func (c *consumer) Close() error {
 		c.wg.Wait()
 	})
 	return nil
+}
+
+// reject takes a request that no handler could read out of the queue: it
+// goes to the dead-letter store with reason bad_request, and its requester,
+// if it can be told, gets that failure as the reply.
+func (c *consumer) reject(m jetstream.Msg, msg *backend.Message, why error) {
+	ctx, cancel := context.WithTimeout(context.Background(), c.b.opts.Timeout)
+	defer cancel()
+	c.log.Error("rsvpnats: bad request dead-lettered", "subject", m.Subject(), "id", msg.ID, "err", why)
+	if md, err := m.Metadata(); err == nil {
+		msg.Attempt = int(md.NumDelivered)
+		if msg.ID == "" {
+			msg.ID = fmt.Sprintf("seq-%d", md.Sequence.Stream)
+		}
+	}
+	dl := &backend.DeadLetter{Message: msg, Reason: "bad_request", LastError: why.Error(), At: time.Now()}
+	if err := c.b.DeadLetter(ctx, dl); err != nil {
+		c.log.Error("rsvpnats: dead-lettering a bad request failed; it comes back after its lease", "err", err)
+		return
+	}
+	if msg.ReplyTo != "" {
+		r := &backend.Reply{CorrelationID: msg.CorrelationID, Status: backend.StatusFailed, ErrorCode: "bad_request", ErrorMessage: why.Error(), CreatedAt: time.Now()}
+		_ = c.b.PutReply(ctx, msg.ReplyTo, r) // best effort: the address may be as bad as the rest
+	}
+	_ = m.Term()
 }
 
 type delivery struct {

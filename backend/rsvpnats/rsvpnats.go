@@ -156,7 +156,7 @@ func open(ctx context.Context, nc *nats.Conn, opts Options, memory bool, syncDir
 	cfgs := []jetstream.StreamConfig{{
 		Name:        streamRequests,
 		Description: "rsvp requests, one subject per queue",
-		Subjects:    []string{subjRequests + ">"},
+		Subjects:    []string{subjRequests + "*"},
 		Retention:   jetstream.WorkQueuePolicy,
 		Storage:     storage,
 		Duplicates:  opts.DedupeWindow,
@@ -164,7 +164,7 @@ func open(ctx context.Context, nc *nats.Conn, opts Options, memory bool, syncDir
 	}, {
 		Name:                 streamReplies,
 		Description:          "rsvp replies, one subject per correlation id",
-		Subjects:             []string{subjReplies + ">"},
+		Subjects:             []string{subjReplies + "*.*"},
 		Storage:              storage,
 		MaxAge:               opts.ReplyRetention,
 		MaxMsgsPerSubject:    1,
@@ -173,11 +173,11 @@ func open(ctx context.Context, nc *nats.Conn, opts Options, memory bool, syncDir
 		MaxMsgSize:           maxMsg,
 		AllowDirect:          true,
 		AllowAtomicPublish:   true,
-		RePublish:            &jetstream.RePublish{Source: subjReplies + ">", Destination: subjNotify + ">"},
+		RePublish:            &jetstream.RePublish{Source: subjReplies + "*.*", Destination: subjNotify + "{{wildcard(1)}}.{{wildcard(2)}}"},
 	}, {
 		Name:        streamDLQ,
 		Description: "rsvp dead letters, one subject per queue",
-		Subjects:    []string{subjDLQ + ">"},
+		Subjects:    []string{subjDLQ + "*"},
 		Storage:     storage,
 		MaxAge:      opts.DeadLetterRetention,
 		Duplicates:  opts.DedupeWindow,
@@ -287,16 +287,20 @@ func (b *Backend) ReplyAddress(inbox, correlationID string) string {
 
 // PutReply implements backend.Backend.
 func (b *Backend) PutReply(ctx context.Context, replyTo string, r *backend.Reply) error {
-	rest, ok := strings.CutPrefix(replyTo, subjReplies)
-	if !ok || !strings.HasPrefix(rest, r.CorrelationID+".") {
-		return fmt.Errorf("rsvpnats: reply address %q is not %s<correlation id>.<inbox> for %q", replyTo, subjReplies, r.CorrelationID)
+	rest, ok := strings.CutPrefix(replyTo, subjReplies+r.CorrelationID+".")
+	if !ok || backend.ValidateName("inbox", rest) != nil {
+		return fmt.Errorf("rsvpnats: %w: %q is not %s<correlation id>.<inbox> for %q", backend.ErrBadAddress, replyTo, subjReplies, r.CorrelationID)
 	}
 	m := encodeReply(replyTo, r)
+	// Stored only if no reply to this correlation id exists under any inbox
+	// (the stream's one-per-subject limit covers one inbox only).
+	m.Header.Set("Nats-Expected-Last-Subject-Sequence", "0")
+	m.Header.Set("Nats-Expected-Last-Subject-Sequence-Subject", subjReplies+r.CorrelationID+".*")
 	if err := b.checkSize(m); err != nil {
 		return fmt.Errorf("rsvpnats: reply: %w", err)
 	}
 	if err := b.publish(ctx, streamReplies, m); err != nil {
-		if isPerSubjectLimit(err) {
+		if isReplyConflict(err) {
 			return backend.ErrReplyExists
 		}
 		return fmt.Errorf("rsvpnats: store reply %s: %w", r.CorrelationID, err)
@@ -304,9 +308,13 @@ func (b *Backend) PutReply(ctx context.Context, replyTo string, r *backend.Reply
 	return nil
 }
 
-func isPerSubjectLimit(err error) bool {
+// isReplyConflict reports whether a reply was refused because one is
+// stored already: by the expected-sequence check, or by the stream's
+// one-message-per-subject limit.
+func isReplyConflict(err error) bool {
 	var apiErr *jetstream.APIError
-	return errors.As(err, &apiErr) && strings.Contains(apiErr.Description, "maximum messages per subject")
+	return errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+		strings.Contains(apiErr.Description, "maximum messages per subject"))
 }
 
 // GetReply implements backend.Backend.
@@ -323,7 +331,7 @@ func (b *Backend) GetReply(ctx context.Context, correlationID string) (*backend.
 	if err != nil {
 		return nil, fmt.Errorf("rsvpnats: get reply %s: %w", correlationID, err)
 	}
-	return decodeReply(raw.Header, raw.Data)
+	return decodeReply(raw.Subject, raw.Header, raw.Data), nil
 }
 
 func (b *Backend) withTimeout(ctx context.Context) (context.Context, context.CancelFunc) {
@@ -345,12 +353,7 @@ func (b *Backend) WatchReply(ctx context.Context, correlationID string, fn func(
 
 func (b *Backend) subscribeNotify(subject string, fn func(*backend.Reply)) (backend.Subscription, error) {
 	sub, err := b.nc.Subscribe(subject, func(m *nats.Msg) {
-		r, err := decodeReply(m.Header, m.Data)
-		if err != nil {
-			b.opts.Logger.Warn("rsvpnats: undecodable reply", "subject", m.Subject, "err", err)
-			return
-		}
-		fn(r)
+		fn(decodeReply(m.Subject, m.Header, m.Data))
 	})
 	if err != nil {
 		return nil, fmt.Errorf("rsvpnats: subscribe %s: %w", subject, err)

@@ -65,7 +65,8 @@ func getTime(h nats.Header, key string) (time.Time, error) {
 // isWireHeader reports whether a header belongs to the wire format (or to
 // NATS) rather than to the application.
 func isWireHeader(k string) bool {
-	return strings.HasPrefix(k, "Rsvp-") || strings.HasPrefix(k, "Nats-") || k == hdrContentType
+	k = strings.ToLower(k)
+	return strings.HasPrefix(k, "rsvp-") || strings.HasPrefix(k, "nats-") || k == "content-type"
 }
 
 func putAppHeaders(h nats.Header, app map[string]string) {
@@ -158,7 +159,10 @@ func encodeReply(subject string, r *backend.Reply) *nats.Msg {
 	return &nats.Msg{Subject: subject, Header: h, Data: r.Body}
 }
 
-func decodeReply(h nats.Header, body []byte) (*backend.Reply, error) {
+// decodeReply reads a stored or republished reply. subject is where it was
+// stored or republished; it names the correlation id if the header lacks it.
+// A reply is read leniently: it is final, and its requester must get it.
+func decodeReply(subject string, h nats.Header, body []byte) *backend.Reply {
 	r := &backend.Reply{
 		CorrelationID: h.Get(hdrCorrelationID),
 		Status:        backend.Status(h.Get(hdrStatus)),
@@ -168,12 +172,17 @@ func decodeReply(h nats.Header, body []byte) (*backend.Reply, error) {
 		Headers:       appHeaders(h),
 		Body:          body,
 	}
+	if r.CorrelationID == "" {
+		// rsvp.reply.<id>.<inbox> or rsvp.notify.<id>.<inbox>
+		if parts := strings.Split(subject, "."); len(parts) == 4 {
+			r.CorrelationID = parts[2]
+		}
+	}
 	if r.Status == "" {
 		r.Status = backend.StatusSucceeded
 	}
-	var err error
-	r.CreatedAt, err = getTime(h, hdrCreatedAt)
-	return r, err
+	r.CreatedAt, _ = getTime(h, hdrCreatedAt) // zero if unreadable
+	return r
 }
 
 func encodeDeadLetter(dl *backend.DeadLetter) *nats.Msg {

@@ -124,7 +124,8 @@ func startEmbedded(dir string, opts Options) (*Backend, error) {
 		ns.WaitForShutdown()
 		return nil
 	}
-	nc, err := nats.Connect("", nats.InProcessServer(ns), nats.Token(token), nats.Name("rsvp-embedded"))
+	done := make(chan struct{})
+	nc, err := nats.Connect("", nats.InProcessServer(ns), nats.Token(token), nats.Name("rsvp-embedded"), closedHandler(done))
 	if err != nil {
 		shutdown()
 		return nil, fmt.Errorf("rsvpnats: connect to embedded server: %w", err)
@@ -138,6 +139,7 @@ func startEmbedded(dir string, opts Options) (*Backend, error) {
 		return nil, err
 	}
 	b.onClose = shutdown
+	b.done = done
 	if opts.Listen {
 		info := engineInfo{URL: ns.ClientURL(), Token: token, PID: os.Getpid()}
 		if err := writePrivate(filepath.Join(dir, engineFile), info); err != nil {
@@ -156,7 +158,11 @@ func connectShared(dir string, opts Options) (*Backend, error) {
 	for {
 		info, err := readEngineInfo(path)
 		if err == nil {
-			nc, err := nats.Connect(info.URL, nats.Token(info.Token), nats.Name("rsvp"))
+			// The engine lives as long as its owner: give up reconnecting
+			// after a few seconds without it, and say so through Done.
+			done := make(chan struct{})
+			nc, err := nats.Connect(info.URL, nats.Token(info.Token), nats.Name("rsvp"),
+				nats.ReconnectWait(250*time.Millisecond), nats.MaxReconnects(12), closedHandler(done))
 			if err == nil {
 				ctx, cancel := context.WithTimeout(context.Background(), opts.Timeout)
 				defer cancel()
@@ -164,8 +170,10 @@ func connectShared(dir string, opts Options) (*Backend, error) {
 				b, err := open(ctx, nc, opts, false, syncDirFor(dir, opts))
 				if err != nil {
 					nc.Close()
+					return nil, err
 				}
-				return b, err
+				b.done = done
+				return b, nil
 			}
 		}
 		if time.Now().After(deadline) {

@@ -105,6 +105,7 @@ type Backend struct {
 	dlq     jetstream.Stream
 	syncs   map[string]*groupSync // by stream; only for an embedded engine with SyncAlways
 	onClose func() error          // stops an embedded server, releases the lock
+	done    chan struct{}         // closed when the connection is closed for good
 
 	closeOnce sync.Once
 	closeErr  error
@@ -120,7 +121,9 @@ func Connect(ctx context.Context, url string, opts Options) (*Backend, error) {
 	if err := opts.validate(); err != nil {
 		return nil, fmt.Errorf("rsvpnats: %w", err)
 	}
+	done := make(chan struct{})
 	nopts := append([]nats.Option{nats.Name("rsvp"), nats.MaxReconnects(-1)}, opts.NATSOptions...)
+	nopts = append(nopts, closedHandler(done))
 	nc, err := nats.Connect(url, nopts...)
 	if err != nil {
 		return nil, fmt.Errorf("rsvpnats: connect to %s: %w", redact(url), err)
@@ -130,8 +133,21 @@ func Connect(ctx context.Context, url string, opts Options) (*Backend, error) {
 		nc.Close()
 		return nil, err
 	}
+	b.done = done
 	return b, nil
 }
+
+// closedHandler closes done once the connection is closed for good.
+func closedHandler(done chan struct{}) nats.Option {
+	return nats.ClosedHandler(func(*nats.Conn) { close(done) })
+}
+
+// Done is closed when the backend can no longer reach its engine: after
+// Close, or when a connection gives up reconnecting. A process connected to
+// the embedded engine of another process (see Embedded) loses it when that
+// process exits; Connect keeps reconnecting to an external server and never
+// gives up by itself.
+func (b *Backend) Done() <-chan struct{} { return b.done }
 
 // redact hides a password in a URL for error messages.
 func redact(url string) string {

@@ -312,3 +312,36 @@ func TestConsumerDeletedIsMadeAgain(t *testing.T) {
 		}
 	}
 }
+
+func TestSharedEngineLossIsReported(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	owner, err := rsvpnats.Embedded(dir, rsvpnats.Options{Listen: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	guest, err := rsvpnats.Embedded(dir, rsvpnats.Options{})
+	if err != nil {
+		owner.Close()
+		t.Fatal(err)
+	}
+	defer guest.Close()
+	select {
+	case <-guest.Done():
+		t.Fatal("Done closed while the engine runs")
+	default:
+	}
+	if err := owner.Close(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-guest.Done():
+	case <-time.After(30 * time.Second):
+		t.Fatal("the guest was not told that the engine is gone")
+	}
+	select {
+	case <-owner.Done():
+	default:
+		t.Fatal("Done of a closed backend is open")
+	}
+}

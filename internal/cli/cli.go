@@ -48,7 +48,7 @@ embedded:./rsvp-data):
                      that runs it, and the others lose it)
   embedded:mem       an in-memory engine private to this process (for trying
                      things out: nothing is kept)
-  nats://HOST:PORT   an external NATS server with JetStream (2.12 or newer);
+  nats://HOST:PORT   an external NATS server with JetStream (2.10 or newer);
   tls://HOST:PORT    several URLs may be given, separated by commas
 
 Exit status: 0 on success, 1 on failure (the request failed or timed out, the

@@ -118,7 +118,14 @@ func runWorker(ctx context.Context, e *env, cmd *command, args []string) error {
 		return fmt.Errorf("start worker on %s: %w", queue, err)
 	}
 	fmt.Fprintf(out, "rsvp worker: ready: queue %s, engine %s, concurrency %d, command %q\n", queue, spec.raw, wf.concurrency, wf.command)
-	<-ctx.Done()
+	select {
+	case <-ctx.Done():
+	case <-s.backend.Done():
+		stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), wf.shutdownTimeout)
+		defer cancel()
+		_ = r.Stop(stopCtx) // nothing more can be settled: the engine is gone
+		return fmt.Errorf("lost the engine %s (the process that ran it exited?); its requests are kept there: start the worker again", spec.raw)
+	}
 	fmt.Fprintf(out, "rsvp worker: stopping; running requests have %s to finish\n", wf.shutdownTimeout)
 	stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), wf.shutdownTimeout)
 	defer cancel()

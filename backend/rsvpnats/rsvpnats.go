@@ -188,7 +188,6 @@ func open(ctx context.Context, nc *nats.Conn, opts Options, memory bool, syncDir
 		DiscardNewPerSubject: true,
 		MaxMsgSize:           maxMsg,
 		AllowDirect:          true,
-		AllowAtomicPublish:   true,
 		RePublish:            &jetstream.RePublish{Source: subjReplies + "*.*", Destination: subjNotify + "{{wildcard(1)}}.{{wildcard(2)}}"},
 	}, {
 		Name:        streamDLQ,
@@ -416,11 +415,7 @@ func (b *Backend) DeadLetters(ctx context.Context, queue string, limit int) ([]*
 		if err != nil {
 			return out, fmt.Errorf("rsvpnats: dead letters of %s: %w", queue, err)
 		}
-		dl, err := decodeDeadLetter(raw.Subject, raw.Header, raw.Data)
-		if err != nil {
-			return out, fmt.Errorf("rsvpnats: dead letter %d of %s: %w", raw.Sequence, queue, err)
-		}
-		out = append(out, dl)
+		out = append(out, decodeDeadLetter(raw.Subject, raw.Header, raw.Data))
 		seq = raw.Sequence + 1
 	}
 	return out, nil

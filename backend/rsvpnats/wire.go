@@ -200,15 +200,14 @@ func encodeDeadLetter(dl *backend.DeadLetter) *nats.Msg {
 	return m
 }
 
-func decodeDeadLetter(subject string, h nats.Header, body []byte) (*backend.DeadLetter, error) {
-	m, err := decodeRequest(subjRequests+strings.TrimPrefix(subject, subjDLQ), h, body)
-	if err != nil {
-		return nil, err
-	}
+func decodeDeadLetter(subject string, h nats.Header, body []byte) *backend.DeadLetter {
+	// Read leniently: a request dead-lettered because it was unreadable
+	// must still be listed.
+	m, _ := decodeRequest(subjRequests+strings.TrimPrefix(subject, subjDLQ), h, body)
 	m.Attempt, _ = strconv.Atoi(h.Get(hdrAttempt))
 	dl := &backend.DeadLetter{Message: m, Reason: h.Get(hdrDeadReason), LastError: h.Get(hdrDeadError)}
-	dl.At, err = getTime(h, hdrDeadAt)
-	return dl, err
+	dl.At, _ = getTime(h, hdrDeadAt)
+	return dl
 }
 
 // headerSafe folds line breaks, which a header value cannot carry.

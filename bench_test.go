@@ -116,24 +116,39 @@ func BenchmarkRawJetStream(b *testing.B) {
 			}
 			ctx := context.Background()
 
-			// Responder: a pull consumer; reply, then ack.
+			// Responder: a pull consumer feeding as many workers as rsvp's
+			// responder has; each replies, then acks.
 			cons, err := js.CreateOrUpdateConsumer(ctx, "RSVP_REQUESTS", jetstream.ConsumerConfig{
 				Durable: "raw", FilterSubject: "rsvp.req.raw", AckPolicy: jetstream.AckExplicitPolicy})
 			if err != nil {
 				b.Fatal(err)
 			}
-			cc, err := cons.Consume(func(m jetstream.Msg) {
-				id := m.Headers().Get("Rsvp-Id")
-				reply := &nats.Msg{Subject: "rsvp.reply." + id + ".raw", Header: nats.Header{"Rsvp-Correlation-Id": {id}}, Data: m.Data()}
-				if _, err := js.PublishMsg(ctx, reply); err != nil {
-					b.Error(err)
-				}
-				_ = m.Ack()
-			}, jetstream.PullMaxMessages(max(conc, 8)))
+			workers := max(conc, 8)
+			it, err := cons.Messages(jetstream.PullMaxMessages(workers))
 			if err != nil {
 				b.Fatal(err)
 			}
-			defer cc.Stop()
+			var wg sync.WaitGroup
+			defer wg.Wait()
+			defer it.Stop()
+			for range workers {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for {
+						m, err := it.Next()
+						if err != nil {
+							return
+						}
+						id := m.Headers().Get("Rsvp-Id")
+						reply := &nats.Msg{Subject: "rsvp.reply." + id + ".raw", Header: nats.Header{"Rsvp-Correlation-Id": {id}}, Data: m.Data()}
+						if _, err := js.PublishMsg(ctx, reply); err != nil {
+							b.Error(err)
+						}
+						_ = m.Ack()
+					}
+				}()
+			}
 
 			// Requester: one subscription for all replies, a map of waiters.
 			var mu sync.Mutex

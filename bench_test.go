@@ -184,3 +184,19 @@ func BenchmarkRawJetStream(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkWaiters measures the waiter map: register, deliver, unregister,
+// from parallel goroutines, as Request does for every call.
+func BenchmarkWaiters(b *testing.B) {
+	w := rsvp.NewWaiters()
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			id := rsvp.NewID()
+			ch := w.Add(id)
+			w.Deliver(&rsvp.Reply{CorrelationID: id})
+			<-ch
+			w.Remove(id, ch)
+		}
+	})
+}

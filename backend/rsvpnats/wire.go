@@ -65,8 +65,8 @@ func getTime(h nats.Header, key string) (time.Time, error) {
 // isWireHeader reports whether a header belongs to the wire format (or to
 // NATS) rather than to the application.
 func isWireHeader(k string) bool {
-	k = strings.ToLower(k)
-	return strings.HasPrefix(k, "rsvp-") || strings.HasPrefix(k, "nats-") || k == "content-type"
+	return len(k) >= 5 && (strings.EqualFold(k[:5], "rsvp-") || strings.EqualFold(k[:5], "nats-")) ||
+		strings.EqualFold(k, hdrContentType)
 }
 
 func putAppHeaders(h nats.Header, app map[string]string) {

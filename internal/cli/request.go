@@ -59,9 +59,25 @@ var errWaitTimeout = errors.New("timeout")
 
 func runRequest(ctx context.Context, e *env, cmd *command, args []string) error {
 	fs := e.newFlagSet(cmd)
+	timeout := fs.Duration("timeout", 30*time.Second, "how long to wait for the reply; 0 waits for ever")
+	return e.sendThen(ctx, fs, cmd, args, timeout, func(s *session, t rsvp.Ticket) error {
+		return e.await(ctx, s.client, t.CorrelationID, *timeout)
+	})
+}
+
+func runSend(ctx context.Context, e *env, cmd *command, args []string) error {
+	fs := e.newFlagSet(cmd)
+	return e.sendThen(ctx, fs, cmd, args, nil, func(s *session, t rsvp.Ticket) error {
+		fmt.Fprintln(e.stdout, t.CorrelationID)
+		return nil
+	})
+}
+
+// sendThen parses the queue and the message flags (added to fs), opens the
+// engine, sends the message and hands its ticket to then.
+func (e *env) sendThen(ctx context.Context, fs *flag.FlagSet, cmd *command, args []string, timeout *time.Duration, then func(*session, rsvp.Ticket) error) error {
 	var mf messageFlags
 	mf.register(fs)
-	timeout := fs.Duration("timeout", 30*time.Second, "how long to wait for the reply; 0 waits for ever")
 	queue, spec, err := e.parseQueueCommand(fs, cmd, args, timeout)
 	if err != nil {
 		return err
@@ -77,34 +93,9 @@ func runRequest(ctx context.Context, e *env, cmd *command, args []string) error 
 	defer s.close(ctx, e.stderr)
 	t, err := s.client.Send(ctx, queue, msg)
 	if err != nil {
-		return fmt.Errorf("request to %s: %w", queue, err)
+		return fmt.Errorf("%s to %s: %w", cmd.name, queue, err)
 	}
-	return e.await(ctx, s.client, t.CorrelationID, *timeout)
-}
-
-func runSend(ctx context.Context, e *env, cmd *command, args []string) error {
-	fs := e.newFlagSet(cmd)
-	var mf messageFlags
-	mf.register(fs)
-	queue, spec, err := e.parseQueueCommand(fs, cmd, args, nil)
-	if err != nil {
-		return err
-	}
-	msg, err := mf.message(fs, e.stdin)
-	if err != nil {
-		return err
-	}
-	s, err := open(ctx, spec, openOptions{})
-	if err != nil {
-		return err
-	}
-	defer s.close(ctx, e.stderr)
-	t, err := s.client.Send(ctx, queue, msg)
-	if err != nil {
-		return fmt.Errorf("send to %s: %w", queue, err)
-	}
-	fmt.Fprintln(e.stdout, t.CorrelationID)
-	return nil
+	return then(s, t)
 }
 
 func runAwait(ctx context.Context, e *env, cmd *command, args []string) error {

@@ -43,7 +43,7 @@ type Options struct {
 	Logger *slog.Logger
 
 	// NATSOptions are passed to nats.Connect (credentials, TLS, ...). Connect
-	// only.
+	// only. A nats.ClosedHandler given here is replaced: watch Backend.Done.
 	NATSOptions []nats.Option
 
 	// The fields below apply to Embedded only.

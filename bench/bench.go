@@ -187,8 +187,14 @@ func Run(ctx context.Context, cfg Config, op Op) (Result, error) {
 	}
 	t := newTally()
 	if cfg.Warmup > 0 {
+		// Warm up the way the run will go: an open loop at its rate, or the
+		// closed loop's workers.
 		wctx, cancel := context.WithTimeout(ctx, cfg.Warmup)
-		closedLoop(wctx, cfg, op, t)
+		if cfg.Rate > 0 {
+			openLoop(wctx, ctx, cfg, op, t)
+		} else {
+			closedLoop(wctx, cfg, op, t)
+		}
 		cancel()
 	}
 	if err := ctx.Err(); err != nil {

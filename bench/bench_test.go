@@ -100,3 +100,18 @@ func TestConfigValidated(t *testing.T) {
 		}
 	}
 }
+
+// An open loop warms up as an open loop at its rate, not as a closed loop
+// of its in-flight cap.
+func TestOpenLoopWarmsUpAtItsRate(t *testing.T) {
+	t.Parallel()
+	var calls atomic.Int64
+	r, err := Run(context.Background(), Config{Rate: 100, Warmup: 300 * time.Millisecond, Duration: 300 * time.Millisecond},
+		func(ctx context.Context, id string) (string, error) { calls.Add(1); return id, nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := calls.Load(); n > 80 || r.Ops > 40 {
+		t.Fatalf("%d calls (%d measured) at 100/s over 600ms", n, r.Ops)
+	}
+}

@@ -38,6 +38,7 @@ Commands:
   await     wait for the reply to a request sent earlier
   worker    answer the requests of a queue by running a shell command
   demo      run the image-thumbnail scenario end to end
+  bench     measure throughput and latency, and the engine's limits
   help      show the help of a command
 
 Engine (--engine before or after the command, else $RSVP_ENGINE, else
@@ -97,6 +98,7 @@ func commands() map[string]*command {
 		{name: "await", usage: awaitUsage, run: runAwait},
 		{name: "worker", usage: workerUsage, run: runWorker},
 		{name: "demo", usage: demoUsage, run: runDemo},
+		{name: "bench", usage: benchUsage, run: runBench},
 		{name: "help", usage: helpUsage, noFlags: true, run: runHelp},
 	}
 	m := make(map[string]*command, len(cs))

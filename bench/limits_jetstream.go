@@ -1,0 +1,293 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/rsvp-go/rsvp/backend/rsvpnats"
+)
+
+// The streams, subjects and headers of rsvp's wire format (docs/wire.md)
+// that the raw loop uses.
+const (
+	wireRequests      = "RSVP_REQUESTS"
+	wireReplies       = "RSVP_REPLIES"
+	wireSubjRequests  = "rsvp.req."    // + queue
+	wireSubjReplies   = "rsvp.reply."  // + correlation id + "." + inbox
+	wireSubjNotify    = "rsvp.notify." // + correlation id + "." + inbox
+	wireID            = "Rsvp-Id"
+	wireCorrelationID = "Rsvp-Correlation-Id"
+	wireMsgID         = "Nats-Msg-Id"
+)
+
+// rawTimeout bounds the raw loop's calls that have no context of their
+// own: a responder's reply, setting up and tearing down.
+const rawTimeout = 10 * time.Second
+
+// LimitJetStream measures the engine under rsvp's round trip: a
+// hand-written request → consumer → reply loop with plain nats.go calls on
+// rsvp's streams, with none of rsvp's work (no validation, deadlines,
+// leases, retries, dead letters). A requester publishes a LimitMessageSize
+// request to a queue and waits for its reply's notification; responders
+// (max(concurrency, 8) of them, as for rsvp's round trip) pull it from a
+// durable consumer, publish the reply, then ack.
+//
+// The engine is a new embedded one on disk, in a new directory under dir
+// ("": the system's temporary directory), removed afterwards. With
+// rsvpnats.SyncAlways, a publish counts as done once its stream's block
+// files have been fdatasynced after its acknowledgement, by group commit
+// as rsvp does it (one round goroutine per stream); with SyncInterval, on
+// the acknowledgement. Default labels: limit:jetstream on embedded:fsync or
+// embedded:interval.
+func LimitJetStream(ctx context.Context, cfg Config, dir string, mode rsvpnats.Sync) (res Result, err error) {
+	tmp, remove, err := tempDir(dir, "rsvp-limit-jetstream-*")
+	if err != nil {
+		return Result{}, err
+	}
+	defer func() { err = errors.Join(err, remove()) }()
+	b, err := rsvpnats.Embedded(tmp, rsvpnats.Options{Sync: mode})
+	if err != nil {
+		return Result{}, fmt.Errorf("bench: embedded engine: %w", err)
+	}
+	defer func() { err = errors.Join(err, b.Close()) }()
+	l := &rawLoop{label: "embedded:interval"}
+	if mode == rsvpnats.SyncAlways {
+		l.label = "embedded:fsync"
+		streams := filepath.Join(tmp, "jetstream", "$G", "streams")
+		l.reqCommit = newCommitter(blockSyncer(filepath.Join(streams, wireRequests)))
+		defer l.reqCommit.close()
+		l.replyCommit = newCommitter(blockSyncer(filepath.Join(streams, wireReplies)))
+		defer l.replyCommit.close()
+	}
+	return l.run(ctx, cfg, b.Conn())
+}
+
+// LimitJetStreamOn runs the loop of LimitJetStream on the engine of b (an
+// external server, say), taking a publish as done on its acknowledgement:
+// the durability the server's own sync setting gives. It leaves nothing
+// behind on the engine. Default labels: limit:jetstream on jetstream.
+func LimitJetStreamOn(ctx context.Context, cfg Config, b *rsvpnats.Backend) (Result, error) {
+	l := &rawLoop{label: "jetstream"}
+	return l.run(ctx, cfg, b.Conn())
+}
+
+// rawLoop is one run of the raw JetStream loop.
+type rawLoop struct {
+	label                  string
+	reqCommit, replyCommit *committer // nil: no fsync of the loop's own
+	js                     jetstream.JetStream
+	queue, inbox           string
+	body                   []byte
+
+	mu      sync.Mutex
+	waiting map[string]chan string // by correlation id
+}
+
+func (l *rawLoop) run(ctx context.Context, cfg Config, nc *nats.Conn) (res Result, err error) {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return Result{}, fmt.Errorf("bench: jetstream: %w", err)
+	}
+	l.js, l.queue, l.inbox = js, "bench_"+token(), "bench"+token()
+	l.body, l.waiting = make([]byte, LimitMessageSize), map[string]chan string{}
+	sub, err := nc.Subscribe(wireSubjNotify+"*."+l.inbox, l.notified)
+	if err != nil {
+		return Result{}, fmt.Errorf("bench: subscribe to replies: %w", err)
+	}
+	// Last, once no responder can reply any more.
+	defer func() { err = errors.Join(err, l.unsubscribe(sub)) }()
+	if err := nc.Flush(); err != nil {
+		return Result{}, fmt.Errorf("bench: subscribe to replies: %w", err)
+	}
+	stopResponders, err := l.startResponders(ctx, limitWorkers(cfg))
+	if err != nil {
+		return Result{}, err
+	}
+	defer func() { err = errors.Join(err, stopResponders()) }()
+	return Run(ctx, named(cfg, "limit:jetstream", l.label), l.request)
+}
+
+// request is the operation: publish a request, wait for its reply.
+func (l *rawLoop) request(ctx context.Context, id string) (string, error) {
+	ch := make(chan string, 1)
+	l.mu.Lock()
+	l.waiting[id] = ch
+	l.mu.Unlock()
+	defer func() {
+		l.mu.Lock()
+		delete(l.waiting, id)
+		l.mu.Unlock()
+	}()
+	m := &nats.Msg{Subject: wireSubjRequests + l.queue, Header: nats.Header{wireID: {id}, wireMsgID: {id}}, Data: l.body}
+	if err := l.publish(ctx, m, l.reqCommit); err != nil {
+		return "", fmt.Errorf("publish request: %w", err)
+	}
+	select {
+	case got := <-ch:
+		return got, nil
+	case <-ctx.Done():
+		return "", ctx.Err()
+	}
+}
+
+// publish publishes m and, with c, waits for a group commit after the
+// acknowledgement.
+func (l *rawLoop) publish(ctx context.Context, m *nats.Msg, c *committer) error {
+	if _, err := l.js.PublishMsg(ctx, m); err != nil {
+		return err
+	}
+	if c != nil {
+		return c.wait(ctx)
+	}
+	return nil
+}
+
+// notified hands a reply's notification to the request waiting for it.
+func (l *rawLoop) notified(m *nats.Msg) {
+	id := m.Header.Get(wireCorrelationID)
+	l.mu.Lock()
+	ch := l.waiting[id]
+	delete(l.waiting, id) // a second notification finds nobody
+	l.mu.Unlock()
+	if ch != nil {
+		ch <- id
+	}
+}
+
+// startResponders creates the queue's durable consumer and n goroutines
+// answering its requests. The returned function stops them, waits for
+// them and deletes the consumer.
+func (l *rawLoop) startResponders(ctx context.Context, n int) (func() error, error) {
+	cctx, cancel := context.WithTimeout(ctx, rawTimeout)
+	defer cancel()
+	name := "rsvp_" + l.queue
+	cons, err := l.js.CreateOrUpdateConsumer(cctx, wireRequests, jetstream.ConsumerConfig{
+		Durable: name, FilterSubject: wireSubjRequests + l.queue,
+		AckPolicy: jetstream.AckExplicitPolicy, MaxAckPending: 100_000,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("bench: create consumer: %w", err)
+	}
+	it, err := cons.Messages(jetstream.PullMaxMessages(n))
+	if err != nil {
+		return nil, errors.Join(fmt.Errorf("bench: consume: %w", err), l.deleteConsumer(name))
+	}
+	var wg sync.WaitGroup
+	for range n {
+		wg.Go(func() { l.respond(it) })
+	}
+	return func() error {
+		it.Stop()
+		wg.Wait()
+		return l.deleteConsumer(name)
+	}, nil
+}
+
+func (l *rawLoop) deleteConsumer(name string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), rawTimeout)
+	defer cancel()
+	if err := l.js.DeleteConsumer(ctx, wireRequests, name); err != nil {
+		return fmt.Errorf("bench: delete consumer %s: %w", name, err)
+	}
+	return nil
+}
+
+// respond answers requests until it stops: it publishes the reply (the
+// request's body), then acks. A request whose reply failed comes back.
+func (l *rawLoop) respond(it jetstream.MessagesContext) {
+	for {
+		m, err := it.Next()
+		if err != nil {
+			return // stopped
+		}
+		id := m.Headers().Get(wireID)
+		r := &nats.Msg{Subject: wireSubjReplies + id + "." + l.inbox, Header: nats.Header{wireCorrelationID: {id}}, Data: m.Data()}
+		ctx, cancel := context.WithTimeout(context.Background(), rawTimeout)
+		err = l.publish(ctx, r, l.replyCommit)
+		cancel()
+		if err != nil {
+			_ = m.NakWithDelay(100 * time.Millisecond)
+			continue
+		}
+		_ = m.Ack()
+	}
+}
+
+// unsubscribe ends the reply subscription and purges the loop's replies,
+// so that nothing is left on a shared engine.
+func (l *rawLoop) unsubscribe(sub *nats.Subscription) error {
+	err := sub.Unsubscribe()
+	ctx, cancel := context.WithTimeout(context.Background(), rawTimeout)
+	defer cancel()
+	s, serr := l.js.Stream(ctx, wireReplies)
+	if serr == nil {
+		serr = s.Purge(ctx, jetstream.WithPurgeSubject(wireSubjReplies+"*."+l.inbox))
+	}
+	if serr != nil {
+		serr = fmt.Errorf("bench: purge replies: %w", serr)
+	}
+	return errors.Join(err, serr)
+}
+
+// blockSyncer returns the sync of a group commit for the stream stored in
+// streamDir by an embedded engine: it fdatasyncs the message blocks
+// written since its last call (the last one it synced and any newer), and
+// the directory that names them when a block is new. Only one goroutine
+// may call it.
+func blockSyncer(streamDir string) func() error {
+	msgs := filepath.Join(streamDir, "msgs")
+	last := 0
+	return func() error {
+		entries, err := os.ReadDir(msgs)
+		if err != nil {
+			return fmt.Errorf("list blocks: %w", err)
+		}
+		grew := false
+		for _, e := range entries {
+			num, ok := strings.CutSuffix(e.Name(), ".blk")
+			n, err := strconv.Atoi(num)
+			if !ok || err != nil || n < last {
+				continue
+			}
+			if err := datasyncPath(filepath.Join(msgs, e.Name())); err != nil {
+				return err
+			}
+			grew = grew || n > last
+			last = max(last, n)
+		}
+		if grew {
+			return syncDir(msgs)
+		}
+		return nil
+	}
+}
+
+// datasyncPath fdatasyncs the file at p; a file removed meanwhile (an
+// emptied block) needs none.
+func datasyncPath(p string) error {
+	f, err := os.Open(p)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("fdatasync %s: %w", p, err)
+	}
+	err = datasync(f)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("fdatasync %s: %w", p, err)
+	}
+	return nil
+}

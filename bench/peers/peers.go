@@ -203,3 +203,16 @@ func hostPort(hostport, port string) string {
 	}
 	return net.JoinHostPort(strings.Trim(hostport, "[]"), port)
 }
+
+// closeStack closes what a peer opened, last first.
+type closeStack []func() error
+
+func (c *closeStack) push(f func() error) { *c = append(*c, f) }
+
+func (c closeStack) close() error {
+	var errs []error
+	for i := len(c) - 1; i >= 0; i-- {
+		errs = append(errs, c[i]())
+	}
+	return errors.Join(errs...)
+}

@@ -63,18 +63,11 @@ func startRiver(ctx context.Context, o Options) (_ *instance, err error) {
 	if err != nil {
 		return nil, err
 	}
-	var closers []func() error
-	closeAll := func() error {
-		var errs []error
-		for i := len(closers) - 1; i >= 0; i-- {
-			errs = append(errs, closers[i]())
-		}
-		return errors.Join(errs...)
-	}
-	closers = append(closers, func() error { pool.Close(); return nil })
+	var closers closeStack
+	closers.push(func() error { pool.Close(); return nil })
 	defer func() {
 		if err != nil {
-			err = errors.Join(err, closeAll())
+			err = errors.Join(err, closers.close())
 		}
 	}()
 
@@ -85,7 +78,7 @@ func startRiver(ctx context.Context, o Options) (_ *instance, err error) {
 	if _, err := pool.Exec(ctx, "CREATE SCHEMA "+schema); err != nil {
 		return nil, fmt.Errorf("create schema: %w", err)
 	}
-	closers = append(closers, func() error {
+	closers.push(func() error {
 		dctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		_, err := pool.Exec(dctx, "DROP SCHEMA IF EXISTS "+schema+" CASCADE")
@@ -124,7 +117,7 @@ func startRiver(ctx context.Context, o Options) (_ *instance, err error) {
 		unsubscribe()
 		return nil, fmt.Errorf("start client: %w", err)
 	}
-	closers = append(closers, func() error {
+	closers.push(func() error {
 		sctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 		defer cancel()
 		return client.Stop(sctx)
@@ -143,7 +136,7 @@ func startRiver(ctx context.Context, o Options) (_ *instance, err error) {
 			}
 		}
 	}()
-	closers = append(closers, func() error { unsubscribe(); wg.Wait(); return nil })
+	closers.push(func() error { unsubscribe(); wg.Wait(); return nil })
 
 	op := func(ctx context.Context, id string) (string, error) {
 		res, err := client.Insert(ctx, riverEcho{ID: id, Body: string(payload(id, o.Size))}, nil)
@@ -171,7 +164,7 @@ func startRiver(ctx context.Context, o Options) (_ *instance, err error) {
 		}
 		return payloadID([]byte(reply.Body)), nil
 	}
-	return &instance{engine: engine, op: op, close: closeAll}, nil
+	return &instance{engine: engine, op: op, close: closers.close}, nil
 }
 
 // connectPostgres opens a pool on o.Postgres, sized for the requesters and

@@ -44,18 +44,11 @@ func startWatermill(ctx context.Context, o Options) (_ *instance, err error) {
 		return nil, err
 	}
 	// Everything opened is closed in reverse on failure or on close.
-	var closers []func() error
-	closeAll := func() error {
-		var errs []error
-		for i := len(closers) - 1; i >= 0; i-- {
-			errs = append(errs, closers[i]())
-		}
-		return errors.Join(errs...)
-	}
-	closers = append(closers, es.stop)
+	var closers closeStack
+	closers.push(es.stop)
 	defer func() {
 		if err != nil {
-			err = errors.Join(err, closeAll())
+			err = errors.Join(err, closers.close())
 		}
 	}()
 	// One connection per component, as separate programs would have: a
@@ -67,7 +60,7 @@ func startWatermill(ctx context.Context, o Options) (_ *instance, err error) {
 			return nil, err
 		}
 		conns[name] = nc
-		closers = append(closers, func() error { nc.Close(); return nil })
+		closers.push(func() error { nc.Close(); return nil })
 	}
 
 	// Streams, created up front: a work queue for commands with one durable
@@ -123,7 +116,7 @@ func startWatermill(ctx context.Context, o Options) (_ *instance, err error) {
 	if err != nil {
 		return nil, err
 	}
-	closers = append(closers, replySub.Close)
+	closers.push(replySub.Close)
 
 	backend, err := requestreply.NewPubSubBackend[wmEcho](requestreply.PubSubBackendConfig{
 		Publisher: replyPub,
@@ -185,7 +178,7 @@ func startWatermill(ctx context.Context, o Options) (_ *instance, err error) {
 	case err := <-runErr:
 		return nil, fmt.Errorf("router: %w", err)
 	}
-	closers = append(closers, func() error {
+	closers.push(func() error {
 		err := router.Close() // closes cmdSub too
 		return errors.Join(err, <-runErr)
 	})
@@ -200,7 +193,7 @@ func startWatermill(ctx context.Context, o Options) (_ *instance, err error) {
 		}
 		return payloadID([]byte(reply.HandlerResult.Body)), nil
 	}
-	return &instance{engine: "watermill-requestreply:jetstream,fsync-every-1s", op: op, close: closeAll}, nil
+	return &instance{engine: "watermill-requestreply:jetstream,fsync-every-1s", op: op, close: closers.close}, nil
 }
 
 // replyConsumer creates the consumer one request reads its reply through:

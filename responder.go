@@ -113,7 +113,7 @@ func (c *Client) Handle(queue string, h Handler, opts HandleOptions) (*Responder
 	if c.closed {
 		return nil, ErrClosed
 	}
-	cons, err := c.b.Consume(context.Background(), queue, backend.ConsumeParams{Lease: opts.Lease, Prefetch: opts.Concurrency})
+	cons, err := c.b.Consume(context.Background(), queue, backend.ConsumeParams{Lease: opts.Lease})
 	if err != nil {
 		return nil, fmt.Errorf("rsvp: handle %s: %w", queue, err)
 	}

@@ -81,9 +81,6 @@ type ConsumeParams struct {
 	// Lease is how long a delivery stays invisible to other consumers before
 	// it is redelivered, unless extended or settled. Default 30s.
 	Lease time.Duration
-	// Prefetch bounds the deliveries held by this consumer before Next hands
-	// them out. Default 1.
-	Prefetch int
 }
 
 // Backend stores and delivers messages. All methods are safe for concurrent
@@ -141,10 +138,12 @@ type Backend interface {
 // Consumer hands out deliveries of one queue.
 type Consumer interface {
 	// Next blocks until a delivery is available, ctx ends, or the consumer is
-	// closed (ErrClosed). Safe for concurrent use by many workers.
+	// closed (ErrClosed). Safe for concurrent use by many workers. A message
+	// is leased when Next takes it, not before: nothing waits in a buffer
+	// while its lease runs out.
 	Next(ctx context.Context) (Delivery, error)
-	// Close stops fetching. Unsettled deliveries are redelivered after their
-	// lease.
+	// Close stops fetching; waiting Next calls return ErrClosed. Deliveries
+	// handed out stay valid: unsettled ones are redelivered after their lease.
 	Close() error
 }
 

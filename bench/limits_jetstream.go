@@ -4,10 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
-	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -44,11 +40,10 @@ const rawTimeout = 10 * time.Second
 //
 // The engine is a new embedded one on disk, in a new directory under dir
 // ("": the system's temporary directory), removed afterwards. With
-// rsvpnats.SyncAlways, a publish counts as done once its stream's block
-// files have been fdatasynced after its acknowledgement, by group commit
-// as rsvp does it (one round goroutine per stream); with SyncInterval, on
-// the acknowledgement. Default labels: limit:jetstream on embedded:fsync or
-// embedded:interval.
+// rsvpnats.SyncAlways, a publish counts as done once fsynced by the
+// backend's group commit (Backend.Publish), as rsvp's own writes are; with
+// SyncInterval, on the acknowledgement. Default labels: limit:jetstream on
+// embedded:fsync or embedded:interval.
 func LimitJetStream(ctx context.Context, cfg Config, dir string, mode rsvpnats.Sync) (res Result, err error) {
 	tmp, remove, err := tempDir(dir, "rsvp-limit-jetstream-*")
 	if err != nil {
@@ -60,14 +55,9 @@ func LimitJetStream(ctx context.Context, cfg Config, dir string, mode rsvpnats.S
 		return Result{}, fmt.Errorf("bench: embedded engine: %w", err)
 	}
 	defer func() { err = errors.Join(err, b.Close()) }()
-	l := &rawLoop{label: "embedded:interval"}
+	l := &rawLoop{label: "embedded:interval", b: b}
 	if mode == rsvpnats.SyncAlways {
 		l.label = "embedded:fsync"
-		streams := filepath.Join(tmp, "jetstream", "$G", "streams")
-		l.reqCommit = newCommitter(blockSyncer(filepath.Join(streams, wireRequests)))
-		defer l.reqCommit.close()
-		l.replyCommit = newCommitter(blockSyncer(filepath.Join(streams, wireReplies)))
-		defer l.replyCommit.close()
 	}
 	return l.run(ctx, cfg, b.Conn())
 }
@@ -83,11 +73,11 @@ func LimitJetStreamOn(ctx context.Context, cfg Config, b *rsvpnats.Backend) (Res
 
 // rawLoop is one run of the raw JetStream loop.
 type rawLoop struct {
-	label                  string
-	reqCommit, replyCommit *committer // nil: no fsync of the loop's own
-	js                     jetstream.JetStream
-	queue, inbox           string
-	body                   []byte
+	label        string
+	b            *rsvpnats.Backend // nil: publish and take the acknowledgement
+	js           jetstream.JetStream
+	queue, inbox string
+	body         []byte
 
 	mu      sync.Mutex
 	waiting map[string]chan string // by correlation id
@@ -129,7 +119,7 @@ func (l *rawLoop) request(ctx context.Context, id string) (string, error) {
 		l.mu.Unlock()
 	}()
 	m := &nats.Msg{Subject: wireSubjRequests + l.queue, Header: nats.Header{wireID: {id}, wireMsgID: {id}}, Data: l.body}
-	if err := l.publish(ctx, m, l.reqCommit); err != nil {
+	if err := l.publish(ctx, m); err != nil {
 		return "", fmt.Errorf("publish request: %w", err)
 	}
 	select {
@@ -140,16 +130,13 @@ func (l *rawLoop) request(ctx context.Context, id string) (string, error) {
 	}
 }
 
-// publish publishes m and, with c, waits for a group commit after the
-// acknowledgement.
-func (l *rawLoop) publish(ctx context.Context, m *nats.Msg, c *committer) error {
-	if _, err := l.js.PublishMsg(ctx, m); err != nil {
-		return err
+// publish stores m, through the backend's durable path when there is one.
+func (l *rawLoop) publish(ctx context.Context, m *nats.Msg) error {
+	if l.b != nil {
+		return l.b.Publish(ctx, m)
 	}
-	if c != nil {
-		return c.wait(ctx)
-	}
-	return nil
+	_, err := l.js.PublishMsg(ctx, m)
+	return err
 }
 
 // notified hands a reply's notification to the request waiting for it.
@@ -213,7 +200,7 @@ func (l *rawLoop) respond(it jetstream.MessagesContext) {
 		id := m.Headers().Get(wireID)
 		r := &nats.Msg{Subject: wireSubjReplies + id + "." + l.inbox, Header: nats.Header{wireCorrelationID: {id}}, Data: m.Data()}
 		ctx, cancel := context.WithTimeout(context.Background(), rawTimeout)
-		err = l.publish(ctx, r, l.replyCommit)
+		err = l.publish(ctx, r)
 		cancel()
 		if err != nil {
 			_ = m.NakWithDelay(100 * time.Millisecond)
@@ -237,57 +224,4 @@ func (l *rawLoop) unsubscribe(sub *nats.Subscription) error {
 		serr = fmt.Errorf("bench: purge replies: %w", serr)
 	}
 	return errors.Join(err, serr)
-}
-
-// blockSyncer returns the sync of a group commit for the stream stored in
-// streamDir by an embedded engine: it fdatasyncs the message blocks
-// written since its last call (the last one it synced and any newer), and
-// the directory that names them when a block is new. Only one goroutine
-// may call it.
-func blockSyncer(streamDir string) func() error {
-	msgs := filepath.Join(streamDir, "msgs")
-	last := 0
-	return func() error {
-		entries, err := os.ReadDir(msgs)
-		if err != nil {
-			return fmt.Errorf("list blocks: %w", err)
-		}
-		grew := false
-		for _, e := range entries {
-			num, ok := strings.CutSuffix(e.Name(), ".blk")
-			n, err := strconv.Atoi(num)
-			if !ok || err != nil || n < last {
-				continue
-			}
-			if err := datasyncPath(filepath.Join(msgs, e.Name())); err != nil {
-				return err
-			}
-			grew = grew || n > last
-			last = max(last, n)
-		}
-		if grew {
-			return syncDir(msgs)
-		}
-		return nil
-	}
-}
-
-// datasyncPath fdatasyncs the file at p; a file removed meanwhile (an
-// emptied block) needs none.
-func datasyncPath(p string) error {
-	f, err := os.Open(p)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("fdatasync %s: %w", p, err)
-	}
-	err = datasync(f)
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("fdatasync %s: %w", p, err)
-	}
-	return nil
 }

@@ -229,9 +229,10 @@ var cases = []testCase{
 		for range 3 {
 			mustEnqueue(t, b, newMsg(b, q))
 		}
-		// A consumer that prefetched, holds one delivery and closes: what it
-		// held goes to the next consumer without waiting out a lease.
-		c1, err := b.Consume(ctxFor(t, 10*time.Second), q, backend.ConsumeParams{Lease: time.Minute, Prefetch: 3})
+		// A consumer holds one delivery and closes; the delivery is given back.
+		// It, and what the closed consumer never took, go to the next consumer
+		// without waiting out a lease.
+		c1, err := b.Consume(ctxFor(t, 10*time.Second), q, backend.ConsumeParams{Lease: time.Minute})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -243,12 +244,19 @@ var cases = []testCase{
 			t.Fatal(err)
 		}
 		c2 := consume(t, b, q, backend.ConsumeParams{Lease: time.Minute})
+		attempts := map[string]int{}
 		for range 3 {
-			d := next(t, c2, 10*time.Second)
-			if d.Message().Attempt != 2 {
-				t.Errorf("given back as attempt %d, want 2", d.Message().Attempt)
+			d2 := next(t, c2, 10*time.Second)
+			attempts[d2.Message().ID] = d2.Message().Attempt
+			_ = d2.Ack(ctxFor(t, 5*time.Second))
+		}
+		if len(attempts) != 3 || attempts[d.Message().ID] != 2 {
+			t.Errorf("attempts %v: want 3 messages, %s (given back) at attempt 2", attempts, d.Message().ID)
+		}
+		for id, a := range attempts {
+			if id != d.Message().ID && a != 1 {
+				t.Errorf("%s, never taken before, came as attempt %d", id, a)
 			}
-			_ = d.Ack(ctxFor(t, 5*time.Second))
 		}
 		if _, err := c1.Next(ctxFor(t, time.Second)); !errors.Is(err, backend.ErrClosed) {
 			t.Fatalf("Next on a closed consumer: %v, want ErrClosed", err)
@@ -449,7 +457,7 @@ var cases = []testCase{
 		ctx := ctxFor(t, 30*time.Second)
 		var wg sync.WaitGroup
 		for i, bk := range []backend.Backend{b, b2} {
-			c := consume(t, bk, q, backend.ConsumeParams{Lease: 30 * time.Second, Prefetch: 4})
+			c := consume(t, bk, q, backend.ConsumeParams{Lease: 30 * time.Second})
 			for range 4 {
 				wg.Add(1)
 				go func() {

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/rsvp-go/rsvp/backend"
@@ -16,169 +17,119 @@ import (
 
 // Consume implements backend.Backend. All consumers of a queue share one
 // durable JetStream consumer, so they compete for its messages.
+//
+// Each Next pulls one message when its caller is ready for it: nothing is
+// fetched ahead, so no request waits in a buffer while its lease runs out.
 func (b *Backend) Consume(ctx context.Context, queue string, p backend.ConsumeParams) (backend.Consumer, error) {
 	if err := backend.ValidateName("queue", queue); err != nil {
 		return nil, fmt.Errorf("rsvpnats: consume: %w", err)
 	}
-	p.Lease = cmp.Or(p.Lease, 30*time.Second)
-	p.Prefetch = max(p.Prefetch, 1)
 	cfg := jetstream.ConsumerConfig{
 		Durable:       "rsvp_" + queue,
 		Description:   "rsvp responders of queue " + queue,
 		FilterSubject: subjRequests + queue,
 		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       p.Lease,
+		AckWait:       cmp.Or(p.Lease, 30*time.Second),
 		MaxDeliver:    -1,
 		MaxAckPending: 100_000,
 	}
-	c := &consumer{b: b, out: make(chan jetstream.Msg), done: make(chan struct{}), log: b.opts.Logger.With("queue", queue)}
-	c.open = func(ctx context.Context) (jetstream.MessagesContext, error) {
+	c := &consumer{b: b, log: b.opts.Logger.With("queue", queue)}
+	c.ctx, c.cancel = context.WithCancel(context.Background())
+	c.open = func(ctx context.Context) (jetstream.Consumer, error) {
 		ctx, cancel := b.withTimeout(ctx)
 		defer cancel()
 		cons, err := b.js.CreateOrUpdateConsumer(ctx, streamRequests, cfg)
 		if err != nil {
 			return nil, fmt.Errorf("rsvpnats: consumer for %s: %w", queue, err)
 		}
-		// Missing heartbeats end the iterator, so that a consumer deleted
-		// under it is noticed (within two heartbeats) and made again.
-		it, err := cons.Messages(jetstream.PullMaxMessages(p.Prefetch), jetstream.PullHeartbeat(5*time.Second),
-			jetstream.WithMessagesErrOnMissingHeartbeat(true))
-		if err != nil {
-			return nil, fmt.Errorf("rsvpnats: consume %s: %w", queue, err)
-		}
-		return it, nil
+		return cons, nil
 	}
-	it, err := c.open(ctx)
+	cons, err := c.open(ctx)
 	if err != nil {
+		c.cancel()
 		return nil, err
 	}
-	c.it = it
-	c.wg.Add(1)
-	go c.pump()
+	c.cons = cons
 	return c, nil
 }
 
+// pullWait is how long one pull waits at the server before it is renewed.
+const pullWait = 5 * time.Second
+
 type consumer struct {
-	b    *Backend
-	open func(context.Context) (jetstream.MessagesContext, error)
-	out  chan jetstream.Msg
-	done chan struct{}
-	wg   sync.WaitGroup
-	log  *slog.Logger
-	once sync.Once
+	b      *Backend
+	open   func(context.Context) (jetstream.Consumer, error)
+	log    *slog.Logger
+	ctx    context.Context // ends when the consumer is closed
+	cancel context.CancelFunc
 
-	mu      sync.Mutex
-	it      jetstream.MessagesContext // replaced when the consumer had to be made again
-	closing bool
-}
-
-// pump moves messages from the iterator to Next's callers. Once the
-// consumer is closing, it returns what it still holds to the queue. If the
-// iterator ends by itself (the JetStream consumer was deleted, say), it
-// makes a new one, retrying every second.
-func (c *consumer) pump() {
-	defer c.wg.Done()
-	for {
-		c.mu.Lock()
-		it := c.it
-		c.mu.Unlock()
-		m, err := it.Next()
-		if err != nil {
-			giveBack(it)
-			if !c.reopen(err) {
-				return
-			}
-			continue
-		}
-		select {
-		case c.out <- m:
-		case <-c.done:
-			_ = m.Nak()
-		}
-	}
-}
-
-// giveBack ends it and returns the messages it still buffers to the queue.
-func giveBack(it jetstream.MessagesContext) {
-	it.Drain()
-	for {
-		m, err := it.Next()
-		if err != nil {
-			return
-		}
-		_ = m.Nak()
-	}
-}
-
-// reopen replaces an iterator that ended with err. It reports false when
-// the consumer is closing.
-func (c *consumer) reopen(err error) bool {
-	c.mu.Lock()
-	closing := c.closing
-	c.mu.Unlock()
-	if closing {
-		return false
-	}
-	retry := time.NewTimer(0)
-	defer retry.Stop()
-	for {
-		select {
-		case <-c.done:
-			return false
-		case <-retry.C:
-		}
-		c.log.Warn("rsvpnats: consumer interrupted; making it again", "err", err)
-		var it jetstream.MessagesContext
-		if it, err = c.open(context.Background()); err == nil {
-			c.mu.Lock()
-			defer c.mu.Unlock()
-			if c.closing {
-				it.Stop()
-				return false
-			}
-			c.it = it
-			return true
-		}
-		retry.Reset(time.Second)
-	}
+	mu   sync.Mutex
+	cons jetstream.Consumer // made again if it was deleted
 }
 
 func (c *consumer) Next(ctx context.Context) (backend.Delivery, error) {
 	for {
-		select {
-		case m := <-c.out:
-			msg, err := decodeRequest(m.Subject(), m.Headers(), m.Data())
-			if err == nil {
-				err = errors.Join(backend.ValidateName("id", msg.ID), backend.ValidateName("correlation id", msg.CorrelationID))
-			}
-			if err != nil {
-				c.reject(m, msg, err)
-				continue
-			}
-			if md, err := m.Metadata(); err == nil {
-				msg.Attempt = int(md.NumDelivered)
-			}
-			return &delivery{m: m, msg: msg}, nil
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-c.done:
+		if c.ctx.Err() != nil {
 			return nil, backend.ErrClosed
 		}
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		m, err := c.pull(ctx)
+		if err != nil {
+			continue // an empty pull, or the consumer was made again: pull anew
+		}
+		msg, err := decodeRequest(m.Subject(), m.Headers(), m.Data())
+		if err == nil {
+			err = errors.Join(backend.ValidateName("id", msg.ID), backend.ValidateName("correlation id", msg.CorrelationID))
+		}
+		if err != nil {
+			c.reject(m, msg, err)
+			continue
+		}
+		if md, err := m.Metadata(); err == nil {
+			msg.Attempt = int(md.NumDelivered)
+		}
+		return &delivery{m: m, msg: msg}, nil
 	}
 }
 
-// Close unsubscribes first, so that the messages it then gives back (the
-// ones fetched but not handed out) go to other consumers at once rather
-// than back to this one.
-func (c *consumer) Close() error {
-	c.once.Do(func() {
+// pull fetches one message, waiting at most pullWait, until ctx ends or the
+// consumer closes. An error means: nothing this time.
+func (c *consumer) pull(ctx context.Context) (jetstream.Msg, error) {
+	fctx, cancel := context.WithTimeout(ctx, pullWait)
+	defer cancel()
+	stop := context.AfterFunc(c.ctx, cancel)
+	defer stop()
+	c.mu.Lock()
+	cons := c.cons
+	c.mu.Unlock()
+	m, err := cons.Next(jetstream.FetchContext(fctx))
+	if err == nil || fctx.Err() != nil || errors.Is(err, nats.ErrTimeout) {
+		return m, err
+	}
+	// The consumer was deleted, or the engine is unreachable: make the
+	// consumer again, pacing the attempts.
+	c.log.Warn("rsvpnats: pull failed; making the consumer again", "err", err)
+	pace := time.NewTimer(time.Second)
+	defer pace.Stop()
+	select {
+	case <-pace.C:
+	case <-fctx.Done():
+		return nil, err
+	}
+	if cons, oerr := c.open(ctx); oerr == nil {
 		c.mu.Lock()
-		c.closing = true
-		c.it.Drain()
+		c.cons = cons
 		c.mu.Unlock()
-		close(c.done)
-		c.wg.Wait()
-	})
+	}
+	return nil, err
+}
+
+// Close ends the consumer: waiting Next calls return ErrClosed. Deliveries
+// already handed out stay valid until settled or their lease runs out.
+func (c *consumer) Close() error {
+	c.cancel()
 	return nil
 }
 

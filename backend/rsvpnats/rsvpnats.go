@@ -248,8 +248,21 @@ func (b *Backend) publish(ctx context.Context, stream string, m *nats.Msg) error
 }
 
 // Conn returns the backend's NATS connection, for programs that also speak
-// the wire format directly.
+// the wire format directly. A JetStream publish on it is acknowledged before
+// it is fsynced; Publish waits as rsvp's own writes do.
 func (b *Backend) Conn() *nats.Conn { return b.nc }
+
+// Publish stores m, a message of the wire format (docs/wire.md) published
+// by a program of its own, and returns once it is as durable as rsvp's own
+// writes: with SyncAlways on an embedded engine, fsynced by group commit.
+func (b *Backend) Publish(ctx context.Context, m *nats.Msg) error {
+	for prefix, stream := range map[string]string{subjRequests: streamRequests, subjReplies: streamReplies, subjDLQ: streamDLQ} {
+		if strings.HasPrefix(m.Subject, prefix) {
+			return b.publish(ctx, stream, m)
+		}
+	}
+	return fmt.Errorf("rsvpnats: publish: %q is not a subject of the wire format", m.Subject)
+}
 
 // Close stops the batchers, closes the connection and, for an embedded
 // engine, stops the server and releases its directory.

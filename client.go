@@ -198,7 +198,7 @@ func (c *Client) Request(ctx context.Context, queue string, msg *Message) (*Repl
 		return nil, err
 	}
 	// A caller-chosen id may have been answered before (dedupe).
-	lookNow := msg.ID != ""
+	lookNow := msg.ID != "" || msg.CorrelationID != ""
 	return c.wait(ctx, m.CorrelationID, ch, lookNow)
 }
 
@@ -223,12 +223,18 @@ func (c *Client) Await(ctx context.Context, correlationID string) (*Reply, error
 func (c *Client) wait(ctx context.Context, id string, ch chan *Reply, lookNow bool) (*Reply, error) {
 	recheck := time.NewTimer(c.cfg.RecheckInterval)
 	defer recheck.Stop()
-	for {
+	for rechecks := 0; ; rechecks++ {
 		if lookNow {
-			if r, err := c.b.GetReply(ctx, id); err == nil {
+			r, err := c.b.GetReply(ctx, id)
+			switch {
+			case err == nil:
 				return r, replyError(r)
-			} else if !errors.Is(err, backend.ErrNotFound) {
+			case errors.Is(err, backend.ErrNotFound):
+			case rechecks == 0:
 				return nil, fmt.Errorf("rsvp: await %s: %w", id, err)
+			default:
+				// A recheck during a reconnect, say: keep waiting; only ctx ends the wait.
+				c.cfg.Logger.WarnContext(ctx, "rsvp: looking up a reply failed; still waiting", "correlation_id", id, "err", err)
 			}
 		}
 		select {

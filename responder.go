@@ -100,6 +100,7 @@ type Responder struct {
 	wg          sync.WaitGroup
 	stopped     chan struct{}
 	stopOnce    sync.Once
+	stopErr     error // the outcome of Stop, set before stopped closes
 }
 
 // Handle starts a responder for queue. It runs until Stop or Client.Close.
@@ -131,10 +132,22 @@ func (c *Client) Handle(queue string, h Handler, opts HandleOptions) (*Responder
 
 // Stop stops taking requests and waits for running handlers to finish until
 // ctx ends; then it cancels them and leaves their requests to be delivered
-// again. It returns ctx's error if handlers had to be cancelled.
+// again. It returns ctx's error if ctx ended before the responder stopped
+// (the stop then completes in the background). A Stop while another runs
+// waits for that one, or for its own ctx.
 func (r *Responder) Stop(ctx context.Context) error {
+	go r.stopOnce.Do(func() { r.stop(ctx) })
+	select {
+	case <-r.stopped:
+		return r.stopErr
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (r *Responder) stop(ctx context.Context) {
 	var err error
-	r.stopOnce.Do(func() {
+	{
 		r.stopFetch()
 		done := make(chan struct{})
 		go func() { r.wg.Wait(); close(done) }()
@@ -152,10 +165,9 @@ func (r *Responder) Stop(ctx context.Context) error {
 		r.c.mu.Lock()
 		delete(r.c.responders, r)
 		r.c.mu.Unlock()
+		r.stopErr = err
 		close(r.stopped)
-	})
-	<-r.stopped
-	return err
+	}
 }
 
 // Stopped is closed once Stop has returned.
@@ -286,6 +298,11 @@ func (r *Responder) finish(ctx context.Context, d backend.Delivery, reply *Reply
 	if m.ReplyTo != "" {
 		reply.CreatedAt = time.Now()
 		err := r.c.b.PutReply(ctx, m.ReplyTo, reply)
+		if errors.Is(err, backend.ErrTooLarge) && reply.Status == backend.StatusSucceeded {
+			// Retrying cannot make it fit: fail the request instead.
+			r.fail(ctx, d, CodeFailed, "the reply does not fit the engine: "+err.Error(), log)
+			return
+		}
 		if errors.Is(err, backend.ErrBadAddress) {
 			log.Error("rsvp: the request's reply address is unusable; dead-lettering it", "reply_to", m.ReplyTo, "err", err)
 			err = r.c.b.DeadLetter(ctx, &backend.DeadLetter{Message: m, Reason: CodeBadReplyTo, LastError: err.Error(), At: time.Now()})
@@ -301,14 +318,27 @@ func (r *Responder) finish(ctx context.Context, d backend.Delivery, reply *Reply
 	}
 }
 
+// maxErrorText bounds the error text kept when a full one does not fit.
+const maxErrorText = 1024
+
 // fail dead-letters the request and replies with the failure.
 func (r *Responder) fail(ctx context.Context, d backend.Delivery, code, msg string, log *slog.Logger) {
 	m := d.Message()
 	log.Warn("rsvp: request dead-lettered", "reason", code, "err", msg)
-	if err := r.c.b.DeadLetter(ctx, &backend.DeadLetter{Message: m, Reason: code, LastError: msg, At: time.Now()}); err != nil {
+	dl := &backend.DeadLetter{Message: m, Reason: code, LastError: msg, At: time.Now()}
+	err := r.c.b.DeadLetter(ctx, dl)
+	if errors.Is(err, backend.ErrTooLarge) && len(msg) > maxErrorText {
+		// The request plus a long error text does not fit: keep the request.
+		dl.LastError = msg[:maxErrorText] + "…"
+		err = r.c.b.DeadLetter(ctx, dl)
+	}
+	if err != nil {
 		log.Error("rsvp: dead-lettering failed; the request will be handled again", "err", err)
 		_ = d.Nack(ctx, r.opts.Backoff(m.Attempt))
 		return
+	}
+	if len(msg) > maxErrorText {
+		msg = msg[:maxErrorText] + "…"
 	}
 	status := backend.StatusFailed
 	if code == CodeExpired {

@@ -456,3 +456,72 @@ func waitFor(t *testing.T, cond func() bool) {
 		<-tick.C
 	}
 }
+
+func TestAnsweredCorrelationIDIsFoundAtOnce(t *testing.T) {
+	t.Parallel()
+	c := setup(t, rsvp.Config{RecheckInterval: time.Hour})
+	handle(t, c, "corr", rsvp.HandleOptions{}, func(ctx context.Context, m *rsvp.Message) (*rsvp.Reply, error) {
+		return &rsvp.Reply{Body: []byte("first")}, nil
+	})
+	msg := &rsvp.Message{CorrelationID: "order-77"}
+	if _, err := c.Request(ctxWithin(t, 10*time.Second), "corr", msg); err != nil {
+		t.Fatal(err)
+	}
+	// A second request with the same correlation id is answered from the
+	// stored reply, not after a recheck an hour away.
+	r, err := c.Request(ctxWithin(t, 10*time.Second), "corr", msg)
+	if err != nil || string(r.Body) != "first" {
+		t.Fatalf("second request: %v, %v", r, err)
+	}
+}
+
+func TestReplyTooLargeForEngineFailsOnce(t *testing.T) {
+	t.Parallel()
+	c := setup(t, rsvp.Config{MaxBodySize: 16 << 20}) // above the engine's 8 MiB
+	var calls atomic.Int32
+	handle(t, c, "huge", rsvp.HandleOptions{Backoff: fastRetry}, func(ctx context.Context, m *rsvp.Message) (*rsvp.Reply, error) {
+		calls.Add(1)
+		return &rsvp.Reply{Body: make([]byte, 9<<20)}, nil
+	})
+	_, err := c.Request(ctxWithin(t, 20*time.Second), "huge", &rsvp.Message{})
+	var re *rsvp.RemoteError
+	if !errors.As(err, &re) || re.Code != rsvp.CodeFailed || !strings.Contains(re.Message, "does not fit") {
+		t.Fatalf("got %v, want a failure saying the reply does not fit", err)
+	}
+	if n := calls.Load(); n != 1 {
+		t.Fatalf("handler ran %d times; a reply that cannot fit must not be retried", n)
+	}
+}
+
+func TestSecondStopHonoursItsContext(t *testing.T) {
+	t.Parallel()
+	c := setup(t, rsvp.Config{})
+	started, release := make(chan struct{}), make(chan struct{})
+	r := handle(t, c, "slowstop", rsvp.HandleOptions{}, func(ctx context.Context, m *rsvp.Message) (*rsvp.Reply, error) {
+		close(started)
+		<-release
+		return nil, nil
+	})
+	if _, err := c.Send(ctxWithin(t, 5*time.Second), "slowstop", &rsvp.Message{}); err != nil {
+		t.Fatal(err)
+	}
+	<-started
+	// Two Stops at once, in either order: the one with a short deadline
+	// returns at its deadline, not when the handler finishes.
+	patient := make(chan error, 1)
+	go func() { patient <- r.Stop(context.Background()) }()
+	short, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if err := r.Stop(short); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("short Stop: %v, want its own deadline", err)
+	}
+	close(release)
+	err := <-patient // nil, or the short deadline if that Stop ran the stop
+	if err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("patient Stop: %v", err)
+	}
+	// Later Stops report the same outcome at once.
+	if again := r.Stop(context.Background()); !errors.Is(again, err) && again != err {
+		t.Fatalf("Stop after stopping: %v, want %v", again, err)
+	}
+}

@@ -161,7 +161,8 @@ func connectShared(dir string, opts Options) (*Backend, error) {
 			// The engine lives as long as its owner: give up reconnecting
 			// after a few seconds without it, and say so through Done.
 			done := make(chan struct{})
-			nc, err := nats.Connect(info.URL, nats.Token(info.Token), nats.Name("rsvp"),
+			var nc *nats.Conn
+			nc, err = nats.Connect(info.URL, nats.Token(info.Token), nats.Name("rsvp"),
 				nats.ReconnectWait(250*time.Millisecond), nats.MaxReconnects(12), closedHandler(done))
 			if err == nil {
 				ctx, cancel := context.WithTimeout(context.Background(), opts.Timeout)

@@ -151,8 +151,12 @@ func (g *groupSync) syncBlocks() error {
 	if err != nil {
 		return err
 	}
-	if _, err := os.Stat(filepath.Join(msgs, strconv.Itoa(g.last+1)+".blk")); err == nil {
-		return g.syncFrom(msgs, g.last+1)
+	// A new block since the last round; or, rarely, a new block that filled
+	// up and was emptied again, with writes in the one after it.
+	for _, n := range []int{g.last + 1, g.last + 2} {
+		if _, err := os.Stat(filepath.Join(msgs, strconv.Itoa(n)+".blk")); err == nil {
+			return g.syncFrom(msgs, g.last+1)
+		}
 	}
 	return nil
 }

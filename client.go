@@ -139,6 +139,9 @@ func (c *Client) send(ctx context.Context, m *Message) (Ticket, error) {
 
 // prepare validates msg and returns a copy with the defaults filled in.
 func (c *Client) prepare(queue string, msg *Message) (*Message, error) {
+	if c.isClosed() {
+		return nil, ErrClosed
+	}
 	if msg == nil {
 		return nil, fmt.Errorf("%w: nil message", ErrInvalid)
 	}
@@ -161,11 +164,7 @@ func (c *Client) prepare(queue string, msg *Message) (*Message, error) {
 			errs = append(errs, err)
 		}
 	}
-	for k := range m.Headers {
-		if isReservedHeader(k) {
-			errs = append(errs, fmt.Errorf("header %q uses a reserved prefix (Rsvp-, Nats-) or name (Content-Type: use Message.ContentType)", k))
-		}
-	}
+	errs = append(errs, checkHeaders(m.Headers, "Message.ContentType"))
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
@@ -173,6 +172,41 @@ func (c *Client) prepare(queue string, msg *Message) (*Message, error) {
 		return nil, fmt.Errorf("%w: body is %d bytes, limit %d", ErrTooLarge, len(m.Body), c.cfg.MaxBodySize)
 	}
 	return &m, nil
+}
+
+// checkHeaders reports application headers that the wire format cannot
+// carry: reserved names, and keys that are not printable ASCII without ':'.
+func checkHeaders(h map[string]string, contentTypeField string) error {
+	var errs []error
+	for k, v := range h {
+		switch {
+		case isReservedHeader(k):
+			errs = append(errs, fmt.Errorf("header %q uses a reserved prefix (Rsvp-, Nats-) or name (Content-Type: use %s)", k, contentTypeField))
+		case !validHeaderKey(k):
+			errs = append(errs, fmt.Errorf("header key %q must be printable ASCII without spaces or ':'", k))
+		case strings.ContainsAny(v, "\r\n"):
+			errs = append(errs, fmt.Errorf("header %q has a line break in its value", k))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func validHeaderKey(k string) bool {
+	if k == "" {
+		return false
+	}
+	for i := 0; i < len(k); i++ {
+		if c := k[i]; c <= ' ' || c >= 0x7f || c == ':' {
+			return false
+		}
+	}
+	return true
+}
+
+func (c *Client) isClosed() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.closed
 }
 
 func isReservedHeader(k string) bool {
@@ -206,6 +240,9 @@ func (c *Client) Request(ctx context.Context, queue string, msg *Message) (*Repl
 // or any other client on the same engine (a requester that restarted, say),
 // for as long as the backend retains replies.
 func (c *Client) Await(ctx context.Context, correlationID string) (*Reply, error) {
+	if c.isClosed() {
+		return nil, ErrClosed
+	}
 	if err := backend.ValidateName("correlation id", correlationID); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}

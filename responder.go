@@ -199,6 +199,14 @@ func (r *Responder) handle(d backend.Delivery) {
 	ctx, cancel := settleCtx()
 	defer cancel()
 
+	if m.Attempt > 1 && m.ReplyTo != "" {
+		// Answered already, and only the acknowledgement was lost: settle it
+		// without running or failing it again.
+		if _, err := r.c.b.GetReply(ctx, m.CorrelationID); err == nil {
+			_ = d.Ack(ctx)
+			return
+		}
+	}
 	if !m.Deadline.IsZero() && !time.Now().Before(m.Deadline) {
 		r.fail(ctx, d, CodeExpired, "deadline passed before the request was started", log)
 		return
@@ -282,10 +290,8 @@ func (r *Responder) checkReply(reply *Reply) error {
 	if len(reply.Body) > r.c.cfg.MaxBodySize {
 		return fmt.Errorf("reply body is %d bytes, limit %d", len(reply.Body), r.c.cfg.MaxBodySize)
 	}
-	for k := range reply.Headers {
-		if isReservedHeader(k) {
-			return fmt.Errorf("reply header %q uses a reserved prefix (Rsvp-, Nats-) or name (Content-Type: use Reply.ContentType)", k)
-		}
+	if err := checkHeaders(reply.Headers, "Reply.ContentType"); err != nil {
+		return fmt.Errorf("reply: %w", err)
 	}
 	return nil
 }

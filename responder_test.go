@@ -525,3 +525,77 @@ func TestSecondStopHonoursItsContext(t *testing.T) {
 		t.Fatalf("Stop after stopping: %v, want %v", again, err)
 	}
 }
+
+// A request answered before whose acknowledgement was lost comes back: it is
+// settled without running the handler or dead-lettering it.
+func TestRedeliveredAnsweredRequestIsSettled(t *testing.T) {
+	t.Parallel()
+	c := setup(t, rsvp.Config{})
+	ctx := ctxWithin(t, 10*time.Second)
+	tk, err := c.Send(ctx, "lostack", &rsvp.Message{Body: []byte("x")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A worker answers it and dies before acknowledging: the request comes
+	// back as attempt 2.
+	cons, err := c.be.Consume(ctx, "lostack", backend.ConsumeParams{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := cons.Next(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.be.PutReply(ctx, d.Message().ReplyTo, &backend.Reply{CorrelationID: tk.CorrelationID, Status: backend.StatusSucceeded, Body: []byte("done")}); err != nil {
+		t.Fatal(err)
+	}
+	_ = cons.Close()
+	_ = d.Nack(ctx, 0)
+	var calls atomic.Int32
+	handle(t, c, "lostack", rsvp.HandleOptions{MaxAttempts: 1}, func(ctx context.Context, m *rsvp.Message) (*rsvp.Reply, error) {
+		calls.Add(1)
+		return nil, nil
+	})
+	// The queue drains: a marker request behind it gets through.
+	if _, err := c.Request(ctx, "lostack", &rsvp.Message{}); err != nil {
+		t.Fatal(err)
+	}
+	if n := calls.Load(); n != 1 {
+		t.Fatalf("handler ran %d times; want once, for the marker only", n)
+	}
+	if dls := deadLetters(t, c, "lostack"); len(dls) != 0 {
+		t.Fatalf("an answered request was dead-lettered: %+v", dls[0])
+	}
+	if r, err := c.Await(ctx, tk.CorrelationID); err != nil || string(r.Body) != "done" {
+		t.Fatalf("reply %v, %v", r, err)
+	}
+}
+
+func TestClosedClientRefuses(t *testing.T) {
+	t.Parallel()
+	c := setup(t, rsvp.Config{})
+	if err := c.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	ctx := ctxWithin(t, 5*time.Second)
+	if _, err := c.Send(ctx, "q", &rsvp.Message{}); !errors.Is(err, rsvp.ErrClosed) {
+		t.Errorf("Send after Close: %v", err)
+	}
+	if _, err := c.Request(ctx, "q", &rsvp.Message{}); !errors.Is(err, rsvp.ErrClosed) {
+		t.Errorf("Request after Close: %v", err)
+	}
+	if _, err := c.Await(ctx, "some-id"); !errors.Is(err, rsvp.ErrClosed) {
+		t.Errorf("Await after Close: %v", err)
+	}
+}
+
+func TestHeaderKeysValidated(t *testing.T) {
+	t.Parallel()
+	c := setup(t, rsvp.Config{})
+	for _, h := range []map[string]string{{"bad key": "v"}, {"a:b": "v"}, {"": "v"}, {"Ok": "line\nbreak"}} {
+		_, err := c.Send(ctxWithin(t, 5*time.Second), "q", &rsvp.Message{Headers: h})
+		if !errors.Is(err, rsvp.ErrInvalid) {
+			t.Errorf("headers %q: %v, want ErrInvalid", h, err)
+		}
+	}
+}

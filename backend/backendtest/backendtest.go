@@ -578,6 +578,25 @@ var cases = []testCase{
 			t.Fatalf("after reopen got %v, want %v", got, want)
 		}
 	}},
+	{name: "CloseEndsConsumers", run: func(t *testing.T, open Opener, f Features) {
+		b := open(t)
+		c, err := b.Consume(ctxFor(t, 10*time.Second), uniq("q"), backend.ConsumeParams{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		waiting := make(chan error, 1)
+		go func() {
+			_, err := c.Next(ctxFor(t, 20*time.Second))
+			waiting <- err
+		}()
+		if err := b.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if err := <-waiting; !errors.Is(err, backend.ErrClosed) {
+			t.Fatalf("Next waiting when the backend closed: %v, want ErrClosed", err)
+		}
+		_ = c.Close()
+	}},
 	{name: "BadInput", run: func(t *testing.T, open Opener, f Features) {
 		b := opened(t, open)
 		ctx := ctxFor(t, 10*time.Second)

@@ -34,7 +34,7 @@ func (b *Backend) Consume(ctx context.Context, queue string, p backend.ConsumePa
 		MaxAckPending: 100_000,
 	}
 	c := &consumer{b: b, log: b.opts.Logger.With("queue", queue)}
-	c.ctx, c.cancel = context.WithCancel(context.Background())
+	c.ctx, c.cancel = context.WithCancel(b.life)
 	c.open = func(ctx context.Context) (jetstream.Consumer, error) {
 		ctx, cancel := b.withTimeout(ctx)
 		defer cancel()

@@ -106,6 +106,8 @@ type Backend struct {
 	syncs   map[string]*groupSync // by stream; only for an embedded engine with SyncAlways
 	onClose func() error          // stops an embedded server, releases the lock
 	done    chan struct{}         // closed when the connection is closed for good
+	life    context.Context       // ends at Close; consumers end with it
+	end     context.CancelFunc
 
 	closeOnce sync.Once
 	closeErr  error
@@ -209,6 +211,7 @@ func open(ctx context.Context, nc *nats.Conn, opts Options, memory bool, syncDir
 		}
 	}
 	b := &Backend{opts: opts, nc: nc, js: js, replies: streams[1], dlq: streams[2]}
+	b.life, b.end = context.WithCancel(context.Background())
 	if syncDir != "" {
 		b.syncs = make(map[string]*groupSync, len(cfgs))
 		for _, cfg := range cfgs {
@@ -264,10 +267,11 @@ func (b *Backend) Publish(ctx context.Context, m *nats.Msg) error {
 	return fmt.Errorf("rsvpnats: publish: %q is not a subject of the wire format", m.Subject)
 }
 
-// Close stops the batchers, closes the connection and, for an embedded
+// Close ends the consumers, closes the connection and, for an embedded
 // engine, stops the server and releases its directory.
 func (b *Backend) Close() error {
 	b.closeOnce.Do(func() {
+		b.end()
 		b.stopSyncs()
 		// Settles (acks, naks) still buffered go out before the connection
 		// closes; anything lost here comes back after its lease.

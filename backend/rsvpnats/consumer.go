@@ -18,14 +18,16 @@ import (
 // Consume implements backend.Backend. All consumers of a queue share one
 // durable JetStream consumer, so they compete for its messages.
 //
-// Each Next pulls one message when its caller is ready for it: nothing is
-// fetched ahead, so no request waits in a buffer while its lease runs out.
+// Each Next sends one pull request for one message when its caller is ready
+// for it, to the consumer's one inbox subscription: nothing is fetched ahead
+// of a worker, so no request waits in a buffer while its lease runs out.
 func (b *Backend) Consume(ctx context.Context, queue string, p backend.ConsumeParams) (backend.Consumer, error) {
 	if err := backend.ValidateName("queue", queue); err != nil {
 		return nil, fmt.Errorf("rsvpnats: consume: %w", err)
 	}
+	durable := "rsvp_" + queue
 	cfg := jetstream.ConsumerConfig{
-		Durable:       "rsvp_" + queue,
+		Durable:       durable,
 		Description:   "rsvp responders of queue " + queue,
 		FilterSubject: subjRequests + queue,
 		AckPolicy:     jetstream.AckExplicitPolicy,
@@ -33,23 +35,36 @@ func (b *Backend) Consume(ctx context.Context, queue string, p backend.ConsumePa
 		MaxDeliver:    -1,
 		MaxAckPending: 100_000,
 	}
-	c := &consumer{b: b, log: b.opts.Logger.With("queue", queue)}
+	c := &consumer{b: b, log: b.opts.Logger.With("queue", queue), msgs: make(chan *nats.Msg, 256),
+		next: fmt.Sprintf("$JS.API.CONSUMER.MSG.NEXT.%s.%s", streamRequests, durable)}
 	c.ctx, c.cancel = context.WithCancel(b.life)
-	c.open = func(ctx context.Context) (jetstream.Consumer, error) {
+	c.open = func(ctx context.Context) error {
 		ctx, cancel := b.withTimeout(ctx)
 		defer cancel()
-		cons, err := b.js.CreateOrUpdateConsumer(ctx, streamRequests, cfg)
-		if err != nil {
-			return nil, fmt.Errorf("rsvpnats: consumer for %s: %w", queue, err)
+		if _, err := b.js.CreateOrUpdateConsumer(ctx, streamRequests, cfg); err != nil {
+			return fmt.Errorf("rsvpnats: consumer for %s: %w", queue, err)
 		}
-		return cons, nil
+		return nil
 	}
-	cons, err := c.open(ctx)
-	if err != nil {
+	if err := c.open(ctx); err != nil {
 		c.cancel()
 		return nil, err
 	}
-	c.cons = cons
+	c.inbox = nats.NewInbox()
+	sub, err := b.nc.Subscribe(c.inbox, func(m *nats.Msg) {
+		select {
+		case c.msgs <- m:
+		case <-c.ctx.Done():
+			if m.Reply != "" {
+				_ = m.Nak() // pulled for a worker that is gone
+			}
+		}
+	})
+	if err != nil {
+		c.cancel()
+		return nil, fmt.Errorf("rsvpnats: consume %s: %w", queue, err)
+	}
+	c.sub = sub
 	return c, nil
 }
 
@@ -58,14 +73,19 @@ const pullWait = 5 * time.Second
 
 type consumer struct {
 	b      *Backend
-	open   func(context.Context) (jetstream.Consumer, error)
+	open   func(context.Context) error // creates the JetStream consumer (again)
 	log    *slog.Logger
-	ctx    context.Context // ends when the consumer is closed
+	ctx    context.Context // ends when the consumer or its backend is closed
 	cancel context.CancelFunc
-
-	mu   sync.Mutex
-	cons jetstream.Consumer // made again if it was deleted
+	next   string // the pull request subject
+	inbox  string // where pulled messages and pull statuses arrive
+	sub    *nats.Subscription
+	msgs   chan *nats.Msg
+	once   sync.Once
 }
+
+// pullRequest asks for one message, waiting up to pullWait for it.
+var pullRequest = []byte(fmt.Sprintf(`{"batch":1,"expires":%d}`, pullWait.Nanoseconds()))
 
 func (c *consumer) Next(ctx context.Context) (backend.Delivery, error) {
 	for {
@@ -75,11 +95,11 @@ func (c *consumer) Next(ctx context.Context) (backend.Delivery, error) {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		m, err := c.pull(ctx)
-		if err != nil {
-			continue // an empty pull, or the consumer was made again: pull anew
+		m := c.pull(ctx)
+		if m == nil {
+			continue // the pull ended empty: pull anew
 		}
-		msg, err := decodeRequest(m.Subject(), m.Headers(), m.Data())
+		msg, err := decodeRequest(m.Subject, m.Header, m.Data)
 		if err == nil {
 			err = errors.Join(backend.ValidateName("id", msg.ID), backend.ValidateName("correlation id", msg.CorrelationID))
 		}
@@ -94,52 +114,78 @@ func (c *consumer) Next(ctx context.Context) (backend.Delivery, error) {
 	}
 }
 
-// pull fetches one message, waiting at most pullWait, until ctx ends or the
-// consumer closes. An error means: nothing this time.
-func (c *consumer) pull(ctx context.Context) (jetstream.Msg, error) {
-	fctx, cancel := context.WithTimeout(ctx, pullWait)
-	defer cancel()
-	stop := context.AfterFunc(c.ctx, cancel)
-	defer stop()
-	c.mu.Lock()
-	cons := c.cons
-	c.mu.Unlock()
-	m, err := cons.Next(jetstream.FetchContext(fctx))
-	if err == nil || fctx.Err() != nil || errors.Is(err, nats.ErrTimeout) {
-		return m, err
+// pull sends one pull request and returns the message it brought, or nil
+// when it ended empty (expired, or the consumer is gone and was made
+// again) or ctx or the consumer ended. A status for another worker's pull
+// may end this one: each status ends one pull, so the count stays right.
+func (c *consumer) pull(ctx context.Context) *nats.Msg {
+	if err := c.b.nc.PublishRequest(c.next, c.inbox, pullRequest); err != nil {
+		c.pause(ctx, err)
+		return nil
 	}
-	// The consumer was deleted, or the engine is unreachable: make the
-	// consumer again, pacing the attempts.
-	c.log.Warn("rsvpnats: pull failed; making the consumer again", "err", err)
-	pace := time.NewTimer(time.Second)
-	defer pace.Stop()
+	timeout := time.NewTimer(pullWait + c.b.opts.Timeout) // a pull lost on the way
+	defer timeout.Stop()
 	select {
-	case <-pace.C:
-	case <-fctx.Done():
-		return nil, err
+	case m := <-c.msgs:
+		if status := m.Header.Get("Status"); status != "" && len(m.Data) == 0 {
+			if status != "404" && status != "408" && status != "100" {
+				// 409: the consumer was deleted, or similar. 503: no consumer.
+				c.pause(ctx, fmt.Errorf("pull ended with status %s %s", status, m.Header.Get("Description")))
+			}
+			return nil
+		}
+		return m
+	case <-timeout.C:
+		return nil
+	case <-ctx.Done():
+		return nil
+	case <-c.ctx.Done():
+		return nil
 	}
-	if cons, oerr := c.open(ctx); oerr == nil {
-		c.mu.Lock()
-		c.cons = cons
-		c.mu.Unlock()
-	}
-	return nil, err
 }
 
-// Close ends the consumer: waiting Next calls return ErrClosed. Deliveries
-// already handed out stay valid until settled or their lease runs out.
+// pause waits a second, then makes the JetStream consumer again: it may
+// have been deleted, or the engine was unreachable.
+func (c *consumer) pause(ctx context.Context, why error) {
+	c.log.Warn("rsvpnats: pull failed; making the consumer again", "err", why)
+	t := time.NewTimer(time.Second)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		_ = c.open(ctx)
+	case <-ctx.Done():
+	case <-c.ctx.Done():
+	}
+}
+
+// Close ends the consumer: waiting Next calls return ErrClosed, and
+// messages pulled for workers that left go back to the queue at once.
+// Deliveries handed out stay valid until settled or their lease runs out.
 func (c *consumer) Close() error {
-	c.cancel()
+	c.once.Do(func() {
+		c.cancel()
+		_ = c.sub.Unsubscribe()
+		for {
+			select {
+			case m := <-c.msgs:
+				if m.Reply != "" {
+					_ = m.Nak()
+				}
+			default:
+				return
+			}
+		}
+	})
 	return nil
 }
 
 // reject takes a request that no handler could read out of the queue: it
 // goes to the dead-letter store with reason bad_request, and its requester,
 // if it can be told, gets that failure as the reply.
-func (c *consumer) reject(m jetstream.Msg, msg *backend.Message, why error) {
+func (c *consumer) reject(m *nats.Msg, msg *backend.Message, why error) {
 	ctx, cancel := context.WithTimeout(context.Background(), c.b.opts.Timeout)
 	defer cancel()
-	c.log.Error("rsvpnats: bad request dead-lettered", "subject", m.Subject(), "id", msg.ID, "err", why)
+	c.log.Error("rsvpnats: bad request dead-lettered", "subject", m.Subject, "id", msg.ID, "err", why)
 	if md, err := m.Metadata(); err == nil {
 		msg.Attempt = int(md.NumDelivered)
 		if msg.ID == "" {
@@ -159,7 +205,7 @@ func (c *consumer) reject(m jetstream.Msg, msg *backend.Message, why error) {
 }
 
 type delivery struct {
-	m   jetstream.Msg
+	m   *nats.Msg
 	msg *backend.Message
 }
 

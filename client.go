@@ -158,13 +158,8 @@ func (c *Client) prepare(queue string, msg *Message) (*Message, error) {
 	if m.ReplyTo == "" {
 		m.ReplyTo = c.b.ReplyAddress(c.cfg.Inbox, m.CorrelationID)
 	}
-	var errs []error
-	for kind, v := range map[string]string{"queue": queue, "id": m.ID, "correlation id": m.CorrelationID} {
-		if err := backend.ValidateName(kind, v); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	errs = append(errs, checkHeaders(m.Headers, "Message.ContentType"))
+	errs := []error{backend.ValidateName("queue", queue), backend.ValidateName("id", m.ID),
+		backend.ValidateName("correlation id", m.CorrelationID), checkHeaders(m.Headers, "Message.ContentType")}
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
@@ -180,7 +175,7 @@ func checkHeaders(h map[string]string, contentTypeField string) error {
 	var errs []error
 	for k, v := range h {
 		switch {
-		case isReservedHeader(k):
+		case backend.ReservedHeader(k):
 			errs = append(errs, fmt.Errorf("header %q uses a reserved prefix (Rsvp-, Nats-) or name (Content-Type: use %s)", k, contentTypeField))
 		case !validHeaderKey(k):
 			errs = append(errs, fmt.Errorf("header key %q must be printable ASCII without spaces or ':'", k))
@@ -207,11 +202,6 @@ func (c *Client) isClosed() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.closed
-}
-
-func isReservedHeader(k string) bool {
-	k = strings.ToLower(k)
-	return strings.HasPrefix(k, "rsvp-") || strings.HasPrefix(k, "nats-") || k == "content-type"
 }
 
 // Request sends msg to queue and waits for its reply. The context's

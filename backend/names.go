@@ -1,6 +1,9 @@
 package backend
 
-import "fmt"
+import (
+	"fmt"
+	"strings"
+)
 
 // MaxNameLen is the longest queue name or id the seam carries, in bytes.
 const MaxNameLen = 128
@@ -23,4 +26,12 @@ func ValidateName(kind, s string) error {
 		}
 	}
 	return nil
+}
+
+// ReservedHeader reports whether a header name belongs to the wire format
+// (the "Rsvp-" and "Nats-" prefixes, and Content-Type), in any letter case,
+// rather than to the application.
+func ReservedHeader(k string) bool {
+	return len(k) >= 5 && (strings.EqualFold(k[:5], "rsvp-") || strings.EqualFold(k[:5], "nats-")) ||
+		strings.EqualFold(k, "Content-Type")
 }

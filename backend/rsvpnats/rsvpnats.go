@@ -259,10 +259,13 @@ func (b *Backend) Conn() *nats.Conn { return b.nc }
 // by a program of its own, and returns once it is as durable as rsvp's own
 // writes: with SyncAlways on an embedded engine, fsynced by group commit.
 func (b *Backend) Publish(ctx context.Context, m *nats.Msg) error {
-	for prefix, stream := range map[string]string{subjRequests: streamRequests, subjReplies: streamReplies, subjDLQ: streamDLQ} {
-		if strings.HasPrefix(m.Subject, prefix) {
-			return b.publish(ctx, stream, m)
-		}
+	switch {
+	case strings.HasPrefix(m.Subject, subjRequests):
+		return b.publish(ctx, streamRequests, m)
+	case strings.HasPrefix(m.Subject, subjReplies):
+		return b.publish(ctx, streamReplies, m)
+	case strings.HasPrefix(m.Subject, subjDLQ):
+		return b.publish(ctx, streamDLQ, m)
 	}
 	return fmt.Errorf("rsvpnats: publish: %q is not a subject of the wire format", m.Subject)
 }

@@ -62,13 +62,6 @@ func getTime(h nats.Header, key string) (time.Time, error) {
 	return t, nil
 }
 
-// isWireHeader reports whether a header belongs to the wire format (or to
-// NATS) rather than to the application.
-func isWireHeader(k string) bool {
-	return len(k) >= 5 && (strings.EqualFold(k[:5], "rsvp-") || strings.EqualFold(k[:5], "nats-")) ||
-		strings.EqualFold(k, hdrContentType)
-}
-
 func putAppHeaders(h nats.Header, app map[string]string) {
 	for k, v := range app {
 		h.Set(k, v)
@@ -78,7 +71,7 @@ func putAppHeaders(h nats.Header, app map[string]string) {
 func appHeaders(h nats.Header) map[string]string {
 	var m map[string]string
 	for k, vs := range h {
-		if isWireHeader(k) || len(vs) == 0 {
+		if backend.ReservedHeader(k) || len(vs) == 0 {
 			continue
 		}
 		if m == nil {

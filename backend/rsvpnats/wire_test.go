@@ -7,17 +7,6 @@ import (
 	"github.com/rsvp-go/rsvp/backend"
 )
 
-func TestIsWireHeader(t *testing.T) {
-	for k, want := range map[string]bool{
-		"Rsvp-Id": true, "rsvp-x": true, "NATS-Msg-Id": true, "Content-Type": true, "content-type": true,
-		"Tenant": false, "Rsvp": false, "X-Rsvp-Id": false, "Content-Length": false, "": false,
-	} {
-		if got := isWireHeader(k); got != want {
-			t.Errorf("isWireHeader(%q) = %v, want %v", k, got, want)
-		}
-	}
-}
-
 func TestRequestRoundTripsThroughHeaders(t *testing.T) {
 	in := &backend.Message{ID: "a", CorrelationID: "c", ReplyTo: "rsvp.reply.c.in", Queue: "q", Type: "t.v1",
 		ContentType: "text/plain", Headers: map[string]string{"Tenant": "acme"}, Body: []byte("b"),

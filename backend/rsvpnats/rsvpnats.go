@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"time"
@@ -128,7 +129,7 @@ func Connect(ctx context.Context, url string, opts Options) (*Backend, error) {
 	nopts = append(nopts, closedHandler(done))
 	nc, err := nats.Connect(url, nopts...)
 	if err != nil {
-		return nil, fmt.Errorf("rsvpnats: connect to %s: %w", redact(url), err)
+		return nil, fmt.Errorf("rsvpnats: connect to %s: %w", Redact(url), err)
 	}
 	b, err := open(ctx, nc, opts, false, "")
 	if err != nil {
@@ -151,13 +152,12 @@ func closedHandler(done chan struct{}) nats.Option {
 // gives up by itself.
 func (b *Backend) Done() <-chan struct{} { return b.done }
 
-// redact hides a password in a URL for error messages.
-func redact(url string) string {
-	if i, j := strings.Index(url, "://"), strings.LastIndex(url, "@"); i >= 0 && j > i {
-		return url[:i+3] + "***" + url[j:]
-	}
-	return url
-}
+// Redact hides the credentials (user, password or token) in a server URL,
+// or in each of a comma-separated list, for messages and logs.
+func Redact(url string) string { return userinfo.ReplaceAllString(url, "://***@") }
+
+// userinfo matches the credentials in a URL.
+var userinfo = regexp.MustCompile(`://[^@/,]*@`)
 
 // open creates the streams (idempotently). With syncDir (the embedded
 // server's store directory) set, writes are made durable by group commit.

@@ -35,3 +35,16 @@ func BenchmarkEncodeDecodeRequest(b *testing.B) {
 		}
 	}
 }
+
+func TestRedact(t *testing.T) {
+	for in, want := range map[string]string{
+		"nats://127.0.0.1:4222":           "nats://127.0.0.1:4222",
+		"nats://u:secret@h:4222":          "nats://***@h:4222",
+		"nats://tok@h1:1,nats://a:b@h2:2": "nats://***@h1:1,nats://***@h2:2",
+		"tls://user:p%40ss@host/path":     "tls://***@host/path",
+	} {
+		if got := Redact(in); got != want {
+			t.Errorf("Redact(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

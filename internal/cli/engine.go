@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"regexp"
 	"strings"
 	"time"
 
@@ -32,7 +31,7 @@ type engineSpec struct {
 
 // parseEngine parses an --engine value. Its errors are usage errors.
 func parseEngine(s string) (engineSpec, error) {
-	spec := engineSpec{raw: userinfo.ReplaceAllString(s, "://***@")}
+	spec := engineSpec{raw: rsvpnats.Redact(s)}
 	switch {
 	case s == "embedded:mem":
 		spec.memory = true
@@ -48,9 +47,6 @@ func parseEngine(s string) (engineSpec, error) {
 	}
 	return spec, nil
 }
-
-// userinfo matches the credentials in a URL.
-var userinfo = regexp.MustCompile(`://[^@/,]*@`)
 
 // engineFlag parses the --engine flag of fs.
 func engineFlag(fs *flag.FlagSet) (engineSpec, error) {

@@ -5,6 +5,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
 	"log/slog"
 	"strings"
 	"sync"
@@ -29,11 +33,34 @@ type Config struct {
 	RecheckInterval time.Duration
 	// Logger receives log lines about requests. Default: discard.
 	Logger *slog.Logger
+	// TracerProvider makes the spans of sends, requests and handler
+	// attempts; their trace context travels in the W3C traceparent and
+	// tracestate headers of requests and replies. Default: the global
+	// provider (otel.GetTracerProvider, a no-op unless set).
+	TracerProvider trace.TracerProvider
+	// MaxDelay bounds how far ahead Message.NotBefore may schedule a
+	// request. Default 90 days.
+	MaxDelay time.Duration
+	// RequireResponder, if set, makes Request fail at once with
+	// ErrNoResponders, storing nothing, when no responder of the queue was
+	// active within this window, instead of waiting out its context.
+	// Backends that cannot tell (not a backend.ActivityReporter) never fail
+	// this way. Default 0: off.
+	RequireResponder time.Duration
+	// CancelOnAbandon makes Request cancel its request (as Cancel does)
+	// when its ctx ends before the reply arrives: a caller that gives up
+	// stops the work too. Set Message.Track for the cancellation to reach a
+	// running handler. Default false: the request stays, for Await.
+	CancelOnAbandon bool
+	// MeterProvider makes rsvp's metrics (rsvp.requests.sent, ...).
+	// Default: the global provider (otel.GetMeterProvider).
+	MeterProvider metric.MeterProvider
 }
 
 func (c Config) withDefaults() Config {
 	c.MaxBodySize = cmp.Or(c.MaxBodySize, 1<<20)
 	c.RecheckInterval = cmp.Or(c.RecheckInterval, 5*time.Second)
+	c.MaxDelay = cmp.Or(c.MaxDelay, 90*24*time.Hour)
 	if c.Codec == nil {
 		c.Codec = JSON
 	}
@@ -51,8 +78,8 @@ func (c Config) validate() error {
 	if err := backend.ValidateName("inbox", c.Inbox); err != nil {
 		errs = append(errs, err)
 	}
-	if c.MaxBodySize < 0 || c.RecheckInterval < 0 {
-		errs = append(errs, errors.New("MaxBodySize and RecheckInterval must not be negative"))
+	if c.MaxBodySize < 0 || c.RecheckInterval < 0 || c.MaxDelay < 0 || c.RequireResponder < 0 {
+		errs = append(errs, errors.New("MaxBodySize, RecheckInterval, MaxDelay and RequireResponder must not be negative"))
 	}
 	return errors.Join(errs...)
 }
@@ -65,6 +92,8 @@ type Client struct {
 	cfg     Config
 	sub     backend.Subscription
 	waiters waiters
+	tel     *telemetry
+	active  sync.Map // queue → time.Time: a responder was seen active then (RequireResponder)
 
 	mu         sync.Mutex
 	responders map[*Responder]struct{}
@@ -79,6 +108,11 @@ func New(ctx context.Context, b backend.Backend, cfg Config) (*Client, error) {
 		return nil, fmt.Errorf("rsvp: config: %w", err)
 	}
 	c := &Client{b: b, cfg: cfg, waiters: waiters{m: make(map[string][]chan *Reply)}, responders: make(map[*Responder]struct{})}
+	tel, err := newTelemetry(cfg.TracerProvider, cfg.MeterProvider, &c.waiters)
+	if err != nil {
+		return nil, fmt.Errorf("rsvp: telemetry: %w", err)
+	}
+	c.tel = tel
 	sub, err := b.SubscribeReplies(ctx, cfg.Inbox, c.waiters.deliver)
 	if err != nil {
 		return nil, fmt.Errorf("rsvp: subscribe to replies: %w", err)
@@ -123,19 +157,38 @@ func (c *Client) Send(ctx context.Context, queue string, msg *Message) (Ticket, 
 	if err != nil {
 		return Ticket{}, err
 	}
-	return c.send(ctx, m)
+	return c.send(ctx, m, true)
 }
 
-func (c *Client) send(ctx context.Context, m *Message) (Ticket, error) {
+// send stores m. With ownSpan it traces the send in a span of its own;
+// Request's span covers its send instead (a span less per round trip).
+func (c *Client) send(ctx context.Context, m *Message, ownSpan bool) (Ticket, error) {
+	span := trace.SpanFromContext(ctx)
+	if ownSpan {
+		ctx, span = c.tel.tracer.Start(ctx, "rsvp.send "+m.Queue, trace.WithSpanKind(trace.SpanKindProducer),
+			trace.WithAttributes(attribute.String("messaging.system", "rsvp"), queueAttr(m.Queue),
+				attribute.String("messaging.message.id", m.ID), attribute.String("rsvp.correlation_id", m.CorrelationID)))
+		defer span.End()
+	}
+	c.tel.inject(ctx, &m.Headers)
 	if err := c.b.Enqueue(ctx, m); err != nil {
+		span.RecordError(err)
+		span.SetStatus(codes.Error, "not stored")
 		if errors.Is(err, backend.ErrTooLarge) {
 			return Ticket{}, fmt.Errorf("%w: %w", ErrTooLarge, err)
 		}
 		return Ticket{}, fmt.Errorf("rsvp: send to %s: %w", m.Queue, err)
 	}
+	c.tel.sent.Add(ctx, 1, c.tel.onQueue(m.Queue, "", ""))
 	c.cfg.Logger.DebugContext(ctx, "rsvp: sent", "queue", m.Queue, "id", m.ID, "correlation_id", m.CorrelationID)
 	return Ticket{ID: m.ID, CorrelationID: m.CorrelationID, Queue: m.Queue}, nil
 }
+
+// Prepare returns the request Send would store for msg on queue: a
+// validated copy with the defaults filled in (ID, CorrelationID, ReplyTo to
+// this client's inbox, CreatedAt). It is for code that stores requests its
+// own way, such as rsvppg.SendTx in a database transaction.
+func (c *Client) Prepare(queue string, msg *Message) (*Message, error) { return c.prepare(queue, msg) }
 
 // prepare validates msg and returns a copy with the defaults filled in.
 func (c *Client) prepare(queue string, msg *Message) (*Message, error) {
@@ -158,8 +211,14 @@ func (c *Client) prepare(queue string, msg *Message) (*Message, error) {
 	if m.ReplyTo == "" {
 		m.ReplyTo = c.b.ReplyAddress(c.cfg.Inbox, m.CorrelationID)
 	}
+	if !m.NotBefore.IsZero() && !m.NotBefore.After(m.CreatedAt) {
+		m.NotBefore = time.Time{} // due already: at once
+	}
 	errs := []error{backend.ValidateName("queue", queue), backend.ValidateName("id", m.ID),
 		backend.ValidateName("correlation id", m.CorrelationID), checkHeaders(m.Headers, "Message.ContentType")}
+	if d := time.Until(m.NotBefore); d > c.cfg.MaxDelay {
+		errs = append(errs, fmt.Errorf("NotBefore is %s ahead, more than Config.MaxDelay %s", d.Round(time.Second), c.cfg.MaxDelay))
+	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
@@ -216,14 +275,47 @@ func (c *Client) Request(ctx context.Context, queue string, msg *Message) (*Repl
 	if d, ok := ctx.Deadline(); ok && (m.Deadline.IsZero() || d.Before(m.Deadline)) {
 		m.Deadline = d
 	}
+	if err := c.checkResponders(ctx, queue); err != nil {
+		return nil, err
+	}
+	ctx, span := c.tel.tracer.Start(ctx, "rsvp.request "+queue, trace.WithSpanKind(trace.SpanKindProducer),
+		trace.WithAttributes(attribute.String("messaging.system", "rsvp"), queueAttr(queue),
+			attribute.String("messaging.message.id", m.ID), attribute.String("rsvp.correlation_id", m.CorrelationID)))
+	defer span.End()
+	start := time.Now()
 	ch := c.waiters.add(m.CorrelationID)
 	defer c.waiters.remove(m.CorrelationID, ch)
-	if _, err := c.send(ctx, m); err != nil {
+	if _, err := c.send(ctx, m, false); err != nil {
 		return nil, err
 	}
 	// A caller-chosen id may have been answered before (dedupe).
 	lookNow := msg.ID != "" || msg.CorrelationID != ""
-	return c.wait(ctx, m.CorrelationID, ch, lookNow)
+	r, err := c.wait(ctx, m.CorrelationID, ch, lookNow)
+	if r == nil && errors.Is(err, context.DeadlineExceeded) && !m.Deadline.IsZero() && !time.Now().Before(m.Deadline) {
+		// The request's own deadline passed without a reply: it expired (a
+		// responder that reaches it dead-letters it as expired).
+		err = fmt.Errorf("%w: %w", ErrExpired, err)
+	}
+	if err != nil && ctx.Err() != nil && c.cfg.CancelOnAbandon {
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		if _, cerr := c.Cancel(cctx, m.CorrelationID); cerr != nil {
+			c.cfg.Logger.WarnContext(ctx, "rsvp: cancelling an abandoned request failed", "queue", queue, "id", m.ID,
+				"correlation_id", m.CorrelationID, "err", cerr)
+		}
+		cancel()
+	}
+	outcome := "error"
+	if r != nil {
+		outcome = string(r.Status)
+		// Link to the responder's attempt that replied.
+		span.AddLink(trace.LinkFromContext(c.tel.extract(ctx, r.Headers)))
+	}
+	span.SetAttributes(attribute.String("rsvp.outcome", outcome))
+	if err != nil {
+		span.SetStatus(codes.Error, outcome)
+	}
+	c.tel.roundTrip.Record(ctx, time.Since(start).Seconds(), c.tel.onQueue(queue, "outcome", outcome))
+	return r, err
 }
 
 // Await waits for the reply to the request with correlationID, sent by this
@@ -236,6 +328,9 @@ func (c *Client) Await(ctx context.Context, correlationID string) (*Reply, error
 	if err := backend.ValidateName("correlation id", correlationID); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
+	ctx, span := c.tel.tracer.Start(ctx, "rsvp.await", trace.WithSpanKind(trace.SpanKindClient),
+		trace.WithAttributes(attribute.String("messaging.system", "rsvp"), attribute.String("rsvp.correlation_id", correlationID)))
+	defer span.End()
 	ch := c.waiters.add(correlationID)
 	defer c.waiters.remove(correlationID, ch)
 	// The reply may be addressed to another client's inbox.
@@ -324,4 +419,78 @@ func (w *waiters) len() int {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return len(w.m)
+}
+
+// Cancel cancels the request with correlationID, sent by any client: it
+// stores a final reply with status cancelled (code CodeCancelled), so the
+// requester's Request or Await returns ErrCancelled, and a reply the
+// responder sends later is discarded. For a tracked request (Message.Track)
+// the cancellation also reaches the responders: one that has not started
+// the request never does, and a running handler's ctx is cancelled with
+// cause ErrCancelled.
+//
+// Cancel returns the request's final reply: the cancellation, or the reply
+// it already had, which stands (check its Status). A requester of another
+// client learns of the cancellation within Config.RecheckInterval.
+func (c *Client) Cancel(ctx context.Context, correlationID string) (*Reply, error) {
+	if c.isClosed() {
+		return nil, ErrClosed
+	}
+	if err := backend.ValidateName("correlation id", correlationID); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	r := &Reply{CorrelationID: correlationID, Status: backend.StatusCancelled, ErrorCode: CodeCancelled,
+		ErrorMessage: "cancelled by the requester", CreatedAt: time.Now()}
+	err := c.b.PutReply(ctx, c.b.ReplyAddress(c.cfg.Inbox, correlationID), r)
+	if errors.Is(err, backend.ErrReplyExists) {
+		if r, err = c.b.GetReply(ctx, correlationID); err == nil {
+			return r, nil
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("rsvp: cancel %s: %w", correlationID, err)
+	}
+	// End the request's event log, under its channel if it has one.
+	evs, err := c.b.Events(ctx, backend.EventQuery{CorrelationID: correlationID, Limit: 1})
+	if err == nil {
+		ev := &backend.Event{CorrelationID: correlationID, Type: string(backend.StatusCancelled), At: r.CreatedAt,
+			DedupeKey: correlationID + ":final", Data: []byte(`{"code":"cancelled","message":"cancelled by the requester"}`)}
+		if len(evs) > 0 {
+			ev.Channel = evs[0].Channel
+		}
+		err = c.b.AppendEvent(ctx, ev)
+	}
+	if err != nil {
+		c.cfg.Logger.WarnContext(ctx, "rsvp: cancelled, but recording the event failed", "correlation_id", correlationID, "err", err)
+	}
+	return r, nil
+}
+
+// MaxDelay returns how far ahead Message.NotBefore may schedule a request.
+func (c *Client) MaxDelay() time.Duration { return c.cfg.MaxDelay }
+
+// MaxBodySize returns the largest request or reply body the client accepts.
+func (c *Client) MaxBodySize() int { return c.cfg.MaxBodySize }
+
+// checkResponders returns ErrNoResponders if Config.RequireResponder is set
+// and no responder of queue was active within it. A sighting is trusted for
+// a tenth of the window, so that most requests cost no look-up.
+func (c *Client) checkResponders(ctx context.Context, queue string) error {
+	window := c.cfg.RequireResponder
+	ar, ok := c.b.(backend.ActivityReporter)
+	if window == 0 || !ok {
+		return nil
+	}
+	if seen, ok := c.active.Load(queue); ok && time.Since(seen.(time.Time)) < window/10 {
+		return nil
+	}
+	last, err := ar.LastActive(ctx, queue)
+	if err != nil {
+		return fmt.Errorf("rsvp: request on %s: looking for responders: %w", queue, err)
+	}
+	if time.Since(last) > window {
+		return fmt.Errorf("%w: none active on queue %s within %s", ErrNoResponders, queue, window)
+	}
+	c.active.Store(queue, time.Now())
+	return nil
 }

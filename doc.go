@@ -30,10 +30,41 @@
 // expired and the requester gets ErrExpired. A context deadline on Request
 // travels with the request.
 //
+// # Tracking and cancellation
+//
+// A request sent with Message.Track has an event log: responders record
+// each attempt (running, retrying), the handler's Progress, and the final
+// state, for watchers such as the HTTP gateway's status resource and event
+// streams. Cancel stores a cancelled reply: a tracked request not yet
+// started never runs, and a running handler's ctx is cancelled with cause
+// ErrCancelled. Config.CancelOnAbandon cancels a Request whose ctx ends
+// first.
+//
+// # Types, versions, dead letters
+//
+// Call and HandleTyped (or Typed) exchange values through a Codec (JSON by
+// default). A Mux routes requests by Message.Type and upgrades older
+// versions to newer ones; a type nobody handles fails as unsupported_type.
+// DeadLetters, Replay, ReplayAll and Purge operate a queue's dead letters.
+//
+// # Pull-style handling
+//
+// Consume hands out Leases to code that does not fit a Handler (the HTTP
+// worker API, say): settle each with Reply, Fail or Release, with the same
+// retry and dead-letter rules as a Responder.
+//
+// # Telemetry
+//
+// Config.TracerProvider and Config.MeterProvider (OpenTelemetry) trace each
+// request, its time in the queue and every handler attempt, across
+// processes (W3C traceparent in requests and replies), and count and time
+// them. The defaults are the global providers, no-ops unless set.
+//
 // # Engines
 //
 // The backend package defines the seam; backend/rsvpnats runs an embedded
 // NATS JetStream server in-process (rsvpnats.Embedded) or connects to an
-// external one (rsvpnats.Connect). docs/wire.md specifies the wire format
-// for programs in other languages.
+// external one (rsvpnats.Connect); backend/rsvppg keeps everything in
+// PostgreSQL. docs/wire.md specifies the wire format for programs in other
+// languages. The gateway package serves all this over HTTP.
 package rsvp

@@ -16,6 +16,12 @@ var (
 	ErrTooLarge = errors.New("rsvp: message too large")
 	// ErrInvalid: a queue name, id or message field is not acceptable.
 	ErrInvalid = errors.New("rsvp: invalid argument")
+	// ErrCancelled: the request was cancelled before it finished. A handler
+	// whose request is cancelled sees it as context.Cause of its ctx.
+	ErrCancelled = errors.New("rsvp: request cancelled")
+	// ErrNoResponders: Config.RequireResponder is set and no responder of
+	// the queue was active within it; the request was not sent.
+	ErrNoResponders = errors.New("rsvp: no responders")
 	// ErrClosed: the client was closed.
 	ErrClosed = errors.New("rsvp: client closed")
 )
@@ -29,6 +35,7 @@ const (
 	CodeAttemptsExhausted = "attempts_exhausted" // leases ran out (the worker died) on every attempt
 	CodeBadRequest        = "bad_request"        // the request could not be read (no id, bad headers)
 	CodeBadReplyTo        = "bad_reply_to"       // no reply can be stored at the request's ReplyTo
+	CodeCancelled         = "cancelled"          // the request was cancelled
 )
 
 // RemoteError is the failure a responder replied with. A handler may return
@@ -42,9 +49,10 @@ func (e *RemoteError) Error() string {
 	return fmt.Sprintf("rsvp: remote error %s: %s", e.Code, e.Message)
 }
 
-// Is makes errors.Is(err, ErrExpired) true for an expired request.
+// Is makes errors.Is(err, ErrExpired) true for an expired request, and
+// errors.Is(err, ErrCancelled) for a cancelled one.
 func (e *RemoteError) Is(target error) bool {
-	return target == ErrExpired && e.Code == CodeExpired
+	return target == ErrExpired && e.Code == CodeExpired || target == ErrCancelled && e.Code == CodeCancelled
 }
 
 // Permanent marks err as not worth retrying: the request fails at once,

@@ -113,3 +113,45 @@ func ExampleCall() {
 	fmt.Println(n, err)
 	// Output: 5 <nil>
 }
+
+type greetV1 struct{ Name string }
+
+func (greetV1) RSVPType() string { return "greet.v1" }
+
+type greetV2 struct{ First, Last string }
+
+func (greetV2) RSVPType() string { return "greet.v2" }
+
+// A Mux serves two versions of a request type during a rollout: v1
+// requests are upgraded to v2 and handled by the v2 handler.
+func ExampleMux() {
+	be, c := exampleEngine()
+	defer be.Close()
+	defer c.Close(context.Background())
+
+	mux := rsvp.NewMux()
+	mux.Handle("greet.v2", rsvp.Typed(rsvp.JSON, func(ctx context.Context, g greetV2) (string, error) {
+		return "hello " + g.First + " " + g.Last, nil
+	}))
+	mux.Upgrade("greet.v1", "greet.v2", func(ctx context.Context, m *rsvp.Message) (*rsvp.Message, error) {
+		var old greetV1
+		if err := rsvp.JSON.Unmarshal(m.Body, &old); err != nil {
+			return nil, err
+		}
+		body, err := rsvp.JSON.Marshal(greetV2{First: old.Name})
+		cp := *m
+		cp.Body = body
+		return &cp, err
+	})
+	c.Handle("greet", mux, rsvp.HandleOptions{})
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	newer, _ := rsvp.Call[greetV2, string](ctx, c, "greet", greetV2{First: "Ada", Last: "Lovelace"})
+	older, _ := rsvp.Call[greetV1, string](ctx, c, "greet", greetV1{Name: "Grace"})
+	fmt.Println(newer)
+	fmt.Println(older)
+	// Output:
+	// hello Ada Lovelace
+	// hello Grace
+}

@@ -437,7 +437,7 @@ func drainKilled(t *testing.T, dir string, acked []string) {
 	}
 
 	// Nothing was given up on.
-	dls, err := be.DeadLetters(ctx, killQueue, 10)
+	dls, err := be.DeadLetters(ctx, backend.DeadLetterQuery{Queue: killQueue, Limit: 10})
 	if err != nil {
 		t.Fatal(err)
 	}

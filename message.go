@@ -12,7 +12,9 @@ import (
 // Message is a request. Only Body is required; Send fills ID (a new
 // time-ordered 128-bit id), CorrelationID (= ID), Queue, ReplyTo and
 // CreatedAt. Headers must not use the "Rsvp-" or "Nats-" prefixes, which the
-// wire format reserves.
+// wire format reserves. NotBefore schedules a request: it is stored at once
+// and delivered from that time on (a time already past means at once; more
+// than Config.MaxDelay ahead is refused).
 type Message = backend.Message
 
 // Reply is the final outcome of a request, as a responder stored it.

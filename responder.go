@@ -5,7 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
+	"go.opentelemetry.io/otel/trace"
 	"math/rand/v2"
 	"runtime/debug"
 	"sync"
@@ -86,12 +86,10 @@ func DefaultBackoff(attempt int) time.Duration {
 
 // Responder runs a Handler on the requests of one queue.
 type Responder struct {
-	c     *Client
+	settler
 	queue string
 	h     Handler
-	opts  HandleOptions
 	cons  backend.Consumer
-	log   *slog.Logger
 
 	fetchCtx    context.Context // ends: stop taking requests
 	stopFetch   context.CancelFunc
@@ -118,8 +116,8 @@ func (c *Client) Handle(queue string, h Handler, opts HandleOptions) (*Responder
 	if err != nil {
 		return nil, fmt.Errorf("rsvp: handle %s: %w", queue, err)
 	}
-	r := &Responder{c: c, queue: queue, h: h, opts: opts, cons: cons, stopped: make(chan struct{}),
-		log: c.cfg.Logger.With("queue", queue)}
+	r := &Responder{settler: settler{c: c, opts: opts, log: c.cfg.Logger.With("queue", queue)},
+		queue: queue, h: h, cons: cons, stopped: make(chan struct{})}
 	r.fetchCtx, r.stopFetch = context.WithCancel(context.Background())
 	r.handleCtx, r.stopHandles = context.WithCancel(context.Background())
 	r.wg.Add(opts.Concurrency)
@@ -194,68 +192,64 @@ func settleCtx() (context.Context, context.CancelFunc) {
 }
 
 func (r *Responder) handle(d backend.Delivery) {
-	m := d.Message()
-	log := r.log.With("id", m.ID, "correlation_id", m.CorrelationID, "attempt", m.Attempt)
 	ctx, cancel := settleCtx()
 	defer cancel()
-
-	if m.Attempt > 1 && m.ReplyTo != "" {
-		// Answered already, and only the acknowledgement was lost: settle it
-		// without running or failing it again.
-		if _, err := r.c.b.GetReply(ctx, m.CorrelationID); err == nil {
-			_ = d.Ack(ctx)
-			return
-		}
-	}
-	if !m.Deadline.IsZero() && !time.Now().Before(m.Deadline) {
-		r.fail(ctx, d, CodeExpired, "deadline passed before the request was started", log)
+	a, ok := r.begin(ctx, d)
+	if !ok {
 		return
 	}
-	if m.Attempt > r.opts.MaxAttempts {
-		r.fail(ctx, d, CodeAttemptsExhausted, fmt.Sprintf("lease ran out on all %d attempts", r.opts.MaxAttempts), log)
-		return
-	}
-
-	reply, err := r.run(d, m)
+	ctx = trace.ContextWithSpan(ctx, a.span) // replies carry the attempt's trace context
+	m := d.Message()
+	reply, cancelled, err := r.run(a.ctx, d, m)
+	var outcome string
 	switch {
 	case err == nil:
-		if reply == nil {
-			reply = &Reply{}
-		}
-		out := *reply
-		out.CorrelationID, out.Status, out.ErrorCode, out.ErrorMessage = m.CorrelationID, backend.StatusSucceeded, "", ""
-		if err := r.checkReply(&out); err != nil {
-			r.fail(ctx, d, CodeFailed, err.Error(), log)
-			return
-		}
-		r.finish(ctx, d, &out, log)
+		outcome = r.succeed(ctx, d, reply, a.log)
+	case cancelled:
+		// Client.Cancel stored the final reply: the handler's error loses to
+		// it, without a retry or a dead letter.
+		r.finish(ctx, d, &Reply{CorrelationID: m.CorrelationID, Status: backend.StatusCancelled, ErrorCode: CodeCancelled,
+			ErrorMessage: "cancelled while running"}, a.log)
+		outcome = outcomeCancelled
 	case r.handleCtx.Err() != nil:
 		// Stopped without time to finish: someone else gets it now.
 		_ = d.Nack(ctx, 0)
-	case !m.Deadline.IsZero() && !time.Now().Before(m.Deadline):
-		r.fail(ctx, d, CodeExpired, "deadline passed while handling: "+err.Error(), log)
-	case IsPermanent(err) || m.Attempt >= r.opts.MaxAttempts:
-		code, msg := failure(err)
-		r.fail(ctx, d, code, msg, log)
+		outcome = outcomeReleased
 	default:
-		delay := r.opts.Backoff(m.Attempt)
-		log.Info("rsvp: attempt failed, will retry", "err", err, "retry_in", delay)
-		if err := d.Nack(ctx, delay); err != nil {
-			log.Error("rsvp: nack failed; the request comes back after its lease", "err", err)
-		}
+		outcome = r.failed(ctx, d, err, a.log)
 	}
+	r.end(a, m, outcome, err)
 }
 
 // run calls the handler with the lease kept alive, turning a panic into an
-// error.
-func (r *Responder) run(d backend.Delivery, m *Message) (reply *Reply, err error) {
-	ctx, cancel := context.WithCancel(r.handleCtx)
+// error. cancelled reports that Client.Cancel cancelled the handler's ctx.
+func (r *Responder) run(spanCtx context.Context, d backend.Delivery, m *Message) (reply *Reply, cancelled bool, err error) {
+	ctx, cancelCause := context.WithCancelCause(trace.ContextWithSpan(r.handleCtx, trace.SpanFromContext(spanCtx)))
+	cancel := func() { cancelCause(nil) }
 	defer cancel()
+	if m.Track && m.ReplyTo != "" {
+		// A cancellation stores a cancelled reply: stop the handler then.
+		sub, err := r.c.b.WatchReply(ctx, m.CorrelationID, func(rep *Reply) {
+			if rep.Status == backend.StatusCancelled {
+				cancelCause(ErrCancelled)
+			}
+		})
+		if err != nil {
+			r.log.Warn("rsvp: cannot watch for cancellation", "id", m.ID, "err", err)
+		} else {
+			defer sub.Close()
+			// A cancellation stored before the watch began.
+			if rep, err := r.c.b.GetReply(ctx, m.CorrelationID); err == nil && rep.Status == backend.StatusCancelled {
+				cancelCause(ErrCancelled)
+			}
+		}
+	}
 	if !m.Deadline.IsZero() {
 		var cancelDeadline context.CancelFunc
 		ctx, cancelDeadline = context.WithDeadline(ctx, m.Deadline)
 		defer cancelDeadline()
 	}
+	ctx = withProgress(ctx, r.c.b, m)
 	extended := make(chan struct{})
 	go func() {
 		defer close(extended)
@@ -281,76 +275,10 @@ func (r *Responder) run(d backend.Delivery, m *Message) (reply *Reply, err error
 			r.log.Error("rsvp: handler panicked", "id", m.ID, "panic", p, "stack", string(debug.Stack()))
 			err = fmt.Errorf("handler panicked: %v", p)
 		}
+		cancelled = context.Cause(ctx) == ErrCancelled
 	}()
-	return r.h.ServeRequest(ctx, m)
-}
-
-// checkReply reports what in a handler's reply cannot be sent.
-func (r *Responder) checkReply(reply *Reply) error {
-	if len(reply.Body) > r.c.cfg.MaxBodySize {
-		return fmt.Errorf("reply body is %d bytes, limit %d", len(reply.Body), r.c.cfg.MaxBodySize)
-	}
-	if err := checkHeaders(reply.Headers, "Reply.ContentType"); err != nil {
-		return fmt.Errorf("reply: %w", err)
-	}
-	return nil
-}
-
-// finish stores the reply, then acknowledges the request. If the reply
-// cannot be stored for now the request is left to come back; if it can
-// never be (a bad reply address), the request is dead-lettered.
-func (r *Responder) finish(ctx context.Context, d backend.Delivery, reply *Reply, log *slog.Logger) {
-	m := d.Message()
-	if m.ReplyTo != "" {
-		reply.CreatedAt = time.Now()
-		err := r.c.b.PutReply(ctx, m.ReplyTo, reply)
-		if errors.Is(err, backend.ErrTooLarge) && reply.Status == backend.StatusSucceeded {
-			// Retrying cannot make it fit: fail the request instead.
-			r.fail(ctx, d, CodeFailed, "the reply does not fit the engine: "+err.Error(), log)
-			return
-		}
-		if errors.Is(err, backend.ErrBadAddress) {
-			log.Error("rsvp: the request's reply address is unusable; dead-lettering it", "reply_to", m.ReplyTo, "err", err)
-			err = r.c.b.DeadLetter(ctx, &backend.DeadLetter{Message: m, Reason: CodeBadReplyTo, LastError: err.Error(), At: time.Now()})
-		}
-		if err != nil && !errors.Is(err, backend.ErrReplyExists) {
-			log.Error("rsvp: storing the outcome failed; the request will be handled again", "err", err)
-			_ = d.Nack(ctx, r.opts.Backoff(m.Attempt))
-			return
-		}
-	}
-	if err := d.Ack(ctx); err != nil {
-		log.Warn("rsvp: ack failed; the request may be handled again", "err", err)
-	}
-}
-
-// maxErrorText bounds the error text kept when a full one does not fit.
-const maxErrorText = 1024
-
-// fail dead-letters the request and replies with the failure.
-func (r *Responder) fail(ctx context.Context, d backend.Delivery, code, msg string, log *slog.Logger) {
-	m := d.Message()
-	log.Warn("rsvp: request dead-lettered", "reason", code, "err", msg)
-	dl := &backend.DeadLetter{Message: m, Reason: code, LastError: msg, At: time.Now()}
-	err := r.c.b.DeadLetter(ctx, dl)
-	if errors.Is(err, backend.ErrTooLarge) && len(msg) > maxErrorText {
-		// The request plus a long error text does not fit: keep the request.
-		dl.LastError = msg[:maxErrorText] + "…"
-		err = r.c.b.DeadLetter(ctx, dl)
-	}
-	if err != nil {
-		log.Error("rsvp: dead-lettering failed; the request will be handled again", "err", err)
-		_ = d.Nack(ctx, r.opts.Backoff(m.Attempt))
-		return
-	}
-	if len(msg) > maxErrorText {
-		msg = msg[:maxErrorText] + "…"
-	}
-	status := backend.StatusFailed
-	if code == CodeExpired {
-		status = backend.StatusExpired
-	}
-	r.finish(ctx, d, &Reply{CorrelationID: m.CorrelationID, Status: status, ErrorCode: code, ErrorMessage: msg}, log)
+	reply, err = r.h.ServeRequest(ctx, m)
+	return reply, false, err
 }
 
 // failure returns the code and message a failed request replies with: those

@@ -36,7 +36,7 @@ func handle(t *testing.T, c *testClient, queue string, opts rsvp.HandleOptions, 
 
 func deadLetters(t *testing.T, c *testClient, queue string) []*backend.DeadLetter {
 	t.Helper()
-	dls, err := c.be.DeadLetters(ctxWithin(t, 5*time.Second), queue, 100)
+	dls, err := c.be.DeadLetters(ctxWithin(t, 5*time.Second), backend.DeadLetterQuery{Queue: queue, Limit: 100})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -31,7 +31,11 @@ func Call[Req, Resp any](ctx context.Context, c *Client, queue string, req Req) 
 	if err != nil {
 		return resp, fmt.Errorf("rsvp: encode request: %w", err)
 	}
-	r, err := c.Request(ctx, queue, &Message{Body: body, ContentType: c.cfg.Codec.ContentType()})
+	msg := &Message{Body: body, ContentType: c.cfg.Codec.ContentType()}
+	if t, ok := any(req).(Typer); ok {
+		msg.Type = t.RSVPType()
+	}
+	r, err := c.Request(ctx, queue, msg)
 	if err != nil {
 		return resp, err
 	}
@@ -45,8 +49,14 @@ func Call[Req, Resp any](ctx context.Context, c *Client, queue string, req Req) 
 // encoded with the client's codec. A request body that does not decode is a
 // permanent failure with code bad_payload: it is not retried.
 func HandleTyped[Req, Resp any](c *Client, queue string, fn func(ctx context.Context, req Req) (Resp, error), opts HandleOptions) (*Responder, error) {
-	codec := c.cfg.Codec
-	return c.Handle(queue, HandlerFunc(func(ctx context.Context, m *Message) (*Reply, error) {
+	return c.Handle(queue, Typed(c.cfg.Codec, fn), opts)
+}
+
+// Typed returns a Handler that decodes the request body into a Req with
+// codec, calls fn, and encodes its Resp as the reply. A body that does not
+// decode is a permanent failure with code bad_payload.
+func Typed[Req, Resp any](codec Codec, fn func(ctx context.Context, req Req) (Resp, error)) Handler {
+	return HandlerFunc(func(ctx context.Context, m *Message) (*Reply, error) {
 		var req Req
 		if err := codec.Unmarshal(m.Body, &req); err != nil {
 			return nil, Permanent(&RemoteError{Code: CodeBadPayload, Message: err.Error()})
@@ -60,5 +70,11 @@ func HandleTyped[Req, Resp any](c *Client, queue string, fn func(ctx context.Con
 			return nil, Permanent(fmt.Errorf("encode reply: %w", err))
 		}
 		return &Reply{Body: body, ContentType: codec.ContentType()}, nil
-	}), opts)
+	})
+}
+
+// Typer is implemented by request values that name their schema: Call
+// sends them with Message.Type set to RSVPType(), so a Mux can route them.
+type Typer interface {
+	RSVPType() string
 }

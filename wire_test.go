@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/rsvp-go/rsvp"
+	"github.com/rsvp-go/rsvp/backend"
 )
 
 // wireCtx bounds a wire test.
@@ -445,7 +446,7 @@ func TestWireRawResponderFailure(t *testing.T) {
 	}
 
 	// rsvp reads the raw dead letter.
-	dls, err := c.be.DeadLetters(ctx, queue, 10)
+	dls, err := c.be.DeadLetters(ctx, backend.DeadLetterQuery{Queue: queue, Limit: 10})
 	if err != nil {
 		t.Fatal(err)
 	}

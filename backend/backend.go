@@ -43,7 +43,16 @@ type Message struct {
 	Body          []byte
 	CreatedAt     time.Time
 	Deadline      time.Time // zero: none; past it the request is not started
-	Attempt       int       // delivery attempt, 1 on first delivery; set by the backend on delivery
+	// NotBefore, if in the future, schedules the request: it is stored now
+	// and delivered from that time on (to within 100 ms). Zero: at once.
+	NotBefore time.Time
+	Attempt   int // delivery attempt, 1 on first delivery; set by the backend on delivery
+	// Track asks the responder to record the request's state changes
+	// (running, retrying, progress, final) in the event log (AppendEvent).
+	Track bool
+	// Channel, with Track, is the notification channel the request's events
+	// are also listed under (EventQuery.Channel). Empty: none.
+	Channel string
 }
 
 // Status is the final state a reply records.
@@ -54,6 +63,7 @@ const (
 	StatusSucceeded Status = "succeeded"
 	StatusFailed    Status = "failed"
 	StatusExpired   Status = "expired"
+	StatusCancelled Status = "cancelled"
 )
 
 // Reply is the final outcome of a request.
@@ -70,10 +80,70 @@ type Reply struct {
 
 // DeadLetter is a request that will not be retried, with why.
 type DeadLetter struct {
+	// Key identifies the stored dead letter within its queue (set by
+	// DeadLetters, ignored by DeadLetter): opaque text, ordered as the dead
+	// letters are listed, for DeadLetterQuery.After and DeleteDeadLetter.
+	Key       string
 	Message   *Message // the original request; Attempt is the last attempt
 	Reason    string   // "failed", "expired", "bad_payload", "attempts_exhausted", ...
 	LastError string
 	At        time.Time
+}
+
+// DeadLetterQuery selects dead letters of one queue.
+type DeadLetterQuery struct {
+	Queue  string    // required
+	Reason string    // only this reason; empty: any
+	Since  time.Time // only dead letters with At at or after Since; zero: any
+	Until  time.Time // only dead letters with At before Until; zero: any
+	After  string    // cursor: only dead letters listed after the one with this Key
+	Limit  int       // at most this many, oldest first; default 100
+}
+
+// Matches reports whether dl passes the filters of q other than Queue,
+// After and Limit: Reason, Since and Until.
+func (q DeadLetterQuery) Matches(dl *DeadLetter) bool {
+	return (q.Reason == "" || dl.Reason == q.Reason) &&
+		(q.Since.IsZero() || !dl.At.Before(q.Since)) &&
+		(q.Until.IsZero() || dl.At.Before(q.Until))
+}
+
+// Event types. A request's event log starts with EventQueued (written by
+// whoever tracks the request, the gateway say), has EventRunning,
+// EventRetrying and EventProgress entries written by responders, and ends
+// with one final event whose Type is the reply's Status. Other types
+// (EventWebhook) may follow the final one.
+const (
+	EventQueued   = "queued"
+	EventRunning  = "running"
+	EventRetrying = "retrying"
+	EventProgress = "progress"
+	EventWebhook  = "webhook"
+)
+
+// Event is one entry of a request's event log.
+type Event struct {
+	// Seq is the event's position, set by AppendEvent: it grows with every
+	// append, so it orders the events of a request. Events read by channel
+	// (EventQuery.Channel) carry their position in the channel's log, which
+	// orders the channel's events and may differ from the request's.
+	Seq           uint64
+	CorrelationID string
+	Channel       string // notification channel, or empty
+	Type          string // EventQueued, ..., or a final Status
+	At            time.Time
+	Data          []byte // details as JSON (or empty)
+	// DedupeKey, if set, makes the append idempotent: an event whose key was
+	// appended within the dedupe window is not stored again.
+	DedupeKey string
+}
+
+// EventQuery selects the events of one request or of one channel.
+type EventQuery struct {
+	CorrelationID string // exactly one of CorrelationID and Channel is set
+	Channel       string
+	After         uint64 // only events with Seq > After
+	Limit         int    // at most this many, oldest first; default 100
 }
 
 // ConsumeParams configures a consumer. Zero values take the defaults given.
@@ -128,11 +198,40 @@ type Backend interface {
 	// DeadLetter stores dl durably in the dead-letter store of its queue.
 	DeadLetter(ctx context.Context, dl *DeadLetter) error
 
-	// DeadLetters returns up to limit dead letters of queue, oldest first.
-	DeadLetters(ctx context.Context, queue string, limit int) ([]*DeadLetter, error)
+	// DeadLetters returns the dead letters q selects, oldest first, each
+	// with its Key set.
+	DeadLetters(ctx context.Context, q DeadLetterQuery) ([]*DeadLetter, error)
+
+	// DeleteDeadLetter removes the dead letter of queue stored under key, or
+	// returns ErrNotFound.
+	DeleteDeadLetter(ctx context.Context, queue, key string) error
+
+	// AppendEvent stores ev durably at the end of its request's event log
+	// and, if ev.Channel is set, of its channel's, and sets ev.Seq (left 0
+	// when DedupeKey made it a duplicate). Events are kept as long as
+	// replies.
+	AppendEvent(ctx context.Context, ev *Event) error
+
+	// Events returns the stored events q selects, oldest first.
+	Events(ctx context.Context, q EventQuery) ([]*Event, error)
+
+	// SubscribeEvents calls fn for every event appended from now on, until
+	// the subscription is closed. fn is called from one goroutine at a time
+	// and must not block. Delivery is best effort, as for SubscribeReplies:
+	// a caller that must not miss an event reads Events after subscribing.
+	SubscribeEvents(ctx context.Context, fn func(*Event)) (Subscription, error)
 
 	// Close releases the backend. Consumers and subscriptions stop.
 	Close() error
+}
+
+// ActivityReporter is implemented by backends that can tell whether
+// responders are at work on a queue (rsvp's Config.RequireResponder).
+type ActivityReporter interface {
+	// LastActive returns when a responder of queue, in any process, was
+	// last seen waiting for, taking or holding a request: now if one is at
+	// it, the zero time if none ever was (or the backend cannot tell).
+	LastActive(ctx context.Context, queue string) (time.Time, error)
 }
 
 // Consumer hands out deliveries of one queue.

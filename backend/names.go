@@ -28,6 +28,16 @@ func ValidateName(kind, s string) error {
 	return nil
 }
 
+// ValidateChannel reports whether s can name a notification channel: a
+// name as for ValidateName, other than "_" (which engines may use for "no
+// channel").
+func ValidateChannel(s string) error {
+	if s == "_" {
+		return fmt.Errorf("channel %q is reserved", s)
+	}
+	return ValidateName("channel", s)
+}
+
 // ReservedHeader reports whether a header name belongs to the wire format
 // (the "Rsvp-" and "Nats-" prefixes, and Content-Type), in any letter case,
 // rather than to the application.

@@ -176,8 +176,24 @@ func (l *rawLoop) startResponders(ctx context.Context, n int) (func() error, err
 	return func() error {
 		it.Stop()
 		wg.Wait()
-		return l.deleteConsumer(name)
+		return errors.Join(l.deleteConsumer(name), l.purge(wireRequests, wireSubjRequests+l.queue))
 	}, nil
+}
+
+// purge removes subject's messages from stream, so that nothing of the run
+// is left on a shared engine: a request whose publish was acknowledged
+// only after the run's end stays queued, its responders gone.
+func (l *rawLoop) purge(stream, subject string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), rawTimeout)
+	defer cancel()
+	s, err := l.js.Stream(ctx, stream)
+	if err == nil {
+		err = s.Purge(ctx, jetstream.WithPurgeSubject(subject))
+	}
+	if err != nil {
+		return fmt.Errorf("bench: purge %s of %s: %w", subject, stream, err)
+	}
+	return nil
 }
 
 func (l *rawLoop) deleteConsumer(name string) error {
@@ -213,15 +229,5 @@ func (l *rawLoop) respond(it jetstream.MessagesContext) {
 // unsubscribe ends the reply subscription and purges the loop's replies,
 // so that nothing is left on a shared engine.
 func (l *rawLoop) unsubscribe(sub *nats.Subscription) error {
-	err := sub.Unsubscribe()
-	ctx, cancel := context.WithTimeout(context.Background(), rawTimeout)
-	defer cancel()
-	s, serr := l.js.Stream(ctx, wireReplies)
-	if serr == nil {
-		serr = s.Purge(ctx, jetstream.WithPurgeSubject(wireSubjReplies+"*."+l.inbox))
-	}
-	if serr != nil {
-		serr = fmt.Errorf("bench: purge replies: %w", serr)
-	}
-	return errors.Join(err, serr)
+	return errors.Join(sub.Unsubscribe(), l.purge(wireReplies, wireSubjReplies+"*."+l.inbox))
 }

@@ -52,7 +52,7 @@ type testCase struct {
 
 // Run runs every case that f allows, each on an engine from newEngine.
 func Run(t *testing.T, newEngine func(t *testing.T) Opener, f Features) {
-	for _, tc := range cases {
+	for _, tc := range slices.Concat(cases, scheduleCases, eventCases, dlqCases) {
 		t.Run(tc.name, func(t *testing.T) {
 			if tc.needs != nil && !tc.needs(f) {
 				t.Skipf("backend lacks the feature %s needs", tc.name)
@@ -137,7 +137,8 @@ func sameMessage(t *testing.T, got, want *backend.Message) {
 	if got.ID != want.ID || got.CorrelationID != want.CorrelationID || got.ReplyTo != want.ReplyTo ||
 		got.Queue != want.Queue || got.Type != want.Type || got.ContentType != want.ContentType ||
 		string(got.Body) != string(want.Body) || !maps.Equal(got.Headers, want.Headers) ||
-		!got.CreatedAt.Equal(want.CreatedAt) || !got.Deadline.Equal(want.Deadline) {
+		!got.CreatedAt.Equal(want.CreatedAt) || !got.Deadline.Equal(want.Deadline) ||
+		got.Track != want.Track || got.Channel != want.Channel {
 		t.Fatalf("message changed in the engine:\n got %+v\nwant %+v", got, want)
 	}
 }
@@ -405,7 +406,7 @@ var cases = []testCase{
 		b := opened(t, open)
 		ctx := ctxFor(t, 10*time.Second)
 		q := uniq("q")
-		if dls, err := b.DeadLetters(ctx, q, 10); err != nil || len(dls) != 0 {
+		if dls, err := b.DeadLetters(ctx, backend.DeadLetterQuery{Queue: q, Limit: 10}); err != nil || len(dls) != 0 {
 			t.Fatalf("dead letters of a new queue: %v, %v", dls, err)
 		}
 		var want []*backend.DeadLetter
@@ -419,7 +420,7 @@ var cases = []testCase{
 			want = append(want, dl)
 		}
 		mustEnqueue(t, b, newMsg(b, uniq("q"))) // another queue's traffic
-		got, err := b.DeadLetters(ctx, q, 10)
+		got, err := b.DeadLetters(ctx, backend.DeadLetterQuery{Queue: q, Limit: 10})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -433,7 +434,7 @@ var cases = []testCase{
 				t.Fatalf("dead letter %d: %+v, want %+v", i, g, w)
 			}
 		}
-		if got, _ := b.DeadLetters(ctx, q, 2); len(got) != 2 {
+		if got, _ := b.DeadLetters(ctx, backend.DeadLetterQuery{Queue: q, Limit: 2}); len(got) != 2 {
 			t.Fatalf("limit 2 returned %d", len(got))
 		}
 	}},
@@ -558,7 +559,7 @@ var cases = []testCase{
 		if err != nil || string(r.Body) != "kept" {
 			t.Fatalf("reply after reopen: %v, %v", r, err)
 		}
-		if dls, err := b.DeadLetters(ctx, q, 10); err != nil || len(dls) != 1 || dls[0].Message.ID != dead.ID {
+		if dls, err := b.DeadLetters(ctx, backend.DeadLetterQuery{Queue: q, Limit: 10}); err != nil || len(dls) != 1 || dls[0].Message.ID != dead.ID {
 			t.Fatalf("dead letters after reopen: %v, %v", dls, err)
 		}
 		c := consume(t, b, q, backend.ConsumeParams{})

@@ -119,7 +119,13 @@ func (c *consumer) Next(ctx context.Context) (backend.Delivery, error) {
 // again) or ctx or the consumer ended. A status for another worker's pull
 // may end this one: each status ends one pull, so the count stays right.
 func (c *consumer) pull(ctx context.Context) *nats.Msg {
-	if err := c.b.nc.PublishRequest(c.next, c.inbox, pullRequest); err != nil {
+	req := pullRequest
+	if d, ok := ctx.Deadline(); ok && time.Until(d) < pullWait {
+		// Expire with the caller's wait, so that no pull outlives it to
+		// deliver a message nobody waits for.
+		req = fmt.Appendf(nil, `{"batch":1,"expires":%d}`, max(time.Until(d), time.Millisecond).Nanoseconds())
+	}
+	if err := c.b.nc.PublishRequest(c.next, c.inbox, req); err != nil {
 		c.pause(ctx, err)
 		return nil
 	}

@@ -62,16 +62,26 @@ func Embedded(dir string, opts Options) (*Backend, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("rsvpnats: engine directory %q: %w", dir, err)
 	}
-	lock, err := os.OpenFile(filepath.Join(dir, lockFile), os.O_CREATE|os.O_RDWR, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("rsvpnats: engine directory %q is not writable: %w", dir, err)
-	}
-	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		lock.Close()
-		if !errors.Is(err, syscall.EWOULDBLOCK) {
-			return nil, fmt.Errorf("rsvpnats: lock engine directory %q: %w", dir, err)
+	// The owner may be starting (its address not written yet) or stopping
+	// (the lock about to be free): try both until the timeout.
+	deadline := time.Now().Add(opts.Timeout)
+	var lock *os.File
+	for {
+		var err error
+		if lock, err = tryLock(dir); err != nil || lock != nil {
+			if err != nil {
+				return nil, err
+			}
+			break
 		}
-		return connectShared(dir, opts)
+		b, err := connectShared(dir, opts)
+		if err == nil || time.Now().After(deadline) {
+			if err != nil {
+				return nil, fmt.Errorf("rsvpnats: engine directory %q is locked by another process that does not serve it (open it there with Listen, or use another directory): %w", dir, err)
+			}
+			return b, nil
+		}
+		time.Sleep(50 * time.Millisecond) // polling another process's lock and file
 	}
 	unlock := func() error { return lock.Close() } // closing releases the flock
 	// A file left by an owner that died is stale now that we hold the lock.
@@ -150,38 +160,48 @@ func startEmbedded(dir string, opts Options) (*Backend, error) {
 	return b, nil
 }
 
-// connectShared connects to the engine that another process runs on dir.
-// That process may be starting, so its address is awaited for opts.Timeout.
-func connectShared(dir string, opts Options) (*Backend, error) {
-	path := filepath.Join(dir, engineFile)
-	deadline := time.Now().Add(opts.Timeout)
-	for {
-		info, err := readEngineInfo(path)
-		if err == nil {
-			// The engine lives as long as its owner: give up reconnecting
-			// after a few seconds without it, and say so through Done.
-			done := make(chan struct{})
-			var nc *nats.Conn
-			nc, err = nats.Connect(info.URL, nats.Token(info.Token), nats.Name("rsvp"),
-				nats.ReconnectWait(250*time.Millisecond), nats.MaxReconnects(12), closedHandler(done))
-			if err == nil {
-				ctx, cancel := context.WithTimeout(context.Background(), opts.Timeout)
-				defer cancel()
-				// fsync works from any process: group commit runs here too.
-				b, err := open(ctx, nc, opts, false, syncDirFor(dir, opts))
-				if err != nil {
-					nc.Close()
-					return nil, err
-				}
-				b.done = done
-				return b, nil
-			}
-		}
-		if time.Now().After(deadline) {
-			return nil, fmt.Errorf("rsvpnats: engine directory %q is locked by another process that does not serve it (open it there with Listen, or use another directory): %v", dir, err)
-		}
-		time.Sleep(50 * time.Millisecond) // the owner is starting; poll its file
+// tryLock takes the engine lock of dir: the locked file, or nil if another
+// process holds it.
+func tryLock(dir string) (*os.File, error) {
+	lock, err := os.OpenFile(filepath.Join(dir, lockFile), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("rsvpnats: engine directory %q is not writable: %w", dir, err)
 	}
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		lock.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("rsvpnats: lock engine directory %q: %w", dir, err)
+	}
+	return lock, nil
+}
+
+// connectShared connects to the engine that another process runs on dir,
+// at the address it wrote there.
+func connectShared(dir string, opts Options) (*Backend, error) {
+	info, err := readEngineInfo(filepath.Join(dir, engineFile))
+	if err != nil {
+		return nil, err
+	}
+	// The engine lives as long as its owner: give up reconnecting after a
+	// few seconds without it, and say so through Done.
+	done := make(chan struct{})
+	nc, err := nats.Connect(info.URL, nats.Token(info.Token), nats.Name("rsvp"),
+		nats.ReconnectWait(250*time.Millisecond), nats.MaxReconnects(12), closedHandler(done))
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), opts.Timeout)
+	defer cancel()
+	// fsync works from any process: group commit runs here too.
+	b, err := open(ctx, nc, opts, false, syncDirFor(dir, opts))
+	if err != nil {
+		nc.Close()
+		return nil, err
+	}
+	b.done = done
+	return b, nil
 }
 
 func readEngineInfo(path string) (engineInfo, error) {

@@ -18,6 +18,7 @@ import (
 	"log/slog"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -104,6 +105,7 @@ type Backend struct {
 	js      jetstream.JetStream
 	replies jetstream.Stream
 	dlq     jetstream.Stream
+	events  jetstream.Stream
 	syncs   map[string]*groupSync // by stream; only for an embedded engine with SyncAlways
 	onClose func() error          // stops an embedded server, releases the lock
 	done    chan struct{}         // closed when the connection is closed for good
@@ -172,13 +174,14 @@ func open(ctx context.Context, nc *nats.Conn, opts Options, memory bool, syncDir
 	}
 	maxMsg := int32(nc.MaxPayload())
 	cfgs := []jetstream.StreamConfig{{
-		Name:        streamRequests,
-		Description: "rsvp requests, one subject per queue",
-		Subjects:    []string{subjRequests + "*"},
-		Retention:   jetstream.WorkQueuePolicy,
-		Storage:     storage,
-		Duplicates:  opts.DedupeWindow,
-		MaxMsgSize:  maxMsg,
+		Name:              streamRequests,
+		Description:       "rsvp requests, one subject per queue, and scheduled requests",
+		Subjects:          []string{subjRequests + "*", subjSchedule + "*.*"},
+		Retention:         jetstream.WorkQueuePolicy,
+		Storage:           storage,
+		Duplicates:        opts.DedupeWindow,
+		MaxMsgSize:        maxMsg,
+		AllowMsgSchedules: true,
 	}, {
 		Name:                 streamReplies,
 		Description:          "rsvp replies, one subject per correlation id",
@@ -200,6 +203,16 @@ func open(ctx context.Context, nc *nats.Conn, opts Options, memory bool, syncDir
 		Duplicates:  opts.DedupeWindow,
 		MaxMsgSize:  maxMsg,
 		AllowDirect: true,
+	}, {
+		Name:        streamEvents,
+		Description: "rsvp request events: one subject per correlation id, and one per channel",
+		Subjects:    []string{subjEvents + "*", subjChannel + "*"},
+		Storage:     storage,
+		MaxAge:      opts.ReplyRetention,
+		Duplicates:  opts.DedupeWindow,
+		MaxMsgSize:  maxMsg,
+		AllowDirect: true,
+		RePublish:   &jetstream.RePublish{Source: subjEvents + "*", Destination: subjEvNotify + "{{wildcard(1)}}"},
 	}}
 	streams := make([]jetstream.Stream, len(cfgs))
 	for i, cfg := range cfgs {
@@ -210,7 +223,7 @@ func open(ctx context.Context, nc *nats.Conn, opts Options, memory bool, syncDir
 			return nil, fmt.Errorf("rsvpnats: create stream %s: %w", cfg.Name, err)
 		}
 	}
-	b := &Backend{opts: opts, nc: nc, js: js, replies: streams[1], dlq: streams[2]}
+	b := &Backend{opts: opts, nc: nc, js: js, replies: streams[1], dlq: streams[2], events: streams[3]}
 	b.life, b.end = context.WithCancel(context.Background())
 	if syncDir != "" {
 		b.syncs = make(map[string]*groupSync, len(cfgs))
@@ -235,19 +248,25 @@ func (b *Backend) stopSyncs() {
 // publish stores m in stream and returns once it is as durable as the
 // backend is configured to make it.
 func (b *Backend) publish(ctx context.Context, stream string, m *nats.Msg) error {
+	_, err := b.publishAck(ctx, stream, m)
+	return err
+}
+
+// publishAck is publish returning the engine's acknowledgement.
+func (b *Backend) publishAck(ctx context.Context, stream string, m *nats.Msg) (*jetstream.PubAck, error) {
 	ctx, cancel := b.withTimeout(ctx)
 	defer cancel()
 	g := b.syncs[stream]
 	if g == nil {
-		_, err := b.js.PublishMsg(ctx, m)
-		return err
+		return b.js.PublishMsg(ctx, m)
 	}
 	g.begin()
-	if _, err := b.js.PublishMsg(ctx, m); err != nil {
+	ack, err := b.js.PublishMsg(ctx, m)
+	if err != nil {
 		g.end()
-		return err
+		return nil, err
 	}
-	return g.wait()
+	return ack, g.wait()
 }
 
 // Conn returns the backend's NATS connection, for programs that also speak
@@ -260,12 +279,14 @@ func (b *Backend) Conn() *nats.Conn { return b.nc }
 // writes: with SyncAlways on an embedded engine, fsynced by group commit.
 func (b *Backend) Publish(ctx context.Context, m *nats.Msg) error {
 	switch {
-	case strings.HasPrefix(m.Subject, subjRequests):
+	case strings.HasPrefix(m.Subject, subjRequests), strings.HasPrefix(m.Subject, subjSchedule):
 		return b.publish(ctx, streamRequests, m)
 	case strings.HasPrefix(m.Subject, subjReplies):
 		return b.publish(ctx, streamReplies, m)
 	case strings.HasPrefix(m.Subject, subjDLQ):
 		return b.publish(ctx, streamDLQ, m)
+	case strings.HasPrefix(m.Subject, subjEvents), strings.HasPrefix(m.Subject, subjChannel):
+		return b.publish(ctx, streamEvents, m)
 	}
 	return fmt.Errorf("rsvpnats: publish: %q is not a subject of the wire format", m.Subject)
 }
@@ -419,24 +440,159 @@ func (b *Backend) DeadLetter(ctx context.Context, dl *backend.DeadLetter) error 
 	return nil
 }
 
-// DeadLetters implements backend.Backend.
-func (b *Backend) DeadLetters(ctx context.Context, queue string, limit int) ([]*backend.DeadLetter, error) {
-	if err := backend.ValidateName("queue", queue); err != nil {
+// DeadLetters implements backend.Backend. A dead letter's Key is its
+// sequence in the dead-letter stream, in decimal. Filters are applied while
+// reading the queue's dead letters in order.
+func (b *Backend) DeadLetters(ctx context.Context, q backend.DeadLetterQuery) ([]*backend.DeadLetter, error) {
+	if err := backend.ValidateName("queue", q.Queue); err != nil {
 		return nil, fmt.Errorf("rsvpnats: dead letters: %w", err)
+	}
+	seq := uint64(1)
+	if q.After != "" {
+		after, err := strconv.ParseUint(q.After, 10, 64)
+		if err != nil {
+			return nil, fmt.Errorf("rsvpnats: dead letters: cursor %q is not a dead-letter key", q.After)
+		}
+		seq = after + 1
+	}
+	limit := q.Limit
+	if limit <= 0 {
+		limit = 100
 	}
 	ctx, cancel := b.withTimeout(ctx)
 	defer cancel()
 	var out []*backend.DeadLetter
-	for seq := uint64(1); len(out) < limit; {
-		raw, err := b.dlq.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(subjDLQ+queue))
+	for len(out) < limit {
+		raw, err := b.dlq.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(subjDLQ+q.Queue))
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
 			break
 		}
 		if err != nil {
-			return out, fmt.Errorf("rsvpnats: dead letters of %s: %w", queue, err)
+			return out, fmt.Errorf("rsvpnats: dead letters of %s: %w", q.Queue, err)
 		}
-		out = append(out, decodeDeadLetter(raw.Subject, raw.Header, raw.Data))
+		seq = raw.Sequence + 1
+		dl := decodeDeadLetter(raw.Subject, raw.Header, raw.Data)
+		dl.Key = strconv.FormatUint(raw.Sequence, 10)
+		if q.Matches(dl) {
+			out = append(out, dl)
+		}
+	}
+	return out, nil
+}
+
+// DeleteDeadLetter implements backend.Backend.
+func (b *Backend) DeleteDeadLetter(ctx context.Context, queue, key string) error {
+	if err := backend.ValidateName("queue", queue); err != nil {
+		return fmt.Errorf("rsvpnats: delete dead letter: %w", err)
+	}
+	seq, err := strconv.ParseUint(key, 10, 64)
+	if err != nil || seq == 0 {
+		return fmt.Errorf("rsvpnats: dead letter %q of %s: %w", key, queue, backend.ErrNotFound)
+	}
+	ctx, cancel := b.withTimeout(ctx)
+	defer cancel()
+	raw, err := b.dlq.GetMsg(ctx, seq)
+	if errors.Is(err, jetstream.ErrMsgNotFound) || err == nil && raw.Subject != subjDLQ+queue {
+		return fmt.Errorf("rsvpnats: dead letter %s of %s: %w", key, queue, backend.ErrNotFound)
+	}
+	if err != nil {
+		return fmt.Errorf("rsvpnats: dead letter %s of %s: %w", key, queue, err)
+	}
+	// Deleted by another caller between the read and here: not found.
+	if err := b.dlq.DeleteMsg(ctx, seq); err != nil {
+		if errors.Is(err, jetstream.ErrMsgNotFound) || errors.Is(err, jetstream.ErrMsgDeleteUnsuccessful) {
+			return fmt.Errorf("rsvpnats: dead letter %s of %s: %w", key, queue, backend.ErrNotFound)
+		}
+		return fmt.Errorf("rsvpnats: delete dead letter %s of %s: %w", key, queue, err)
+	}
+	return nil
+}
+
+// AppendEvent implements backend.Backend.
+func (b *Backend) AppendEvent(ctx context.Context, ev *backend.Event) error {
+	if err := validateEvent(ev); err != nil {
+		return fmt.Errorf("rsvpnats: append event: %w", err)
+	}
+	m, ch := encodeEvent(ev)
+	if err := b.checkSize(m); err != nil {
+		return fmt.Errorf("rsvpnats: append event: %w", err)
+	}
+	// The channel's copy first: subscribers hear of the request's copy
+	// (SubscribeEvents), and must then find the channel's in place.
+	if ch != nil {
+		if err := b.publish(ctx, streamEvents, ch); err != nil {
+			return fmt.Errorf("rsvpnats: append %s event of %s to channel %s: %w", ev.Type, ev.CorrelationID, ev.Channel, err)
+		}
+	}
+	ack, err := b.publishAck(ctx, streamEvents, m)
+	if err != nil {
+		return fmt.Errorf("rsvpnats: append %s event of %s: %w", ev.Type, ev.CorrelationID, err)
+	}
+	ev.Seq = 0
+	if !ack.Duplicate {
+		ev.Seq = ack.Sequence
+	}
+	return nil
+}
+
+func validateEvent(ev *backend.Event) error {
+	errs := []error{backend.ValidateName("correlation id", ev.CorrelationID)}
+	if ev.Channel != "" {
+		errs = append(errs, backend.ValidateChannel(ev.Channel))
+	}
+	if ev.Type == "" {
+		errs = append(errs, errors.New("event type is empty"))
+	}
+	return errors.Join(errs...)
+}
+
+// Events implements backend.Backend.
+func (b *Backend) Events(ctx context.Context, q backend.EventQuery) ([]*backend.Event, error) {
+	var filter string
+	switch {
+	case q.CorrelationID != "" && q.Channel == "":
+		if err := backend.ValidateName("correlation id", q.CorrelationID); err != nil {
+			return nil, fmt.Errorf("rsvpnats: events: %w", err)
+		}
+		filter = subjEvents + q.CorrelationID
+	case q.Channel != "" && q.CorrelationID == "":
+		if err := backend.ValidateChannel(q.Channel); err != nil {
+			return nil, fmt.Errorf("rsvpnats: events: %w", err)
+		}
+		filter = subjChannel + q.Channel
+	default:
+		return nil, errors.New("rsvpnats: events: set exactly one of CorrelationID and Channel")
+	}
+	limit := cmp.Or(q.Limit, 100)
+	ctx, cancel := b.withTimeout(ctx)
+	defer cancel()
+	var out []*backend.Event
+	for seq := q.After + 1; len(out) < limit; {
+		raw, err := b.events.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(filter))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			break
+		}
+		if err != nil {
+			return out, fmt.Errorf("rsvpnats: events: %w", err)
+		}
+		out = append(out, decodeEvent(raw.Subject, raw.Sequence, raw.Header, raw.Data))
 		seq = raw.Sequence + 1
 	}
 	return out, nil
+}
+
+// SubscribeEvents implements backend.Backend.
+func (b *Backend) SubscribeEvents(ctx context.Context, fn func(*backend.Event)) (backend.Subscription, error) {
+	sub, err := b.nc.Subscribe(subjEvNotify+"*", func(m *nats.Msg) {
+		seq, _ := strconv.ParseUint(m.Header.Get(hdrSequence), 10, 64)
+		fn(decodeEvent(m.Subject, seq, m.Header, m.Data))
+	})
+	if err != nil {
+		return nil, fmt.Errorf("rsvpnats: subscribe to events: %w", err)
+	}
+	if err := b.nc.Flush(); err != nil {
+		_ = sub.Unsubscribe()
+		return nil, fmt.Errorf("rsvpnats: subscribe to events: %w", err)
+	}
+	return natsSub{sub}, nil
 }

@@ -4,12 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -20,6 +17,7 @@ import (
 	"github.com/rsvp-go/rsvp/backend"
 	"github.com/rsvp-go/rsvp/backend/backendtest"
 	"github.com/rsvp-go/rsvp/backend/rsvpnats"
+	"github.com/rsvp-go/rsvp/internal/natstest"
 )
 
 func TestMain(m *testing.M) {
@@ -55,7 +53,7 @@ func TestConformanceEmbeddedDisk(t *testing.T) {
 }
 
 func TestConformanceExternal(t *testing.T) {
-	url := startNATSServer(t)
+	url := natstest.Start(t)
 	backendtest.Run(t, func(t *testing.T) backendtest.Opener {
 		return func(t *testing.T) backend.Backend {
 			b, err := rsvpnats.Connect(context.Background(), url, rsvpnats.Options{})
@@ -65,71 +63,6 @@ func TestConformanceExternal(t *testing.T) {
 			return b
 		}
 	}, backendtest.Features{Durable: true, Shared: true})
-}
-
-var (
-	buildOnce sync.Once
-	serverBin string
-	buildErr  error
-)
-
-// startNATSServer builds nats-server from the module the project depends
-// on and runs it as a separate process on a free loopback port, with
-// JetStream on disk. It is stopped with the test.
-func startNATSServer(t *testing.T) string {
-	t.Helper()
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "rsvp-nats-server-*")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		serverBin = filepath.Join(dir, "nats-server")
-		out, err := exec.Command("go", "build", "-o", serverBin, "github.com/nats-io/nats-server/v2").CombinedOutput()
-		if err != nil {
-			buildErr = fmt.Errorf("go build nats-server: %v\n%s", err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
-	port := freePort(t)
-	cmd := exec.Command(serverBin, "-a", "127.0.0.1", "-p", fmt.Sprint(port), "-js", "-sd", t.TempDir())
-	var logs strings.Builder
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-		if t.Failed() {
-			t.Logf("nats-server output:\n%s", logs.String())
-		}
-	})
-	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		nc, err := nats.Connect(url, nats.Timeout(time.Second))
-		if err == nil {
-			nc.Close()
-			return url
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("nats-server on %s did not come up: %v", url, err)
-		}
-		time.Sleep(20 * time.Millisecond) // polling a process we do not control
-	}
-}
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }
 
 func TestEmbeddedDirectoryNotWritable(t *testing.T) {
@@ -221,7 +154,7 @@ func TestEmbeddedSharedTokenIsPrivate(t *testing.T) {
 
 func TestConnectUnreachable(t *testing.T) {
 	t.Parallel()
-	url := fmt.Sprintf("nats://127.0.0.1:%d", freePort(t))
+	url := fmt.Sprintf("nats://127.0.0.1:%d", natstest.FreePort(t))
 	_, err := rsvpnats.Connect(context.Background(), url, rsvpnats.Options{NATSOptions: []nats.Option{nats.Timeout(time.Second)}})
 	if err == nil || !strings.Contains(err.Error(), url) {
 		t.Fatalf("got %v, want an error naming %s", err, url)

@@ -17,11 +17,16 @@ const (
 	streamRequests = "RSVP_REQUESTS"
 	streamReplies  = "RSVP_REPLIES"
 	streamDLQ      = "RSVP_DLQ"
+	streamEvents   = "RSVP_EVENTS"
 
 	subjRequests = "rsvp.req."    // + queue
+	subjSchedule = "rsvp.sched."  // + queue + "." + id: a scheduled request until it is due
 	subjReplies  = "rsvp.reply."  // + correlation id + "." + inbox
 	subjNotify   = "rsvp.notify." // + correlation id + "." + inbox (republished replies)
 	subjDLQ      = "rsvp.dlq."    // + queue
+	subjEvents   = "rsvp.event."  // + correlation id: a request's event log
+	subjChannel  = "rsvp.chan."   // + channel: copies of the events of a channel's requests
+	subjEvNotify = "rsvp.evnote." // + correlation id (republished request events)
 )
 
 // Header names of the wire format.
@@ -42,6 +47,11 @@ const (
 	hdrDeadReason    = "Rsvp-Dead-Reason"
 	hdrDeadError     = "Rsvp-Dead-Error"
 	hdrDeadAt        = "Rsvp-Dead-At"
+	hdrTrack         = "Rsvp-Track"
+	hdrNotBefore     = "Rsvp-Not-Before"
+	hdrChannel       = "Rsvp-Channel"
+	hdrEventType     = "Rsvp-Event"
+	hdrSequence      = "Nats-Sequence" // set on republished messages
 )
 
 func setTime(h nats.Header, key string, t time.Time) {
@@ -100,7 +110,22 @@ func encodeRequest(m *backend.Message) *nats.Msg {
 	}
 	setTime(h, hdrCreatedAt, m.CreatedAt)
 	setTime(h, hdrDeadline, m.Deadline)
-	return &nats.Msg{Subject: subjRequests + m.Queue, Header: h, Data: m.Body}
+	if m.Track {
+		h.Set(hdrTrack, "1")
+	}
+	if m.Channel != "" {
+		h.Set(hdrChannel, m.Channel)
+	}
+	msg := &nats.Msg{Subject: subjRequests + m.Queue, Header: h, Data: m.Body}
+	if !m.NotBefore.IsZero() && time.Until(m.NotBefore) > 0 {
+		// A message schedule of the stream: the server publishes the request
+		// to its queue's subject when it is due (and drops the schedule).
+		setTime(h, hdrNotBefore, m.NotBefore)
+		h.Set("Nats-Schedule", "@at "+m.NotBefore.UTC().Format(time.RFC3339Nano))
+		h.Set("Nats-Schedule-Target", msg.Subject)
+		msg.Subject = subjSchedule + m.Queue + "." + m.ID
+	}
+	return msg
 }
 
 // decodeRequest is the inverse of encodeRequest. queue is taken from the
@@ -115,6 +140,8 @@ func decodeRequest(subject string, h nats.Header, body []byte) (*backend.Message
 		ContentType:   h.Get(hdrContentType),
 		Headers:       appHeaders(h),
 		Body:          body,
+		Track:         h.Get(hdrTrack) == "1",
+		Channel:       h.Get(hdrChannel),
 	}
 	if m.ID == "" {
 		m.ID = h.Get(hdrMsgID)
@@ -125,6 +152,7 @@ func decodeRequest(subject string, h nats.Header, body []byte) (*backend.Message
 	var err, err2 error
 	m.CreatedAt, err = getTime(h, hdrCreatedAt)
 	m.Deadline, err2 = getTime(h, hdrDeadline)
+	m.NotBefore, _ = getTime(h, hdrNotBefore) // informational once delivered
 	if err = errors.Join(err, err2); err != nil {
 		return m, err
 	}
@@ -201,6 +229,45 @@ func decodeDeadLetter(subject string, h nats.Header, body []byte) *backend.DeadL
 	dl := &backend.DeadLetter{Message: m, Reason: h.Get(hdrDeadReason), LastError: h.Get(hdrDeadError)}
 	dl.At, _ = getTime(h, hdrDeadAt)
 	return dl
+}
+
+// encodeEvent makes the messages of an event: the entry of its request's
+// log and, for a request with a channel, the entry of the channel's log.
+func encodeEvent(ev *backend.Event) (request, channel *nats.Msg) {
+	h := nats.Header{}
+	h.Set(hdrCorrelationID, ev.CorrelationID)
+	h.Set(hdrEventType, ev.Type)
+	setTime(h, hdrCreatedAt, ev.At)
+	if ev.Channel != "" {
+		h.Set(hdrChannel, ev.Channel)
+	}
+	if ev.DedupeKey != "" {
+		h.Set(hdrMsgID, ev.DedupeKey)
+	}
+	request = &nats.Msg{Subject: subjEvents + ev.CorrelationID, Header: h, Data: ev.Data}
+	if ev.Channel != "" {
+		ch := nats.Header{}
+		for k, v := range h {
+			ch[k] = v
+		}
+		if ev.DedupeKey != "" {
+			ch.Set(hdrMsgID, ev.DedupeKey+":channel")
+		}
+		channel = &nats.Msg{Subject: subjChannel + ev.Channel, Header: ch, Data: ev.Data}
+	}
+	return request, channel
+}
+
+// decodeEvent reads a stored or republished event, of a request's log or
+// a channel's.
+func decodeEvent(subject string, seq uint64, h nats.Header, body []byte) *backend.Event {
+	ev := &backend.Event{Seq: seq, Type: h.Get(hdrEventType), Data: body, CorrelationID: h.Get(hdrCorrelationID),
+		Channel: h.Get(hdrChannel)}
+	if ev.CorrelationID == "" {
+		ev.CorrelationID = strings.TrimPrefix(strings.TrimPrefix(subject, subjEvents), subjEvNotify)
+	}
+	ev.At, _ = getTime(h, hdrCreatedAt)
+	return ev
 }
 
 // headerSafe folds line breaks, which a header value cannot carry.

@@ -1,13 +1,18 @@
 package cli
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"math"
 	"os"
+	"os/exec"
+	"runtime/pprof"
+	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -18,7 +23,7 @@ import (
 	"github.com/rsvp-go/rsvp/bench"
 )
 
-const benchUsage = `Usage: rsvp bench WORKLOAD [flags]
+const benchUsage = `Usage: rsvp bench WORKLOAD [MODE] [flags]
 
 Measure rsvp and report, per run, throughput, latency percentiles (p50 to
 max, from an HDR histogram), this process's CPU time per 1000 operations,
@@ -40,7 +45,26 @@ and whether every request got exactly one reply. WORKLOAD is one of:
                                     consumer -> reply loop, fsync and interval
              -c and --rate apply to the request-reply limits; files and
              engines go where the engine would (see below)
-  http, workflow  not yet: they need the HTTP gateway and workflows
+  http MODE  the HTTP gateway, served on 127.0.0.1 by this process on the
+             engine, driven by HTTP clients; MODE is one of
+               submit  POST /v1/queues/Q/requests, --size bytes of body,
+                       from -c clients in this process keeping their
+                       connections alive; done at 202 Accepted (stored)
+               push    --streams event streams (default 1000), one per
+                       pending request, then a responder in this process
+                       answers them at --rate per second (default 500);
+                       latency from the reply stored to the client's read
+                       of the final event (also from the handler's return,
+                       and from the engine's notice of the event: the
+                       gateway's part)
+               idle    --streams idle connections (default 10000), long-
+                       polls (?wait=60s) or event streams (--kind sse), on
+                       pending requests, from raw TCP clients in a second
+                       rsvp process; reports the RSS and the CPU use over
+                       -d (default 10s) of idling of the gateway's process
+                       and of the clients'. The open file limit is raised
+                       to --streams and some if need be
+  workflow   not yet: it needs workflows
 
 By default a run is a closed loop: -c workers each send their next request
 when the last one is answered. With --rate it is an open loop: requests
@@ -50,7 +74,7 @@ from each request's scheduled start, so a stall shows as clients see it.
 The engine is a new temporary directory, removed afterwards, unless --engine
 is given (before or after 'bench'; RSVP_ENGINE is not used). --sync applies
 to an embedded engine on disk. A run on a lasting engine purges what it
-stored (requests, replies, its consumer) when it ends.
+stored (requests, replies, its consumer, an http run's events) when it ends.
 
 Results go to stdout, each as a report or, with --json, as one JSON line; a
 progress line goes to stderr every second. Exit status: 0 when every request
@@ -62,6 +86,9 @@ Example:
   rsvp bench roundtrip --rate 5000 -d 10s
   rsvp bench enqueue --sync interval --json
   rsvp bench limits -d 3s
+  rsvp bench http submit -d 20s
+  rsvp bench http push --streams 1000
+  rsvp bench http idle --streams 10000 --kind sse
 `
 
 // benchFlags are the flags of the bench command.
@@ -75,17 +102,25 @@ type benchFlags struct {
 	sync        string
 	handlers    int
 	json        bool
+	streams     int
+	kind        string
+	cpuProfile  string
+	mode        string // of the http workload
 }
 
 func (f *benchFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.engine, "engine", "", "`engine`: embedded:DIR, embedded:mem, nats://HOST:PORT or tls://HOST:PORT (default: a new temporary directory, removed afterwards)")
 	fs.IntVar(&f.concurrency, "c", 64, "how many requests are in flight: in a closed loop, the workers; with --rate, the most (10000 unless given)")
-	fs.DurationVar(&f.duration, "d", 10*time.Second, "how long each run measures")
-	fs.Float64Var(&f.rate, "rate", 0, "requests started per second, in an open loop; 0: a closed loop")
-	fs.IntVar(&f.size, "size", 1024, "request body size in `bytes` (roundtrip, enqueue)")
+	fs.DurationVar(&f.duration, "d", 10*time.Second, "how long each run measures (http idle: how long it idles)")
+	fs.DurationVar(&f.duration, "duration", 10*time.Second, "the same as -d")
+	fs.Float64Var(&f.rate, "rate", 0, "requests started per second, in an open loop; 0: a closed loop (http push: requests answered per second, default 500)")
+	fs.IntVar(&f.size, "size", 1024, "request body size in `bytes` (roundtrip, enqueue, http)")
 	fs.DurationVar(&f.warmup, "warmup", time.Second, "how long each run first runs unmeasured")
 	fs.StringVar(&f.sync, "sync", "always", "embedded engine: fsync before acknowledging every write (always) or every second (interval)")
-	fs.IntVar(&f.handlers, "handlers", 0, "roundtrip: how many requests the responder handles at once (default max(-c, 8))")
+	fs.IntVar(&f.handlers, "handlers", 0, "roundtrip: how many requests the responder handles at once (default max(-c, 8); http push: 16)")
+	fs.IntVar(&f.streams, "streams", 0, "http push: event streams open at once (default 1000); http idle: idle connections (default 10000)")
+	fs.StringVar(&f.cpuProfile, "cpuprofile", "", "write a CPU profile of the run (setup included) to `file`, for go tool pprof")
+	fs.StringVar(&f.kind, "kind", "longpoll", "http idle: the idle connections are long-polls (longpoll) or event streams (sse)")
 	fs.BoolVar(&f.json, "json", false, "print each result as one line of JSON")
 }
 
@@ -110,6 +145,18 @@ func (f *benchFlags) validate(fs *flag.FlagSet, w *benchWorkload) error {
 		return usagef("--size does not apply to limits: they use %d-byte messages", bench.LimitMessageSize)
 	case w.name == "limits" && isSet(fs, "handlers"):
 		return usagef("--handlers does not apply to limits")
+	case f.streams < 0:
+		return usagef("--streams %d is negative", f.streams)
+	case f.kind != "longpoll" && f.kind != "sse":
+		return usagef("--kind %q: want longpoll or sse", f.kind)
+	case isSet(fs, "streams") && (w.name != "http" || f.mode == "submit"):
+		return usagef("--streams applies to http push and http idle")
+	case isSet(fs, "kind") && (w.name != "http" || f.mode != "idle"):
+		return usagef("--kind applies to http idle")
+	case w.name == "http" && f.mode == "idle" && (isSet(fs, "rate") || isSet(fs, "handlers") || isSet(fs, "c")):
+		return usagef("-c, --rate and --handlers do not apply to http idle")
+	case w.name == "http" && f.mode == "push" && isSet(fs, "c"):
+		return usagef("-c does not apply to http push (--streams, --handlers)")
 	}
 	return nil
 }
@@ -117,7 +164,8 @@ func (f *benchFlags) validate(fs *flag.FlagSet, w *benchWorkload) error {
 // benchWorkload is a workload of the bench command.
 type benchWorkload struct {
 	name    string
-	missing string // what it needs that does not exist yet; "": it runs
+	modes   []string // the MODE argument it takes; none: it takes none
+	missing string   // what it needs that does not exist yet; "": it runs
 	run     func(ctx context.Context, b *benchRun) error
 }
 
@@ -127,7 +175,7 @@ func benchWorkloads() map[string]*benchWorkload {
 		{name: "roundtrip", run: benchRoundTrip},
 		{name: "enqueue", run: benchEnqueue},
 		{name: "limits", run: benchLimits},
-		{name: "http", missing: "the HTTP gateway"},
+		{name: "http", modes: []string{"submit", "push", "idle"}, run: benchHTTP},
 		{name: "workflow", missing: "workflows"},
 	}
 	m := make(map[string]*benchWorkload, len(ws))
@@ -142,11 +190,42 @@ func lookupWorkload(name string) (*benchWorkload, error) {
 	w, ok := benchWorkloads()[name]
 	switch {
 	case !ok:
-		return nil, usagef("unknown workload %q: want roundtrip, enqueue or limits", name)
+		return nil, usagef("unknown workload %q: want roundtrip, enqueue, limits or http", name)
 	case w.missing != "":
 		return nil, usagef("workload %q needs %s, which rsvp does not have yet", name, w.missing)
 	}
 	return w, nil
+}
+
+// idleClientsMode is the hidden mode of the http workload that holds the
+// clients' ends of an http idle run's connections, in a process of their
+// own: 'rsvp bench http idle' runs it, and speaks to it on its standard
+// input and output.
+const idleClientsMode = "idle-clients"
+
+// benchIdleClients makes the command of the idle clients' process: this
+// program, run again.
+var benchIdleClients = func(ctx context.Context) *exec.Cmd {
+	exe, err := os.Executable()
+	if err != nil {
+		exe = os.Args[0]
+	}
+	return exec.CommandContext(ctx, exe, "bench", "http", idleClientsMode)
+}
+
+// workloadMode checks the arguments of w and returns its mode, if it
+// takes one.
+func workloadMode(w *benchWorkload, pos []string) (string, error) {
+	if len(w.modes) == 0 {
+		return "", exactArgs(pos, "WORKLOAD")
+	}
+	if err := exactArgs(pos, "WORKLOAD", "MODE"); err != nil {
+		return "", err
+	}
+	if !slices.Contains(w.modes, pos[1]) && (w.name != "http" || pos[1] != idleClientsMode) {
+		return "", usagef("unknown %s mode %q: want %s", w.name, pos[1], strings.Join(w.modes, ", "))
+	}
+	return pos[1], nil
 }
 
 func runBench(ctx context.Context, e *env, cmd *command, args []string) error {
@@ -157,12 +236,18 @@ func runBench(ctx context.Context, e *env, cmd *command, args []string) error {
 	if err != nil {
 		return err
 	}
-	if err := exactArgs(pos, "WORKLOAD"); err != nil {
-		return err
+	if len(pos) == 0 {
+		return exactArgs(pos, "WORKLOAD")
 	}
 	w, err := lookupWorkload(pos[0])
 	if err != nil {
 		return err
+	}
+	if f.mode, err = workloadMode(w, pos); err != nil {
+		return err
+	}
+	if f.mode == idleClientsMode {
+		return bench.ServeIdleClients(ctx, e.stdin, e.stdout)
 	}
 	if err := f.validate(fs, w); err != nil {
 		return err
@@ -172,10 +257,30 @@ func runBench(ctx context.Context, e *env, cmd *command, args []string) error {
 		return err
 	}
 	defer b.cleanup()
+	if f.cpuProfile != "" {
+		stop, err := startCPUProfile(f.cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
 	if err := w.run(ctx, b); err != nil {
 		return err
 	}
 	return b.verdict()
+}
+
+// startCPUProfile starts writing a CPU profile to path; stop ends it.
+func startCPUProfile(path string) (stop func(), err error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("bench: cpu profile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		_ = f.Close()
+		return nil, fmt.Errorf("bench: cpu profile: %w", err)
+	}
+	return func() { pprof.StopCPUProfile(); _ = f.Close() }, nil
 }
 
 // benchRun is one bench command under way: its flags, its engine and the
@@ -272,13 +377,23 @@ func (b *benchRun) announce(cfg bench.Config) {
 }
 
 // report prints r and keeps it for the verdict.
-func (b *benchRun) report(r bench.Result) {
+func (b *benchRun) report(r bench.Result) { b.reportAs(r, r) }
+
+// benchReport is a result as it is printed.
+type benchReport interface {
+	String() string
+	JSON() string
+}
+
+// reportAs prints out, a result that extends r, and keeps r for the
+// verdict.
+func (b *benchRun) reportAs(r bench.Result, out benchReport) {
 	b.results = append(b.results, r)
 	if b.f.json {
-		fmt.Fprintln(b.e.stdout, r.JSON())
+		fmt.Fprintln(b.e.stdout, out.JSON())
 		return
 	}
-	fmt.Fprintf(b.e.stdout, "%s\n\n", r)
+	fmt.Fprintf(b.e.stdout, "%s\n\n", out)
 }
 
 // verdict returns an error naming every run that lost, duplicated or
@@ -308,6 +423,8 @@ type benchSession struct {
 	client  *rsvp.Client
 	queue   string
 	inbox   string
+	channel string // the requests' notify channel, if any
+	temp    bool   // the engine is a temporary directory: nothing to purge
 }
 
 // open opens the engine and a client with an inbox of its own, for a
@@ -332,7 +449,7 @@ func (b *benchRun) open(ctx context.Context) (*benchSession, error) {
 		return nil, fmt.Errorf("cannot open engine %s: %w", b.spec.raw, err)
 	}
 	id := strings.ReplaceAll(rsvp.NewID(), "-", "")[20:] // the random end
-	s := &benchSession{backend: be, queue: "bench-" + id, inbox: "bench" + id}
+	s := &benchSession{backend: be, queue: "bench-" + id, inbox: "bench" + id, temp: b.temp}
 	s.client, err = rsvp.New(ctx, be, rsvp.Config{MaxBodySize: maxBody, Inbox: s.inbox})
 	if err != nil {
 		be.Close()
@@ -346,16 +463,20 @@ func (b *benchRun) open(ctx context.Context) (*benchSession, error) {
 func (s *benchSession) close(ctx context.Context, b *benchRun) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), closeTimeout)
 	defer cancel()
-	err := errors.Join(s.client.Close(ctx), purgeBench(ctx, s.backend.Conn(), s.queue, s.inbox), s.backend.Close())
+	err := s.client.Close(ctx)
+	if !s.temp { // a temporary engine goes as a whole
+		err = errors.Join(err, purgeBench(ctx, s.backend.Conn(), s.queue, s.inbox, s.channel))
+	}
+	err = errors.Join(err, s.backend.Close())
 	if err != nil {
 		fmt.Fprintf(b.e.stderr, "rsvp: warning: closing the engine: %v\n", err)
 	}
 }
 
 // purgeBench removes from the engine what a run on queue, with replies to
-// inbox, stored: its requests, its replies and its responders' consumer
-// (names of docs/wire.md).
-func purgeBench(ctx context.Context, nc *nats.Conn, queue, inbox string) error {
+// inbox, stored: its requests, its replies, its responders' consumer, and
+// the events of channel if not empty (names of docs/wire.md).
+func purgeBench(ctx context.Context, nc *nats.Conn, queue, inbox, channel string) error {
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return fmt.Errorf("purge: %w", err)
@@ -364,16 +485,77 @@ func purgeBench(ctx context.Context, nc *nats.Conn, queue, inbox string) error {
 	if err := js.DeleteConsumer(ctx, "RSVP_REQUESTS", "rsvp_"+queue); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
 		errs = append(errs, fmt.Errorf("delete consumer rsvp_%s: %w", queue, err))
 	}
-	for stream, subject := range map[string]string{"RSVP_REQUESTS": "rsvp.req." + queue, "RSVP_REPLIES": "rsvp.reply.*." + inbox} {
-		s, err := js.Stream(ctx, stream)
-		if err == nil {
-			err = s.Purge(ctx, jetstream.WithPurgeSubject(subject))
-		}
+	purge := [][2]string{{"RSVP_REQUESTS", "rsvp.req." + queue}, {"RSVP_REPLIES", "rsvp.reply.*." + inbox}}
+	if channel != "" {
+		// The run's requests are those of its channel: their event logs,
+		// then the channel's.
+		ids, err := channelRequests(ctx, js, channel)
 		if err != nil {
-			errs = append(errs, fmt.Errorf("purge %s of %s: %w", stream, subject, err))
+			errs = append(errs, err)
 		}
+		for _, id := range ids {
+			purge = append(purge, [2]string{"RSVP_EVENTS", "rsvp.event." + id})
+		}
+		purge = append(purge, [2]string{"RSVP_EVENTS", "rsvp.chan." + channel})
 	}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	work := make(chan [2]string)
+	for range 16 {
+		wg.Go(func() {
+			for p := range work {
+				s, err := js.Stream(ctx, p[0])
+				if err == nil {
+					err = s.Purge(ctx, jetstream.WithPurgeSubject(p[1]))
+				}
+				if err != nil {
+					mu.Lock()
+					errs = append(errs, fmt.Errorf("purge %s of %s: %w", p[0], p[1], err))
+					mu.Unlock()
+				}
+			}
+		})
+	}
+	for _, p := range purge {
+		work <- p
+	}
+	close(work)
+	wg.Wait()
 	return errors.Join(errs...)
+}
+
+// channelRequests returns the correlation ids of the events in a channel's
+// log.
+func channelRequests(ctx context.Context, js jetstream.JetStream, channel string) ([]string, error) {
+	cons, err := js.OrderedConsumer(ctx, "RSVP_EVENTS", jetstream.OrderedConsumerConfig{FilterSubjects: []string{"rsvp.chan." + channel}})
+	if err != nil {
+		return nil, fmt.Errorf("purge: read channel %s: %w", channel, err)
+	}
+	info, err := cons.Info(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("purge: read channel %s: %w", channel, err)
+	}
+	seen := make(map[string]bool)
+	var ids []string
+	for left := info.NumPending; left > 0; {
+		batch, err := cons.FetchNoWait(int(min(left, 1000)))
+		if err != nil {
+			return ids, fmt.Errorf("purge: read channel %s: %w", channel, err)
+		}
+		n := 0
+		for m := range batch.Messages() {
+			n++
+			if id := m.Headers().Get("Rsvp-Correlation-Id"); id != "" && !seen[id] {
+				seen[id] = true
+				ids = append(ids, id)
+			}
+		}
+		if n == 0 {
+			break
+		}
+		left -= uint64(n)
+	}
+	return ids, nil
 }
 
 // benchRoundTrip runs Request against an echo responder in this process.
@@ -572,4 +754,56 @@ func (b *benchRun) announceLimit(l limitRun) {
 		what += " in " + l.where
 	}
 	fmt.Fprintf(b.e.stderr, "rsvp bench: %s: %s, %s warmup, %s\n", what, loop, l.cfg.Warmup, l.cfg.Duration)
+}
+
+// benchHTTP runs a mode of the http workload: the gateway in this process
+// on the engine, with its requests on a queue of the run's own and its
+// events on a channel of the same name, to purge them from a lasting
+// engine.
+func benchHTTP(ctx context.Context, b *benchRun) error {
+	s, err := b.open(ctx)
+	if err != nil {
+		return err
+	}
+	s.channel = s.queue
+	defer s.close(ctx, b)
+	opts := bench.HTTPOptions{Queue: s.queue, Channel: s.channel, Size: b.f.size}
+	var r bench.Result
+	var out benchReport
+	switch b.f.mode {
+	case "submit":
+		cfg := b.config("http:submit")
+		b.announce(cfg)
+		r, err = bench.HTTPSubmit(ctx, cfg, s.client, opts)
+		out = r
+	case "push":
+		cfg := bench.PushConfig{Engine: b.label(), Streams: b.f.streams, Rate: b.f.rate, Handlers: b.f.handlers, Progress: b.e.stderr}
+		fmt.Fprintf(b.e.stderr, "rsvp bench: http:push on %s: %d event streams, answered at %g/s by %d handlers\n",
+			b.where(), cmp.Or(cfg.Streams, 1000), cmp.Or(cfg.Rate, 500), cmp.Or(cfg.Handlers, 16))
+		var pr bench.PushResult
+		pr, err = bench.HTTPPush(ctx, cfg, s.client, opts)
+		r, out = pr.Result, pr
+	case "idle":
+		cfg := bench.IdleConfig{Engine: b.label(), Conns: b.f.streams, SSE: b.f.kind == "sse", Window: b.f.duration,
+			Clients: benchIdleClients, Progress: b.e.stderr}
+		fmt.Fprintf(b.e.stderr, "rsvp bench: http:idle on %s: %d idle %s connections, %s of idling\n",
+			b.where(), cmp.Or(cfg.Conns, 10000), b.f.kind, cfg.Window)
+		var ir bench.IdleResult
+		ir, err = bench.HTTPIdle(ctx, cfg, s.client, opts)
+		r, out = ir.Result, ir
+	}
+	if err != nil {
+		return interrupted(ctx, err)
+	}
+	b.reportAs(r, out)
+	return nil
+}
+
+// where names the engine of the run as announce does.
+func (b *benchRun) where() string {
+	s := b.label() + " (" + b.spec.raw
+	if b.temp {
+		s += ", removed afterwards"
+	}
+	return s + ")"
 }

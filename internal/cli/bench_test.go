@@ -1,10 +1,12 @@
 package cli
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"regexp"
 	"slices"
 	"strings"
@@ -112,7 +114,22 @@ func TestBenchOnLastingEngine(t *testing.T) {
 		}
 	}
 	benchJSON(t, "roundtrip", "-d", "200ms", "--warmup", "0", "-c", "4", "--engine", "embedded:"+dir)
+	wantEmptyEngine(t, dir, "RSVP_REQUESTS", "RSVP_REPLIES")
+}
 
+// The http workload's runs leave nothing behind either, events included.
+func TestBenchHTTPOnLastingEngine(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	benchJSON(t, "http", "push", "--streams", "10", "--rate", "1000", "--engine", "embedded:"+dir)
+	benchJSON(t, "http", "submit", "-d", "200ms", "--warmup", "0", "-c", "4", "--engine", "embedded:"+dir)
+	wantEmptyEngine(t, dir, "RSVP_REQUESTS", "RSVP_REPLIES", "RSVP_EVENTS")
+}
+
+// wantEmptyEngine checks that the engine in dir holds no messages and no
+// consumers in the streams named.
+func wantEmptyEngine(t *testing.T, dir string, streams ...string) {
+	t.Helper()
 	b, err := rsvpnats.Embedded(dir, rsvpnats.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -122,7 +139,7 @@ func TestBenchOnLastingEngine(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, name := range []string{"RSVP_REQUESTS", "RSVP_REPLIES"} {
+	for _, name := range streams {
 		s, err := js.Stream(t.Context(), name)
 		if err != nil {
 			t.Fatal(err)
@@ -180,7 +197,16 @@ func TestBenchUsageErrors(t *testing.T) {
 	}{
 		{[]string{}, "missing WORKLOAD"},
 		{[]string{"bogus"}, `unknown workload "bogus"`},
-		{[]string{"http"}, `workload "http" needs the HTTP gateway`},
+		{[]string{"http"}, "missing MODE"},
+		{[]string{"http", "bogus"}, `unknown http mode "bogus": want submit, push, idle`},
+		{[]string{"http", "submit", "extra"}, `unexpected argument "extra"`},
+		{[]string{"roundtrip", "--streams", "5"}, "--streams applies to http push and http idle"},
+		{[]string{"http", "submit", "--streams", "5"}, "--streams applies to http push and http idle"},
+		{[]string{"http", "push", "--streams", "-1"}, "--streams -1 is negative"},
+		{[]string{"http", "push", "--kind", "sse"}, "--kind applies to http idle"},
+		{[]string{"http", "idle", "--kind", "websocket"}, `--kind "websocket": want longpoll or sse`},
+		{[]string{"http", "idle", "-c", "5"}, "-c, --rate and --handlers do not apply to http idle"},
+		{[]string{"http", "push", "-c", "5"}, "-c does not apply to http push"},
 		{[]string{"workflow"}, `workload "workflow" needs workflows`},
 		{[]string{"roundtrip", "--sync", "sometimes"}, `--sync "sometimes": want always or interval`},
 		{[]string{"roundtrip", "-c", "-3"}, "-c -3: concurrency must be at least 1"},
@@ -243,5 +269,91 @@ func TestBenchVerdict(t *testing.T) {
 	e := &env{stderr: new(strings.Builder)}
 	if code := e.report(&command{name: "bench"}, err); code != exitFailure {
 		t.Errorf("exit code %d, want %d", code, exitFailure)
+	}
+}
+
+// The idle clients' process of 'rsvp bench http idle' is this test binary,
+// run as the rsvp command line.
+func init() {
+	benchIdleClients = func(ctx context.Context) *exec.Cmd {
+		cmd := exec.CommandContext(ctx, os.Args[0], "bench", "http", idleClientsMode)
+		cmd.Env = append(os.Environ(), childEnv+"=1")
+		return cmd
+	}
+}
+
+// benchFieldsOf runs 'rsvp bench args... --json' and returns its only
+// result as a map, after benchJSON's checks.
+func benchFieldsOf(t *testing.T, args ...string) map[string]any {
+	t.Helper()
+	_, r := benchJSON(t, args...)
+	var m map[string]any
+	if err := json.Unmarshal([]byte(strings.TrimSpace(r.stdout)), &m); err != nil {
+		t.Fatalf("stdout %q: %v", r.stdout, err)
+	}
+	return m
+}
+
+// wantFields checks that m has each field, and each of positive a value
+// above 0.
+func wantFields(t *testing.T, m map[string]any, fields []string, positive ...string) {
+	t.Helper()
+	for _, f := range fields {
+		if _, ok := m[f]; !ok {
+			t.Errorf("result lacks %q: %v", f, m)
+		}
+	}
+	for _, f := range positive {
+		if v, _ := m[f].(float64); v <= 0 {
+			t.Errorf("result %q = %v, want above 0", f, m[f])
+		}
+	}
+}
+
+func TestBenchHTTPSubmit(t *testing.T) {
+	t.Parallel()
+	rs, _ := benchJSON(t, "http", "submit", "--duration", "1s", "--warmup", "0", "-c", "8", "--size", "100", "--engine", "embedded:mem")
+	res := one(t, rs)
+	if res.Workload != "http:submit" || res.Engine != "embedded:mem" || res.Mode != "closed" || res.Concurrency != 8 || res.Ops < 10 {
+		t.Fatalf("result %+v, want http:submit on embedded:mem in a closed loop of 8", res)
+	}
+}
+
+func TestBenchHTTPPush(t *testing.T) {
+	t.Parallel()
+	m := benchFieldsOf(t, "http", "push", "--streams", "50", "--rate", "1000", "--engine", "embedded:mem")
+	wantFields(t, m, []string{"setup_s", "handler_p99_ms", "gateway_p99_ms"}, "streams", "answered", "p50_ms", "p99_ms", "handler_p50_ms", "gateway_p50_ms")
+	if m["workload"] != "http:push" || m["mode"] != "push" || m["ops"] != 50.0 || m["streams"] != 50.0 || m["answered"] != 50.0 || m["rate_per_s"] != 1000.0 {
+		t.Errorf("result %v, want 50 final events of 50 streams answered at 1000/s", m)
+	}
+}
+
+func TestBenchHTTPIdle(t *testing.T) {
+	t.Parallel()
+	for _, kind := range []string{"longpoll", "sse"} {
+		t.Run(kind, func(t *testing.T) {
+			t.Parallel()
+			m := benchFieldsOf(t, "http", "idle", "--streams", "100", "--kind", kind, "-d", "500ms", "--engine", "embedded:mem")
+			wantFields(t, m, []string{"idle_cpu_s", "idle_cpu_percent", "server_mb", "client_kb_per_conn", "heap_live_mb", "settle_s"},
+				"rss_mb", "rss_baseline_mb", "rss_peak_mb", "client_rss_mb", "total_rss_mb", "goroutines", "open_s")
+			if m["workload"] != "http:idle" || m["kind"] != kind || m["clients"] != "process" || m["ops"] != 100.0 || m["concurrency"] != 100.0 {
+				t.Errorf("result %v, want 100 %s connections open at the end, clients in a process", m, kind)
+			}
+			if g, _ := m["goroutines"].(float64); g < 200 {
+				t.Errorf("%v goroutines with 100 connections open: want a connection's and its reader's each", g)
+			}
+		})
+	}
+}
+
+// Reported as a human reads it.
+func TestBenchHTTPText(t *testing.T) {
+	t.Parallel()
+	r := run(t, nil, "bench", "http", "push", "--streams", "10", "--rate", "1000", "--engine", "embedded:mem")
+	r.want(t, 0, "rsvp bench: http:push on embedded:mem (embedded:mem): 10 event streams, answered at 1000/s by 16 handlers")
+	for _, s := range []string{"http:push on embedded:mem, 10 event streams", "reply stored -> client read: p50", "every stream got exactly one final event"} {
+		if !strings.Contains(r.stdout, s) {
+			t.Errorf("stdout lacks %q:\n%s", s, r.stdout)
+		}
 	}
 }

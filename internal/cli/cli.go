@@ -37,6 +37,12 @@ Commands:
   send      store a request and print its correlation id, without waiting
   await     wait for the reply to a request sent earlier
   worker    answer the requests of a queue by running a shell command
+  serve     serve the HTTP API (202 Accepted, status, result) on the engine
+  key       make an API key for 'rsvp serve', or a webhook secret
+  queues    show the queues: depth, in flight, idle responders, oldest, dead letters
+  requests  show a request: state, attempts, reply, dead letters ('requests get ID')
+  dlq       list, show, replay or purge the dead letters of a queue
+  migrate   create or upgrade the tables of a PostgreSQL engine
   demo      run the image-thumbnail scenario end to end
   bench     measure throughput and latency, and the engine's limits
   help      show the help of a command
@@ -51,9 +57,13 @@ embedded:./rsvp-data):
                      things out: nothing is kept)
   nats://HOST:PORT   an external NATS server with JetStream (2.10 or newer);
   tls://HOST:PORT    several URLs may be given, separated by commas
+  postgres://...     a PostgreSQL database (tables in schema "rsvp", made
+                     on first use); not for 'rsvp queues', 'rsvp requests'
+                     and 'rsvp bench' yet
 
 Exit status: 0 on success, 1 on failure (the request failed or timed out, the
-engine is unreachable, ...), 2 on a usage error. 'rsvp help' prints this text
+engine is unreachable, ...), 2 on a usage error. A command that is stopping
+on SIGINT or SIGTERM ends at once on a second one. 'rsvp help' prints this text
 to stdout and exits 0; 'rsvp' without a command prints it to stderr and
 exits 2.
 
@@ -97,6 +107,12 @@ func commands() map[string]*command {
 		{name: "send", usage: sendUsage, run: runSend},
 		{name: "await", usage: awaitUsage, run: runAwait},
 		{name: "worker", usage: workerUsage, run: runWorker},
+		{name: "serve", usage: serveUsage, run: runServe},
+		{name: "key", usage: keyUsage, run: runKey},
+		{name: "queues", usage: queuesUsage, run: runQueues},
+		{name: "requests", usage: requestsUsage, run: runRequestsCmd},
+		{name: "dlq", usage: dlqUsage, run: runDLQ},
+		{name: "migrate", usage: migrateUsage, run: runMigrate},
 		{name: "demo", usage: demoUsage, run: runDemo},
 		{name: "bench", usage: benchUsage, run: runBench},
 		{name: "help", usage: helpUsage, noFlags: true, run: runHelp},
@@ -170,7 +186,7 @@ func usagef(format string, args ...any) error {
 // command that opens the engine accepts.
 func (e *env) newFlagSet(cmd *command) *flag.FlagSet {
 	fs := bareFlagSet(cmd)
-	fs.String("engine", e.engine, "`engine`: embedded:DIR, embedded:mem, nats://HOST:PORT or tls://HOST:PORT")
+	fs.String("engine", e.engine, "`engine`: embedded:DIR, embedded:mem, nats://HOST:PORT, tls://HOST:PORT or postgres://...")
 	return fs
 }
 

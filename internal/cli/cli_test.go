@@ -234,7 +234,7 @@ func TestUsageErrors(t *testing.T) {
 		"missing queue":     {[]string{"request", "--data", "x"}, "rsvp request: missing QUEUE"},
 		"extra argument":    {[]string{"send", "q", "r"}, `rsvp send: unexpected argument "r"`},
 		"data and file":     {[]string{"request", "q", "--data", "x", "--file", "f"}, "--data or --file, not both"},
-		"bad engine":        {[]string{"request", "q", "--data", "x", "--engine", "postgres://db"}, `engine "postgres://db" is not one of embedded:DIR, embedded:mem, nats://HOST:PORT, tls://HOST:PORT`},
+		"bad engine":        {[]string{"request", "q", "--data", "x", "--engine", "redis://db"}, `engine "redis://db" is not one of embedded:DIR, embedded:mem, nats://HOST:PORT, tls://HOST:PORT, postgres://...`},
 		"bad global engine": {[]string{"--engine", "mem", "send", "q"}, `engine "mem" is not one of`},
 		"engine no dir":     {[]string{"request", "q", "--engine", "embedded:"}, "names no directory"},
 		"bad queue":         {[]string{"request", "bad.queue", "--data", "x"}, `queue "bad.queue" has character '.' at byte 3`},

@@ -11,7 +11,9 @@ import (
 	"time"
 
 	"github.com/rsvp-go/rsvp"
+	"github.com/rsvp-go/rsvp/backend"
 	"github.com/rsvp-go/rsvp/backend/rsvpnats"
+	"github.com/rsvp-go/rsvp/backend/rsvppg"
 )
 
 // maxBody is the largest request or reply body the commands accept, the
@@ -27,6 +29,7 @@ type engineSpec struct {
 	memory bool   // embedded:mem
 	dir    string // embedded:DIR
 	url    string // nats://... or tls://...
+	pg     string // postgres://... (or postgresql://)
 }
 
 // parseEngine parses an --engine value. Its errors are usage errors.
@@ -42,8 +45,10 @@ func parseEngine(s string) (engineSpec, error) {
 		}
 	case strings.HasPrefix(s, "nats://"), strings.HasPrefix(s, "tls://"):
 		spec.url = s
+	case strings.HasPrefix(s, "postgres://"), strings.HasPrefix(s, "postgresql://"):
+		spec.pg = s
 	default:
-		return spec, usagef("engine %q is not one of embedded:DIR, embedded:mem, nats://HOST:PORT, tls://HOST:PORT", spec.raw)
+		return spec, usagef("engine %q is not one of embedded:DIR, embedded:mem, nats://HOST:PORT, tls://HOST:PORT, postgres://...", spec.raw)
 	}
 	return spec, nil
 }
@@ -55,8 +60,17 @@ func engineFlag(fs *flag.FlagSet) (engineSpec, error) {
 
 // session is an open engine and a client on it.
 type session struct {
-	backend *rsvpnats.Backend
+	backend backend.Backend
 	client  *rsvp.Client
+}
+
+// engineLost returns a channel closed when b can no longer reach its
+// engine for good (rsvpnats.Backend.Done), or nil if b does not say.
+func engineLost(b backend.Backend) <-chan struct{} {
+	if d, ok := b.(interface{ Done() <-chan struct{} }); ok {
+		return d.Done()
+	}
+	return nil
 }
 
 // openOptions tune open for the command at hand.
@@ -78,10 +92,10 @@ func open(ctx context.Context, spec engineSpec, o openOptions) (*session, error)
 	return &session{backend: b, client: c}, nil
 }
 
-func openBackend(ctx context.Context, spec engineSpec, log *slog.Logger) (*rsvpnats.Backend, error) {
+func openBackend(ctx context.Context, spec engineSpec, log *slog.Logger) (backend.Backend, error) {
 	opts := rsvpnats.Options{Logger: log}
 	var (
-		b   *rsvpnats.Backend
+		b   backend.Backend
 		err error
 	)
 	switch {
@@ -91,6 +105,8 @@ func openBackend(ctx context.Context, spec engineSpec, log *slog.Logger) (*rsvpn
 	case spec.dir != "":
 		opts.Listen = true // so that other rsvp processes on dir can connect
 		b, err = rsvpnats.Embedded(spec.dir, opts)
+	case spec.pg != "":
+		b, err = rsvppg.Open(ctx, spec.pg, rsvppg.Options{Logger: log})
 	default:
 		b, err = rsvpnats.Connect(ctx, spec.url, opts)
 	}

@@ -120,7 +120,7 @@ func runWorker(ctx context.Context, e *env, cmd *command, args []string) error {
 	fmt.Fprintf(out, "rsvp worker: ready: queue %s, engine %s, concurrency %d, command %q\n", queue, spec.raw, wf.concurrency, wf.command)
 	select {
 	case <-ctx.Done():
-	case <-s.backend.Done():
+	case <-engineLost(s.backend):
 		stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), wf.shutdownTimeout)
 		defer cancel()
 		_ = r.Stop(stopCtx) // nothing more can be settled: the engine is gone

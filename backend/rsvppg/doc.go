@@ -1,0 +1,118 @@
+// Package rsvppg is the PostgreSQL backend of rsvp, on pgx v5: requests,
+// replies, dead letters and the event log live in tables of one schema, so
+// that teams that run PostgreSQL need no broker, and a request can be
+// enqueued in the same transaction as the business write that calls for it
+// (EnqueueTx).
+//
+// # Opening
+//
+// Open connects, creates or upgrades the schema (Options.Schema, default
+// "rsvp"; several applications can share a database with one schema each)
+// and starts listening for notifications:
+//
+//	be, err := rsvppg.Open(ctx, "postgres://app@db:5432/app", rsvppg.Options{})
+//	if err != nil { ... }
+//	defer be.Close()
+//	c, err := rsvp.New(ctx, be, rsvp.Config{})
+//
+// The zero Options work; each field documents its default. Open fails
+// within Options.Timeout, with an error naming the server (password
+// hidden, see Redact), when the server is down, silent, or refuses the
+// credentials or database.
+//
+// # Schema and migrations
+//
+// The schema is made by numbered SQL files embedded in the package
+// (migrations/NNNN_name.sql), applied in one transaction under an advisory
+// lock, so concurrent migrators in any number of processes are safe.
+// schema_version records what was applied. A schema migrated by a newer
+// rsvp than this one (a version above SchemaVersion) is refused with
+// ErrSchemaTooNew rather than misread. Migrate does the same as Open without
+// staying connected, for deployments that migrate with a privileged user
+// before the applications start.
+//
+// The tables, for programs in other languages:
+//
+//   - requests: the queues. A consumer leases due rows (not_before <= now())
+//     of its queue with FOR UPDATE SKIP LOCKED, ordered by (not_before, seq),
+//     setting attempt = attempt + 1 and not_before = lease_until = now() +
+//     lease; so a lease that runs out makes the row due again by itself.
+//     Ack deletes the row, Nack sets not_before = now() + delay and clears
+//     lease_until, Extend pushes both. attempt is the delivery count; a
+//     settlement names its lease by (seq, attempt) and does nothing (the
+//     Delivery returns ErrLeaseLost) once the row was delivered again.
+//   - dedupe: request ids ('r'), event dedupe keys ('e') and dead letters
+//     ('d', id:attempt) seen within the dedupe window. A request whose id is
+//     there and younger than the window is not stored again; acknowledging
+//     a request leaves its marker.
+//   - replies: one row per correlation id (the primary key), inserted with ON
+//     CONFLICT DO NOTHING: the first reply wins, whatever inbox it is
+//     addressed to. Reply addresses read rsvp.reply.<correlation id>.<inbox>,
+//     as on NATS.
+//   - dead_letters, by queue in seq order.
+//   - events: the event log, seq from an identity column. Appends take a
+//     transaction-scoped advisory lock first, so events become visible in
+//     seq order and a reader resuming after a seq misses none.
+//
+// A background goroutine deletes replies and events older than
+// ReplyRetention, dead letters older than DeadLetterRetention and dedupe
+// markers older than DedupeWindow, every CleanupInterval, at most 1000 rows
+// of each table per statement.
+//
+// # Notifications and idling
+//
+// Writes that someone may wait for notify the channel "rsvp:<schema>" with
+// the payload "q:<queue>" (a request is due: enqueued, nacked, given back),
+// "r:<correlation id>.<inbox>" (a reply was stored) or "e:<seq>" (an event
+// was appended). Each Backend listens on one connection of its own: a
+// waiting consumer leases at once, and SubscribeReplies, WatchReply and
+// SubscribeEvents deliver within milliseconds, all without polling. Apart
+// from that connection, an idle backend issues one query per consumer a
+// minute (in case a notification went astray) and one clean-up statement a
+// minute; a consumer also looks when the next delayed or leased request of
+// its queue comes due. When the listening connection breaks, consumers poll
+// every PollInterval until it is back (it reconnects with backoff); then the
+// replies and events stored meanwhile are handed to the subscriptions.
+//
+// Enqueue, PutReply and AppendEvent notify just after their commit, not in
+// their transaction: PostgreSQL holds a database-wide lock from the commit
+// of a notifying transaction to its end, which would make those commits
+// wait for each other's disk flushes. EnqueueTx, which commits with the
+// caller, and settlements notify in their transaction.
+//
+// # Durability and group commit
+//
+// Enqueue, PutReply, DeadLetter and AppendEvent return after their commit
+// reached the disk (synchronous_commit on, unless the server says
+// otherwise). Concurrent calls of one kind share one statement, one commit
+// and so one disk flush: each kind has a few workers, each of which takes
+// whatever calls are waiting, up to 256. Leasing, Ack, Nack and Extend
+// commit without waiting for the disk unless Options.DurableSettle is set:
+// losing one to a server crash only delivers a request again, whose
+// stored reply the responder then finds (rsvp's responder checks for one on
+// every redelivery). Broken connections (a server restart) are replaced,
+// and a call that broke with its connection is run once more where running
+// it twice does no harm.
+//
+// # Transactions
+//
+// SendTx (or the lower EnqueueTx) stores a request in the caller's pgx.Tx:
+// the request exists if and only if the transaction commits, and consumers
+// are woken when it does.
+//
+// HandleTx runs a handler inside a transaction in which its business
+// writes, its reply and the acknowledgement of its request commit together:
+// a handler that fails, panics or is killed before the commit leaves no
+// effect, and the request is handled again. Underneath, a Delivery's Begin
+// (or Lock in a transaction of the caller's) locks the request row FOR KEY
+// SHARE, so no other worker takes it while the transaction is open, and
+// CommitWith stores the reply (first reply wins), deletes the request and
+// notifies in the transaction, then commits.
+//
+// # Tests
+//
+// The tests need a server: set RSVP_TEST_POSTGRES_URL, for example
+// postgres://postgres@127.0.0.1:5432/test?sslmode=disable. Each test uses a
+// schema of its own, dropped at the end. Without the variable the tests are
+// skipped; with it, a server that cannot be reached fails them.
+package rsvppg

@@ -1,0 +1,114 @@
+package rsvppg
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/rsvp-go/rsvp/backend"
+)
+
+// Enqueue implements backend.Backend. Concurrent calls are stored together
+// in one transaction (see batcher), which commits before any of them
+// returns.
+func (b *Backend) Enqueue(ctx context.Context, msg *backend.Message) error {
+	m, err := b.prepare(msg)
+	if err != nil {
+		return err
+	}
+	ctx, cancel, err := b.callCtx(ctx)
+	if err != nil {
+		return err
+	}
+	defer cancel()
+	if _, err := b.enqueues.do(ctx, m); err != nil {
+		return fmt.Errorf("rsvppg: enqueue on %s: %w", msg.Queue, err)
+	}
+	return nil
+}
+
+// EnqueueTx stores msg as Enqueue does, but in tx, a transaction of the
+// caller's on the backend's database: the request exists if and only if tx
+// commits, and consumers are woken when it does. Use it to enqueue work in
+// the same transaction as the business write that calls for it (the outbox
+// pattern, without an outbox). tx may come from any pool or connection,
+// whatever its search_path; its synchronous_commit decides how durable the
+// request is.
+func (b *Backend) EnqueueTx(ctx context.Context, tx pgx.Tx, msg *backend.Message) error {
+	m, err := b.prepare(msg)
+	if err != nil {
+		return err
+	}
+	queues, err := b.enqueue(ctx, tx, []*backend.Message{m})
+	if err == nil && len(queues) > 0 {
+		_, err = tx.Exec(ctx, b.sql.notify, b.channel, []string{queueNote(msg.Queue)})
+	}
+	if err != nil {
+		return fmt.Errorf("rsvppg: enqueue on %s in a transaction: %w", msg.Queue, err)
+	}
+	return nil
+}
+
+// prepare returns a checked copy of msg, its correlation id defaulted to
+// its id. The copy is the batcher's: the caller may reuse msg as soon as
+// Enqueue returns, even on a context that ended.
+func (b *Backend) prepare(msg *backend.Message) (*backend.Message, error) {
+	m := *msg
+	m.CorrelationID = cmp.Or(m.CorrelationID, m.ID)
+	if err := b.checkMessage(&m); err != nil {
+		return nil, fmt.Errorf("rsvppg: enqueue: %w", err)
+	}
+	return &m, nil
+}
+
+// querier runs statements: a pool, or a transaction.
+type querier interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+}
+
+// enqueue stores msgs (distinct ids) and returns the queues of those
+// stored, the others being duplicates.
+func (b *Backend) enqueue(ctx context.Context, q querier, msgs []*backend.Message) ([]string, error) {
+	rows, err := q.Query(ctx, b.sql.enqueue, b.enqueueArgs(msgs)...)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, pgx.RowTo[string])
+}
+
+// execEnqueues stores a batch of requests. An id twice in one batch is a
+// duplicate within the dedupe window: only its first message is passed on.
+func (b *Backend) execEnqueues(ctx context.Context, msgs []*backend.Message) ([]struct{}, []error, error) {
+	seen := make(map[string]bool, len(msgs))
+	distinct := msgs[:0:0]
+	for _, m := range msgs {
+		if !seen[m.ID] {
+			seen[m.ID] = true
+			distinct = append(distinct, m)
+		}
+	}
+	queues, err := b.enqueue(ctx, b.durable, distinct)
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, q := range queues {
+		b.notifyLater(queueNote(q))
+	}
+	return make([]struct{}, len(msgs)), make([]error, len(msgs)), nil
+}
+
+// enqueueArgs are the arguments of the enqueue statement: one array per
+// column, and the dedupe window.
+func (b *Backend) enqueueArgs(msgs []*backend.Message) []any {
+	var cols columns
+	for _, m := range msgs {
+		cols.add(append(messageArgs(m), timeOrNil(m.NotBefore))...)
+	}
+	return cols.args(micros(b.opts.DedupeWindow))
+}
+
+// micros is d in whole microseconds, as the statements take durations.
+func micros(d time.Duration) int64 { return d.Microseconds() }

@@ -1,0 +1,178 @@
+package rsvppg
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/rsvp-go/rsvp/backend"
+)
+
+// checkText reports a string PostgreSQL cannot store as text: invalid
+// UTF-8, or a NUL byte. what names it in the error.
+func checkText(what, s string) error {
+	if !utf8.ValidString(s) {
+		return fmt.Errorf("%s is not valid UTF-8", what)
+	}
+	if strings.IndexByte(s, 0) >= 0 {
+		return fmt.Errorf("%s contains a NUL byte", what)
+	}
+	return nil
+}
+
+// checkHeaders checks the header names and values for checkText.
+func checkHeaders(h map[string]string) error {
+	var errs []error
+	for k, v := range h {
+		errs = append(errs, checkText("header name "+fmt.Sprintf("%q", k), k), checkText("header "+k, v))
+	}
+	return errors.Join(errs...)
+}
+
+// size is what a message counts against Options.MaxMessageSize.
+func size(body []byte, headers map[string]string) int {
+	n := len(body)
+	for k, v := range headers {
+		n += len(k) + len(v)
+	}
+	return n
+}
+
+func (b *Backend) checkSize(body []byte, headers map[string]string) error {
+	if n := size(body, headers); n > b.opts.MaxMessageSize {
+		return fmt.Errorf("%w: %d bytes of body and headers, limit %d (Options.MaxMessageSize)", backend.ErrTooLarge, n, b.opts.MaxMessageSize)
+	}
+	return nil
+}
+
+// checkMessage validates a request before it is stored.
+func (b *Backend) checkMessage(m *backend.Message) error {
+	errs := []error{
+		backend.ValidateName("queue", m.Queue),
+		backend.ValidateName("id", m.ID),
+		backend.ValidateName("correlation id", m.CorrelationID),
+		checkText("reply address", m.ReplyTo),
+		checkText("type", m.Type),
+		checkText("content type", m.ContentType),
+		checkHeaders(m.Headers),
+	}
+	if m.Channel != "" {
+		errs = append(errs, backend.ValidateChannel(m.Channel))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	return b.checkSize(m.Body, m.Headers)
+}
+
+// headersJSON encodes application headers for a jsonb column; "" (NULL)
+// for none.
+func headersJSON(h map[string]string) string {
+	if len(h) == 0 {
+		return ""
+	}
+	data, _ := json.Marshal(h) // a map of strings always encodes
+	return string(data)
+}
+
+func parseHeaders(data []byte) (map[string]string, error) {
+	if data == nil {
+		return nil, nil
+	}
+	var h map[string]string
+	if err := json.Unmarshal(data, &h); err != nil {
+		return nil, fmt.Errorf("headers: %w", err)
+	}
+	return h, nil
+}
+
+// timeOrNil maps the zero time to NULL.
+func timeOrNil(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	return &t
+}
+
+func timeOrZero(t *time.Time) time.Time {
+	if t == nil {
+		return time.Time{}
+	}
+	return *t
+}
+
+// messageRow receives the msgCols of a row.
+type messageRow struct {
+	m                 backend.Message
+	headers           []byte
+	created, deadline *time.Time
+}
+
+// dest returns the scan destinations of msgCols.
+func (r *messageRow) dest() []any {
+	m := &r.m
+	return []any{&m.Queue, &m.ID, &m.CorrelationID, &m.ReplyTo, &m.Type, &m.ContentType, &r.headers, &m.Body,
+		&r.created, &r.deadline, &m.Track, &m.Channel, &m.Attempt}
+}
+
+// message finishes the scanned message.
+func (r *messageRow) message() (*backend.Message, error) {
+	m := r.m
+	m.CreatedAt, m.Deadline = timeOrZero(r.created), timeOrZero(r.deadline)
+	var err error
+	m.Headers, err = parseHeaders(r.headers)
+	return &m, err
+}
+
+// scanMessage reads a row of msgCols followed by the destinations in
+// after.
+func scanMessage(row pgx.Row, after ...any) (*backend.Message, error) {
+	var r messageRow
+	if err := row.Scan(append(r.dest(), after...)...); err != nil {
+		return nil, err
+	}
+	return r.message()
+}
+
+// messageArgs returns the arguments $N.. of the columns a message is
+// stored in, as msgCols less attempt, one value each.
+func messageArgs(m *backend.Message) []any {
+	return []any{m.Queue, m.ID, m.CorrelationID, m.ReplyTo, m.Type, m.ContentType, headersJSON(m.Headers), body(m.Body),
+		timeOrNil(m.CreatedAt), timeOrNil(m.Deadline), m.Track, m.Channel}
+}
+
+// body maps a nil body to an empty one (the column is NOT NULL).
+func body(b []byte) []byte {
+	if b == nil {
+		return []byte{}
+	}
+	return b
+}
+
+// columns turns rows of values into one array argument per column, for
+// the statements that take a batch as arrays (unnest).
+type columns [][]any
+
+// add appends a row; every row has the same number of values.
+func (c *columns) add(row ...any) {
+	if *c == nil {
+		*c = make(columns, len(row))
+	}
+	for i, v := range row {
+		(*c)[i] = append((*c)[i], v)
+	}
+}
+
+// args returns the columns as statement arguments, followed by more.
+func (c columns) args(more ...any) []any {
+	out := make([]any, 0, len(c)+len(more))
+	for _, col := range c {
+		out = append(out, col)
+	}
+	return append(out, more...)
+}

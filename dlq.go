@@ -1,0 +1,196 @@
+package rsvp
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/rsvp-go/rsvp/backend"
+)
+
+// DeadLetter is a request that will not be retried, with why; Key names it
+// for Replay and Purge.
+type DeadLetter = backend.DeadLetter
+
+// DeadLetterQuery selects the dead letters of one queue.
+type DeadLetterQuery = backend.DeadLetterQuery
+
+// ErrNoDeadLetter: no dead letter is stored under that key on that queue
+// (it was replayed or purged, or never existed).
+var ErrNoDeadLetter = errors.New("rsvp: no such dead letter")
+
+// DeadLetters returns the dead letters q selects, oldest first: at most
+// q.Limit (default 100). To read the next page, pass the Key of the last
+// one as q.After.
+func (c *Client) DeadLetters(ctx context.Context, q DeadLetterQuery) ([]*DeadLetter, error) {
+	if err := backend.ValidateName("queue", q.Queue); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	dls, err := c.b.DeadLetters(ctx, q)
+	if err != nil {
+		return nil, fmt.Errorf("rsvp: dead letters of %s: %w", q.Queue, err)
+	}
+	return dls, nil
+}
+
+// Replay sends the request of the dead letter key of queue again, as a
+// new request, and then deletes the dead letter. It returns the new
+// request's ticket: await its reply with Await(ticket.CorrelationID).
+//
+// The new request has the original's type, headers, body and tracking,
+// attempt count starting again at 1 and no deadline (the original's, if it
+// had one, was for the original requester's wait), but a new ID and a new
+// CorrelationID. A new correlation id, because the original one usually has
+// its final reply already: a request is dead-lettered as it fails, and its
+// failure reply is stored then. Exactly one final reply is kept per
+// correlation id, so a replay under the old one could never deliver its
+// outcome, and a responder that sees the stored reply would not even run
+// it. The original requester, if it still waits, has its failure reply;
+// whoever replays takes the new ticket. The reply goes to this client's
+// inbox (if the original wanted a reply at all).
+//
+// The new ID is derived from the dead letter, so replaying the same dead
+// letter again (say after a crash between the send and the delete) sends
+// nothing new within the dedupe window. Replay returns an error matching
+// ErrNoDeadLetter if there is no dead letter key on queue.
+func (c *Client) Replay(ctx context.Context, queue, key string) (Ticket, error) {
+	if c.isClosed() {
+		return Ticket{}, ErrClosed
+	}
+	if err := backend.ValidateName("queue", queue); err != nil {
+		return Ticket{}, fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	dl, err := c.findDeadLetter(ctx, queue, key)
+	if err != nil {
+		return Ticket{}, err
+	}
+	return c.replay(ctx, dl)
+}
+
+// findDeadLetter returns the dead letter key of queue. Keys are listed in
+// order, so the one wanted is the first listed after its predecessor; as
+// keys are opaque, the queue is read from its start.
+func (c *Client) findDeadLetter(ctx context.Context, queue, key string) (*DeadLetter, error) {
+	q := DeadLetterQuery{Queue: queue, Limit: 500}
+	for {
+		dls, err := c.b.DeadLetters(ctx, q)
+		if err != nil {
+			return nil, fmt.Errorf("rsvp: dead letters of %s: %w", queue, err)
+		}
+		for _, dl := range dls {
+			if dl.Key == key {
+				return dl, nil
+			}
+		}
+		if len(dls) < q.Limit {
+			return nil, fmt.Errorf("%w: %s on queue %s", ErrNoDeadLetter, key, queue)
+		}
+		q.After = dls[len(dls)-1].Key
+	}
+}
+
+func (c *Client) replay(ctx context.Context, dl *DeadLetter) (Ticket, error) {
+	old := dl.Message
+	if old == nil {
+		return Ticket{}, fmt.Errorf("rsvp: dead letter %s has no message", dl.Key)
+	}
+	m := *old
+	m.ID = replayID(old.Queue, old.ID, dl.Key)
+	m.CorrelationID = m.ID
+	m.Attempt = 0
+	m.Deadline = time.Time{}
+	if old.ReplyTo != "" {
+		m.ReplyTo = c.b.ReplyAddress(c.cfg.Inbox, m.CorrelationID)
+	}
+	t, err := c.send(ctx, &m, true)
+	if err != nil {
+		return Ticket{}, fmt.Errorf("rsvp: replay dead letter %s of %s: %w", dl.Key, old.Queue, err)
+	}
+	if err := c.b.DeleteDeadLetter(ctx, old.Queue, dl.Key); err != nil && !errors.Is(err, backend.ErrNotFound) {
+		return t, fmt.Errorf("rsvp: replayed dead letter %s of %s as %s, but it was not deleted: %w", dl.Key, old.Queue, t.CorrelationID, err)
+	}
+	return t, nil
+}
+
+// replayID is the id of the replay of the dead letter key of request id on
+// queue: a UUID of version 8 made of their hash.
+func replayID(queue, id, key string) string {
+	h := sha256.Sum256([]byte("rsvp replay\x00" + queue + "\x00" + id + "\x00" + key))
+	h[6] = h[6]&0x0f | 0x80 // version 8
+	h[8] = h[8]&0x3f | 0x80 // RFC 9562 variant
+	return fmt.Sprintf("%x-%x-%x-%x-%x", h[0:4], h[4:6], h[6:8], h[8:10], h[10:16])
+}
+
+// ReplayAll replays (see Replay) every dead letter q selects (q.After and
+// q.Limit are ignored) and returns how many it replayed. It stops at the
+// first error.
+func (c *Client) ReplayAll(ctx context.Context, q DeadLetterQuery) (int, error) {
+	return c.eachDeadLetter(ctx, q, func(dl *DeadLetter) error {
+		_, err := c.replay(ctx, dl)
+		return err
+	})
+}
+
+// Purge deletes every dead letter q selects (q.After and q.Limit are
+// ignored) and returns how many it deleted.
+func (c *Client) Purge(ctx context.Context, q DeadLetterQuery) (int, error) {
+	return c.eachDeadLetter(ctx, q, func(dl *DeadLetter) error {
+		err := c.b.DeleteDeadLetter(ctx, q.Queue, dl.Key)
+		if errors.Is(err, backend.ErrNotFound) {
+			return errSkip // deleted by someone else meanwhile
+		}
+		return err
+	})
+}
+
+// PurgeOne deletes the dead letter key of queue, or returns an error
+// matching ErrNoDeadLetter.
+func (c *Client) PurgeOne(ctx context.Context, queue, key string) error {
+	if err := backend.ValidateName("queue", queue); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	err := c.b.DeleteDeadLetter(ctx, queue, key)
+	if errors.Is(err, backend.ErrNotFound) {
+		return fmt.Errorf("%w: %s on queue %s", ErrNoDeadLetter, key, queue)
+	}
+	if err != nil {
+		return fmt.Errorf("rsvp: purge dead letter %s of %s: %w", key, queue, err)
+	}
+	return nil
+}
+
+var errSkip = errors.New("skip")
+
+// eachDeadLetter calls fn for every dead letter q selects, page by page,
+// and counts the calls that did not fail.
+func (c *Client) eachDeadLetter(ctx context.Context, q DeadLetterQuery, fn func(*DeadLetter) error) (int, error) {
+	if c.isClosed() {
+		return 0, ErrClosed
+	}
+	if err := backend.ValidateName("queue", q.Queue); err != nil {
+		return 0, fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	q.After, q.Limit = "", 100
+	n := 0
+	for {
+		dls, err := c.b.DeadLetters(ctx, q)
+		if err != nil {
+			return n, fmt.Errorf("rsvp: dead letters of %s: %w", q.Queue, err)
+		}
+		for _, dl := range dls {
+			switch err := fn(dl); {
+			case errors.Is(err, errSkip):
+			case err != nil:
+				return n, err
+			default:
+				n++
+			}
+		}
+		if len(dls) < q.Limit {
+			return n, nil
+		}
+		q.After = dls[len(dls)-1].Key
+	}
+}

@@ -1,0 +1,133 @@
+package rsvp_test
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/rsvp-go/rsvp"
+	"github.com/rsvp-go/rsvp/backend"
+)
+
+// TestReplayAfterFix fails a request for good, fixes the handler, replays
+// the dead letter and gets the new request's reply.
+func TestReplayAfterFix(t *testing.T) {
+	t.Parallel()
+	c := setup(t, rsvp.Config{})
+	ctx := ctxWithin(t, 20*time.Second)
+	const q = "dlqreplay"
+	var fixed atomic.Bool
+	var runs atomic.Int32
+	handle(t, c, q, rsvp.HandleOptions{}, func(ctx context.Context, m *rsvp.Message) (*rsvp.Reply, error) {
+		runs.Add(1)
+		if !fixed.Load() {
+			return nil, rsvp.Permanent(errors.New("broken"))
+		}
+		if m.Attempt != 1 {
+			return nil, rsvp.Permanent(errors.New("attempt count not started again"))
+		}
+		return &rsvp.Reply{Body: append([]byte("fixed:"), m.Body...)}, nil
+	})
+	_, err := c.Request(ctx, q, &rsvp.Message{Body: []byte("x"), Type: "t.v1", Headers: map[string]string{"k": "v"}})
+	var re *rsvp.RemoteError
+	if !errors.As(err, &re) || re.Code != rsvp.CodeFailed {
+		t.Fatalf("first request: %v", err)
+	}
+	dls, err := c.DeadLetters(ctx, rsvp.DeadLetterQuery{Queue: q})
+	if err != nil || len(dls) != 1 || dls[0].Key == "" || dls[0].Reason != rsvp.CodeFailed {
+		t.Fatalf("dead letters %v, %v", dls, err)
+	}
+	old := dls[0].Message
+
+	fixed.Store(true)
+	ticket, err := c.Replay(ctx, q, dls[0].Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ticket.CorrelationID == old.CorrelationID || ticket.ID == old.ID || ticket.Queue != q {
+		t.Fatalf("replay ticket %+v reuses the ids of %s", ticket, old.ID)
+	}
+	r, err := c.Await(ctx, ticket.CorrelationID)
+	if err != nil || string(r.Body) != "fixed:x" {
+		t.Fatalf("replayed reply %v, %v", r, err)
+	}
+	if dls := deadLetters(t, c, q); len(dls) != 0 {
+		t.Fatalf("%d dead letters left after replay", len(dls))
+	}
+	// The original keeps its failure reply: one final reply per id.
+	if _, err := c.Await(ctx, old.CorrelationID); !errors.As(err, &re) {
+		t.Fatalf("original after replay: %v", err)
+	}
+	if _, err := c.Replay(ctx, q, dls[0].Key); !errors.Is(err, rsvp.ErrNoDeadLetter) {
+		t.Fatalf("replay again: %v, want ErrNoDeadLetter", err)
+	}
+	if n := runs.Load(); n != 2 {
+		t.Fatalf("handler ran %d times, want 2", n)
+	}
+}
+
+// deadLetter stores a dead letter of queue with reason, as a responder
+// would.
+func deadLetter(t *testing.T, c *testClient, queue, reason string, body string) {
+	t.Helper()
+	id := rsvp.NewID()
+	m := &rsvp.Message{ID: id, CorrelationID: id, Queue: queue, ReplyTo: c.be.ReplyAddress("elsewhere", id), Body: []byte(body), Attempt: 3, CreatedAt: time.Now()}
+	if err := c.be.DeadLetter(ctxWithin(t, 5*time.Second), &backend.DeadLetter{Message: m, Reason: reason, LastError: "boom", At: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestReplayAllAndPurge(t *testing.T) {
+	t.Parallel()
+	c := setup(t, rsvp.Config{})
+	ctx := ctxWithin(t, 20*time.Second)
+	const q = "dlqall"
+	for _, reason := range []string{"failed", "expired", "failed", "expired", "failed"} {
+		deadLetter(t, c, q, reason, reason)
+	}
+	ran := make(chan string, 10)
+	handle(t, c, q, rsvp.HandleOptions{}, func(ctx context.Context, m *rsvp.Message) (*rsvp.Reply, error) {
+		ran <- string(m.Body)
+		return &rsvp.Reply{}, nil
+	})
+	n, err := c.ReplayAll(ctx, rsvp.DeadLetterQuery{Queue: q, Reason: "expired"})
+	if err != nil || n != 2 {
+		t.Fatalf("ReplayAll: %d, %v; want 2", n, err)
+	}
+	for range 2 {
+		select {
+		case body := <-ran:
+			if body != "expired" {
+				t.Fatalf("replayed %q", body)
+			}
+		case <-ctx.Done():
+			t.Fatal("replayed requests did not run")
+		}
+	}
+	if err := c.PurgeOne(ctx, q, "424242"); !errors.Is(err, rsvp.ErrNoDeadLetter) {
+		t.Fatalf("purge of an unknown key: %v", err)
+	}
+	dls := deadLetters(t, c, q)
+	if len(dls) != 3 {
+		t.Fatalf("%d dead letters left, want 3", len(dls))
+	}
+	if err := c.PurgeOne(ctx, q, dls[0].Key); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := c.Purge(ctx, rsvp.DeadLetterQuery{Queue: q}); err != nil || n != 2 {
+		t.Fatalf("Purge: %d, %v; want 2", n, err)
+	}
+	if n, err := c.Purge(ctx, rsvp.DeadLetterQuery{Queue: q}); err != nil || n != 0 {
+		t.Fatalf("Purge again: %d, %v; want 0", n, err)
+	}
+	if _, err := c.DeadLetters(ctx, rsvp.DeadLetterQuery{Queue: "bad queue!"}); !errors.Is(err, rsvp.ErrInvalid) {
+		t.Fatalf("bad queue name: %v", err)
+	}
+	select {
+	case body := <-ran:
+		t.Fatalf("purged request %q ran", body)
+	default:
+	}
+}

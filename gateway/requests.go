@@ -1,0 +1,679 @@
+package gateway
+
+import (
+	"cmp"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/rsvp-go/rsvp"
+	"github.com/rsvp-go/rsvp/backend"
+)
+
+// record is what the gateway keeps about a request it accepted: the data
+// of the request's first event (backend.EventQueued).
+type record struct {
+	ID          string    `json:"id"`
+	Queue       string    `json:"queue"`
+	Tenant      string    `json:"tenant,omitempty"`
+	ContentType string    `json:"content_type,omitempty"`
+	CreatedAt   time.Time `json:"created_at"`
+	Deadline    time.Time `json:"deadline,omitzero"`
+	NotBefore   time.Time `json:"not_before,omitzero"` // scheduled: not handed out before
+	Callback    string    `json:"callback,omitempty"`
+	Channel     string    `json:"channel,omitempty"`
+	// Digest identifies the submission (queue, content type, body) for
+	// Idempotency-Key checks.
+	Digest string `json:"digest"`
+	// Trace is the W3C traceparent of the submission, parent of the spans
+	// of later pushes.
+	Trace string `json:"trace,omitempty"`
+}
+
+// States of a request, as the API shows them.
+const (
+	StateQueued    = "queued"
+	StateRunning   = "running"
+	StateSucceeded = "succeeded"
+	StateFailed    = "failed"
+	StateExpired   = "expired"
+	StateCancelled = "cancelled"
+)
+
+func finalState(s string) bool {
+	return s == StateSucceeded || s == StateFailed || s == StateExpired || s == StateCancelled
+}
+
+// Status is the status resource of a request.
+type Status struct {
+	ID         string           `json:"id"`
+	Queue      string           `json:"queue"`
+	State      string           `json:"state"`
+	CreatedAt  time.Time        `json:"created_at"`
+	UpdatedAt  time.Time        `json:"updated_at"`
+	StartedAt  *time.Time       `json:"started_at,omitempty"`
+	FinishedAt *time.Time       `json:"finished_at,omitempty"`
+	RetryAt    *time.Time       `json:"retry_at,omitempty"`
+	NotBefore  *time.Time       `json:"not_before,omitempty"`
+	ExpiresAt  time.Time        `json:"expires_at"`
+	Attempts   int              `json:"attempts"`
+	Progress   json.RawMessage  `json:"progress,omitempty"`
+	Error      *Problem         `json:"error,omitempty"`
+	Channel    string           `json:"channel,omitempty"`
+	Webhooks   []WebhookAttempt `json:"webhooks,omitempty"`
+	Links      Links            `json:"links"`
+	// Seq is the position of the last event folded in; a long-poll returns
+	// once a later one exists.
+	Seq uint64 `json:"-"`
+}
+
+// Links are the URLs of a request's resources.
+type Links struct {
+	Status string `json:"status"`
+	Result string `json:"result"`
+	Events string `json:"events"`
+	Cancel string `json:"cancel"`
+}
+
+// WebhookAttempt is one delivery attempt of the result to the callback URL.
+type WebhookAttempt struct {
+	Attempt   int       `json:"attempt"`
+	At        time.Time `json:"at"`
+	Delivered bool      `json:"delivered"`
+	Status    int       `json:"status,omitempty"` // HTTP status of the response, if any
+	Error     string    `json:"error,omitempty"`
+}
+
+func links(id string) Links {
+	base := "/v1/requests/" + id
+	return Links{Status: base, Result: base + "/result", Events: base + "/events", Cancel: base}
+}
+
+// eventData is the union of the fields events carry.
+type eventData struct {
+	Attempt   int             `json:"attempt"`
+	Error     string          `json:"error"`
+	RetryAt   time.Time       `json:"retry_at"`
+	Code      string          `json:"code"`
+	Message   string          `json:"message"`
+	Status    int             `json:"status"`
+	Delivered bool            `json:"delivered"`
+	Progress  json.RawMessage `json:"-"`
+}
+
+// fold computes a request's status from its record, its events and its
+// reply (nil while there is none). The reply, when present, decides the
+// final state.
+func (g *Gateway) fold(rec *record, evs []*backend.Event, reply *backend.Reply) *Status {
+	s := &Status{ID: rec.ID, Queue: rec.Queue, State: StateQueued, CreatedAt: rec.CreatedAt, UpdatedAt: rec.CreatedAt,
+		ExpiresAt: rec.CreatedAt.Add(g.cfg.Retention), Channel: rec.Channel, Links: links(rec.ID)}
+	if !rec.NotBefore.IsZero() {
+		s.NotBefore = &rec.NotBefore
+	}
+	for _, ev := range evs {
+		s.Seq = max(s.Seq, ev.Seq)
+		if finalState(s.State) && ev.Type != backend.EventWebhook {
+			continue // a late event of a stale attempt
+		}
+		var d eventData
+		if len(ev.Data) > 0 && ev.Type != backend.EventProgress {
+			_ = json.Unmarshal(ev.Data, &d) // tolerate what a foreign writer stored
+		}
+		at := ev.At
+		switch ev.Type {
+		case backend.EventQueued:
+			continue
+		case backend.EventRunning:
+			s.State, s.RetryAt, s.Error = StateRunning, nil, nil
+			s.Attempts = max(s.Attempts, d.Attempt)
+			if s.StartedAt == nil {
+				s.StartedAt = &at
+			}
+		case backend.EventRetrying:
+			s.State = StateQueued
+			s.RetryAt = &d.RetryAt
+			s.Error = &Problem{Type: problemType + "attempt-failed", Title: "Attempt failed, will retry", Status: http.StatusOK,
+				Detail: d.Error, Code: rsvp.CodeFailed}
+		case backend.EventProgress:
+			s.Progress = json.RawMessage(ev.Data)
+		case backend.EventWebhook:
+			s.Webhooks = append(s.Webhooks, WebhookAttempt{Attempt: d.Attempt, At: at, Delivered: d.Delivered, Status: d.Status, Error: d.Error})
+			continue // not a change of the request's own state
+		default: // a final status
+			s.State = ev.Type
+			s.RetryAt = nil
+			s.FinishedAt = &at
+			s.Error = nil
+			if ev.Type != StateSucceeded {
+				s.Error = failureProblem(rec.ID, ev.Type, d.Code, d.Message)
+			}
+		}
+		s.UpdatedAt = at
+	}
+	if reply != nil && (!finalState(s.State) || s.State != string(reply.Status)) {
+		// The reply is stored before its event: it is the truth.
+		at := reply.CreatedAt
+		s.State, s.RetryAt, s.FinishedAt, s.UpdatedAt, s.Error = string(reply.Status), nil, &at, at, nil
+		if reply.Status != backend.StatusSucceeded {
+			s.Error = failureProblem(rec.ID, string(reply.Status), reply.ErrorCode, reply.ErrorMessage)
+		}
+	}
+	return s
+}
+
+func failureProblem(id, state, code, msg string) *Problem {
+	p := &Problem{Type: problemType + "request-" + state, Status: resultStatus(state), Code: code, Detail: msg,
+		Instance: "/v1/requests/" + id}
+	switch state {
+	case StateFailed:
+		p.Title = "The request failed"
+	case StateExpired:
+		p.Title = "The request expired before it was done"
+	case StateCancelled:
+		p.Title = "The request was cancelled"
+	}
+	return p
+}
+
+// resultStatus is the HTTP status of the result of a finished request.
+func resultStatus(state string) int {
+	switch state {
+	case StateFailed:
+		return http.StatusBadGateway
+	case StateExpired:
+		return http.StatusGatewayTimeout
+	case StateCancelled:
+		return http.StatusGone
+	}
+	return http.StatusOK
+}
+
+var errUnknown = errors.New("no such request")
+
+// load reads a request's record and events after seq 0, and its reply.
+func (g *Gateway) load(ctx context.Context, id string) (*record, []*backend.Event, *backend.Reply, error) {
+	if backend.ValidateName("id", id) != nil {
+		return nil, nil, nil, errUnknown
+	}
+	var evs []*backend.Event
+	for after := uint64(0); ; {
+		page, err := g.b.Events(ctx, backend.EventQuery{CorrelationID: id, After: after, Limit: 256})
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		evs = append(evs, page...)
+		if len(page) < 256 {
+			break
+		}
+		after = page[len(page)-1].Seq
+	}
+	if len(evs) == 0 || evs[0].Type != backend.EventQueued {
+		return nil, nil, nil, errUnknown
+	}
+	rec := new(record)
+	if err := json.Unmarshal(evs[0].Data, rec); err != nil || rec.ID != id {
+		return nil, nil, nil, errUnknown
+	}
+	reply, err := g.b.GetReply(ctx, id)
+	if errors.Is(err, backend.ErrNotFound) {
+		reply, err = nil, nil
+	}
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return rec, evs, reply, nil
+}
+
+// lookup loads a request for a caller, writing the error response (404
+// also for another tenant's request) and returning ok false on failure.
+func (g *Gateway) lookup(w http.ResponseWriter, r *http.Request, c caller) (*record, *Status, *backend.Reply, bool) {
+	id := r.PathValue("id")
+	rec, evs, reply, err := g.load(r.Context(), id)
+	if err == nil && !c.sees(rec.Tenant, rec.Queue) {
+		err = errUnknown
+	}
+	switch {
+	case errors.Is(err, errUnknown):
+		problem(w, http.StatusNotFound, "unknown-request", "No such request", fmt.Sprintf("request %q is unknown, purged, or not yours", id))
+		return nil, nil, nil, false
+	case err != nil:
+		g.engineDown(w, r, err)
+		return nil, nil, nil, false
+	}
+	st := g.fold(rec, evs, reply)
+	if st.State == StateQueued && !rec.Deadline.IsZero() && time.Now().After(rec.Deadline) {
+		// Nobody started it in time: expire it now rather than show it
+		// queued until a responder comes by.
+		if reply, err = g.expire(r.Context(), rec); err == nil {
+			_, evs, _, _ = g.load(r.Context(), id)
+			st = g.fold(rec, evs, reply)
+		}
+	}
+	return rec, st, reply, true
+}
+
+// expire stores the expired reply of a request past its deadline (or
+// finds the reply that beat it) and ends its event log.
+func (g *Gateway) expire(ctx context.Context, rec *record) (*backend.Reply, error) {
+	reply := &backend.Reply{CorrelationID: rec.ID, Status: backend.StatusExpired, ErrorCode: rsvp.CodeExpired,
+		ErrorMessage: "deadline passed before the request was started", CreatedAt: time.Now()}
+	err := g.b.PutReply(ctx, g.b.ReplyAddress(gatewayInbox, rec.ID), reply)
+	if errors.Is(err, backend.ErrReplyExists) {
+		return g.b.GetReply(ctx, rec.ID)
+	}
+	if err != nil {
+		return nil, err
+	}
+	data, _ := json.Marshal(map[string]string{"code": reply.ErrorCode, "message": reply.ErrorMessage})
+	err = g.b.AppendEvent(ctx, &backend.Event{CorrelationID: rec.ID, Channel: scopedChannel(rec.Tenant, rec.Channel),
+		Type: string(backend.StatusExpired), At: reply.CreatedAt, Data: data, DedupeKey: rec.ID + ":final"})
+	return reply, err
+}
+
+func (g *Gateway) engineDown(w http.ResponseWriter, r *http.Request, err error) {
+	if r.Context().Err() != nil {
+		return // the client left
+	}
+	g.log.Error("gateway: engine call failed", "method", r.Method, "path", r.URL.Path, "err", err)
+	w.Header().Set("Retry-After", "1")
+	problem(w, http.StatusServiceUnavailable, "engine-unavailable", "The engine is not reachable", err.Error())
+}
+
+// submit: POST /v1/queues/{queue}/requests.
+func (g *Gateway) submit(w http.ResponseWriter, r *http.Request) {
+	c, queue, ok := g.queueCall(w, r, RightSend)
+	if !ok {
+		return
+	}
+	qc := g.cfg.Queues[queue]
+	rec := &record{Queue: queue, Tenant: c.tenant, ContentType: r.Header.Get("Content-Type"), CreatedAt: time.Now().UTC(),
+		Channel: r.Header.Get("Notify-Channel"), Callback: cmp.Or(r.Header.Get("Callback-URL"), qc.Webhook)}
+	var errs []error
+	if rec.ContentType != "" {
+		if _, _, err := mime.ParseMediaType(rec.ContentType); err != nil {
+			errs = append(errs, fmt.Errorf("Content-Type %q: %w", rec.ContentType, err))
+		}
+	}
+	if rec.Channel != "" {
+		if err := backend.ValidateChannel(rec.Channel); err != nil {
+			errs = append(errs, fmt.Errorf("Notify-Channel: %w", err))
+		} else if len(rec.Channel) > maxChannelLen {
+			errs = append(errs, fmt.Errorf("Notify-Channel is longer than %d bytes", maxChannelLen))
+		}
+	}
+	if rec.Callback != "" {
+		if g.hooks == nil {
+			errs = append(errs, errors.New("Callback-URL: this gateway has no webhook secret configured, so it sends no webhooks"))
+		} else if err := g.hooks.checkURL(rec.Callback); err != nil {
+			errs = append(errs, fmt.Errorf("Callback-URL: %w", err))
+		}
+	}
+	if t := r.URL.Query().Get("timeout"); t != "" {
+		d, err := time.ParseDuration(t)
+		if err != nil || d <= 0 {
+			errs = append(errs, fmt.Errorf("timeout %q is not a positive duration such as 30s", t))
+		} else {
+			rec.Deadline = rec.CreatedAt.Add(d)
+		}
+	}
+	if d := r.URL.Query().Get("delay"); d != "" {
+		delay, err := time.ParseDuration(d)
+		switch {
+		case err != nil || delay < 0:
+			errs = append(errs, fmt.Errorf("delay %q is not a duration such as 90s", d))
+		case delay > g.c.MaxDelay():
+			errs = append(errs, fmt.Errorf("delay %s is more than the most allowed, %s", d, g.c.MaxDelay()))
+		case delay > 0:
+			rec.NotBefore = rec.CreatedAt.Add(delay)
+		}
+	}
+	var wait time.Duration
+	if pw, ok := preferWait(r.Header.Get("Prefer")); ok {
+		var err error
+		if wait, err = g.parseWait(pw); err != nil {
+			errs = append(errs, fmt.Errorf("Prefer: %w", err))
+		}
+	}
+	key := r.Header.Get("Idempotency-Key")
+	switch {
+	case key == "" && qc.RequireIdempotencyKey:
+		errs = append(errs, fmt.Errorf("queue %s requires an Idempotency-Key header", queue))
+	case len(key) > 255:
+		errs = append(errs, errors.New("Idempotency-Key is longer than 255 bytes"))
+	}
+	if err := errors.Join(errs...); err != nil {
+		problem(w, http.StatusBadRequest, "invalid-request", "Invalid request", err.Error())
+		return
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, int64(g.cfg.MaxBodySize)))
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			problem(w, http.StatusRequestEntityTooLarge, "too-large", "Body too large", fmt.Sprintf("the limit is %d bytes", g.cfg.MaxBodySize))
+			return
+		}
+		problem(w, http.StatusBadRequest, "unreadable-body", "Body could not be read", err.Error())
+		return
+	}
+	rec.Digest = digest(queue, rec.ContentType, body)
+	rec.Trace = g.tel.traceOf(r.Context())
+	if key != "" {
+		rec.ID = idempotentID(c.tenant, key)
+	} else {
+		rec.ID = rsvp.NewID()
+	}
+	stored, err := g.store(r.Context(), rec, body)
+	switch {
+	case errors.Is(err, errConflict):
+		problem(w, http.StatusUnprocessableEntity, "idempotency-key-reused", "Idempotency-Key reused",
+			"this key was used for a different request (other queue, content type or body)")
+		return
+	case errors.Is(err, rsvp.ErrTooLarge):
+		problem(w, http.StatusRequestEntityTooLarge, "too-large", "Body too large", err.Error())
+		return
+	case err != nil:
+		g.engineDown(w, r, err)
+		return
+	}
+	g.log.Info("gateway: accepted", "queue", queue, "id", stored.ID, "correlation_id", stored.ID, "tenant", c.tenant)
+	if wait > 0 {
+		if reply, err := g.waitFinal(r.Context(), stored.ID, wait); err == nil && reply != nil {
+			w.Header().Set("Preference-Applied", "wait="+strconv.Itoa(int(wait.Seconds())))
+			w.Header().Set("Content-Location", links(stored.ID).Result)
+			writeResult(w, stored.ID, reply)
+			return
+		}
+	}
+	st := g.fold(stored, nil, nil) // a new request is queued
+	if stored != rec {
+		// An Idempotency-Key used again: show where the first one is.
+		if _, evs, reply, err := g.load(r.Context(), stored.ID); err == nil {
+			st = g.fold(stored, evs, reply)
+		}
+	}
+	w.Header().Set("Location", st.Links.Status)
+	w.Header().Set("Retry-After", strconv.Itoa(int(g.cfg.RetryAfter.Seconds())))
+	g.setExpires(w, st)
+	writeJSON(w, http.StatusAccepted, st)
+}
+
+var errConflict = errors.New("idempotency key reused for another request")
+
+// store records and enqueues a request. For an id stored before (an
+// Idempotency-Key used again) it returns that request's record, and
+// errConflict if the submission differs.
+func (g *Gateway) store(ctx context.Context, rec *record, body []byte) (*record, error) {
+	data, err := json.Marshal(rec)
+	if err != nil {
+		return nil, err
+	}
+	ev := &backend.Event{CorrelationID: rec.ID, Channel: scopedChannel(rec.Tenant, rec.Channel), Type: backend.EventQueued, At: rec.CreatedAt,
+		Data: data, DedupeKey: rec.ID + ":queued"}
+	if err := g.b.AppendEvent(ctx, ev); err != nil {
+		return nil, err
+	}
+	if ev.Seq == 0 || strings.HasPrefix(rec.ID, idempotentPrefix) {
+		// Maybe seen before: the first record of the id is the one that counts.
+		prev, evs, reply, err := g.load(ctx, rec.ID)
+		if err != nil {
+			return nil, err
+		}
+		if len(evs) > 0 && evs[0].Seq != ev.Seq {
+			if prev.Digest != rec.Digest || prev.Tenant != rec.Tenant {
+				return nil, errConflict
+			}
+			rec = prev
+			if reply != nil {
+				return rec, nil // done; nothing to send again
+			}
+			// Sending again is harmless within the dedupe window, and makes
+			// sure a submission cut off between record and send is queued.
+		}
+	}
+	msg := &rsvp.Message{ID: rec.ID, ContentType: rec.ContentType, Body: body, CreatedAt: rec.CreatedAt,
+		Deadline: rec.Deadline, NotBefore: rec.NotBefore, Track: true, Channel: scopedChannel(rec.Tenant, rec.Channel)}
+	if _, err := g.c.Send(ctx, rec.Queue, msg); err != nil {
+		if !strings.HasPrefix(rec.ID, idempotentPrefix) {
+			// The record stays, so end it: the request was not accepted.
+			// (A retry with the same Idempotency-Key sends it again instead.)
+			g.reject(rec, err)
+		}
+		return nil, err
+	}
+	if rec.Callback != "" {
+		if err := g.scheduleWebhook(ctx, rec); err != nil {
+			return nil, err
+		}
+	}
+	return rec, nil
+}
+
+// reject ends the record of a request that could not be enqueued.
+func (g *Gateway) reject(rec *record, cause error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	r := &backend.Reply{CorrelationID: rec.ID, Status: backend.StatusFailed, ErrorCode: "not_accepted",
+		ErrorMessage: "the gateway could not enqueue the request: " + cause.Error(), CreatedAt: time.Now()}
+	if err := g.b.PutReply(ctx, g.b.ReplyAddress(gatewayInbox, rec.ID), r); err != nil && !errors.Is(err, backend.ErrReplyExists) {
+		g.log.Warn("gateway: could not mark a request that failed to enqueue", "queue", rec.Queue, "id", rec.ID, "correlation_id", rec.ID, "err", err)
+	}
+}
+
+// gatewayInbox is the reply inbox name the gateway stores its own final
+// replies (rejections) under.
+const gatewayInbox = "rsvp-gateway"
+
+// internalPrefix starts the names of the gateway's own queues.
+const internalPrefix = "rsvp-"
+
+const idempotentPrefix = "idem-"
+
+// maxChannelLen bounds a Notify-Channel name, leaving room for the tenant
+// scope in the engine's channel name.
+const maxChannelLen = 100
+
+// scopedChannel is the engine's name of a tenant's channel: tenants naming
+// the same channel do not see each other's events.
+func scopedChannel(tenant, channel string) string {
+	if tenant == "" || channel == "" {
+		return channel
+	}
+	sum := sha256.Sum256([]byte(tenant))
+	return hex.EncodeToString(sum[:8]) + ":" + channel
+}
+
+// idempotentID derives a request id from a tenant's Idempotency-Key, so the
+// key finds its request without a lookup table.
+func idempotentID(tenant, key string) string {
+	sum := sha256.Sum256([]byte(tenant + "\x00" + key))
+	return idempotentPrefix + hex.EncodeToString(sum[:16])
+}
+
+func digest(queue, contentType string, body []byte) string {
+	h := sha256.New()
+	fmt.Fprintf(h, "%s\x00%s\x00", queue, contentType)
+	h.Write(body)
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// preferWait finds the wait preference (RFC 7240) in a Prefer header.
+func preferWait(h string) (string, bool) {
+	for _, p := range strings.Split(h, ",") {
+		name, val, ok := strings.Cut(strings.TrimSpace(p), "=")
+		if ok && strings.EqualFold(strings.TrimSpace(name), "wait") {
+			return strings.Trim(strings.TrimSpace(val), `"`), true
+		}
+	}
+	return "", false
+}
+
+// waitFinal waits up to d for the reply to id; nil if there is none yet.
+func (g *Gateway) waitFinal(ctx context.Context, id string, d time.Duration) (*backend.Reply, error) {
+	w := g.hub.watchID(id)
+	defer g.hub.stop(w)
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	for {
+		reply, err := g.b.GetReply(ctx, id)
+		if err == nil {
+			return reply, nil
+		}
+		if !errors.Is(err, backend.ErrNotFound) {
+			return nil, err
+		}
+		select {
+		case <-w.C:
+		case <-timer.C:
+			return nil, nil
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+func (g *Gateway) setExpires(w http.ResponseWriter, st *Status) {
+	w.Header().Set("Expires", st.ExpiresAt.UTC().Format(http.TimeFormat))
+}
+
+// status: GET /v1/requests/{id}[?wait=30s][&redirect=false].
+func (g *Gateway) status(w http.ResponseWriter, r *http.Request) {
+	c, ok := g.authenticate(w, r)
+	if !ok {
+		return
+	}
+	wait, err := g.parseWait(r.URL.Query().Get("wait"))
+	if err != nil {
+		problem(w, http.StatusBadRequest, "invalid-wait", "Invalid wait", err.Error())
+		return
+	}
+	rec, st, _, ok := g.lookup(w, r, c)
+	if !ok {
+		return
+	}
+	if wait > 0 && !finalState(st.State) {
+		release, ok := g.acquireStream(w)
+		if !ok {
+			return
+		}
+		ctx, cancel := g.streamCtx(r)
+		st, err = g.longPoll(ctx, rec, st, wait)
+		cancel()
+		release()
+		if err != nil {
+			g.engineDown(w, r, err)
+			return
+		}
+	}
+	g.setExpires(w, st)
+	if finalState(st.State) && r.URL.Query().Get("redirect") != "false" {
+		w.Header().Set("Location", st.Links.Result)
+		writeJSON(w, http.StatusSeeOther, st)
+		return
+	}
+	if !finalState(st.State) {
+		w.Header().Set("Retry-After", strconv.Itoa(int(g.cfg.RetryAfter.Seconds())))
+	}
+	writeJSON(w, http.StatusOK, st)
+}
+
+// longPoll waits up to d for an event after st and returns the new status.
+func (g *Gateway) longPoll(ctx context.Context, rec *record, st *Status, d time.Duration) (*Status, error) {
+	w := g.hub.watchID(rec.ID)
+	defer g.hub.stop(w)
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	for {
+		// Read after watching, so that no event falls between.
+		_, evs, reply, err := g.load(ctx, rec.ID)
+		if err != nil {
+			return st, err
+		}
+		if now := g.fold(rec, evs, reply); now.Seq != st.Seq || now.State != st.State {
+			return now, nil
+		}
+		select {
+		case <-w.C:
+		case <-timer.C:
+			return st, nil
+		case <-ctx.Done():
+			return st, nil
+		}
+	}
+}
+
+// result: GET /v1/requests/{id}/result.
+func (g *Gateway) result(w http.ResponseWriter, r *http.Request) {
+	c, ok := g.authenticate(w, r)
+	if !ok {
+		return
+	}
+	_, st, reply, ok := g.lookup(w, r, c)
+	if !ok {
+		return
+	}
+	if reply == nil {
+		w.Header().Set("Retry-After", strconv.Itoa(int(g.cfg.RetryAfter.Seconds())))
+		writeProblem(w, &Problem{Type: problemType + "not-finished", Title: "The request has not finished", Status: http.StatusConflict,
+			Detail: "state " + st.State + "; poll " + st.Links.Status + " or stream " + st.Links.Events, Instance: st.Links.Result})
+		return
+	}
+	g.setExpires(w, st)
+	writeResult(w, st.ID, reply)
+}
+
+// writeResult writes a finished request's reply: the body with its content
+// type, or the failure as problem details.
+func writeResult(w http.ResponseWriter, id string, reply *backend.Reply) {
+	if reply.Status != backend.StatusSucceeded {
+		writeProblem(w, failureProblem(id, string(reply.Status), reply.ErrorCode, reply.ErrorMessage))
+		return
+	}
+	if reply.ContentType != "" {
+		w.Header().Set("Content-Type", reply.ContentType)
+	} else {
+		w.Header().Set("Content-Type", "application/octet-stream")
+	}
+	w.Header().Set("Content-Length", strconv.Itoa(len(reply.Body)))
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(reply.Body)
+}
+
+// cancel: DELETE /v1/requests/{id}.
+func (g *Gateway) cancel(w http.ResponseWriter, r *http.Request) {
+	c, ok := g.authenticate(w, r)
+	if !ok {
+		return
+	}
+	rec, st, _, ok := g.lookup(w, r, c)
+	if !ok {
+		return
+	}
+	if !finalState(st.State) {
+		reply, err := g.c.Cancel(r.Context(), rec.ID)
+		if err != nil {
+			g.engineDown(w, r, err)
+			return
+		}
+		if reply.Status == backend.StatusCancelled {
+			_, evs, reply, err := g.load(r.Context(), rec.ID)
+			if err == nil {
+				st = g.fold(rec, evs, reply)
+			}
+			g.log.Info("gateway: cancelled", "queue", rec.Queue, "id", rec.ID, "correlation_id", rec.ID)
+			writeJSON(w, http.StatusAccepted, st)
+			return
+		}
+		st.State = string(reply.Status)
+	}
+	writeProblem(w, &Problem{Type: problemType + "already-finished", Title: "The request has already finished", Status: http.StatusConflict,
+		Detail: "state " + st.State, Instance: st.Links.Status})
+}

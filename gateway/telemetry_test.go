@@ -1,0 +1,106 @@
+package gateway_test
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+
+	"github.com/rsvp-go/rsvp"
+	"github.com/rsvp-go/rsvp/backend/rsvpnats"
+	"github.com/rsvp-go/rsvp/gateway"
+)
+
+// TestOneTraceFromSubmitToPush: HTTP submit → queue → handler (two
+// attempts, the first failing) → reply → SSE delivery are one trace, the
+// responder being another client with its own tracer provider.
+func TestOneTraceFromSubmitToPush(t *testing.T) {
+	spans := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans))
+	workerSpans := tracetest.NewSpanRecorder()
+	workerTP := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(workerSpans))
+	defer tp.Shutdown(context.Background())
+	defer workerTP.Shutdown(context.Background())
+
+	b, err := rsvpnats.Embedded("", rsvpnats.Options{Memory: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	ctx := context.Background()
+	c, err := rsvp.New(ctx, b, rsvp.Config{TracerProvider: tp})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(ctx)
+	gw, err := gateway.New(ctx, c, gateway.Config{TracerProvider: tp})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(gw)
+	defer func() {
+		srv.Close()
+		_ = gw.Close(ctx)
+	}()
+	worker, err := rsvp.New(ctx, b, rsvp.Config{TracerProvider: workerTP})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := worker.Handle("traced", rsvp.HandlerFunc(func(ctx context.Context, m *rsvp.Message) (*rsvp.Reply, error) {
+		if m.Attempt == 1 {
+			return nil, errors.New("first attempt fails")
+		}
+		return &rsvp.Reply{Body: []byte("done")}, nil
+	}), rsvp.HandleOptions{Backoff: func(int) time.Duration { return 10 * time.Millisecond }}); err != nil {
+		t.Fatal(err)
+	}
+
+	resp, err := http.Post(srv.URL+"/v1/queues/traced/requests", "text/plain", strings.NewReader("x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	events, err := http.Get(srv.URL + resp.Header.Get("Location") + "/events")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc := bufio.NewScanner(events.Body)
+	for sc.Scan() { // ends after the final event
+	}
+	events.Body.Close()
+	if err := worker.Close(ctx); err != nil { // waits until its attempts are settled
+		t.Fatal(err)
+	}
+
+	all := append(spans.Ended(), workerSpans.Ended()...)
+	names := map[string]int{}
+	var root sdktrace.ReadOnlySpan
+	for _, s := range all {
+		names[s.Name()]++
+		if s.Name() == "POST /v1/queues/{queue}/requests" {
+			root = s
+		}
+	}
+	for name, n := range map[string]int{"POST /v1/queues/{queue}/requests": 1, "rsvp.send traced": 1, "rsvp.queue_wait": 1,
+		"rsvp.handle traced": 2, "rsvp.gateway.push": 1} {
+		if names[name] != n {
+			t.Fatalf("%d spans %q, want %d; all: %v", names[name], name, n, names)
+		}
+	}
+	for _, s := range all {
+		switch s.Name() {
+		case "GET /v1/requests/{id}/events": // the client's own call: its own trace
+			continue
+		}
+		if s.SpanContext().TraceID() != root.SpanContext().TraceID() {
+			t.Errorf("span %q is in another trace", s.Name())
+		}
+	}
+}

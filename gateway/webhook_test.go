@@ -1,0 +1,99 @@
+package gateway_test
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/rsvp-go/rsvp"
+	"github.com/rsvp-go/rsvp/gateway"
+)
+
+// TestWebhookDelivery: the result is POSTed signed to the callback URL,
+// retried after a failure, and the attempts show in the status.
+func TestWebhookDelivery(t *testing.T) {
+	secret := gateway.NewTestSecret(t)
+	type delivery struct {
+		h    http.Header
+		body []byte
+	}
+	var mu sync.Mutex
+	var got []delivery
+	delivered := make(chan struct{})
+	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		mu.Lock()
+		defer mu.Unlock()
+		got = append(got, delivery{r.Header.Clone(), body})
+		if len(got) == 1 {
+			w.WriteHeader(http.StatusInternalServerError) // the first attempt fails
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+		close(delivered)
+	}))
+	defer hook.Close()
+	e := newEnv(t, gateway.Config{Webhooks: gateway.WebhookConfig{Secrets: []string{secret}, AllowPrivate: true}})
+	e.respond("hooked", rsvp.HandleOptions{}, func(ctx context.Context, m *rsvp.Message) (*rsvp.Reply, error) {
+		return &rsvp.Reply{ContentType: "application/json", Body: []byte(`{"answer":42}`)}, nil
+	})
+	id := e.submit("hooked", map[string]string{"Callback-URL": hook.URL + "/done"}, "x")
+	select {
+	case <-delivered:
+	case <-time.After(30 * time.Second):
+		t.Fatal("webhook not delivered")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for i, d := range got {
+		if _, err := gateway.VerifyStandardWebhook([]string{secret}, d.h, d.body, time.Now()); err != nil {
+			t.Fatalf("delivery %d: signature does not verify: %v", i, err)
+		}
+		if d.h.Get("webhook-id") != id {
+			t.Errorf("delivery %d: webhook-id %q, want the request id", i, d.h.Get("webhook-id"))
+		}
+	}
+	var p struct {
+		Type string
+		Data struct {
+			ID     string
+			State  string
+			Result map[string]int
+		}
+	}
+	if err := json.Unmarshal(got[1].body, &p); err != nil || p.Type != "request.finished" || p.Data.ID != id ||
+		p.Data.State != "succeeded" || p.Data.Result["answer"] != 42 {
+		t.Fatalf("payload %s (%v)", got[1].body, err)
+	}
+	var st map[string]any
+	eventually(t, 10*time.Second, "both attempts in the status", func() bool {
+		_, data := e.do("GET", "/v1/requests/"+id+"?redirect=false", nil, "")
+		st = decode(t, data)
+		hooks, _ := st["webhooks"].([]any)
+		return len(hooks) == 2
+	})
+	hooks := st["webhooks"].([]any)
+	first, second := hooks[0].(map[string]any), hooks[1].(map[string]any)
+	if first["delivered"] != false || first["status"].(float64) != 500 || second["delivered"] != true || second["status"].(float64) != 204 {
+		t.Fatalf("webhook history %v", hooks)
+	}
+}
+
+func TestWebhookRefusesPrivateTargets(t *testing.T) {
+	e := newEnv(t, gateway.Config{Webhooks: gateway.WebhookConfig{Secrets: []string{gateway.NewTestSecret(t)}}})
+	resp, data := e.do("POST", "/v1/queues/q/requests", map[string]string{"Callback-URL": "http://127.0.0.1:9/x"}, "x")
+	if resp.StatusCode != 400 || !contains(decode(t, data)["detail"], "loopback") {
+		t.Fatalf("loopback callback: %d %s", resp.StatusCode, data)
+	}
+}
+
+func contains(v any, sub string) bool {
+	s, _ := v.(string)
+	return strings.Contains(s, sub)
+}

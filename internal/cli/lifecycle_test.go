@@ -1,0 +1,214 @@
+package cli
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// serveProc is 'rsvp serve' running in a child process, as cmd/rsvp runs
+// it: its context ends on SIGINT or SIGTERM.
+type serveProc struct {
+	url, addr string
+	log       *logBuffer
+	cmd       *exec.Cmd
+	exited    chan struct{} // closed when the child has exited; then err is set
+	err       error
+}
+
+// startServeProc starts 'rsvp serve --addr 127.0.0.1:0 args...' in a child
+// process and waits until it listens. The child is killed at the end of
+// the test if it is still running.
+func startServeProc(t *testing.T, args ...string) *serveProc {
+	t.Helper()
+	p := &serveProc{log: newLogBuffer(), exited: make(chan struct{})}
+	p.cmd = exec.Command(os.Args[0], append([]string{"serve", "--addr", "127.0.0.1:0"}, args...)...)
+	p.cmd.Env = append(os.Environ(), childEnv+"=1")
+	p.cmd.Stderr, p.cmd.Stdout = p.log, io.Discard
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		p.err = p.cmd.Wait()
+		close(p.exited)
+	}()
+	t.Cleanup(func() {
+		select {
+		case <-p.exited:
+		default:
+			_ = p.cmd.Process.Kill()
+			<-p.exited
+		}
+	})
+	p.log.waitFor(t, "listening on http://")
+	m := listeningRE.FindStringSubmatch(p.log.String())
+	if m == nil {
+		t.Fatalf("no address in the log:\n%s", p.log)
+	}
+	p.url, p.addr = m[1], strings.TrimPrefix(m[1], "http://")
+	return p
+}
+
+func (p *serveProc) signal(t *testing.T, sig os.Signal) {
+	t.Helper()
+	if err := p.cmd.Process.Signal(sig); err != nil && !errors.Is(err, os.ErrProcessDone) {
+		t.Fatalf("signal %v: %v", sig, err)
+	}
+}
+
+// wait waits up to d for the child to exit and returns its wait error;
+// it fails the test if the child is still running then.
+func (p *serveProc) wait(t *testing.T, d time.Duration) error {
+	t.Helper()
+	select {
+	case <-p.exited:
+		return p.err
+	case <-time.After(d):
+		t.Fatalf("rsvp serve did not exit within %s; its log:\n%s", d, p.log)
+		return nil
+	}
+}
+
+func (p *serveProc) alive() bool {
+	select {
+	case <-p.exited:
+		return false
+	default:
+		return true
+	}
+}
+
+// TestServeDrainsOnSIGTERM: on SIGTERM, rsvp serve stops accepting
+// connections at once, lets the running handler finish (its request
+// succeeds on its first attempt, after the signal), and exits 0.
+func TestServeDrainsOnSIGTERM(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	engine := "embedded:" + dir
+	p := startServeProc(t, "--demo", "--engine", engine, "--shutdown-timeout", "10s")
+
+	resp, data := call(t, "POST", p.url+"/v1/queues/thumbnail/requests", `{"url":"https://example.com/drain.png"}`, "Content-Type", "application/json")
+	loc := resp.Header.Get("Location")
+	if resp.StatusCode != http.StatusAccepted || loc == "" {
+		t.Fatalf("submit: %s\n%s", resp.Status, data)
+	}
+	id := strings.TrimPrefix(loc, "/v1/requests/")
+	// The demo handler takes 300ms: catch it running.
+	waitUntil(t, "the thumbnail handler runs", func() bool {
+		resp, data := call(t, "GET", p.url+loc, "")
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("the request finished before the test saw it running: %s\n%s", resp.Status, data)
+		}
+		return strings.Contains(data, `"state":"running"`)
+	})
+	signalled := time.Now()
+	p.signal(t, syscall.SIGTERM)
+
+	// The listener closes at once: new connections are refused while the
+	// handler still runs.
+	waitUntil(t, "new connections refused after SIGTERM", func() bool {
+		c, err := net.DialTimeout("tcp", p.addr, time.Second)
+		switch {
+		case err == nil:
+			c.Close()
+			return false
+		case errors.Is(err, syscall.ECONNRESET):
+			return false // queued in the backlog as the listener closed
+		case !errors.Is(err, syscall.ECONNREFUSED):
+			t.Fatalf("dial after SIGTERM: %v, want connection refused", err)
+		}
+		return true
+	})
+	if !p.alive() {
+		t.Fatalf("rsvp serve exited before it was seen refusing connections; its log:\n%s", p.log)
+	}
+	if err := p.wait(t, waitTimeout); err != nil {
+		t.Fatalf("rsvp serve: %v, want exit status 0; its log:\n%s", err, p.log)
+	}
+	for _, want := range []string{`msg="shutting down" timeout=10s`, "msg=stopped"} {
+		if !strings.Contains(p.log.String(), want) {
+			t.Fatalf("no %q in the log:\n%s", want, p.log)
+		}
+	}
+
+	// On the same engine, without responders: the request is done.
+	s := startServe(t, "--engine", engine)
+	resp, data = call(t, "GET", s.url+loc, "")
+	if resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("status after the restart: %s, want 303 to the result\n%s", resp.Status, data)
+	}
+	_, data = call(t, "GET", s.url+loc+"?redirect=false", "")
+	var st struct {
+		State    string `json:"state"`
+		Attempts int    `json:"attempts"`
+	}
+	if err := json.Unmarshal([]byte(data), &st); err != nil || st.State != "succeeded" || st.Attempts != 1 {
+		t.Fatalf("status after the restart: %s (%v), want succeeded after 1 attempt", data, err)
+	}
+	// The handler finished after the signal: it was drained, not cut off.
+	r := run(t, nil, "requests", "get", id, "--engine", engine, "--output", "json")
+	r.want(t, 0)
+	var got requestJSON
+	if err := json.Unmarshal([]byte(r.stdout), &got); err != nil {
+		t.Fatalf("requests get: %v\n%s", err, r.stdout)
+	}
+	if len(got.Attempts) != 1 || got.Attempts[0].Outcome != "succeeded" || !got.Attempts[0].EndedAt.After(signalled) {
+		t.Fatalf("attempts %+v, want one that succeeded after the signal at %v", got.Attempts, signalled)
+	}
+}
+
+// TestServeSecondSIGTERMExitsAtOnce: a second SIGTERM during a long drain
+// ends the process at once, by the signal's default action.
+func TestServeSecondSIGTERMExitsAtOnce(t *testing.T) {
+	t.Parallel()
+	// Not embedded:mem: its temporary directory would outlive the kill.
+	p := startServeProc(t, "--engine", "embedded:"+t.TempDir(), "--shutdown-timeout", "2m")
+
+	// A request whose body never completes holds the drain open: the
+	// server waits for it until the shutdown timeout.
+	conn, err := net.Dial("tcp", p.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := fmt.Fprint(conn, "POST /v1/queues/q/requests HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\npart"); err != nil {
+		t.Fatal(err)
+	}
+
+	p.signal(t, syscall.SIGTERM)
+	p.log.waitFor(t, `msg="shutting down"`)
+	if !p.alive() {
+		t.Fatalf("rsvp serve exited on the first SIGTERM with a request open; its log:\n%s", p.log)
+	}
+	// Signal again until it exits. A signal that comes within moments of
+	// the first, before Run has given the signals their default action
+	// back, is taken by the handler of the first and changes nothing: in
+	// practice the second one ends it.
+	deadline := time.After(10 * time.Second) // the drain would take 2m
+	for tick := time.Tick(50 * time.Millisecond); p.alive(); {
+		p.signal(t, syscall.SIGTERM)
+		select {
+		case <-p.exited:
+		case <-tick:
+		case <-deadline:
+			t.Fatalf("rsvp serve did not exit within 10s of a second SIGTERM; its log:\n%s", p.log)
+		}
+	}
+	err = p.err
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) {
+		t.Fatalf("rsvp serve: %v, want killed by SIGTERM; its log:\n%s", err, p.log)
+	}
+	if ws, ok := exit.Sys().(syscall.WaitStatus); !ok || !ws.Signaled() || ws.Signal() != syscall.SIGTERM {
+		t.Fatalf("rsvp serve: %v, want killed by SIGTERM", err)
+	}
+}

@@ -1,0 +1,509 @@
+package cli
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+	"unicode"
+	"unicode/utf8"
+
+	"github.com/rsvp-go/rsvp/backend"
+	"github.com/rsvp-go/rsvp/backend/rsvpnats"
+)
+
+// The operator's commands: rsvp queues and rsvp requests get. They read
+// the engine and change nothing in it.
+
+const queuesUsage = `Usage: rsvp queues [flags]
+
+Show the queues of the engine: every queue that has requests, a consumer
+(some responder took its requests) or dead letters. Columns:
+
+  QUEUE      the queue's name
+  DEPTH      requests not finished: waiting, running, or waiting for a retry
+  IN-FLIGHT  of those, the ones delivered to a responder: running, or
+             waiting for a retry after a failed attempt
+  IDLE       responder slots waiting at the engine for a request: an idle
+             worker of --concurrency 8 counts 8. IDLE 0 while DEPTH exceeds
+             IN-FLIGHT: every responder is busy, or none is running
+  OLDEST     how long the oldest request not finished has been stored
+  DEAD       dead letters kept (for 14 days by default)
+
+--output json prints a JSON array of objects with these fields and more:
+redelivered (in flight past their first attempt), consumer (whether the
+queue's durable consumer exists), last_delivered, oldest (a time) and
+oldest_age_seconds.
+
+The engine is that of a running 'rsvp serve' or 'rsvp worker' when given
+the same --engine: embedded:DIR connects to the process that runs it.
+
+Example:
+  rsvp queues
+  rsvp queues --engine nats://127.0.0.1:4222 --output json
+`
+
+const requestsUsage = `Usage: rsvp requests get ID [flags]
+
+Show what the engine knows of the request with correlation id ID (printed
+by 'rsvp send', or the id of a request submitted over HTTP): its state, its
+attempts with their times and errors, its reply and its dead letters.
+
+STATE is one of queued, running, succeeded, failed, expired, cancelled, or
+unknown. Requests accepted by 'rsvp serve' have an event log that records
+each attempt. Of other requests, such as those of 'rsvp send', the engine
+keeps only the request while it is queued, the reply and any dead letters:
+their attempts are not listed. Replies and event logs are kept for 24
+hours, dead letters for 14 days. Without an event log the queues and the
+dead letters are searched, up to 10000 messages each.
+
+--output json prints one JSON object: id, queue, state, tracked, in_queue
+(yes, no or unknown), attempts, reply (with the body as text, or as
+body_base64), dead_letters and events.
+
+Exit status 1 if the engine knows nothing of ID.
+
+Example:
+  rsvp requests get 019a4c2e-7d3b-7c61-9f0e-2b5d8a1c4e77
+  rsvp requests get "$id" --output json | jq -r .state
+`
+
+// outputFlag adds the --output flag to fs.
+func outputFlag(fs *flag.FlagSet) *string {
+	return fs.String("output", "table", "output `format`: table or json")
+}
+
+func checkOutput(output string) error {
+	if output != "table" && output != "json" {
+		return usagef("--output %q is not table or json", output)
+	}
+	return nil
+}
+
+// openForQuery opens the engine that the --engine flag of flags names, for
+// reading. An embedded directory that does not exist is not created.
+func openForQuery(ctx context.Context, flags *flag.FlagSet) (*rsvpnats.Backend, error) {
+	spec, err := engineFlag(flags)
+	if err != nil {
+		return nil, err
+	}
+	if spec.dir != "" {
+		if _, err := os.Stat(spec.dir); errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("no engine at %s: directory %s does not exist (name the engine with --engine or $RSVP_ENGINE)", spec.raw, spec.dir)
+		}
+	}
+	b, err := openBackend(ctx, spec, nil)
+	if err != nil {
+		return nil, err
+	}
+	nb, ok := b.(*rsvpnats.Backend)
+	if !ok {
+		b.Close()
+		return nil, fmt.Errorf("engine %s: this command reads NATS engines only, for now", spec.raw)
+	}
+	return nb, nil
+}
+
+func closeQuery(b *rsvpnats.Backend, stderr io.Writer) {
+	if err := b.Close(); err != nil {
+		fmt.Fprintf(stderr, "rsvp: warning: closing the engine: %v\n", err)
+	}
+}
+
+func runQueues(ctx context.Context, e *env, cmd *command, args []string) error {
+	flags := e.newFlagSet(cmd)
+	output := outputFlag(flags)
+	pos, err := e.parse(flags, cmd, args)
+	if err != nil {
+		return err
+	}
+	if err := exactArgs(pos); err != nil {
+		return err
+	}
+	if err := checkOutput(*output); err != nil {
+		return err
+	}
+	b, err := openForQuery(ctx, flags)
+	if err != nil {
+		return err
+	}
+	defer closeQuery(b, e.stderr)
+	qs, err := b.Queues(ctx)
+	if err != nil {
+		return fmt.Errorf("read the queues: %w", err)
+	}
+	now := time.Now()
+	if *output == "json" {
+		out := make([]queueJSON, len(qs))
+		for i, q := range qs {
+			out[i] = newQueueJSON(q, now)
+		}
+		return writeJSON(e.stdout, out)
+	}
+	tw := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "QUEUE\tDEPTH\tIN-FLIGHT\tIDLE\tOLDEST\tDEAD")
+	for _, q := range qs {
+		oldest := "-"
+		if !q.Oldest.IsZero() {
+			oldest = age(now.Sub(q.Oldest))
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%s\t%d\n", q.Queue, q.Depth, q.InFlight, q.Waiting, oldest, q.DeadLetters)
+	}
+	return tw.Flush()
+}
+
+// queueJSON is a queue in the output of 'rsvp queues --output json'.
+type queueJSON struct {
+	Queue         string    `json:"queue"`
+	Depth         uint64    `json:"depth"`
+	InFlight      int       `json:"in_flight"`
+	Redelivered   int       `json:"redelivered"`
+	Idle          int       `json:"idle"`
+	Consumer      bool      `json:"consumer"`
+	LastDelivered time.Time `json:"last_delivered,omitzero"`
+	Oldest        time.Time `json:"oldest,omitzero"`
+	OldestAge     float64   `json:"oldest_age_seconds"`
+	DeadLetters   uint64    `json:"dead_letters"`
+}
+
+func newQueueJSON(q rsvpnats.QueueStats, now time.Time) queueJSON {
+	j := queueJSON{Queue: q.Queue, Depth: q.Depth, InFlight: q.InFlight, Redelivered: q.Redelivered, Idle: q.Waiting,
+		Consumer: q.Consumer, LastDelivered: q.LastDelivered.UTC(), Oldest: q.Oldest.UTC(), DeadLetters: q.DeadLetters}
+	if !q.Oldest.IsZero() {
+		j.OldestAge = max(now.Sub(q.Oldest), 0).Round(time.Millisecond).Seconds()
+	}
+	return j
+}
+
+// age formats d for a table column: 0.3s, 12.5s, 4m05s, 3h04m, 2d03h.
+func age(d time.Duration) string {
+	d = max(d, 0)
+	switch {
+	case d < time.Minute:
+		return strconv.FormatFloat(d.Seconds(), 'f', 1, 64) + "s"
+	case d < time.Hour:
+		return fmt.Sprintf("%dm%02ds", d/time.Minute, d%time.Minute/time.Second)
+	case d < 24*time.Hour:
+		return fmt.Sprintf("%dh%02dm", d/time.Hour, d%time.Hour/time.Minute)
+	}
+	return fmt.Sprintf("%dd%02dh", d/(24*time.Hour), d%(24*time.Hour)/time.Hour)
+}
+
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func runRequestsCmd(ctx context.Context, e *env, cmd *command, args []string) error {
+	flags := e.newFlagSet(cmd)
+	output := outputFlag(flags)
+	pos, err := e.parse(flags, cmd, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) == 0 {
+		return usagef("missing what to do: get ID")
+	}
+	if pos[0] != "get" {
+		return usagef("unknown requests command %q: want get", pos[0])
+	}
+	if err := exactArgs(pos[1:], "ID"); err != nil {
+		return err
+	}
+	id := pos[1]
+	if err := backend.ValidateName("correlation id", id); err != nil {
+		return &usageError{err}
+	}
+	if err := checkOutput(*output); err != nil {
+		return err
+	}
+	b, err := openForQuery(ctx, flags)
+	if err != nil {
+		return err
+	}
+	defer closeQuery(b, e.stderr)
+	ri, err := b.Request(ctx, id)
+	if errors.Is(err, backend.ErrNotFound) {
+		_, why, _ := strings.Cut(err.Error(), backend.ErrNotFound.Error()+": ")
+		return fmt.Errorf("no such request %s: %s (replies and event logs are kept for 24 hours, dead letters for 14 days)", id, cmp.Or(why, "the engine has no record of it"))
+	}
+	if err != nil {
+		return fmt.Errorf("read request %s: %w", id, err)
+	}
+	v := newRequestJSON(ri)
+	if *output == "json" {
+		return writeJSON(e.stdout, v)
+	}
+	return v.writeTable(e.stdout)
+}
+
+// requestJSON is the output of 'rsvp requests get --output json'; the
+// table shows the same.
+type requestJSON struct {
+	ID          string           `json:"id"`
+	Queue       string           `json:"queue,omitempty"`
+	State       string           `json:"state"`
+	Tracked     bool             `json:"tracked"`
+	InQueue     string           `json:"in_queue"`
+	StoredAt    time.Time        `json:"stored_at,omitzero"` // while in the queue
+	Attempts    []attemptJSON    `json:"attempts"`
+	Reply       *replyJSON       `json:"reply,omitempty"`
+	DeadLetters []deadLetterJSON `json:"dead_letters"`
+	Events      []eventJSON      `json:"events"`
+
+	lastAttempt  int  // the highest attempt any record names
+	deadComplete bool // every dead letter was searched
+}
+
+type attemptJSON struct {
+	Attempt   int       `json:"attempt"`
+	StartedAt time.Time `json:"started_at"`
+	EndedAt   time.Time `json:"ended_at,omitzero"`
+	// Outcome is running, retried (failed, and tried again), or the final
+	// state the attempt ended in.
+	Outcome string    `json:"outcome"`
+	Error   string    `json:"error,omitempty"`
+	RetryAt time.Time `json:"retry_at,omitzero"`
+}
+
+type replyJSON struct {
+	Status       string    `json:"status"`
+	ErrorCode    string    `json:"error_code,omitempty"`
+	ErrorMessage string    `json:"error_message,omitempty"`
+	ContentType  string    `json:"content_type,omitempty"`
+	CreatedAt    time.Time `json:"created_at,omitzero"`
+	Size         int       `json:"size"`
+	Body         *string   `json:"body,omitempty"`        // valid UTF-8
+	BodyBase64   []byte    `json:"body_base64,omitempty"` // otherwise
+
+	body []byte
+}
+
+type deadLetterJSON struct {
+	Attempt int       `json:"attempt"`
+	Reason  string    `json:"reason"`
+	Error   string    `json:"error,omitempty"`
+	At      time.Time `json:"at,omitzero"`
+}
+
+type eventJSON struct {
+	Seq  uint64          `json:"seq"`
+	Type string          `json:"type"`
+	At   time.Time       `json:"at,omitzero"`
+	Data json.RawMessage `json:"data,omitempty"`
+}
+
+// eventData is the union of the fields the events of docs/wire.md carry.
+type eventData struct {
+	Attempt int       `json:"attempt"`
+	Error   string    `json:"error"`
+	RetryAt time.Time `json:"retry_at"`
+	Code    string    `json:"code"`
+	Message string    `json:"message"`
+}
+
+func newRequestJSON(ri *rsvpnats.RequestInfo) *requestJSON {
+	v := &requestJSON{ID: ri.CorrelationID, Queue: ri.Queue, State: ri.State, Tracked: ri.Tracked,
+		InQueue: ri.InQueue.String(), Attempts: []attemptJSON{}, DeadLetters: []deadLetterJSON{}, Events: []eventJSON{},
+		lastAttempt: ri.Attempts, deadComplete: ri.DeadLettersComplete}
+	if ri.InQueue == rsvpnats.Present {
+		v.StoredAt = ri.StoredAt.UTC()
+	}
+	for _, ev := range ri.Events {
+		j := eventJSON{Seq: ev.Seq, Type: ev.Type, At: ev.At.UTC()}
+		if json.Valid(ev.Data) {
+			j.Data = ev.Data
+		}
+		v.Events = append(v.Events, j)
+		v.foldAttempt(ev)
+	}
+	if r := ri.Reply; r != nil {
+		v.Reply = &replyJSON{Status: string(r.Status), ErrorCode: r.ErrorCode, ErrorMessage: r.ErrorMessage,
+			ContentType: r.ContentType, CreatedAt: r.CreatedAt.UTC(), Size: len(r.Body), body: r.Body}
+		if utf8.Valid(r.Body) {
+			s := string(r.Body)
+			v.Reply.Body = &s
+		} else {
+			v.Reply.BodyBase64 = r.Body
+		}
+		// The reply is stored before the final event: it may end the
+		// running attempt before the log does.
+		if n := len(v.Attempts); n > 0 && v.Attempts[n-1].Outcome == rsvpnats.StateRunning {
+			a := &v.Attempts[n-1]
+			a.Outcome, a.EndedAt, a.Error = string(r.Status), r.CreatedAt.UTC(), failure(r.ErrorCode, r.ErrorMessage)
+		}
+	}
+	for _, dl := range ri.DeadLetters {
+		v.DeadLetters = append(v.DeadLetters, deadLetterJSON{Attempt: dl.Message.Attempt, Reason: dl.Reason, Error: dl.LastError, At: dl.At.UTC()})
+	}
+	return v
+}
+
+// foldAttempt updates the attempts with one event of the log.
+func (v *requestJSON) foldAttempt(ev *backend.Event) {
+	var d eventData
+	_ = json.Unmarshal(ev.Data, &d) // tolerate what a foreign writer stored
+	at := ev.At.UTC()
+	last := func() *attemptJSON {
+		if n := len(v.Attempts); n > 0 && v.Attempts[n-1].Outcome == rsvpnats.StateRunning {
+			return &v.Attempts[n-1]
+		}
+		return nil
+	}
+	switch ev.Type {
+	case backend.EventQueued, backend.EventProgress, backend.EventWebhook:
+	case backend.EventRunning:
+		if a := last(); a != nil {
+			a.Outcome = "interrupted" // its responder stopped or died: delivered again
+		}
+		v.Attempts = append(v.Attempts, attemptJSON{Attempt: cmp.Or(d.Attempt, len(v.Attempts)+1), StartedAt: at, Outcome: rsvpnats.StateRunning})
+	case backend.EventRetrying:
+		if a := last(); a != nil {
+			a.Outcome, a.EndedAt, a.Error, a.RetryAt = "retried", at, d.Error, d.RetryAt.UTC()
+		}
+	default: // a final state
+		if a := last(); a != nil {
+			a.Outcome, a.EndedAt = ev.Type, at
+			if ev.Type != string(backend.StatusSucceeded) {
+				a.Error = failure(d.Code, d.Message)
+			}
+		}
+	}
+}
+
+// failure formats an error code and message as "code: message".
+func failure(code, msg string) string {
+	switch {
+	case code == "":
+		return msg
+	case msg == "":
+		return code
+	}
+	return code + ": " + msg
+}
+
+// took formats how long an attempt took: 0.4ms, 307.2ms, 1.5s, 2m3s.
+func took(d time.Duration) string {
+	if d < time.Second {
+		return strconv.FormatFloat(float64(max(d, 0))/float64(time.Millisecond), 'f', 1, 64) + "ms"
+	}
+	return d.Round(100 * time.Millisecond).String()
+}
+
+// timeText formats t for the table: UTC, to the millisecond.
+func timeText(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return t.UTC().Format("2006-01-02T15:04:05.000Z07:00")
+}
+
+// writeTable writes v as lines of "LABEL  value".
+func (v *requestJSON) writeTable(w io.Writer) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	line := func(label, format string, args ...any) {
+		fmt.Fprintf(tw, "%s\t%s\n", label, fmt.Sprintf(format, args...))
+	}
+	line("ID", "%s", v.ID)
+	line("QUEUE", "%s", cmp.Or(v.Queue, "unknown"))
+	line("STATE", "%s", v.State)
+	inQueue := v.InQueue
+	switch {
+	case inQueue == "yes":
+		inQueue += ", stored " + timeText(v.StoredAt)
+	case inQueue == "unknown":
+		inQueue += fmt.Sprintf(" (not among the oldest %d requests searched)", rsvpnats.RequestScanLimit)
+	}
+	line("IN QUEUE", "%s", inQueue)
+	if v.Tracked {
+		types := make([]string, len(v.Events))
+		for i, ev := range v.Events {
+			types[i] = ev.Type
+		}
+		line("EVENTS", "%s", strings.Join(types, " "))
+	} else {
+		line("EVENTS", "none: the request is not tracked, so its attempts are not recorded")
+	}
+	if len(v.Attempts) == 0 && v.lastAttempt > 0 {
+		line("ATTEMPTS", "%d", v.lastAttempt)
+	}
+	for _, a := range v.Attempts {
+		text := timeText(a.StartedAt) + "  " + a.Outcome
+		if !a.EndedAt.IsZero() {
+			text += " after " + took(a.EndedAt.Sub(a.StartedAt))
+		}
+		if a.Error != "" {
+			text += ": " + oneLine(a.Error, 200)
+		}
+		if !a.RetryAt.IsZero() {
+			text += "; retry at " + timeText(a.RetryAt)
+		}
+		line(fmt.Sprintf("ATTEMPT %d", a.Attempt), "%s", text)
+	}
+	if r := v.Reply; r != nil {
+		text := r.Status + " at " + timeText(r.CreatedAt)
+		if e := failure(r.ErrorCode, r.ErrorMessage); e != "" {
+			text += ": " + oneLine(e, 200)
+		}
+		line("REPLY", "%s", text)
+		desc := "empty"
+		if r.Size > 0 {
+			desc = fmt.Sprintf("%d bytes", r.Size)
+			if r.ContentType != "" {
+				desc += " of " + r.ContentType
+			}
+			desc += ": " + preview(r.body, 200)
+		}
+		line("BODY", "%s", desc)
+	} else {
+		line("REPLY", "none")
+	}
+	switch {
+	case len(v.DeadLetters) == 0 && v.deadComplete:
+		line("DEAD LETTERS", "none")
+	case len(v.DeadLetters) == 0:
+		line("DEAD LETTERS", "none among the oldest %d searched", rsvpnats.RequestScanLimit)
+	}
+	for _, dl := range v.DeadLetters {
+		text := fmt.Sprintf("attempt %d, %s, at %s", dl.Attempt, dl.Reason, timeText(dl.At))
+		if dl.Error != "" {
+			text += ": " + oneLine(dl.Error, 200)
+		}
+		line("DEAD LETTER", "%s", text)
+	}
+	return tw.Flush()
+}
+
+// preview shows up to n bytes of body on one line: as it is if it is
+// printable text, else quoted; binary data by its size only.
+func preview(body []byte, n int) string {
+	if !utf8.Valid(body) {
+		return "(binary)"
+	}
+	s := strings.TrimRight(string(body), "\r\n")
+	cut := len(s) > n
+	if cut {
+		s = s[:n]
+		for !utf8.ValidString(s) { // do not split a character
+			s = s[:len(s)-1]
+		}
+	}
+	printable := strings.IndexFunc(s, func(r rune) bool { return !unicode.IsPrint(r) }) < 0
+	if !printable {
+		s = strconv.Quote(s)
+	}
+	if cut {
+		s += "…"
+	}
+	return s
+}

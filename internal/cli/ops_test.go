@@ -1,0 +1,199 @@
+package cli
+
+import (
+	"encoding/json"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestQueuesAndRequestsGet runs the operator commands against a running
+// 'rsvp serve --demo' on an engine directory, as an operator would from
+// another terminal.
+func TestQueuesAndRequestsGet(t *testing.T) {
+	t.Parallel()
+	engine := "embedded:" + t.TempDir()
+	s := startServe(t, "--demo", "--engine", engine)
+
+	ok := s.submit(t, "thumbnail", `{"url":"https://example.com/a.png"}`)
+	bad := s.submit(t, "thumbnail", `{"image":"a.png"}`)
+	flaky := s.submit(t, "flaky", `"hi"`)
+	for _, loc := range []string{ok, bad, flaky} {
+		s.finish(t, loc)
+	}
+	// An untracked request, on a queue without responders.
+	r := run(t, nil, "send", "backlog", "--data", "later", "--engine", engine)
+	r.want(t, 0)
+	untracked := strings.TrimSpace(r.stdout)
+
+	// The demo responders wait with 8 pulls each (renewed every few
+	// seconds, so look until all are there).
+	var table string
+	waitUntil(t, "queues shows idle demo responders", func() bool {
+		r := run(t, nil, "queues", "--engine", engine)
+		r.want(t, 0)
+		table = r.stdout
+		return regexp.MustCompile(`(?m)^flaky +0 +0 +8 +- +0\n`).MatchString(table) &&
+			regexp.MustCompile(`(?m)^thumbnail +0 +0 +8 +- +1\n`).MatchString(table)
+	})
+	lines := strings.Split(strings.TrimSuffix(table, "\n"), "\n")
+	if len(lines) != 4 || strings.Join(strings.Fields(lines[0]), " ") != "QUEUE DEPTH IN-FLIGHT IDLE OLDEST DEAD" ||
+		!regexp.MustCompile(`^backlog +1 +0 +0 +\d+\.\ds +0$`).MatchString(lines[1]) {
+		t.Fatalf("queues:\n%s", table)
+	}
+
+	r = run(t, nil, "queues", "--engine", engine, "--output", "json")
+	r.want(t, 0)
+	var qs []queueJSON
+	if err := json.Unmarshal([]byte(r.stdout), &qs); err != nil || len(qs) != 3 {
+		t.Fatalf("queues --output json: %v\n%s", err, r.stdout)
+	}
+	if q := qs[0]; q.Queue != "backlog" || q.Depth != 1 || q.Consumer || q.Oldest.IsZero() || q.OldestAge <= 0 {
+		t.Fatalf("backlog: %+v", q)
+	}
+	if q := qs[2]; q.Queue != "thumbnail" || !q.Consumer || q.DeadLetters != 1 || q.LastDelivered.IsZero() || !q.Oldest.IsZero() {
+		t.Fatalf("thumbnail: %+v", q)
+	}
+
+	get := func(loc string, output ...string) result {
+		t.Helper()
+		id := strings.TrimPrefix(loc, "/v1/requests/")
+		r := run(t, nil, append([]string{"requests", "get", id, "--engine", engine}, output...)...)
+		r.want(t, 0)
+		return r
+	}
+	wantLines := func(out string, res ...string) {
+		t.Helper()
+		for _, re := range res {
+			if !regexp.MustCompile(`(?m)^` + re + `$`).MatchString(out) {
+				t.Fatalf("no line matching %q in:\n%s", re, out)
+			}
+		}
+	}
+	const ts = `\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z`
+	wantLines(get(flaky).stdout,
+		`QUEUE +flaky`, `STATE +succeeded`, `IN QUEUE +no`, `EVENTS +queued running retrying running succeeded`,
+		`ATTEMPT 1 +`+ts+`  retried after \S+: simulated failure of the first attempt; retrying in 500ms; retry at `+ts,
+		`ATTEMPT 2 +`+ts+`  succeeded after \S+`,
+		`REPLY +succeeded at `+ts,
+		`BODY +\d+ bytes of application/json: \{"attempt":2,"message":"succeeded on attempt 2"\}`,
+		`DEAD LETTERS +none`)
+	wantLines(get(bad).stdout,
+		`STATE +failed`, `ATTEMPT 1 +`+ts+`  failed after \S+: bad_payload: the body has no "url": .*`,
+		`REPLY +failed at `+ts+`: bad_payload: .*`, `BODY +empty`,
+		`DEAD LETTER +attempt 1, bad_payload, at `+ts+`: the body has no "url": .*`)
+	wantLines(get(untracked).stdout,
+		`QUEUE +backlog`, `STATE +queued`, `IN QUEUE +yes, stored `+ts,
+		`EVENTS +none: the request is not tracked, so its attempts are not recorded`, `REPLY +none`)
+
+	var v requestJSON
+	if err := json.Unmarshal([]byte(get(flaky, "--output", "json").stdout), &v); err != nil {
+		t.Fatal(err)
+	}
+	if v.State != "succeeded" || v.Queue != "flaky" || !v.Tracked || v.InQueue != "no" || len(v.Attempts) != 2 ||
+		v.Attempts[0].Outcome != "retried" || v.Attempts[0].RetryAt.IsZero() || v.Attempts[1].Outcome != "succeeded" ||
+		v.Reply == nil || v.Reply.Body == nil || !strings.Contains(*v.Reply.Body, `"attempt":2`) || len(v.Events) != 5 {
+		t.Fatalf("requests get --output json: %+v", v)
+	}
+}
+
+func TestOpsErrors(t *testing.T) {
+	t.Parallel()
+	for name, tc := range map[string]struct {
+		args []string
+		code int
+		want string
+	}{
+		"unknown id": {[]string{"requests", "get", "01a2-nobody"}, exitFailure,
+			"rsvp: no such request 01a2-nobody: no event log, reply or dead letter, and it is not queued"},
+		"queues unreachable": {[]string{"queues", "--engine", "nats://127.0.0.1:1"}, exitFailure,
+			"rsvp: cannot open engine nats://127.0.0.1:1: "},
+		"get unreachable": {[]string{"requests", "get", "x", "--engine", "nats://u:secret@127.0.0.1:1"}, exitFailure,
+			"rsvp: cannot open engine nats://***@127.0.0.1:1: "},
+		"no directory": {[]string{"queues", "--engine", "embedded:" + filepath.Join(t.TempDir(), "none")}, exitFailure,
+			"/none does not exist"},
+		"bad output":      {[]string{"queues", "--output", "yaml"}, exitUsage, `rsvp queues: --output "yaml" is not table or json`},
+		"queues argument": {[]string{"queues", "extra"}, exitUsage, `unexpected argument "extra"`},
+		"bad flag":        {[]string{"queues", "--nope"}, exitUsage, "flag provided but not defined: -nope"},
+		"no subcommand":   {[]string{"requests"}, exitUsage, "rsvp requests: missing what to do: get ID"},
+		"bad subcommand":  {[]string{"requests", "list"}, exitUsage, `unknown requests command "list"`},
+		"missing id":      {[]string{"requests", "get"}, exitUsage, "missing ID"},
+		"two ids":         {[]string{"requests", "get", "a", "b"}, exitUsage, `unexpected argument "b"`},
+		"invalid id":      {[]string{"requests", "get", "a.b"}, exitUsage, `correlation id "a.b" has character '.'`},
+		"get bad output":  {[]string{"requests", "get", "a", "--output", "xml"}, exitUsage, `--output "xml" is not table or json`},
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			r := run(t, nil, tc.args...)
+			r.want(t, tc.code, tc.want)
+			if strings.Contains(r.stderr, "secret") {
+				t.Fatalf("stderr shows the password:\n%s", r.stderr)
+			}
+		})
+	}
+}
+
+func TestQueuesEmptyEngine(t *testing.T) {
+	t.Parallel()
+	r := run(t, nil, "queues", "--engine", "embedded:mem")
+	r.want(t, 0)
+	if strings.Join(strings.Fields(r.stdout), " ") != "QUEUE DEPTH IN-FLIGHT IDLE OLDEST DEAD" {
+		t.Fatalf("queues of an empty engine:\n%s", r.stdout)
+	}
+	r = run(t, nil, "queues", "--engine", "embedded:mem", "--output", "json")
+	r.want(t, 0)
+	if r.stdout != "[]\n" {
+		t.Fatalf("queues --output json of an empty engine: %q", r.stdout)
+	}
+}
+
+func TestAge(t *testing.T) {
+	t.Parallel()
+	for d, want := range map[time.Duration]string{
+		-time.Second:                          "0.0s",
+		320 * time.Millisecond:                "0.3s",
+		12*time.Second + 460*time.Millisecond: "12.5s",
+		4*time.Minute + 5*time.Second:         "4m05s",
+		3*time.Hour + 4*time.Minute:           "3h04m",
+		51 * time.Hour:                        "2d03h",
+	} {
+		if got := age(d); got != want {
+			t.Errorf("age(%v) = %q, want %q", d, got, want)
+		}
+	}
+}
+
+func TestTook(t *testing.T) {
+	t.Parallel()
+	for d, want := range map[time.Duration]string{
+		400 * time.Microsecond:  "0.4ms",
+		307 * time.Millisecond:  "307.0ms",
+		1520 * time.Millisecond: "1.5s",
+		123 * time.Second:       "2m3s",
+	} {
+		if got := took(d); got != want {
+			t.Errorf("took(%v) = %q, want %q", d, got, want)
+		}
+	}
+}
+
+func TestPreview(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		body string
+		n    int
+		want string
+	}{
+		{`{"a":1}` + "\n", 200, `{"a":1}`},
+		{"line one\nline two", 200, `"line one\nline two"`},
+		{"\xff\xfe", 200, "(binary)"},
+		{"abcdef", 3, "abc…"},
+		{"aé", 2, "a…"}, // not half a character
+	} {
+		if got := preview([]byte(tc.body), tc.n); got != tc.want {
+			t.Errorf("preview(%q, %d) = %q, want %q", tc.body, tc.n, got, tc.want)
+		}
+	}
+}

@@ -1,0 +1,144 @@
+package cli
+
+import (
+	"bufio"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/rsvp-go/rsvp/internal/natstest"
+)
+
+// serveChild runs `rsvp serve` in a child process and returns its base URL.
+func serveChild(t *testing.T, args ...string) string {
+	t.Helper()
+	child := exec.Command(os.Args[0], append([]string{"serve", "--addr", "127.0.0.1:0"}, args...)...)
+	child.Env = append(os.Environ(), childEnv+"=1")
+	log := newLogBuffer()
+	child.Stderr, child.Stdout = log, io.Discard
+	if err := child.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- child.Wait() }()
+	t.Cleanup(func() {
+		_ = child.Process.Signal(syscall.SIGTERM)
+		select {
+		case err := <-exited:
+			if err != nil {
+				t.Errorf("rsvp serve child: %v; its log:\n%s", err, log)
+			}
+		case <-time.After(waitTimeout):
+			_ = child.Process.Kill()
+			<-exited
+			t.Errorf("rsvp serve child did not stop on SIGTERM; its log:\n%s", log)
+		}
+	})
+	log.waitFor(t, "listening on http://")
+	m := listeningRE.FindStringSubmatch(log.String())
+	if m == nil {
+		t.Fatalf("no address in the log:\n%s", log)
+	}
+	return m[1]
+}
+
+// TestTwoServeProcessesOneEngine: two `rsvp serve` processes on one
+// external nats-server serve the same requests. A request submitted to one
+// is answered by the other's demo responders, and its event stream, status
+// and result are read from the other.
+func TestTwoServeProcessesOneEngine(t *testing.T) {
+	t.Parallel()
+	url := natstest.Start(t)
+	a := serveChild(t, "--engine", url)
+	b := serveChild(t, "--engine", url, "--demo")
+
+	resp, err := http.Post(a+"/v1/queues/thumbnail/requests", "application/json", strings.NewReader(`{"url":"https://example.com/x.png"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("submit on a: %d %s", resp.StatusCode, body)
+	}
+	loc := resp.Header.Get("Location")
+
+	events, err := http.Get(b + loc + "/events")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer events.Body.Close()
+	var seen []string
+	sc := bufio.NewScanner(events.Body)
+	for sc.Scan() { // the stream of a request ends after its final event
+		if typ, ok := strings.CutPrefix(sc.Text(), "event: "); ok {
+			seen = append(seen, typ)
+		}
+	}
+	if want := "queued running progress succeeded"; strings.Join(seen, " ") != want {
+		t.Fatalf("events on b: %v, want %s", seen, want)
+	}
+	result, err := http.Get(b + loc + "/result")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ = io.ReadAll(result.Body)
+	result.Body.Close()
+	if result.StatusCode != 200 || !strings.Contains(string(body), "x.png?size=128") {
+		t.Fatalf("result on b: %d %s", result.StatusCode, body)
+	}
+	noFollow := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	status, err := noFollow.Get(a + loc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	status.Body.Close()
+	if status.StatusCode != http.StatusSeeOther {
+		t.Fatalf("status on a: %d, want 303", status.StatusCode)
+	}
+}
+
+// TestServeOnPostgres: `rsvp serve --engine postgres://...` answers over
+// HTTP with the demo responders, on the PostgreSQL backend.
+func TestServeOnPostgres(t *testing.T) {
+	url := os.Getenv("RSVP_TEST_POSTGRES_URL")
+	if url == "" {
+		t.Skip("set RSVP_TEST_POSTGRES_URL (see README, Tests) to run the PostgreSQL tests")
+	}
+	t.Parallel()
+	base := serveChild(t, "--engine", url, "--demo")
+	req, err := http.NewRequest("POST", base+"/v1/queues/thumbnail/requests", strings.NewReader(`{"url":"https://example.com/pg.png"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Prefer", "wait=20")
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(string(body), "pg.png?size=128") {
+		t.Fatalf("on postgres: %d %s", resp.StatusCode, body)
+	}
+}
+
+func TestMigrate(t *testing.T) {
+	t.Parallel()
+	run(t, nil, "migrate", "--engine", "embedded:mem").want(t, 2, "not a PostgreSQL database")
+	url := os.Getenv("RSVP_TEST_POSTGRES_URL")
+	if url == "" {
+		t.Skip("set RSVP_TEST_POSTGRES_URL (see README, Tests) to run the PostgreSQL tests")
+	}
+	r := run(t, nil, "migrate", "--engine", url)
+	r.want(t, 0)
+	if !strings.Contains(r.stdout, "at schema version") {
+		t.Fatalf("stdout %q", r.stdout)
+	}
+}

@@ -1,0 +1,357 @@
+package rsvp
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"go.opentelemetry.io/otel/trace"
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	"github.com/rsvp-go/rsvp/backend"
+)
+
+// settler records the outcomes of deliveries with the rules of a queue's
+// HandleOptions. Responders and Consumers share it.
+type settler struct {
+	c    *Client
+	opts HandleOptions
+	log  *slog.Logger
+}
+
+// begin checks a fresh delivery before anyone works on it. It settles
+// those that need no work (answered or cancelled already, past their
+// deadline, out of attempts) and returns ok false for them; otherwise it
+// records the running event and starts the attempt's span, which the
+// returned attempt carries.
+func (r *settler) begin(ctx context.Context, d backend.Delivery) (a attempt, ok bool) {
+	log, ok := r.check(ctx, d)
+	if !ok {
+		return attempt{log: log}, false
+	}
+	m := d.Message()
+	a = attempt{log: log, start: time.Now()}
+	a.ctx, a.span = r.c.tel.startAttempt(m)
+	r.event(ctx, m, backend.EventRunning, map[string]any{"attempt": m.Attempt}, log)
+	r.c.tel.inFlight.Add(ctx, 1, r.c.tel.onQueue(m.Queue, "", ""))
+	return a, true
+}
+
+// attempt is one handler attempt under way.
+type attempt struct {
+	log   *slog.Logger
+	ctx   context.Context // carries the attempt's span
+	span  trace.Span
+	start time.Time
+}
+
+// end records the attempt's outcome.
+func (r *settler) end(a attempt, m *Message, outcome string, err error) {
+	r.c.tel.inFlight.Add(context.Background(), -1, r.c.tel.onQueue(m.Queue, "", ""))
+	r.c.tel.endAttempt(a.span, m, outcome, err, time.Since(a.start))
+}
+
+// check settles a delivery that needs no work and returns ok false for it.
+func (r *settler) check(ctx context.Context, d backend.Delivery) (log *slog.Logger, ok bool) {
+	m := d.Message()
+	log = r.log.With("id", m.ID, "correlation_id", m.CorrelationID, "attempt", m.Attempt)
+	if (m.Attempt > 1 || m.Track) && m.ReplyTo != "" {
+		// Answered already (only the acknowledgement was lost), or cancelled
+		// before it started: settle it without running or failing it again.
+		if stored, err := r.c.b.GetReply(ctx, m.CorrelationID); err == nil {
+			r.finalEvent(ctx, m, stored, log)
+			_ = d.Ack(ctx)
+			return log, false
+		}
+	}
+	if !m.Deadline.IsZero() && !time.Now().Before(m.Deadline) {
+		r.fail(ctx, d, CodeExpired, "deadline passed before the request was started", log)
+		return log, false
+	}
+	if m.Attempt > r.opts.MaxAttempts {
+		r.fail(ctx, d, CodeAttemptsExhausted, fmt.Sprintf("lease ran out on all %d attempts", r.opts.MaxAttempts), log)
+		return log, false
+	}
+	return log, true
+}
+
+// succeed stores a handler's reply (nil: empty) and acknowledges. It
+// returns the outcome: a reply that cannot be sent fails the request.
+func (r *settler) succeed(ctx context.Context, d backend.Delivery, reply *Reply, log *slog.Logger) string {
+	m := d.Message()
+	if reply == nil {
+		reply = &Reply{}
+	}
+	out := *reply
+	out.CorrelationID, out.Status, out.ErrorCode, out.ErrorMessage = m.CorrelationID, backend.StatusSucceeded, "", ""
+	if err := r.checkReply(&out); err != nil {
+		r.fail(ctx, d, CodeFailed, err.Error(), log)
+		return outcomeFailed
+	}
+	r.finish(ctx, d, &out, log)
+	return outcomeSucceeded
+}
+
+// failed handles a failed attempt: a retry after backoff, or a final
+// failure when err is permanent, attempts are used up, or the deadline
+// passed. It returns the outcome.
+func (r *settler) failed(ctx context.Context, d backend.Delivery, err error, log *slog.Logger) string {
+	m := d.Message()
+	switch {
+	case !m.Deadline.IsZero() && !time.Now().Before(m.Deadline):
+		r.fail(ctx, d, CodeExpired, "deadline passed while handling: "+err.Error(), log)
+		return outcomeExpired
+	case IsPermanent(err) || m.Attempt >= r.opts.MaxAttempts:
+		code, msg := failure(err)
+		r.fail(ctx, d, code, msg, log)
+		return outcomeFailed
+	default:
+		r.c.tel.retries.Add(ctx, 1, r.c.tel.onQueue(m.Queue, "", ""))
+		delay := r.opts.Backoff(m.Attempt)
+		log.Info("rsvp: attempt failed, will retry", "err", err, "retry_in", delay)
+		r.event(ctx, m, backend.EventRetrying, map[string]any{"attempt": m.Attempt, "error": cut(err.Error()),
+			"retry_at": time.Now().Add(delay).UTC()}, log)
+		if err := d.Nack(ctx, delay); err != nil {
+			log.Error("rsvp: nack failed; the request comes back after its lease", "err", err)
+		}
+		return outcomeRetry
+	}
+}
+
+// checkReply reports what in a handler's reply cannot be sent.
+func (r *settler) checkReply(reply *Reply) error {
+	if len(reply.Body) > r.c.cfg.MaxBodySize {
+		return fmt.Errorf("reply body is %d bytes, limit %d", len(reply.Body), r.c.cfg.MaxBodySize)
+	}
+	if err := checkHeaders(reply.Headers, "Reply.ContentType"); err != nil {
+		return fmt.Errorf("reply: %w", err)
+	}
+	return nil
+}
+
+// finish stores the reply, then acknowledges the request. If the reply
+// cannot be stored for now the request is left to come back; if it can
+// never be (a bad reply address), the request is dead-lettered.
+func (r *settler) finish(ctx context.Context, d backend.Delivery, reply *Reply, log *slog.Logger) {
+	m := d.Message()
+	if m.ReplyTo != "" {
+		reply.CreatedAt = time.Now()
+		r.c.tel.inject(ctx, &reply.Headers) // the responder's span, for the requester to link to
+		err := r.c.b.PutReply(ctx, m.ReplyTo, reply)
+		if errors.Is(err, backend.ErrTooLarge) && reply.Status == backend.StatusSucceeded {
+			// Retrying cannot make it fit: fail the request instead.
+			r.fail(ctx, d, CodeFailed, "the reply does not fit the engine: "+err.Error(), log)
+			return
+		}
+		if errors.Is(err, backend.ErrBadAddress) {
+			log.Error("rsvp: the request's reply address is unusable; dead-lettering it", "reply_to", m.ReplyTo, "err", err)
+			err = r.c.b.DeadLetter(ctx, &backend.DeadLetter{Message: m, Reason: CodeBadReplyTo, LastError: err.Error(), At: time.Now()})
+		}
+		if errors.Is(err, backend.ErrReplyExists) {
+			// Cancelled, or answered by another attempt: that reply stands.
+			reply, err = r.c.b.GetReply(ctx, m.CorrelationID)
+		}
+		if err != nil {
+			log.Error("rsvp: storing the outcome failed; the request will be handled again", "err", err)
+			_ = d.Nack(ctx, r.opts.Backoff(m.Attempt))
+			return
+		}
+		r.finalEvent(ctx, m, reply, log)
+		r.c.tel.completed.Add(ctx, 1, r.c.tel.onQueue(m.Queue, "outcome", string(reply.Status)))
+	}
+	if err := d.Ack(ctx); err != nil {
+		log.Warn("rsvp: ack failed; the request may be handled again", "err", err)
+	}
+}
+
+// maxErrorText bounds the error text kept when a full one does not fit.
+const maxErrorText = 1024
+
+// fail dead-letters the request and replies with the failure.
+func (r *settler) fail(ctx context.Context, d backend.Delivery, code, msg string, log *slog.Logger) {
+	m := d.Message()
+	log.Warn("rsvp: request dead-lettered", "reason", code, "err", msg)
+	r.c.tel.deadLettered.Add(ctx, 1, r.c.tel.onQueue(m.Queue, "reason", code))
+	dl := &backend.DeadLetter{Message: m, Reason: code, LastError: msg, At: time.Now()}
+	err := r.c.b.DeadLetter(ctx, dl)
+	if errors.Is(err, backend.ErrTooLarge) && len(msg) > maxErrorText {
+		// The request plus a long error text does not fit: keep the request.
+		dl.LastError = msg[:maxErrorText] + "…"
+		err = r.c.b.DeadLetter(ctx, dl)
+	}
+	if err != nil {
+		log.Error("rsvp: dead-lettering failed; the request will be handled again", "err", err)
+		_ = d.Nack(ctx, r.opts.Backoff(m.Attempt))
+		return
+	}
+	msg = cut(msg)
+	status := backend.StatusFailed
+	if code == CodeExpired {
+		status = backend.StatusExpired
+	}
+	r.finish(ctx, d, &Reply{CorrelationID: m.CorrelationID, Status: status, ErrorCode: code, ErrorMessage: msg}, log)
+}
+
+// cut shortens an error text to maxErrorText.
+func cut(msg string) string {
+	if len(msg) > maxErrorText {
+		return msg[:maxErrorText] + "…"
+	}
+	return msg
+}
+
+// event appends an event to a tracked request's log. Events are for
+// watchers; failing to record one does not fail the request.
+func (r *settler) event(ctx context.Context, m *Message, typ string, data any, log *slog.Logger) {
+	if !m.Track {
+		return
+	}
+	ev := &backend.Event{CorrelationID: m.CorrelationID, Channel: m.Channel, Type: typ, At: time.Now()}
+	if data != nil {
+		ev.Data, _ = json.Marshal(data) // maps of plain values always encode
+	}
+	if err := r.c.b.AppendEvent(ctx, ev); err != nil {
+		log.Warn("rsvp: recording a request event failed", "event", typ, "err", err)
+	}
+}
+
+// finalEvent ends a tracked request's event log with its reply's status,
+// once however often it is recorded.
+func (r *settler) finalEvent(ctx context.Context, m *Message, reply *Reply, log *slog.Logger) {
+	if !m.Track {
+		return
+	}
+	ev := &backend.Event{CorrelationID: m.CorrelationID, Channel: m.Channel, Type: string(reply.Status),
+		At: time.Now(), DedupeKey: m.CorrelationID + ":final"}
+	if reply.Status != backend.StatusSucceeded {
+		ev.Data, _ = json.Marshal(map[string]string{"code": reply.ErrorCode, "message": reply.ErrorMessage})
+	}
+	if err := r.c.b.AppendEvent(ctx, ev); err != nil {
+		log.Warn("rsvp: recording the final request event failed", "err", err)
+	}
+}
+
+// Consumer hands out a queue's requests one lease at a time, for code that
+// handles them outside a Handler: the HTTP worker API, say. Outcomes follow
+// the same rules as a Responder's (retries with backoff, dead letters,
+// events of tracked requests); a lease that runs out unsettled comes back.
+type Consumer struct {
+	settler
+	cons backend.Consumer
+}
+
+// Consume returns a Consumer of queue. opts.Concurrency is not used: call
+// Next as often as wanted. The lease is not renewed by itself: call
+// Lease.Extend.
+func (c *Client) Consume(ctx context.Context, queue string, opts HandleOptions) (*Consumer, error) {
+	opts = opts.withDefaults()
+	if err := errors.Join(backend.ValidateName("queue", queue), opts.validate()); err != nil {
+		return nil, fmt.Errorf("%w: consume: %w", ErrInvalid, err)
+	}
+	if c.isClosed() {
+		return nil, ErrClosed
+	}
+	cons, err := c.b.Consume(ctx, queue, backend.ConsumeParams{Lease: opts.Lease})
+	if err != nil {
+		return nil, fmt.Errorf("rsvp: consume %s: %w", queue, err)
+	}
+	return &Consumer{settler: settler{c: c, opts: opts, log: c.cfg.Logger.With("queue", queue)}, cons: cons}, nil
+}
+
+// Next waits for a request that needs work and leases it. Requests that
+// need none (cancelled, expired, out of attempts) are settled on the way.
+func (c *Consumer) Next(ctx context.Context) (*Lease, error) {
+	for {
+		d, err := c.cons.Next(ctx)
+		if err != nil {
+			return nil, err
+		}
+		sctx, cancel := settleCtx()
+		a, ok := c.begin(sctx, d)
+		cancel()
+		if ok {
+			l := &Lease{s: &c.settler, d: d, a: a}
+			l.renewed.Store(time.Now().UnixNano())
+			return l, nil
+		}
+	}
+}
+
+// Close stops the consumer; leases it handed out stay valid until they
+// run out.
+func (c *Consumer) Close() error { return c.cons.Close() }
+
+// ErrSettled: the lease was settled already (Reply, Fail or Release).
+var ErrSettled = errors.New("rsvp: lease already settled")
+
+// Lease is one request leased from a Consumer. Settle it once with Reply,
+// Fail or Release, and Extend it while working on it.
+type Lease struct {
+	s       *settler
+	d       backend.Delivery
+	a       attempt
+	settled atomic.Bool
+	renewed atomic.Int64 // when the lease was taken or last extended, Unix ns
+}
+
+// Expires returns when the lease runs out unless extended.
+func (l *Lease) Expires() time.Time {
+	return time.Unix(0, l.renewed.Load()).Add(l.s.opts.Lease)
+}
+
+// Message returns the leased request.
+func (l *Lease) Message() *Message { return l.d.Message() }
+
+// Duration is how long the lease lasts after At.
+func (l *Lease) Duration() time.Duration { return l.s.opts.Lease }
+
+func (l *Lease) settle() error {
+	if !l.settled.CompareAndSwap(false, true) {
+		return ErrSettled
+	}
+	return nil
+}
+
+// Reply answers the request (nil: an empty reply), as a Handler returning
+// it would.
+func (l *Lease) Reply(ctx context.Context, reply *Reply) error {
+	if err := l.settle(); err != nil {
+		return err
+	}
+	l.s.end(l.a, l.d.Message(), l.s.succeed(trace.ContextWithSpan(ctx, l.a.span), l.d, reply, l.a.log), nil)
+	return nil
+}
+
+// Fail records a failed attempt, as a Handler returning err would: retried
+// after backoff unless err is Permanent or attempts are used up.
+func (l *Lease) Fail(ctx context.Context, err error) error {
+	if err := l.settle(); err != nil {
+		return err
+	}
+	l.s.end(l.a, l.d.Message(), l.s.failed(ctx, l.d, err, l.a.log), err)
+	return nil
+}
+
+// Release gives the request back at once, for another worker; the attempt
+// still counts.
+func (l *Lease) Release(ctx context.Context) error {
+	if err := l.settle(); err != nil {
+		return err
+	}
+	l.s.end(l.a, l.d.Message(), outcomeReleased, nil)
+	return l.d.Nack(ctx, 0)
+}
+
+// Extend renews the lease for another HandleOptions.Lease.
+func (l *Lease) Extend(ctx context.Context) error {
+	if l.settled.Load() {
+		return ErrSettled
+	}
+	if err := l.d.Extend(ctx); err != nil {
+		return fmt.Errorf("rsvp: extend lease of %s: %w", l.d.Message().ID, err)
+	}
+	l.renewed.Store(time.Now().UnixNano())
+	return nil
+}

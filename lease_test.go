@@ -1,0 +1,194 @@
+package rsvp_test
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rsvp-go/rsvp"
+	"github.com/rsvp-go/rsvp/backend"
+)
+
+// consumer returns a Consumer of queue, closed with the test.
+func consumer(t *testing.T, c *testClient, queue string, opts rsvp.HandleOptions) *rsvp.Consumer {
+	t.Helper()
+	cons, err := c.Consume(ctxWithin(t, 5*time.Second), queue, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cons.Close() })
+	return cons
+}
+
+// next leases the next request of cons, waiting up to 10s for it.
+func next(t *testing.T, cons *rsvp.Consumer) *rsvp.Lease {
+	t.Helper()
+	l, err := cons.Next(ctxWithin(t, 10*time.Second))
+	if err != nil {
+		t.Fatalf("Next: %v", err)
+	}
+	return l
+}
+
+func TestLeaseReply(t *testing.T) {
+	t.Parallel()
+	c := setup(t, rsvp.Config{})
+	cons := consumer(t, c, "pull", rsvp.HandleOptions{})
+	ctx := ctxWithin(t, 10*time.Second)
+	tk, err := c.Send(ctx, "pull", &rsvp.Message{ContentType: "text/plain", Body: []byte("ping")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := next(t, cons)
+	if m := l.Message(); m.ID != tk.ID || m.Attempt != 1 || string(m.Body) != "ping" || m.ContentType != "text/plain" {
+		t.Fatalf("leased %+v", m)
+	}
+	if l.Duration() != 30*time.Second || time.Until(l.Expires()) < 20*time.Second {
+		t.Fatalf("lease duration %s, expires at %s", l.Duration(), l.Expires())
+	}
+	if err := l.Extend(ctx); err != nil {
+		t.Fatalf("Extend: %v", err)
+	}
+	if err := l.Reply(ctx, &rsvp.Reply{ContentType: "text/plain", Body: []byte("pong")}); err != nil {
+		t.Fatal(err)
+	}
+	r, err := c.Await(ctx, tk.CorrelationID)
+	if err != nil || string(r.Body) != "pong" || r.ContentType != "text/plain" || r.Status != backend.StatusSucceeded {
+		t.Fatalf("Await: %+v, %v", r, err)
+	}
+}
+
+func TestLeaseFailRetriesThenDeadLetters(t *testing.T) {
+	t.Parallel()
+	c := setup(t, rsvp.Config{})
+	cons := consumer(t, c, "pullfail", rsvp.HandleOptions{MaxAttempts: 3, Backoff: fastRetry})
+	ctx := ctxWithin(t, 10*time.Second)
+	tk, err := c.Send(ctx, "pullfail", &rsvp.Message{Body: []byte("payload")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for attempt := 1; attempt <= 3; attempt++ {
+		l := next(t, cons)
+		if got := l.Message().Attempt; got != attempt {
+			t.Fatalf("attempt %d, want %d", got, attempt)
+		}
+		if err := l.Fail(ctx, errors.New("disk on fire")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, err = c.Await(ctx, tk.CorrelationID)
+	var re *rsvp.RemoteError
+	if !errors.As(err, &re) || re.Code != rsvp.CodeFailed || re.Message != "disk on fire" {
+		t.Fatalf("Await: %v, want the last failure", err)
+	}
+	dls := deadLetters(t, c, "pullfail")
+	if len(dls) != 1 || dls[0].Reason != rsvp.CodeFailed || dls[0].Message.Attempt != 3 || !strings.Contains(dls[0].LastError, "disk on fire") {
+		t.Fatalf("dead letters %+v", dls)
+	}
+}
+
+func TestLeasePermanentFail(t *testing.T) {
+	t.Parallel()
+	c := setup(t, rsvp.Config{})
+	cons := consumer(t, c, "pullperm", rsvp.HandleOptions{Backoff: fastRetry})
+	ctx := ctxWithin(t, 10*time.Second)
+	tk, err := c.Send(ctx, "pullperm", &rsvp.Message{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := next(t, cons).Fail(ctx, rsvp.Permanent(&rsvp.RemoteError{Code: "not_found", Message: "no such image"})); err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.Await(ctx, tk.CorrelationID)
+	var re *rsvp.RemoteError
+	if !errors.As(err, &re) || re.Code != "not_found" || re.Message != "no such image" {
+		t.Fatalf("Await: %v, want RemoteError not_found", err)
+	}
+	if dls := deadLetters(t, c, "pullperm"); len(dls) != 1 || dls[0].Reason != "not_found" || dls[0].Message.Attempt != 1 {
+		t.Fatalf("dead letters %+v", dls)
+	}
+}
+
+func TestLeaseRelease(t *testing.T) {
+	t.Parallel()
+	c := setup(t, rsvp.Config{})
+	// A long backoff: only Release can bring the request back this soon.
+	cons := consumer(t, c, "pullrelease", rsvp.HandleOptions{Backoff: func(int) time.Duration { return time.Hour }})
+	ctx := ctxWithin(t, 10*time.Second)
+	tk, err := c.Send(ctx, "pullrelease", &rsvp.Message{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := next(t, cons)
+	if err := l.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	l2 := next(t, cons)
+	if m := l2.Message(); m.ID != tk.ID || m.Attempt != 2 {
+		t.Fatalf("after Release: %+v, want attempt 2 of %s", m, tk.ID)
+	}
+	if err := l.Reply(ctx, nil); !errors.Is(err, rsvp.ErrSettled) {
+		t.Fatalf("Reply on a released lease: %v, want ErrSettled", err)
+	}
+	if err := l2.Reply(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := c.Await(ctx, tk.CorrelationID); err != nil || r.Status != backend.StatusSucceeded {
+		t.Fatalf("Await: %+v, %v", r, err)
+	}
+}
+
+func TestLeaseSettledOnce(t *testing.T) {
+	t.Parallel()
+	c := setup(t, rsvp.Config{})
+	cons := consumer(t, c, "pullonce", rsvp.HandleOptions{})
+	ctx := ctxWithin(t, 10*time.Second)
+	tk, err := c.Send(ctx, "pullonce", &rsvp.Message{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := next(t, cons)
+	if err := l.Reply(ctx, &rsvp.Reply{Body: []byte("first")}); err != nil {
+		t.Fatal(err)
+	}
+	for name, settle := range map[string]func() error{
+		"Reply":   func() error { return l.Reply(ctx, &rsvp.Reply{Body: []byte("second")}) },
+		"Fail":    func() error { return l.Fail(ctx, errors.New("late")) },
+		"Release": func() error { return l.Release(ctx) },
+		"Extend":  func() error { return l.Extend(ctx) },
+	} {
+		if err := settle(); !errors.Is(err, rsvp.ErrSettled) {
+			t.Errorf("%s after Reply: %v, want ErrSettled", name, err)
+		}
+	}
+	if r, err := c.Await(ctx, tk.CorrelationID); err != nil || string(r.Body) != "first" {
+		t.Fatalf("Await: %+v, %v; want the first reply", r, err)
+	}
+}
+
+func TestLeaseSkipsCancelled(t *testing.T) {
+	t.Parallel()
+	c := setup(t, rsvp.Config{})
+	ctx := ctxWithin(t, 10*time.Second)
+	doomed, err := c.Send(ctx, "pullcancel", &rsvp.Message{Track: true, Body: []byte("doomed")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Cancel(ctx, doomed.CorrelationID); err != nil {
+		t.Fatal(err)
+	}
+	marker, err := c.Send(ctx, "pullcancel", &rsvp.Message{Track: true, Body: []byte("marker")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cons := consumer(t, c, "pullcancel", rsvp.HandleOptions{})
+	// FIFO: the cancelled request comes first, and is settled on the way.
+	if m := next(t, cons).Message(); m.ID != marker.ID {
+		t.Fatalf("leased %s (%s), want the marker %s", m.ID, m.Body, marker.ID)
+	}
+	evs := waitForFinalEvent(t, c, doomed.CorrelationID)
+	if types := eventTypes(evs); len(types) != 1 || types[0] != string(backend.StatusCancelled) {
+		t.Fatalf("events of the cancelled request %v, want only cancelled", types)
+	}
+}

@@ -1,0 +1,152 @@
+package rsvp_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/metric/metricdata"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+
+	"github.com/rsvp-go/rsvp"
+)
+
+// TestTraceAcrossClients: a requester and a responder, two clients with
+// their own tracer providers, produce one trace: the request (which
+// covers its send) → queue wait and each handler attempt, with the attempt
+// number and outcome; the request links to the attempt that replied.
+func TestTraceAcrossClients(t *testing.T) {
+	reqSpans, respSpans := tracetest.NewSpanRecorder(), tracetest.NewSpanRecorder()
+	reqTP := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(reqSpans))
+	respTP := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(respSpans))
+	defer reqTP.Shutdown(context.Background())
+	defer respTP.Shutdown(context.Background())
+	reader := sdkmetric.NewManualReader()
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+	defer mp.Shutdown(context.Background())
+
+	requester := setup(t, rsvp.Config{TracerProvider: reqTP})
+	responder, err := rsvp.New(context.Background(), requester.be, rsvp.Config{TracerProvider: respTP, MeterProvider: mp})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer responder.Close(context.Background())
+	if _, err := responder.Handle("traced", rsvp.HandlerFunc(func(ctx context.Context, m *rsvp.Message) (*rsvp.Reply, error) {
+		if m.Attempt == 1 {
+			return nil, errors.New("first attempt fails")
+		}
+		return &rsvp.Reply{Body: []byte("ok")}, nil
+	}), rsvp.HandleOptions{Backoff: fastRetry}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := requester.Request(ctxWithin(t, 10*time.Second), "traced", &rsvp.Message{Body: []byte("x")}); err != nil {
+		t.Fatal(err)
+	}
+	// Stopping the responder waits for its attempts to be settled and ended.
+	if err := responder.Close(ctxWithin(t, 10*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+
+	byName := map[string][]sdktrace.ReadOnlySpan{}
+	for _, s := range append(reqSpans.Ended(), respSpans.Ended()...) {
+		byName[s.Name()] = append(byName[s.Name()], s)
+	}
+	one := func(name string) sdktrace.ReadOnlySpan {
+		t.Helper()
+		if len(byName[name]) != 1 {
+			t.Fatalf("%d spans named %q, want 1; all: %v", len(byName[name]), name, byName)
+		}
+		return byName[name][0]
+	}
+	request, wait := one("rsvp.request traced"), one("rsvp.queue_wait")
+	attempts := byName["rsvp.handle traced"]
+	if len(attempts) != 2 {
+		t.Fatalf("%d attempt spans, want 2", len(attempts))
+	}
+	trace := request.SpanContext().TraceID()
+	for _, s := range append([]sdktrace.ReadOnlySpan{wait}, attempts...) {
+		if s.SpanContext().TraceID() != trace {
+			t.Fatalf("span %s is in trace %s, want %s", s.Name(), s.SpanContext().TraceID(), trace)
+		}
+	}
+	if len(byName["rsvp.send traced"]) != 0 {
+		t.Error("Request made a send span of its own")
+	}
+	for _, s := range append([]sdktrace.ReadOnlySpan{wait}, attempts...) {
+		if s.Parent().SpanID() != request.SpanContext().SpanID() || !s.Parent().IsRemote() {
+			t.Errorf("%s is not a remote child of the request", s.Name())
+		}
+	}
+	got := map[int64]string{}
+	for _, s := range attempts {
+		var attempt int64
+		var outcome string
+		for _, kv := range s.Attributes() {
+			switch kv.Key {
+			case "rsvp.attempt":
+				attempt = kv.Value.AsInt64()
+			case "rsvp.outcome":
+				outcome = kv.Value.AsString()
+			}
+		}
+		got[attempt] = outcome
+		if attempt == 1 && len(s.Events()) == 0 {
+			t.Error("the failed attempt recorded no error event")
+		}
+	}
+	if got[1] != "retry" || got[2] != "succeeded" {
+		t.Fatalf("attempt outcomes %v", got)
+	}
+	if links := request.Links(); len(links) != 1 || links[0].SpanContext.SpanID() == [8]byte{} {
+		t.Fatalf("request links %v, want one to the replying attempt", links)
+	} else {
+		var second sdktrace.ReadOnlySpan
+		for _, s := range attempts {
+			if got[attemptOf(s)] == "succeeded" {
+				second = s
+			}
+		}
+		if links[0].SpanContext.SpanID() != second.SpanContext().SpanID() {
+			t.Fatal("request does not link to the attempt that replied")
+		}
+	}
+
+	// The responder's metrics.
+	var rm metricdata.ResourceMetrics
+	if err := reader.Collect(context.Background(), &rm); err != nil {
+		t.Fatal(err)
+	}
+	sums := map[string]int64{}
+	for _, sm := range rm.ScopeMetrics {
+		for _, m := range sm.Metrics {
+			if s, ok := m.Data.(metricdata.Sum[int64]); ok {
+				for _, dp := range s.DataPoints {
+					sums[m.Name+outcomeOf(dp.Attributes)] += dp.Value
+				}
+			}
+		}
+	}
+	if sums["rsvp.handler.retries"] != 1 || sums["rsvp.requests.completed/succeeded"] != 1 || sums["rsvp.handler.in_flight"] != 0 {
+		t.Fatalf("metrics %v", sums)
+	}
+}
+
+func attemptOf(s sdktrace.ReadOnlySpan) int64 {
+	for _, kv := range s.Attributes() {
+		if kv.Key == "rsvp.attempt" {
+			return kv.Value.AsInt64()
+		}
+	}
+	return 0
+}
+
+func outcomeOf(set attribute.Set) string {
+	if v, ok := set.Value("outcome"); ok {
+		return "/" + v.AsString()
+	}
+	return ""
+}

@@ -1,0 +1,117 @@
+package rsvp
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/rsvp-go/rsvp/backend"
+)
+
+// Hooks for backends that settle a lease in a transaction of their own,
+// together with the handler's business writes (rsvppg.HandleTx): the
+// backend stores the reply and acknowledges the request in one commit, and
+// the Lease records the outcome as Reply would.
+
+// Delivery returns the backend's delivery behind the lease, for backends
+// whose deliveries offer more than backend.Delivery.
+func (l *Lease) Delivery() backend.Delivery { return l.d }
+
+// PrepareReply returns the reply that Reply(ctx, reply) would store (nil:
+// an empty one), with the request's correlation id, status succeeded, the
+// time and the attempt's trace context; or an error if it cannot be sent
+// (too large a body, bad headers), which a caller passes on to Fail. It
+// does not settle the lease.
+func (l *Lease) PrepareReply(ctx context.Context, reply *Reply) (*Reply, error) {
+	if reply == nil {
+		reply = &Reply{}
+	}
+	out := *reply
+	out.CorrelationID, out.Status, out.ErrorCode, out.ErrorMessage = l.d.Message().CorrelationID, backend.StatusSucceeded, "", ""
+	if err := l.s.checkReply(&out); err != nil {
+		return nil, Permanent(err)
+	}
+	out.CreatedAt = time.Now()
+	l.s.c.tel.inject(trace.ContextWithSpan(ctx, l.a.span), &out.Headers)
+	return &out, nil
+}
+
+// Settled settles the lease with reply, from PrepareReply, after the caller
+// tried to store it and acknowledge the request in one commit of its own.
+// commitErr is that commit's outcome:
+//
+//   - nil: both committed. Settled records what Reply records (the final
+//     event of a tracked request, metrics) and touches the backend no more.
+//   - backend.ErrReplyExists: nothing committed because the request was
+//     answered already (cancelled, most likely): that reply stands and the
+//     request is acknowledged.
+//   - backend.ErrTooLarge: nothing committed; the request fails, as Reply
+//     fails it.
+//   - backend.ErrBadAddress: nothing committed; the request is
+//     dead-lettered.
+//   - any other error: nothing committed, or it is unknown whether it did;
+//     the request comes back after backoff (a committed one is gone, so
+//     that does nothing).
+func (l *Lease) Settled(ctx context.Context, reply *Reply, commitErr error) error {
+	if err := l.settle(); err != nil {
+		return err
+	}
+	r, d, m, log := l.s, l.d, l.d.Message(), l.a.log
+	ctx = trace.ContextWithSpan(ctx, l.a.span)
+	outcome := outcomeSucceeded
+	switch {
+	case commitErr == nil:
+		if m.ReplyTo != "" {
+			r.finalEvent(ctx, m, reply, log)
+			r.c.tel.completed.Add(ctx, 1, r.c.tel.onQueue(m.Queue, "outcome", string(reply.Status)))
+		}
+	case errors.Is(commitErr, backend.ErrReplyExists):
+		stored, err := r.c.b.GetReply(ctx, m.CorrelationID)
+		if err != nil {
+			log.Error("rsvp: reading the stored reply failed; the request will be settled again", "err", err)
+			_ = d.Nack(ctx, r.opts.Backoff(m.Attempt))
+			outcome = outcomeRetry
+			break
+		}
+		if stored.Status == backend.StatusCancelled {
+			outcome = outcomeCancelled
+		}
+		r.finalEvent(ctx, m, stored, log)
+		r.c.tel.completed.Add(ctx, 1, r.c.tel.onQueue(m.Queue, "outcome", string(stored.Status)))
+		if err := d.Ack(ctx); err != nil {
+			log.Warn("rsvp: ack failed; the request may be handled again", "err", err)
+		}
+	case errors.Is(commitErr, backend.ErrTooLarge):
+		r.fail(ctx, d, CodeFailed, "the reply does not fit the engine: "+commitErr.Error(), log)
+		outcome = outcomeFailed
+	case errors.Is(commitErr, backend.ErrBadAddress):
+		log.Error("rsvp: the request's reply address is unusable; dead-lettering it", "reply_to", m.ReplyTo, "err", commitErr)
+		r.c.tel.deadLettered.Add(ctx, 1, r.c.tel.onQueue(m.Queue, "reason", CodeBadReplyTo))
+		dl := &backend.DeadLetter{Message: m, Reason: CodeBadReplyTo, LastError: commitErr.Error(), At: time.Now()}
+		if err := r.c.b.DeadLetter(ctx, dl); err != nil {
+			log.Error("rsvp: dead-lettering failed; the request will be handled again", "err", err)
+			_ = d.Nack(ctx, r.opts.Backoff(m.Attempt))
+		} else if err := d.Ack(ctx); err != nil {
+			log.Warn("rsvp: ack failed; the request may be handled again", "err", err)
+		}
+		outcome = outcomeFailed
+	default:
+		log.Error("rsvp: committing the outcome failed; the request will be handled again", "err", commitErr)
+		r.c.tel.retries.Add(ctx, 1, r.c.tel.onQueue(m.Queue, "", ""))
+		if err := d.Nack(ctx, r.opts.Backoff(m.Attempt)); err != nil {
+			log.Warn("rsvp: nack failed; the request comes back after its lease", "err", err)
+		}
+		outcome = outcomeRetry
+	}
+	r.end(l.a, m, outcome, commitErr)
+	return nil
+}
+
+// WithProgress returns ctx carrying the leased request's progress recorder,
+// so that Progress(ctx, v) records events for a tracked request as it does
+// in a Handler. For an untracked request it returns ctx.
+func (l *Lease) WithProgress(ctx context.Context) context.Context {
+	return withProgress(ctx, l.s.c.b, l.d.Message())
+}

@@ -1,0 +1,193 @@
+package workflow
+
+import (
+	"encoding/json"
+	"time"
+
+	"github.com/rsvp-go/rsvp/backend"
+)
+
+// An instance's history is the backend's event log under the correlation
+// id "wfh:<instance id>". Each entry is one record, its kind the event type.
+// Records of the instance's lifecycle (started, final, purged) are also
+// written to the channel indexChannel, which serves List.
+const (
+	recStarted    = "wf.started"    // a run began: name, version, input
+	recStep       = "wf.step"       // an execution's new commands, done effects, custom status
+	recResult     = "wf.result"     // an activity attempt or sub-workflow finished
+	recTimer      = "wf.timer"      // a durable timer fired
+	recEvent      = "wf.event"      // an external event was raised
+	recContinued  = "wf.continued"  // ContinueAsNew: the run restarts with a new input
+	recCompleted  = "wf.completed"  // final: the function returned a result
+	recFailed     = "wf.failed"     // final: the function returned an error or panicked
+	recTerminated = "wf.terminated" // final: Terminate
+	recPurged     = "wf.purged"     // the instance is forgotten; its id may start again
+
+	indexChannel = "rsvp-workflows"
+)
+
+// Timer kinds: what a fired timer means.
+const (
+	timerUser    = "timer"   // Sleep, NewTimer, WaitForEvent's timeout
+	timerRetry   = "retry"   // an activity's backoff before its next attempt
+	timerTimeout = "timeout" // an activity attempt's time limit
+)
+
+// record is the JSON body of one history entry. Which fields are set
+// depends on the kind.
+type record struct {
+	Run      string          `json:"run"`
+	Name     string          `json:"name,omitempty"`
+	Version  int             `json:"version,omitempty"`
+	Input    json.RawMessage `json:"input,omitempty"`
+	Parent   *parentRef      `json:"parent,omitempty"`
+	Epoch    int             `json:"epoch,omitempty"`
+	Seq      int             `json:"seq,omitempty"`
+	Attempt  int             `json:"attempt,omitempty"`
+	Kind     string          `json:"kind,omitempty"`
+	Cmds     []command       `json:"cmds,omitempty"`
+	Done     []string        `json:"done,omitempty"`
+	Status   json.RawMessage `json:"status,omitempty"`
+	Output   json.RawMessage `json:"output,omitempty"`
+	Error    *Failure        `json:"error,omitempty"`
+	Event    string          `json:"event,omitempty"`
+	EventID  string          `json:"event_id,omitempty"`
+	Data     json.RawMessage `json:"data,omitempty"`
+	Consumed []string        `json:"consumed,omitempty"`
+	Reason   string          `json:"reason,omitempty"`
+}
+
+// parentRef names the command of a parent instance that started a
+// sub-workflow; the sub-workflow's outcome is recorded there.
+type parentRef struct {
+	Instance string `json:"instance"`
+	Run      string `json:"run"`
+	Epoch    int    `json:"epoch"`
+	Seq      int    `json:"seq"`
+}
+
+// command is one durable call a workflow made, in call order (Seq from 1 in
+// each epoch). Replay checks the code makes the same calls again.
+type command struct {
+	Seq    int    `json:"seq"`
+	Kind   string `json:"kind"`   // activity, timer, event, workflow
+	Target string `json:"target"` // queue, event name or workflow name; empty for timers
+}
+
+func (c command) String() string {
+	if c.Target == "" {
+		return c.Kind
+	}
+	return c.Kind + " " + c.Target
+}
+
+// entry is a decoded history record.
+type entry struct {
+	seq  uint64
+	kind string
+	at   time.Time
+	rec  record
+}
+
+func historyKey(instance string) string { return "wfh:" + instance }
+
+func decodeEntries(evs []*backend.Event) []entry {
+	out := make([]entry, 0, len(evs))
+	for _, ev := range evs {
+		var r record
+		if json.Unmarshal(ev.Data, &r) != nil {
+			continue // not written by this package
+		}
+		out = append(out, entry{seq: ev.Seq, kind: ev.Type, at: ev.At, rec: r})
+	}
+	return out
+}
+
+// view is what a history says about its instance's current run.
+type view struct {
+	id        string
+	run       string
+	name      string
+	version   int
+	input     json.RawMessage
+	parent    *parentRef
+	createdAt time.Time
+	updatedAt time.Time
+	state     State
+	status    json.RawMessage // custom status, last set
+	output    json.RawMessage
+	err       *Failure
+	// entries of the run from its last epoch on: the continued (or
+	// started) record first.
+	epoch    int
+	epochAt  int // index in entries of the epoch's first record
+	entries  []entry
+	consumed []string // event ids consumed in earlier epochs
+	lastSeq  uint64
+}
+
+// fold reads a history. It returns nil when no run is current: the
+// instance was never started, or was purged.
+func fold(id string, es []entry) *view {
+	var v *view
+	seenEvents := map[string]bool{}
+	for _, e := range es {
+		if e.kind == recStarted {
+			if v != nil && v.state != statePurged {
+				continue // a concurrent start lost: the first one stands
+			}
+			v = &view{id: id, run: e.rec.Run, name: e.rec.Name, version: e.rec.Version, input: e.rec.Input,
+				parent: e.rec.Parent, createdAt: e.at, state: StateRunning}
+			seenEvents = map[string]bool{}
+		}
+		if v == nil || e.rec.Run != v.run {
+			continue
+		}
+		if e.kind == recEvent {
+			if seenEvents[e.rec.EventID] {
+				continue // raised twice: the first one counts
+			}
+			seenEvents[e.rec.EventID] = true
+		}
+		if v.state.Final() && e.kind != recPurged {
+			continue // nothing changes a finished run but a purge
+		}
+		v.updatedAt, v.lastSeq = e.at, e.seq
+		v.entries = append(v.entries, e)
+		switch e.kind {
+		case recStep:
+			if v.version == 0 {
+				v.version = e.rec.Version // pinned by the first execution
+			}
+			if e.rec.Status != nil {
+				v.status = e.rec.Status
+			}
+		case recContinued:
+			v.epoch, v.epochAt, v.input = e.rec.Epoch, len(v.entries)-1, e.rec.Input
+			v.consumed = e.rec.Consumed
+		case recCompleted:
+			v.state, v.output = StateCompleted, e.rec.Output
+		case recFailed:
+			v.state, v.err = StateFailed, e.rec.Error
+		case recTerminated:
+			v.state, v.err = StateTerminated, &Failure{Message: "terminated: " + e.rec.Reason, Code: CodeTerminated}
+		case recPurged:
+			v.state = statePurged
+		}
+	}
+	if v == nil || v.state == statePurged {
+		return nil
+	}
+	return v
+}
+
+// epochEntries returns the entries of the current epoch after its first
+// record (the started or continued record).
+func (v *view) epochEntries() []entry { return v.entries[v.epochAt+1:] }
+
+// Status returns the instance's public status.
+func (v *view) toStatus() *Status {
+	return &Status{ID: v.id, Name: v.name, Version: v.version, State: v.state, Input: v.input,
+		CustomStatus: v.status, Output: v.output, Error: v.err, CreatedAt: v.createdAt, UpdatedAt: v.updatedAt,
+		Position: v.lastSeq}
+}

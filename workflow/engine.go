@@ -31,6 +31,9 @@ type Config struct {
 	// notification was lost (an activity reply stored while no engine
 	// listened, a task lost to a crash) and resumes them. Default 10s.
 	SweepInterval time.Duration
+	// Lease is how long a task is reserved for this engine: a task of an
+	// engine that died is taken up by another after it. Default 30s.
+	Lease time.Duration
 	// CacheSize is how many instance histories are kept in memory, so an
 	// execution reads only the entries added since. Default 10000.
 	CacheSize int
@@ -107,8 +110,8 @@ func New(c *rsvp.Client, cfg Config) (*Engine, error) {
 	if err := backend.ValidateName("queue", cfg.Queue); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
-	if cfg.Concurrency < 0 || cfg.SweepInterval < 0 || cfg.CacheSize < 0 {
-		return nil, fmt.Errorf("%w: negative Concurrency, SweepInterval or CacheSize", ErrInvalid)
+	if cfg.Concurrency < 0 || cfg.SweepInterval < 0 || cfg.CacheSize < 0 || cfg.Lease < 0 {
+		return nil, fmt.Errorf("%w: negative Concurrency, SweepInterval, Lease or CacheSize", ErrInvalid)
 	}
 	return &Engine{c: c, b: c.Backend(), cfg: cfg, defs: map[string]map[int]*definition{}, latest: map[string]int{},
 		locks: map[string]*instLock{}, cache: map[string]*hist{}, waiters: map[string]map[chan struct{}]struct{}{}}, nil
@@ -200,7 +203,7 @@ func (e *Engine) Start(ctx context.Context) error {
 		return fmt.Errorf("workflow: subscribe to activity replies: %w", err)
 	}
 	resp, err := e.c.Handle(e.cfg.Queue, rsvp.HandlerFunc(e.handleTask),
-		rsvp.HandleOptions{Concurrency: e.cfg.Concurrency, MaxAttempts: 20,
+		rsvp.HandleOptions{Concurrency: e.cfg.Concurrency, MaxAttempts: 20, Lease: e.cfg.Lease,
 			Backoff: func(int) time.Duration { return time.Second }})
 	if err != nil {
 		_ = sub.Close()
@@ -633,6 +636,13 @@ func (e *Engine) sweep(ctx context.Context) error {
 			return err
 		}
 		v := fold(st.ID, entries)
+		if v == nil && time.Since(st.UpdatedAt) > e.cfg.SweepInterval {
+			// Listed, but no history: a start that died half-way, never
+			// acknowledged. Take it off the list.
+			if err := e.unlist(ctx, st.ID); err != nil {
+				return err
+			}
+		}
 		if v == nil || v.state.Final() {
 			continue
 		}

@@ -2,6 +2,8 @@ package workflow_test
 
 import (
 	"context"
+	"fmt"
+	"os"
 	"testing"
 	"time"
 
@@ -12,7 +14,19 @@ import (
 	"github.com/rsvp-go/rsvp/workflow"
 )
 
+// children are programs that tests run as child processes of the test
+// binary (RSVP_TEST_CHILD=<name>); TestMain runs them instead of the tests.
+var children = map[string]func() int{}
+
 func TestMain(m *testing.M) {
+	if name := os.Getenv("RSVP_TEST_CHILD"); name != "" {
+		child, ok := children[name]
+		if !ok {
+			fmt.Fprintf(os.Stderr, "unknown RSVP_TEST_CHILD %q\n", name)
+			os.Exit(2)
+		}
+		os.Exit(child())
+	}
 	goleak.VerifyTestMain(m)
 }
 

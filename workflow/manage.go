@@ -330,6 +330,22 @@ func (e *Engine) Purge(ctx context.Context, id string) error {
 	return err
 }
 
+// unlist marks the listed run of id purged in the instance index only.
+func (e *Engine) unlist(ctx context.Context, id string) error {
+	e.index.mu.Lock()
+	run := e.index.runs[id]
+	e.index.mu.Unlock()
+	if run == "" {
+		return nil
+	}
+	data, _ := json.Marshal(record{Run: run})
+	ev := &backend.Event{CorrelationID: "wfi:" + id, Channel: indexChannel, Type: recPurged, At: time.Now(), Data: data}
+	if err := e.b.AppendEvent(ctx, ev); err != nil {
+		return fmt.Errorf("workflow: unlist %s: %w", id, err)
+	}
+	return nil
+}
+
 // ListQuery selects instances for List. The zero value selects all.
 type ListQuery struct {
 	Name  string // workflow name; empty: any
@@ -385,7 +401,9 @@ func (ic *indexCache) update(ctx context.Context, b backend.Backend) error {
 		}
 		for _, ev := range evs {
 			for _, en := range decodeEntries([]*backend.Event{ev}) {
-				ic.apply(strings.TrimPrefix(ev.CorrelationID, "wfh:"), en)
+				id, _ := strings.CutPrefix(ev.CorrelationID, "wfh:")
+				id, _ = strings.CutPrefix(id, "wfi:")
+				ic.apply(id, en)
 			}
 		}
 		if len(evs) > 0 {

@@ -1,0 +1,389 @@
+package workflow_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/rsvp-go/rsvp"
+	"github.com/rsvp-go/rsvp/workflow"
+)
+
+func approvalEnv(t *testing.T) *env {
+	en := newEnv(t, func(e *workflow.Engine) {
+		if err := workflow.Register(e, "approval", Approval); err != nil {
+			t.Fatal(err)
+		}
+	})
+	respond(t, en.Client, "ReviewDocument", rsvp.HandleOptions{}, func(ctx context.Context, d Document) (string, error) {
+		return "reviewed " + d.ID, nil
+	})
+	respond(t, en.Client, "PublishDocument", rsvp.HandleOptions{}, func(ctx context.Context, d Document) (string, error) {
+		return "published " + d.ID, nil
+	})
+	return en
+}
+
+func TestApprovalEventRaisedAfterWaiting(t *testing.T) {
+	en := approvalEnv(t)
+	ctx := ctxT(t, 20*time.Second)
+	st := must[*workflow.Status](t)(en.E.StartInstance(ctx, "approval", Document{ID: "d2"}, workflow.StartOptions{ID: "a-2"}))
+	// Wait until the workflow waits for the decision (its custom status says so).
+	for after := uint64(0); ; {
+		st = must[*workflow.Status](t)(en.E.WaitChange(ctx, st.ID, after))
+		after = st.Position
+		if strings.Contains(string(st.CustomStatus), "awaiting approval") {
+			break
+		}
+	}
+	if st.State != workflow.StateRunning {
+		t.Fatalf("state %s, want running", st.State)
+	}
+	if err := en.E.RaiseEvent(ctx, st.ID, "ApprovalReceived", "Rejected: typos", ""); err != nil {
+		t.Fatal(err)
+	}
+	out, err := workflow.Result[string](ctx, en.E, st.ID)
+	if err != nil || out != "rejected: Rejected: typos" {
+		t.Fatalf("result %q, %v", out, err)
+	}
+	// A finished instance takes no more events, and says why.
+	err = en.E.RaiseEvent(ctx, st.ID, "ApprovalReceived", "Approved", "")
+	if !errors.Is(err, workflow.ErrFinished) || !strings.Contains(err.Error(), "a-2 is completed") {
+		t.Fatalf("raise on finished: %v", err)
+	}
+}
+
+// A wait that timed out does not consume an event raised later: the next
+// wait gets it. Duplicate event ids are ignored.
+func TestEventTimeoutAndDuplicates(t *testing.T) {
+	type out struct {
+		First  string
+		Second string
+		Third  string
+	}
+	en := newEnv(t, func(e *workflow.Engine) {
+		_ = workflow.Register(e, "waits", func(ctx workflow.Context, _ int) (out, error) {
+			var o out
+			_, err := workflow.WaitForEvent[string](ctx, "x", 300*time.Millisecond)
+			o.First = fmt.Sprint(err)
+			if err := workflow.SetCustomStatus(ctx, "timed out"); err != nil {
+				return o, err
+			}
+			o.Second, _ = workflow.WaitForEvent[string](ctx, "x", 0)
+			o.Third, err = workflow.WaitForEvent[string](ctx, "x", 500*time.Millisecond)
+			if err != nil {
+				o.Third = err.Error()
+			}
+			return o, nil
+		})
+	})
+	ctx := ctxT(t, 20*time.Second)
+	st := must[*workflow.Status](t)(en.E.StartInstance(ctx, "waits", 0, workflow.StartOptions{ID: "w1"}))
+	for after := uint64(0); !strings.Contains(string(st.CustomStatus), "timed out"); after = st.Position {
+		st = must[*workflow.Status](t)(en.E.WaitChange(ctx, "w1", after))
+	}
+	for range 3 { // the same event three times: one counts
+		if err := en.E.RaiseEvent(ctx, "w1", "x", "late", "ev-1"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := workflow.Result[out](ctx, en.E, "w1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := out{First: workflow.ErrEventTimeout.Error(), Second: "late", Third: workflow.ErrEventTimeout.Error()}
+	if got != want {
+		t.Fatalf("got %+v, want %+v", got, want)
+	}
+}
+
+func TestActivityRetryPolicy(t *testing.T) {
+	var calls atomic.Int32
+	en := newEnv(t, func(e *workflow.Engine) {
+		_ = workflow.Register(e, "retry", func(ctx workflow.Context, max int) (string, error) {
+			return workflow.CallActivity[string](ctx, "flaky", "x", workflow.ActivityOptions{
+				Retry: workflow.RetryPolicy{MaxAttempts: max, Backoff: 50 * time.Millisecond}}).Get(ctx)
+		})
+	})
+	respond(t, en.Client, "flaky", rsvp.HandleOptions{MaxAttempts: 1}, func(ctx context.Context, s string) (string, error) {
+		if n := calls.Add(1); n%3 != 0 {
+			return "", fmt.Errorf("call %d fails", n)
+		}
+		return "ok", nil
+	})
+	ctx := ctxT(t, 20*time.Second)
+	st := must[*workflow.Status](t)(en.E.StartInstance(ctx, "retry", 3, workflow.StartOptions{}))
+	if out, err := workflow.Result[string](ctx, en.E, st.ID); err != nil || out != "ok" || calls.Load() != 3 {
+		t.Fatalf("3 attempts: %q, %v after %d calls", out, err, calls.Load())
+	}
+	// Two attempts are not enough for the next one: the call fails with
+	// the responder's error and the instance with it.
+	st = must[*workflow.Status](t)(en.E.StartInstance(ctx, "retry", 2, workflow.StartOptions{}))
+	st = must[*workflow.Status](t)(en.E.Await(ctx, st.ID))
+	if st.State != workflow.StateFailed || !strings.Contains(st.Error.Message, "after 2 attempt(s)") || !strings.Contains(st.Error.Message, "call 5 fails") {
+		t.Fatalf("2 attempts: %+v %+v", st, st.Error)
+	}
+}
+
+func TestActivityTimeout(t *testing.T) {
+	en := newEnv(t, func(e *workflow.Engine) {
+		_ = workflow.Register(e, "slow", func(ctx workflow.Context, _ int) (string, error) {
+			_, err := workflow.CallActivity[string](ctx, "nobody-listens", "x", workflow.ActivityOptions{Timeout: 300 * time.Millisecond}).Get(ctx)
+			var ae *workflow.ActivityError
+			if errors.As(err, &ae) && ae.Code == workflow.CodeTimeout {
+				return "timed out", nil
+			}
+			return "", fmt.Errorf("want a timeout, got %v", err)
+		})
+	})
+	ctx := ctxT(t, 20*time.Second)
+	st := must[*workflow.Status](t)(en.E.StartInstance(ctx, "slow", 0, workflow.StartOptions{}))
+	if out, err := workflow.Result[string](ctx, en.E, st.ID); err != nil || out != "timed out" {
+		t.Fatalf("%q, %v", out, err)
+	}
+}
+
+func TestSubWorkflowAndContinueAsNew(t *testing.T) {
+	en := newEnv(t, func(e *workflow.Engine) {
+		_ = workflow.Register(e, "count", func(ctx workflow.Context, n int) (int, error) {
+			if n < 5 {
+				if err := workflow.Sleep(ctx, 10*time.Millisecond); err != nil {
+					return 0, err
+				}
+				return 0, workflow.ContinueAsNew(ctx, n+1)
+			}
+			return n * 10, nil
+		})
+		_ = workflow.Register(e, "parent", func(ctx workflow.Context, _ int) (int, error) {
+			a := workflow.CallWorkflow[int](ctx, "count", 0)
+			b := workflow.CallWorkflow[int](ctx, "count", 3)
+			x, err := a.Get(ctx)
+			if err != nil {
+				return 0, err
+			}
+			y, err := b.Get(ctx)
+			return x + y, err
+		})
+	})
+	ctx := ctxT(t, 20*time.Second)
+	st := must[*workflow.Status](t)(en.E.StartInstance(ctx, "parent", 0, workflow.StartOptions{}))
+	if out, err := workflow.Result[int](ctx, en.E, st.ID); err != nil || out != 100 {
+		t.Fatalf("%d, %v", out, err)
+	}
+	subs := must[[]*workflow.Status](t)(en.E.List(ctx, workflow.ListQuery{Name: "count", State: workflow.StateCompleted}))
+	if len(subs) != 2 {
+		t.Fatalf("%d completed sub-workflows, want 2", len(subs))
+	}
+}
+
+// Starting an id twice, even at once, gives one instance.
+func TestStartSameIDOnce(t *testing.T) {
+	var runs atomic.Int32
+	en := newEnv(t, func(e *workflow.Engine) {
+		_ = workflow.Register(e, "once", func(ctx workflow.Context, s string) (string, error) {
+			if !ctx.IsReplaying() {
+				runs.Add(1)
+			}
+			return workflow.CallActivity[string](ctx, "echo", s, workflow.ActivityOptions{}).Get(ctx)
+		})
+	})
+	var echoes atomic.Int32
+	respond(t, en.Client, "echo", rsvp.HandleOptions{}, func(ctx context.Context, s string) (string, error) {
+		echoes.Add(1)
+		return s, nil
+	})
+	ctx := ctxT(t, 20*time.Second)
+	var wg sync.WaitGroup
+	ids := make([]string, 8)
+	for i := range ids {
+		wg.Go(func() {
+			st, err := en.E.StartInstance(ctx, "once", fmt.Sprint("input-", i), workflow.StartOptions{ID: "same"})
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			ids[i] = string(st.Input)
+		})
+	}
+	wg.Wait()
+	for _, in := range ids[1:] {
+		if in != ids[0] {
+			t.Fatalf("starts saw different instances: %q", ids)
+		}
+	}
+	out := must[string](t)(workflow.Result[string](ctx, en.E, "same"))
+	if fmt.Sprintf("%q", out) != ids[0] || echoes.Load() != 1 {
+		t.Fatalf("result %q from input %s; the activity ran %d times", out, ids[0], echoes.Load())
+	}
+	list := must[[]*workflow.Status](t)(en.E.List(ctx, workflow.ListQuery{Name: "once"}))
+	if len(list) != 1 {
+		t.Fatalf("%d instances listed", len(list))
+	}
+}
+
+// Changing the calls of a running instance is detected, not replayed wrongly.
+func TestNonDeterminismDetected(t *testing.T) {
+	var changed atomic.Bool
+	en := newEnv(t, func(e *workflow.Engine) {
+		_ = workflow.Register(e, "fickle", func(ctx workflow.Context, _ int) (string, error) {
+			queue := "first"
+			if changed.Load() {
+				queue = "other"
+			}
+			if _, err := workflow.CallActivity[string](ctx, queue, 1, workflow.ActivityOptions{}).Get(ctx); err != nil {
+				return "", err
+			}
+			return workflow.WaitForEvent[string](ctx, "go", 0)
+		})
+	})
+	respond(t, en.Client, "first", rsvp.HandleOptions{}, func(ctx context.Context, n int) (string, error) { return "", nil })
+	ctx := ctxT(t, 20*time.Second)
+	st := must[*workflow.Status](t)(en.E.StartInstance(ctx, "fickle", 0, workflow.StartOptions{ID: "f1"}))
+	for after := uint64(0); ; after = st.Position { // until the activity's reply is recorded
+		st = must[*workflow.Status](t)(en.E.WaitChange(ctx, "f1", after))
+		h := must[[]workflow.HistoryEvent](t)(en.E.History(ctx, "f1"))
+		if h[len(h)-1].Type == "wf.result" || len(h) > 3 {
+			break
+		}
+	}
+	changed.Store(true)
+	if err := en.E.RaiseEvent(ctx, "f1", "go", "now", ""); err != nil {
+		t.Fatal(err)
+	}
+	st = must[*workflow.Status](t)(en.E.Await(ctx, "f1"))
+	if st.State != workflow.StateFailed || st.Error.Code != workflow.CodeNonDeterministic ||
+		!strings.Contains(st.Error.Message, "call 1 of workflow fickle v1 is activity other, but the history recorded activity first") {
+		t.Fatalf("%s %+v", st.State, st.Error)
+	}
+}
+
+func TestPanicFailsInstanceEngineLives(t *testing.T) {
+	en := newEnv(t, func(e *workflow.Engine) {
+		_ = workflow.Register(e, "boom", func(ctx workflow.Context, n int) (int, error) {
+			if n == 0 {
+				var m map[string]int
+				m["x"] = 1 // panics
+			}
+			return n, nil
+		})
+	})
+	ctx := ctxT(t, 20*time.Second)
+	st := must[*workflow.Status](t)(en.E.StartInstance(ctx, "boom", 0, workflow.StartOptions{}))
+	st = must[*workflow.Status](t)(en.E.Await(ctx, st.ID))
+	if st.State != workflow.StateFailed || st.Error.Code != workflow.CodePanic ||
+		!strings.Contains(st.Error.Message, "assignment to entry in nil map") || !strings.Contains(st.Error.Stack, "workflow_test.go") {
+		t.Fatalf("%s %+v", st.State, st.Error)
+	}
+	st = must[*workflow.Status](t)(en.E.StartInstance(ctx, "boom", 7, workflow.StartOptions{}))
+	if out, err := workflow.Result[int](ctx, en.E, st.ID); err != nil || out != 7 {
+		t.Fatalf("after a panic: %d, %v", out, err)
+	}
+}
+
+func TestManagementErrors(t *testing.T) {
+	en := newEnv(t, func(e *workflow.Engine) {
+		_ = workflow.RegisterVersion(e, "wait", 2, func(ctx workflow.Context, in struct{ N int }) (int, error) {
+			if err := workflow.SetCustomStatus(ctx, map[string]int{"waiting": in.N}); err != nil {
+				return 0, err
+			}
+			return workflow.WaitForEvent[int](ctx, "n", 0)
+		})
+	})
+	ctx := ctxT(t, 20*time.Second)
+	cases := []struct {
+		name string
+		err  error
+		want error
+		msg  string
+	}{
+		{"unknown name", errOf(en.E.StartInstance(ctx, "nope", 1, workflow.StartOptions{})), workflow.ErrUnknownWorkflow, `unknown workflow "nope"`},
+		{"unknown version", errOf(en.E.StartInstance(ctx, "wait", 1, workflow.StartOptions{Version: 1})), workflow.ErrUnknownWorkflow, `"wait" version 1 (registered: up to 2)`},
+		{"bad input", errOf(en.E.StartJSON(ctx, "wait", []byte(`{"N":"x"}`), workflow.StartOptions{})), workflow.ErrBadInput, "cannot unmarshal string"},
+		{"bad id", errOf(en.E.StartJSON(ctx, "wait", []byte(`{"N":1}`), workflow.StartOptions{ID: "a b"})), workflow.ErrInvalid, `instance id "a b" has character ' '`},
+		{"status unknown", errOf(en.E.Status(ctx, "ghost")), workflow.ErrNotFound, "ghost"},
+		{"raise unknown", en.E.RaiseEvent(ctx, "ghost", "n", 1, ""), workflow.ErrNotFound, "ghost"},
+		{"terminate unknown", en.E.Terminate(ctx, "ghost", ""), workflow.ErrNotFound, "ghost"},
+	}
+	for _, c := range cases {
+		if !errors.Is(c.err, c.want) || !strings.Contains(c.err.Error(), c.msg) {
+			t.Errorf("%s: got %v, want %v with %q", c.name, c.err, c.want, c.msg)
+		}
+	}
+	if list := must[[]*workflow.Status](t)(en.E.List(ctx, workflow.ListQuery{})); len(list) != 0 {
+		t.Fatalf("failed starts stored %d instances", len(list))
+	}
+
+	st := must[*workflow.Status](t)(en.E.StartJSON(ctx, "wait", []byte(`{"N":4}`), workflow.StartOptions{ID: "m1"}))
+	if st.Version != 2 {
+		t.Fatalf("version %d, want the newest, 2", st.Version)
+	}
+	for after := uint64(0); string(st.CustomStatus) != `{"waiting":4}`; after = st.Position {
+		st = must[*workflow.Status](t)(en.E.WaitChange(ctx, "m1", after))
+	}
+	if err := en.E.Purge(ctx, "m1"); !errors.Is(err, workflow.ErrRunning) {
+		t.Fatalf("purge running: %v", err)
+	}
+	if err := en.E.Terminate(ctx, "m1", "changed my mind"); err != nil {
+		t.Fatal(err)
+	}
+	if err := en.E.Terminate(ctx, "m1", "again"); !errors.Is(err, workflow.ErrFinished) {
+		t.Fatalf("terminate twice: %v", err)
+	}
+	st = must[*workflow.Status](t)(en.E.Status(ctx, "m1"))
+	if st.State != workflow.StateTerminated || st.Error.Message != "terminated: changed my mind" {
+		t.Fatalf("%+v", st)
+	}
+	if list := must[[]*workflow.Status](t)(en.E.List(ctx, workflow.ListQuery{State: workflow.StateTerminated})); len(list) != 1 || list[0].ID != "m1" {
+		t.Fatalf("list terminated: %v", list)
+	}
+	if err := en.E.Purge(ctx, "m1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := en.E.Status(ctx, "m1"); !errors.Is(err, workflow.ErrNotFound) {
+		t.Fatalf("status after purge: %v", err)
+	}
+	// A purged id starts afresh.
+	st = must[*workflow.Status](t)(en.E.StartJSON(ctx, "wait", []byte(`{"N":5}`), workflow.StartOptions{ID: "m1"}))
+	if err := en.E.RaiseEvent(ctx, "m1", "n", 9, ""); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := workflow.Result[int](ctx, en.E, "m1"); err != nil || out != 9 {
+		t.Fatalf("restarted id: %d, %v", out, err)
+	}
+}
+
+// An instance goes on in another engine after its engine stopped while it
+// slept.
+func TestResumesInAnotherEngine(t *testing.T) {
+	reg := func(e *workflow.Engine) {
+		_ = workflow.Register(e, "nap", func(ctx workflow.Context, _ int) (string, error) {
+			if err := workflow.SetCustomStatus(ctx, "sleeping"); err != nil {
+				return "", err
+			}
+			if err := workflow.Sleep(ctx, time.Second); err != nil {
+				return "", err
+			}
+			return "rested", nil
+		})
+	}
+	en := newEnv(t, reg)
+	ctx := ctxT(t, 20*time.Second)
+	st := must[*workflow.Status](t)(en.E.StartInstance(ctx, "nap", 0, workflow.StartOptions{ID: "n1"}))
+	for after := uint64(0); string(st.CustomStatus) != `"sleeping"`; after = st.Position {
+		st = must[*workflow.Status](t)(en.E.WaitChange(ctx, "n1", after))
+	}
+	if err := en.E.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	_, e2 := en.engine(reg)
+	if out, err := workflow.Result[string](ctx, e2, "n1"); err != nil || out != "rested" {
+		t.Fatalf("%q, %v", out, err)
+	}
+}
+
+func errOf[T any](_ T, err error) error { return err }

@@ -19,6 +19,7 @@ import (
 
 	"github.com/rsvp-go/rsvp"
 	"github.com/rsvp-go/rsvp/backend"
+	"github.com/rsvp-go/rsvp/workflow"
 )
 
 // Config configures a Gateway. The zero value works: no API keys (every
@@ -45,6 +46,13 @@ type Config struct {
 	Retention time.Duration
 	// Webhooks configures result delivery to callback URLs.
 	Webhooks WebhookConfig
+	// Workflows serves the workflow API (/v1/workflows/..., /v1/instances/...)
+	// on this engine: starting instances, their status, results, events
+	// and push streams, raising events, terminate and purge. The gateway
+	// neither starts nor stops it; it needs no Start to serve the API
+	// (some engine with Start runs the instances). Default nil: the
+	// workflow routes answer 404 (workflows-disabled).
+	Workflows *workflow.Engine
 	// Logger receives the gateway's log lines. Default: discard.
 	Logger *slog.Logger
 	// TracerProvider makes a server span per HTTP request (a child of the
@@ -263,6 +271,14 @@ func (g *Gateway) routes() {
 	m.HandleFunc("POST /v1/leases/{lease}/fail", g.traced("POST /v1/leases/{lease}/fail", g.leaseFail))
 	m.HandleFunc("POST /v1/leases/{lease}/extend", g.traced("POST /v1/leases/{lease}/extend", g.leaseExtend))
 	m.HandleFunc("POST /v1/leases/{lease}/progress", g.traced("POST /v1/leases/{lease}/progress", g.leaseProgress))
+	m.HandleFunc("POST /v1/workflows/{name}/instances", g.traced("POST /v1/workflows/{name}/instances", g.startInstance))
+	m.HandleFunc("GET /v1/instances", g.traced("GET /v1/instances", g.listInstances))
+	m.HandleFunc("GET /v1/instances/{id}", g.traced("GET /v1/instances/{id}", g.getInstance))
+	m.HandleFunc("DELETE /v1/instances/{id}", g.traced("DELETE /v1/instances/{id}", g.purgeInstance))
+	m.HandleFunc("GET /v1/instances/{id}/result", g.traced("GET /v1/instances/{id}/result", g.instanceResult))
+	m.HandleFunc("GET /v1/instances/{id}/events", g.traced("GET /v1/instances/{id}/events", g.instanceEvents))
+	m.HandleFunc("POST /v1/instances/{id}/events/{event}", g.traced("POST /v1/instances/{id}/events/{event}", g.raiseEvent))
+	m.HandleFunc("POST /v1/instances/{id}/terminate", g.traced("POST /v1/instances/{id}/terminate", g.terminateInstance))
 	m.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})

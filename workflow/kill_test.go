@@ -39,7 +39,7 @@ const (
 	wfKillRoundEnv = "RSVP_WF_KILL_ROUND"
 	wfKillStarted  = "started " // the child prints it once StartInstance returned
 	wfKillReady    = "ready"
-	wfKillPerRound = 10// instances of each workflow a child starts
+	wfKillPerRound = 10 // instances of each workflow a child starts
 	wfKillBudget   = 10
 )
 
@@ -187,7 +187,7 @@ func wfWorker() int {
 	for i := 0; ; i++ { // until killed
 		for _, s := range []struct {
 			name, id string
-			in   any
+			in       any
 		}{
 			{"approvalK", fmt.Sprintf("ap-%s-%d", round, i), Document{ID: fmt.Sprintf("doc-%s-%d", round, i)}},
 			{"fanK", fmt.Sprintf("fan-%s-%d", round, i), 3 + i},

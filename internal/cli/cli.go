@@ -42,6 +42,7 @@ Commands:
   queues    show the queues: depth, in flight, idle responders, oldest, dead letters
   requests  show a request: state, attempts, reply, dead letters ('requests get ID')
   dlq       list, show, replay or purge the dead letters of a queue
+  workflow  start, inspect, signal, terminate or purge durable workflow instances
   migrate   create or upgrade the tables of a PostgreSQL engine
   demo      run the image-thumbnail scenario end to end
   bench     measure throughput and latency, and the engine's limits
@@ -112,6 +113,7 @@ func commands() map[string]*command {
 		{name: "queues", usage: queuesUsage, run: runQueues},
 		{name: "requests", usage: requestsUsage, run: runRequestsCmd},
 		{name: "dlq", usage: dlqUsage, run: runDLQ},
+		{name: "workflow", usage: workflowUsage, run: runWorkflow},
 		{name: "migrate", usage: migrateUsage, run: runMigrate},
 		{name: "demo", usage: demoUsage, run: runDemo},
 		{name: "bench", usage: benchUsage, run: runBench},

@@ -76,7 +76,7 @@ type Engine struct {
 	index  indexCache
 
 	wmu     sync.Mutex
-	waiters map[string]map[chan struct{}]struct{}
+	waiters map[string]map[*watcher]struct{}
 	evSub   backend.Subscription
 
 	run     sync.Mutex // guards the worker fields below
@@ -114,7 +114,7 @@ func New(c *rsvp.Client, cfg Config) (*Engine, error) {
 		return nil, fmt.Errorf("%w: negative Concurrency, SweepInterval, Lease or CacheSize", ErrInvalid)
 	}
 	return &Engine{c: c, b: c.Backend(), cfg: cfg, defs: map[string]map[int]*definition{}, latest: map[string]int{},
-		locks: map[string]*instLock{}, cache: map[string]*hist{}, waiters: map[string]map[chan struct{}]struct{}{}}, nil
+		locks: map[string]*instLock{}, cache: map[string]*hist{}, waiters: map[string]map[*watcher]struct{}{}}, nil
 }
 
 // Register registers fn as version 1 of the workflow name. See
@@ -210,15 +210,19 @@ func (e *Engine) Start(ctx context.Context) error {
 		return fmt.Errorf("workflow: consume %s: %w", e.cfg.Queue, err)
 	}
 	e.rsub, e.resp, e.started = sub, resp, true
-	e.wg.Add(2)
-	go e.replyLoop()
+	e.wg.Add(1 + e.cfg.Concurrency)
+	for range e.cfg.Concurrency { // each reply costs two durable writes: record them in parallel
+		go e.replyLoop()
+	}
 	go e.sweepLoop()
 	return nil
 }
 
 // Stop stops running instances: it waits for running tasks to finish (or
 // ctx to end). Instances go on in other engines, or when one is started
-// again. Management methods keep working.
+// again. It also ends the subscription Await and WaitChange set up, so
+// call it on an engine used only for management too. Management methods
+// keep working (a later wait subscribes again).
 func (e *Engine) Stop(ctx context.Context) error {
 	e.run.Lock()
 	defer e.run.Unlock()
@@ -392,7 +396,7 @@ func (e *Engine) execute(ctx context.Context, instance string) error {
 	def, err := e.lookup(v.name, v.version)
 	if err == nil && v.version == 0 { // started unregistered: the first execution pins the version
 		v.version = def.version
-		if _, err := e.append(ctx, v.id, recStep, record{Run: v.run, Version: def.version}, "", false); err != nil {
+		if _, err := e.append(ctx, v.id, recStep, record{Run: v.run, Version: def.version}, "", true); err != nil {
 			return err
 		}
 	}
@@ -402,10 +406,8 @@ func (e *Engine) execute(ctx context.Context, instance string) error {
 	}
 	ex := newExecution(v, def)
 	ex.replay(v.epochEntries())
-	for _, ef := range ex.effects {
-		if err := e.perform(ctx, v, ef); err != nil {
-			return err
-		}
+	if err := e.performAll(ctx, v, ex.effects); err != nil {
+		return err
 	}
 	switch {
 	case ex.nondet != nil:
@@ -455,6 +457,21 @@ func (e *Engine) recordStep(ctx context.Context, v *view, ex *execution) error {
 	}
 	_, err := e.append(ctx, v.id, recStep, r, "", false)
 	return err
+}
+
+// performAll does effects, at once (a fan-out's requests are stored in
+// parallel).
+func (e *Engine) performAll(ctx context.Context, v *view, effects []effect) error {
+	if len(effects) == 1 {
+		return e.perform(ctx, v, effects[0])
+	}
+	errs := make([]error, len(effects))
+	var wg sync.WaitGroup
+	for i, ef := range effects {
+		wg.Go(func() { errs[i] = e.perform(ctx, v, ef) })
+	}
+	wg.Wait()
+	return errors.Join(errs...)
 }
 
 // perform does one effect. Each is idempotent for a while (deterministic
@@ -512,7 +529,7 @@ func (e *Engine) finish(ctx context.Context, v *view, kind string, r record) err
 	if p := v.parent; p != nil {
 		pr := record{Run: p.Run, Epoch: p.Epoch, Seq: p.Seq, Output: r.Output, Error: r.Error}
 		if kind == recTerminated {
-			pr.Error = &Failure{Code: CodeTerminated, Message: "sub-workflow " + v.id + " terminated: " + r.Reason}
+			pr.Error = &Failure{Code: CodeTerminated, Message: "sub-workflow " + v.id + " was terminated: " + r.Reason}
 		}
 		return e.recordResult(ctx, p.Instance, pr, "wf:c:"+v.id+":"+v.run)
 	}
@@ -577,7 +594,17 @@ func (e *Engine) onReply(ctx context.Context, rep *backend.Reply) error {
 	} else {
 		r.Error = &Failure{Code: cmp.Or(rep.ErrorCode, string(rep.Status)), Message: rep.ErrorMessage}
 	}
-	return e.recordResult(ctx, instance, r, rep.CorrelationID)
+	// Run the instance here rather than through a task: a task would cost
+	// a durable write and a delivery more per activity call.
+	pos, err := e.append(ctx, instance, recResult, r, "wf:r:"+rep.CorrelationID, false)
+	if err != nil || pos == 0 {
+		return err
+	}
+	if err := e.execute(ctx, instance); err != nil {
+		e.cfg.Logger.WarnContext(ctx, "workflow: run after a reply (queued as a task instead)", "instance", instance, "error", err)
+		return e.enqueue(ctx, taskID("r", rep.CorrelationID), task{Instance: instance}, time.Time{})
+	}
+	return nil
 }
 
 func (e *Engine) replyLoop() {

@@ -1,6 +1,7 @@
 package workflow
 
 import (
+	"cmp"
 	"encoding/json"
 	"time"
 
@@ -170,7 +171,7 @@ func fold(id string, es []entry) *view {
 		case recFailed:
 			v.state, v.err = StateFailed, e.rec.Error
 		case recTerminated:
-			v.state, v.err = StateTerminated, &Failure{Message: "terminated: " + e.rec.Reason, Code: CodeTerminated}
+			v.state, v.err = StateTerminated, &Failure{Code: CodeTerminated, Message: cmp.Or(e.rec.Reason, "no reason given")}
 		case recPurged:
 			v.state = statePurged
 		}

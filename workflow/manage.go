@@ -1,6 +1,7 @@
 package workflow
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -83,6 +84,9 @@ func (e *Engine) startInstance(ctx context.Context, name string, version int, id
 	if err != nil {
 		return nil, err
 	}
+	if v != nil && v.name != name {
+		return nil, fmt.Errorf("%w: instance %s exists and runs workflow %s, not %s", ErrInvalid, id, v.name, name)
+	}
 	if v == nil {
 		r := record{Run: newRun(), Name: name, Version: version, Input: input, Parent: parent}
 		if _, err := e.append(ctx, id, recStarted, r, "", true); err != nil {
@@ -95,12 +99,48 @@ func (e *Engine) startInstance(ctx context.Context, name string, version int, id
 			return nil, fmt.Errorf("workflow: start %s: the history does not show the start just recorded", id)
 		}
 	}
-	if !v.state.Final() { // (again, when a start is repeated: its task may have been lost)
-		if err := e.enqueue(ctx, taskID(id, v.run, "start"), task{Instance: id}, time.Time{}); err != nil {
+	if !v.state.Final() { // (again, when a start is repeated: its first run may have been lost)
+		if err := e.runSoon(ctx, v, taskID(id, v.run, "start")); err != nil {
 			return nil, err
 		}
 	}
 	return v.toStatus(), nil
+}
+
+// runSoon runs instance v: in the background here if this engine runs
+// its workflow (saving a task's write and delivery), else by a task with
+// id taskID. If this process dies first, the sweep finds the instance.
+func (e *Engine) runSoon(ctx context.Context, v *view, taskID string) error {
+	_, err := e.lookup(v.name, v.version)
+	e.run.Lock()
+	local := e.started && err == nil
+	if local {
+		e.wg.Add(1)
+	}
+	stop := e.stop
+	e.run.Unlock()
+	if !local {
+		return e.enqueue(ctx, taskID, task{Instance: v.id}, time.Time{})
+	}
+	go func() {
+		defer e.wg.Done()
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		go func() {
+			select {
+			case <-stop:
+				cancel()
+			case <-ctx.Done():
+			}
+		}()
+		if err := e.execute(ctx, v.id); err != nil && ctx.Err() == nil {
+			e.cfg.Logger.Warn("workflow: first run (queued as a task instead)", "instance", v.id, "error", err)
+			if err := e.enqueue(ctx, taskID, task{Instance: v.id}, time.Time{}); err != nil {
+				e.cfg.Logger.Warn("workflow: queue a task (the sweep will find the instance)", "instance", v.id, "error", err)
+			}
+		}
+	}()
+	return nil
 }
 
 func checkID(id string) error {
@@ -159,30 +199,30 @@ func (e *Engine) History(ctx context.Context, id string) ([]HistoryEvent, error)
 // Await waits until instance id has finished and returns its final
 // status; ctx bounds the wait.
 func (e *Engine) Await(ctx context.Context, id string) (*Status, error) {
-	var after uint64
-	for {
-		st, err := e.WaitChange(ctx, id, after)
-		if err != nil || st.State.Final() {
-			return st, err
-		}
-		after = st.Position
-	}
+	return e.waitFor(ctx, id, func(st *Status) bool { return st.State.Final() }, true)
 }
 
 // WaitChange waits until instance id's history has grown past position
 // after (Status.Position), or ctx ends, and returns its status then. With
 // after 0 it returns at once. It serves pushes of status changes.
 func (e *Engine) WaitChange(ctx context.Context, id string, after uint64) (*Status, error) {
-	ch, stop, err := e.watch(ctx, id)
+	return e.waitFor(ctx, id, func(st *Status) bool { return st.Position > after || st.State.Final() }, false)
+}
+
+// waitFor returns the status of id once done(status) holds. It reads the
+// status at first, then on each notification of a change (with finalOnly,
+// only of a final one), and every second in case a notification was lost.
+func (e *Engine) waitFor(ctx context.Context, id string, done func(*Status) bool, finalOnly bool) (*Status, error) {
+	ch, stop, err := e.watch(ctx, id, finalOnly)
 	if err != nil {
 		return nil, err
 	}
 	defer stop()
-	recheck := time.NewTicker(time.Second) // notifications are best effort
+	recheck := time.NewTicker(time.Second)
 	defer recheck.Stop()
 	for {
 		st, err := e.Status(ctx, id)
-		if err != nil || st.Position > after || st.State.Final() {
+		if err != nil || done(st) {
 			return st, err
 		}
 		select {
@@ -214,8 +254,9 @@ func Result[T any](ctx context.Context, e *Engine, id string) (T, error) {
 }
 
 // watch returns a channel that receives (at least) when instance id's
-// history grows, while stop is not called.
-func (e *Engine) watch(ctx context.Context, id string) (<-chan struct{}, func(), error) {
+// history grows (with finalOnly, when it gets a final record), until stop
+// is called.
+func (e *Engine) watch(ctx context.Context, id string, finalOnly bool) (<-chan struct{}, func(), error) {
 	e.wmu.Lock()
 	defer e.wmu.Unlock()
 	if e.evSub == nil {
@@ -225,32 +266,40 @@ func (e *Engine) watch(ctx context.Context, id string) (<-chan struct{}, func(),
 		}
 		e.evSub = sub
 	}
-	ch := make(chan struct{}, 1)
+	w := &watcher{ch: make(chan struct{}, 1), finalOnly: finalOnly}
 	key := historyKey(id)
 	if e.waiters[key] == nil {
-		e.waiters[key] = map[chan struct{}]struct{}{}
+		e.waiters[key] = map[*watcher]struct{}{}
 	}
-	e.waiters[key][ch] = struct{}{}
-	return ch, func() {
+	e.waiters[key][w] = struct{}{}
+	return w.ch, func() {
 		e.wmu.Lock()
 		defer e.wmu.Unlock()
-		delete(e.waiters[key], ch)
+		delete(e.waiters[key], w)
 		if len(e.waiters[key]) == 0 {
 			delete(e.waiters, key)
 		}
 	}, nil
 }
 
+type watcher struct {
+	ch        chan struct{}
+	finalOnly bool
+}
+
 func (e *Engine) notify(ev *backend.Event) {
 	if !strings.HasPrefix(ev.CorrelationID, "wfh:") {
 		return
 	}
+	final := ev.Type == recCompleted || ev.Type == recFailed || ev.Type == recTerminated || ev.Type == recPurged
 	e.wmu.Lock()
 	defer e.wmu.Unlock()
-	for ch := range e.waiters[ev.CorrelationID] {
-		select {
-		case ch <- struct{}{}:
-		default:
+	for w := range e.waiters[ev.CorrelationID] {
+		if final || !w.finalOnly {
+			select {
+			case w.ch <- struct{}{}:
+			default:
+			}
 		}
 	}
 }
@@ -291,6 +340,17 @@ func (e *Engine) RaiseEvent(ctx context.Context, id, name string, payload any, e
 	key := id + ":" + v.run + ":" + hex.EncodeToString(sum[:12])
 	if _, err := e.append(ctx, id, recEvent, record{Run: v.run, Event: name, EventID: eventID, Data: data}, "wf:e:"+key, false); err != nil {
 		return err
+	}
+	// The instance may have finished after the check above, before the
+	// event was stored: then the event is not delivered, and that is said.
+	if v, err = e.view(ctx, id); err != nil {
+		return err
+	}
+	if v == nil || v.state.Final() && !slices.ContainsFunc(v.entries, func(en entry) bool { return en.kind == recEvent && en.rec.EventID == eventID }) {
+		return fmt.Errorf("%w: %s finished before event %s arrived; it was not delivered", ErrFinished, id, name)
+	}
+	if v.state.Final() {
+		return nil
 	}
 	return e.enqueue(ctx, taskID("e", key), task{Instance: id}, time.Time{})
 }
@@ -430,6 +490,8 @@ func (ic *indexCache) apply(id string, en entry) {
 	}
 	st.UpdatedAt = en.at
 	switch en.kind {
+	case recStep:
+		st.Version = cmp.Or(st.Version, en.rec.Version)
 	case recCompleted:
 		st.State = StateCompleted
 	case recFailed:

@@ -335,7 +335,7 @@ func TestManagementErrors(t *testing.T) {
 		t.Fatalf("terminate twice: %v", err)
 	}
 	st = must[*workflow.Status](t)(en.E.Status(ctx, "m1"))
-	if st.State != workflow.StateTerminated || st.Error.Message != "terminated: changed my mind" {
+	if st.State != workflow.StateTerminated || st.Error.Message != "changed my mind" {
 		t.Fatalf("%+v", st)
 	}
 	if list := must[[]*workflow.Status](t)(en.E.List(ctx, workflow.ListQuery{State: workflow.StateTerminated})); len(list) != 1 || list[0].ID != "m1" {

@@ -10,6 +10,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/rsvp-go/rsvp"
+	"github.com/rsvp-go/rsvp/backend"
 	"github.com/rsvp-go/rsvp/backend/rsvpnats"
 	"github.com/rsvp-go/rsvp/workflow"
 )
@@ -33,7 +34,7 @@ func TestMain(m *testing.M) {
 // env is a workflow engine on a fresh in-memory embedded engine.
 type env struct {
 	t      *testing.T
-	B      *rsvpnats.Backend
+	B      backend.Backend
 	Client *rsvp.Client
 	E      *workflow.Engine
 }
@@ -44,6 +45,12 @@ func newEnv(t *testing.T, register func(e *workflow.Engine)) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return newEnvOn(t, b, register)
+}
+
+// newEnvOn is newEnv on b, which is closed with the test.
+func newEnvOn(t *testing.T, b backend.Backend, register func(e *workflow.Engine)) *env {
+	t.Helper()
 	en := &env{t: t, B: b}
 	t.Cleanup(func() { _ = b.Close() })
 	en.Client, en.E = en.engine(register)

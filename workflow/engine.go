@@ -15,6 +15,12 @@ import (
 	"sync"
 	"time"
 
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/rsvp-go/rsvp"
 	"github.com/rsvp-go/rsvp/backend"
 )
@@ -39,6 +45,12 @@ type Config struct {
 	CacheSize int
 	// Logger receives log lines about instances. Default: discard.
 	Logger *slog.Logger
+	// TracerProvider makes a span per execution of an instance
+	// ("workflow.run NAME"), the parent of the requests it sends, so that
+	// one trace follows an instance from its start through every
+	// activity (the trace context travels in tasks, requests and
+	// replies). Default: the global provider (otel.GetTracerProvider).
+	TracerProvider trace.TracerProvider
 	// StartUnregistered lets StartInstance start workflows not registered
 	// on this engine, for processes that start instances other processes
 	// run (a CLI, an HTTP front door). Their input is checked only for
@@ -53,6 +65,9 @@ func (c Config) withDefaults() Config {
 	c.Concurrency = cmp.Or(c.Concurrency, 16)
 	c.SweepInterval = cmp.Or(c.SweepInterval, 10*time.Second)
 	c.CacheSize = cmp.Or(c.CacheSize, 10000)
+	if c.TracerProvider == nil {
+		c.TracerProvider = otel.GetTracerProvider()
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
@@ -64,9 +79,10 @@ func (c Config) withDefaults() Config {
 // engine also runs instances once Start is called, for the workflows
 // registered on it. Several engines on one backend share the instances.
 type Engine struct {
-	c   *rsvp.Client
-	b   backend.Backend
-	cfg Config
+	c      *rsvp.Client
+	b      backend.Backend
+	cfg    Config
+	tracer trace.Tracer
 
 	mu     sync.Mutex
 	defs   map[string]map[int]*definition
@@ -113,7 +129,7 @@ func New(c *rsvp.Client, cfg Config) (*Engine, error) {
 	if cfg.Concurrency < 0 || cfg.SweepInterval < 0 || cfg.CacheSize < 0 || cfg.Lease < 0 {
 		return nil, fmt.Errorf("%w: negative Concurrency, SweepInterval, Lease or CacheSize", ErrInvalid)
 	}
-	return &Engine{c: c, b: c.Backend(), cfg: cfg, defs: map[string]map[int]*definition{}, latest: map[string]int{},
+	return &Engine{c: c, b: c.Backend(), cfg: cfg, tracer: cfg.TracerProvider.Tracer("github.com/rsvp-go/rsvp/workflow"), defs: map[string]map[int]*definition{}, latest: map[string]int{},
 		locks: map[string]*instLock{}, cache: map[string]*hist{}, waiters: map[string]map[*watcher]struct{}{}}, nil
 }
 
@@ -266,6 +282,8 @@ func (e *Engine) enqueue(ctx context.Context, id string, t task, notBefore time.
 		return fmt.Errorf("workflow: task for %s: %w", t.Instance, err)
 	}
 	m.ReplyTo = "" // tasks want no reply
+	m.Headers = map[string]string{}
+	propagation.TraceContext{}.Inject(ctx, propagation.MapCarrier(m.Headers)) // the task's handler continues the trace
 	if err := e.b.Enqueue(ctx, m); err != nil {
 		return fmt.Errorf("workflow: task for %s: %w", t.Instance, err)
 	}
@@ -380,7 +398,7 @@ func (e *Engine) lock(instance string) func() {
 }
 
 // execute runs instance up to where it waits, and does what it asked for.
-func (e *Engine) execute(ctx context.Context, instance string) error {
+func (e *Engine) execute(ctx context.Context, instance string) (err error) {
 	defer e.lock(instance)()
 	entries, h, err := e.load(ctx, instance)
 	if err != nil {
@@ -404,11 +422,22 @@ func (e *Engine) execute(ctx context.Context, instance string) error {
 		return e.finish(ctx, v, recFailed, record{Run: v.run, Error: &Failure{Code: CodeUnknownWorkflow,
 			Message: err.Error() + " in the engine that ran it"}})
 	}
+	ctx, span := e.tracer.Start(ctx, "workflow.run "+v.name, trace.WithAttributes(
+		attribute.String("workflow.instance_id", v.id), attribute.String("workflow.name", v.name),
+		attribute.Int("workflow.version", v.version), attribute.Int("workflow.history_length", len(v.entries))))
+	defer span.End()
 	ex := newExecution(v, def)
 	ex.replay(v.epochEntries())
+	span.SetAttributes(attribute.Int("workflow.new_calls", len(ex.newCmds)), attribute.Int("workflow.effects", len(ex.effects)))
 	if err := e.performAll(ctx, v, ex.effects); err != nil {
 		return err
 	}
+	defer func() {
+		if err != nil {
+			span.RecordError(err)
+			span.SetStatus(codes.Error, "not recorded")
+		}
+	}()
 	switch {
 	case ex.nondet != nil:
 		err = e.finish(ctx, v, recFailed, record{Run: v.run, Error: &Failure{Code: CodeNonDeterministic, Message: ex.nondet.Error()}})
@@ -600,6 +629,8 @@ func (e *Engine) onReply(ctx context.Context, rep *backend.Reply) error {
 	if err != nil || pos == 0 {
 		return err
 	}
+	// The run continues the trace of the activity that replied.
+	ctx = propagation.TraceContext{}.Extract(ctx, propagation.MapCarrier(rep.Headers))
 	if err := e.execute(ctx, instance); err != nil {
 		e.cfg.Logger.WarnContext(ctx, "workflow: run after a reply (queued as a task instead)", "instance", instance, "error", err)
 		return e.enqueue(ctx, taskID("r", rep.CorrelationID), task{Instance: instance}, time.Time{})

@@ -13,6 +13,8 @@ import (
 	"sync"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/rsvp-go/rsvp"
 	"github.com/rsvp-go/rsvp/backend"
 )
@@ -122,9 +124,10 @@ func (e *Engine) runSoon(ctx context.Context, v *view, taskID string) error {
 	if !local {
 		return e.enqueue(ctx, taskID, task{Instance: v.id}, time.Time{})
 	}
+	parent := trace.SpanContextFromContext(ctx) // the first run continues the starter's trace
 	go func() {
 		defer e.wg.Done()
-		ctx, cancel := context.WithCancel(context.Background())
+		ctx, cancel := context.WithCancel(trace.ContextWithRemoteSpanContext(context.Background(), parent))
 		defer cancel()
 		go func() {
 			select {

@@ -1,0 +1,82 @@
+package workflow_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+
+	"github.com/rsvp-go/rsvp"
+	"github.com/rsvp-go/rsvp/backend/rsvpnats"
+	"github.com/rsvp-go/rsvp/workflow"
+)
+
+// One trace follows an approval instance: from the caller's span through
+// every run of the instance, the requests it sends, their handling, and
+// the timer of its wait.
+func TestTraceFollowsInstance(t *testing.T) {
+	spans := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans))
+	defer tp.Shutdown(context.Background())
+	ctx := ctxT(t, 20*time.Second)
+	b, err := rsvpnats.Embedded("", rsvpnats.Options{Memory: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	c := must[*rsvp.Client](t)(rsvp.New(ctx, b, rsvp.Config{TracerProvider: tp}))
+	defer c.Close(context.Background())
+	for _, q := range []string{"ReviewDocument", "PublishDocument"} {
+		respond(t, c, q, rsvp.HandleOptions{}, func(ctx context.Context, d Document) (string, error) { return q + " " + d.ID, nil })
+	}
+	e := must[*workflow.Engine](t)(workflow.New(c, workflow.Config{TracerProvider: tp}))
+	_ = workflow.Register(e, "approval", Approval)
+	if err := e.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer e.Stop(context.Background())
+
+	callerCtx, caller := tp.Tracer("test").Start(ctx, "caller")
+	st := must[*workflow.Status](t)(e.StartInstance(callerCtx, "approval", Document{ID: "t1"}, workflow.StartOptions{}))
+	caller.End()
+	if err := e.RaiseEvent(ctx, st.ID, "ApprovalReceived", "Approved", ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := workflow.Result[string](ctx, e, st.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Stop(ctx); err != nil { // every run's span has ended
+		t.Fatal(err)
+	}
+
+	traceID := caller.SpanContext().TraceID()
+	count := map[string]int{}
+	var runs []sdktrace.ReadOnlySpan
+	for _, s := range spans.Ended() {
+		if s.SpanContext().TraceID() != traceID {
+			continue
+		}
+		count[s.Name()]++
+		if s.Name() == "workflow.run approval" {
+			runs = append(runs, s)
+		}
+	}
+	for _, name := range []string{"workflow.run approval", "rsvp.send ReviewDocument", "rsvp.handle ReviewDocument",
+		"rsvp.send PublishDocument", "rsvp.handle PublishDocument"} {
+		if count[name] == 0 {
+			t.Errorf("no %q span in the caller's trace; spans in it: %v", name, count)
+		}
+	}
+	if len(runs) < 3 { // start, review's reply, the event (and the publish reply)
+		t.Errorf("%d runs in the trace, want at least 3", len(runs))
+	}
+	var hasInstance bool
+	for _, kv := range runs[0].Attributes() {
+		hasInstance = hasInstance || kv.Key == "workflow.instance_id" && kv.Value.AsString() == st.ID
+	}
+	if !hasInstance || runs[0].Parent().SpanID() != caller.SpanContext().SpanID() {
+		t.Errorf("first run: attributes %v, parent %v; want the instance id and the caller as parent", runs[0].Attributes(), runs[0].Parent())
+	}
+}

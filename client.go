@@ -94,6 +94,7 @@ type Client struct {
 	waiters waiters
 	tel     *telemetry
 	active  sync.Map // queue → time.Time: a responder was seen active then (RequireResponder)
+	topics  sync.Map // topic → *cachedRegistry: its subscriptions as last read
 
 	mu         sync.Mutex
 	responders map[*Responder]struct{}

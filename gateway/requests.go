@@ -304,10 +304,8 @@ func (g *Gateway) submit(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if rec.Channel != "" {
-		if err := backend.ValidateChannel(rec.Channel); err != nil {
+		if err := checkChannel(rec.Channel); err != nil {
 			errs = append(errs, fmt.Errorf("Notify-Channel: %w", err))
-		} else if len(rec.Channel) > maxChannelLen {
-			errs = append(errs, fmt.Errorf("Notify-Channel is longer than %d bytes", maxChannelLen))
 		}
 	}
 	if rec.Callback != "" {

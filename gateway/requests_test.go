@@ -114,6 +114,7 @@ func TestUnknownAndBadInput(t *testing.T) {
 		{"too large", "q", nil, "01234567890", 413, "limit is 10 bytes"},
 		{"bad content type", "q", map[string]string{"Content-Type": "text/"}, "x", 400, "Content-Type"},
 		{"bad channel", "q", map[string]string{"Notify-Channel": "a b"}, "x", 400, "Notify-Channel"},
+		{"reserved channel", "q", map[string]string{"Notify-Channel": "rsvp-workflows"}, "x", 400, "are reserved"},
 		{"bad timeout", "q", nil, "x", 400, "timeout"},
 		{"callback without secret", "q", map[string]string{"Callback-URL": "https://example.com/h"}, "x", 400, "no webhook secret"},
 		{"missing key", "strict", nil, "x", 400, "Idempotency-Key"},

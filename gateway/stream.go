@@ -174,6 +174,9 @@ func checkChannel(ch string) error {
 	if len(ch) > maxChannelLen {
 		return fmt.Errorf("channel is longer than %d bytes", maxChannelLen)
 	}
+	if strings.HasPrefix(ch, internalPrefix) { // such as the workflow instance index
+		return fmt.Errorf("channel names starting with %q are reserved", internalPrefix)
+	}
 	return nil
 }
 

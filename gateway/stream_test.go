@@ -256,6 +256,7 @@ func TestSSERequestEventSequence(t *testing.T) {
 		{"/v1/requests/" + id + "/events", map[string]string{"Last-Event-ID": "x"}, http.StatusBadRequest},
 		{"/v1/channels/no%20pe/events", nil, http.StatusBadRequest},
 		{"/v1/channels/_/events", nil, http.StatusBadRequest},
+		{"/v1/channels/rsvp-workflows/events", nil, http.StatusBadRequest}, // the workflow index
 	} {
 		resp, body := e.do("GET", c.path, c.hdr, "")
 		if resp.StatusCode != c.status || resp.Header.Get("Content-Type") != "application/problem+json" {

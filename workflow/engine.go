@@ -45,11 +45,12 @@ type Config struct {
 	CacheSize int
 	// Logger receives log lines about instances. Default: discard.
 	Logger *slog.Logger
-	// TracerProvider makes a span per execution of an instance
-	// ("workflow.run NAME"), the parent of the requests it sends, so that
-	// one trace follows an instance from its start through every
-	// activity (the trace context travels in tasks, requests and
-	// replies). Default: the global provider (otel.GetTracerProvider).
+	// TracerProvider makes a span per run of an instance ("workflow.run
+	// NAME"), the parent of the requests the run sends. Every run is in
+	// the trace of the instance's starter (recorded with the start), and
+	// links to what triggered it (a reply, a timer, an event), so one
+	// trace follows an instance through every activity. Default: the
+	// global provider (otel.GetTracerProvider).
 	TracerProvider trace.TracerProvider
 	// StartUnregistered lets StartInstance start workflows not registered
 	// on this engine, for processes that start instances other processes
@@ -219,8 +220,7 @@ func (e *Engine) Start(ctx context.Context) error {
 		return fmt.Errorf("workflow: subscribe to activity replies: %w", err)
 	}
 	resp, err := e.c.Handle(e.cfg.Queue, rsvp.HandlerFunc(e.handleTask),
-		rsvp.HandleOptions{Concurrency: e.cfg.Concurrency, MaxAttempts: 20, Lease: e.cfg.Lease,
-			Backoff: func(int) time.Duration { return time.Second }})
+		rsvp.HandleOptions{Concurrency: e.cfg.Concurrency, MaxAttempts: taskAttempts, Lease: e.cfg.Lease, Backoff: taskBackoff})
 	if err != nil {
 		_ = sub.Close()
 		return fmt.Errorf("workflow: consume %s: %w", e.cfg.Queue, err)
@@ -313,7 +313,7 @@ func (e *Engine) handleTask(ctx context.Context, m *rsvp.Message) (*rsvp.Reply, 
 			return nil, err
 		}
 	}
-	return nil, e.execute(ctx, t.Instance)
+	return nil, e.executeOr(ctx, t.Instance, m.Attempt >= taskAttempts)
 }
 
 // append stores one history record of instance and returns its position
@@ -397,8 +397,23 @@ func (e *Engine) lock(instance string) func() {
 	}
 }
 
+// errNotHere: the instance's workflow is not registered on this engine.
+var errNotHere = errors.New("workflow: not registered on this engine")
+
+// taskAttempts is how often a task is tried; with taskBackoff, about ten
+// minutes for an engine that has the instance's workflow to take it.
+const taskAttempts = 25
+
+func taskBackoff(attempt int) time.Duration { return min(time.Second<<min(attempt, 5), 30*time.Second) }
+
 // execute runs instance up to where it waits, and does what it asked for.
-func (e *Engine) execute(ctx context.Context, instance string) (err error) {
+// If its workflow is not registered here, it returns errNotHere, unless
+// giveUp says to fail the instance instead.
+func (e *Engine) execute(ctx context.Context, instance string) error {
+	return e.executeOr(ctx, instance, false)
+}
+
+func (e *Engine) executeOr(ctx context.Context, instance string, giveUp bool) (err error) {
 	defer e.lock(instance)()
 	entries, h, err := e.load(ctx, instance)
 	if err != nil {
@@ -419,16 +434,31 @@ func (e *Engine) execute(ctx context.Context, instance string) (err error) {
 		}
 	}
 	if err != nil {
+		if !giveUp {
+			return fmt.Errorf("%w: %w", errNotHere, err) // another engine may have it
+		}
 		return e.finish(ctx, v, recFailed, record{Run: v.run, Error: &Failure{Code: CodeUnknownWorkflow,
-			Message: err.Error() + " in the engine that ran it"}})
+			Message: err.Error() + " in any engine that took its task"}})
 	}
-	ctx, span := e.tracer.Start(ctx, "workflow.run "+v.name, trace.WithAttributes(
+	// Every run is traced in the instance's trace (its starter's), linked
+	// to what triggered it (a reply, a timer, an event's task).
+	var opts []trace.SpanStartOption
+	prop := propagation.TraceContext{}
+	if inst := trace.SpanContextFromContext(prop.Extract(context.Background(), propagation.MapCarrier(v.trace))); inst.IsValid() {
+		if trigger := trace.SpanContextFromContext(ctx); trigger.IsValid() && trigger.TraceID() != inst.TraceID() {
+			opts = append(opts, trace.WithLinks(trace.Link{SpanContext: trigger}))
+		}
+		ctx = trace.ContextWithRemoteSpanContext(ctx, inst)
+	}
+	ctx, span := e.tracer.Start(ctx, "workflow.run "+v.name, append(opts, trace.WithAttributes(
 		attribute.String("workflow.instance_id", v.id), attribute.String("workflow.name", v.name),
-		attribute.Int("workflow.version", v.version), attribute.Int("workflow.history_length", len(v.entries))))
+		attribute.Int("workflow.version", v.version), attribute.Int("workflow.history_length", len(v.entries))))...)
 	defer span.End()
 	ex := newExecution(v, def)
 	ex.replay(v.epochEntries())
 	span.SetAttributes(attribute.Int("workflow.new_calls", len(ex.newCmds)), attribute.Int("workflow.effects", len(ex.effects)))
+	e.cfg.Logger.DebugContext(ctx, "workflow: run", "instance", v.id, "workflow", v.name, "history", len(v.entries),
+		"new_calls", len(ex.newCmds), "effects", len(ex.effects), "finished", ex.finished)
 	if err := e.performAll(ctx, v, ex.effects); err != nil {
 		return err
 	}
@@ -474,7 +504,7 @@ func newInput(v *view, executed uint64) bool {
 }
 
 func (e *Engine) recordStep(ctx context.Context, v *view, ex *execution) error {
-	r := record{Run: v.run, Epoch: v.epoch, Cmds: ex.newCmds}
+	r := record{Run: v.run, Epoch: v.epoch, Cmds: ex.newCmds, Upto: v.lastSeq}
 	for _, ef := range ex.effects {
 		r.Done = append(r.Done, ef.key)
 	}
@@ -684,12 +714,21 @@ func (e *Engine) sweepLoop() {
 // activity reply that is stored but not in the history, or an entry no
 // execution has seen for a sweep interval.
 func (e *Engine) sweep(ctx context.Context) error {
-	list, err := e.List(ctx, ListQuery{State: StateRunning})
+	list, err := e.List(ctx, ListQuery{})
 	if err != nil {
 		return err
 	}
 	for _, st := range list {
-		entries, _, err := e.load(ctx, st.ID)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		// The index gets its copy of a record before the history does: a
+		// final state there may be one the history never got. Such an
+		// instance is swept until its history is checked once.
+		if st.State.Final() && e.index.isChecked(st.ID) {
+			continue
+		}
+		entries, h, err := e.load(ctx, st.ID)
 		if err != nil {
 			return err
 		}
@@ -702,6 +741,9 @@ func (e *Engine) sweep(ctx context.Context) error {
 			}
 		}
 		if v == nil || v.state.Final() {
+			if v != nil && st.State.Final() {
+				e.index.check(st.ID)
+			}
 			continue
 		}
 		for _, corr := range pendingCalls(v) {
@@ -716,15 +758,40 @@ func (e *Engine) sweep(ctx context.Context) error {
 				return err
 			}
 		}
-		last := v.entries[len(v.entries)-1]
-		if last.kind != recStep && time.Since(last.at) > e.cfg.SweepInterval {
-			id := taskID(v.id, "sweep", strconv.FormatUint(last.seq, 10))
+		h.mu.Lock()
+		seen := h.executed
+		h.mu.Unlock()
+		if in, ok := unseenInput(v, seen); ok && time.Since(in.at) > e.cfg.SweepInterval {
+			e.cfg.Logger.DebugContext(ctx, "workflow: sweep resumes an instance", "instance", v.id, "input", in.kind, "at", in.seq)
+			id := taskID(v.id, "sweep", strconv.FormatUint(in.seq, 10))
 			if err := e.enqueue(ctx, id, task{Instance: v.id}, time.Time{}); err != nil {
 				return err
 			}
 		}
 	}
 	return nil
+}
+
+// unseenInput returns the last entry of v that no execution has read, as
+// far as the steps recorded and this engine's own executions (up to
+// position seen) tell.
+func unseenInput(v *view, seen uint64) (entry, bool) {
+	upto := seen
+	for _, e := range v.entries {
+		if e.kind == recStep {
+			upto = max(upto, e.rec.Upto)
+		}
+	}
+	for i := len(v.entries) - 1; i >= 0; i-- {
+		e := v.entries[i]
+		if e.seq <= upto {
+			break
+		}
+		if e.kind != recStep {
+			return e, true
+		}
+	}
+	return entry{}, false
 }
 
 // pendingCalls returns the correlation ids of v's activity attempts that

@@ -56,6 +56,12 @@ type record struct {
 	Data     json.RawMessage `json:"data,omitempty"`
 	Consumed []string        `json:"consumed,omitempty"`
 	Reason   string          `json:"reason,omitempty"`
+	// Upto, on a step, is the history position the execution had read:
+	// inputs after it may not have been seen by any execution.
+	Upto uint64 `json:"upto,omitempty"`
+	// Trace, on a start, is the starter's trace context (W3C headers):
+	// every run of the instance is traced in it.
+	Trace map[string]string `json:"trace,omitempty"`
 }
 
 // parentRef names the command of a parent instance that started a
@@ -112,6 +118,7 @@ type view struct {
 	version   int
 	input     json.RawMessage
 	parent    *parentRef
+	trace     map[string]string
 	createdAt time.Time
 	updatedAt time.Time
 	state     State
@@ -138,7 +145,7 @@ func fold(id string, es []entry) *view {
 				continue // a concurrent start lost: the first one stands
 			}
 			v = &view{id: id, run: e.rec.Run, name: e.rec.Name, version: e.rec.Version, input: e.rec.Input,
-				parent: e.rec.Parent, createdAt: e.at, state: StateRunning}
+				parent: e.rec.Parent, trace: e.rec.Trace, createdAt: e.at, state: StateRunning}
 			seenEvents = map[string]bool{}
 		}
 		if v == nil || e.rec.Run != v.run {

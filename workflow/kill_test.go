@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -146,8 +147,8 @@ func wfRaiser(ctx context.Context, e *workflow.Engine) {
 	}
 }
 
-func wfKillEngine(c *rsvp.Client) (*workflow.Engine, error) {
-	e, err := workflow.New(c, workflow.Config{Lease: time.Second, SweepInterval: 500 * time.Millisecond})
+func wfKillEngine(c *rsvp.Client, log *slog.Logger) (*workflow.Engine, error) {
+	e, err := workflow.New(c, workflow.Config{Lease: time.Second, SweepInterval: 500 * time.Millisecond, Logger: log})
 	if err != nil {
 		return nil, err
 	}
@@ -174,7 +175,7 @@ func wfWorker() int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	e, err := wfKillEngine(c)
+	e, err := wfKillEngine(c, slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
 	if err == nil {
 		err = e.Start(ctx)
 	}
@@ -278,7 +279,7 @@ func runWFKillRound(t *testing.T, dir string, round int) (ids []string) {
 // drainWorkflows runs the engine the children left until every instance
 // finished, and checks the outcome.
 func drainWorkflows(t *testing.T, dir string, acked []string) {
-	ctx := ctxT(t, 90*time.Second)
+	ctx := ctxT(t, 30*time.Second)
 	b, err := rsvpnats.Embedded(dir, rsvpnats.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -288,7 +289,7 @@ func drainWorkflows(t *testing.T, dir string, acked []string) {
 	defer c.Close(context.Background())
 	stopResponders := must[func()](t)(wfKillResponders(c, dir))
 	defer stopResponders()
-	e := must[*workflow.Engine](t)(wfKillEngine(c))
+	e := must[*workflow.Engine](t)(wfKillEngine(c, slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))))
 	if err := e.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -319,6 +320,10 @@ func drainWorkflows(t *testing.T, dir string, acked []string) {
 			continue // a start killed half-way, never acknowledged
 		}
 		if err != nil {
+			h, _ := e.History(context.Background(), listed.ID)
+			for _, ev := range h {
+				t.Logf("%s history: %d %s %s %s", listed.ID, ev.Seq, ev.At.Format("15:04:05.000"), ev.Type, ev.Data)
+			}
 			t.Fatalf("%s did not finish: %v", listed.ID, err)
 		}
 		var want string

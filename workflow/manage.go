@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/rsvp-go/rsvp"
@@ -87,10 +88,11 @@ func (e *Engine) startInstance(ctx context.Context, name string, version int, id
 		return nil, err
 	}
 	if v != nil && v.name != name {
-		return nil, fmt.Errorf("%w: instance %s exists and runs workflow %s, not %s", ErrInvalid, id, v.name, name)
+		return nil, fmt.Errorf("%w: instance %s runs workflow %s, not %s", ErrIDInUse, id, v.name, name)
 	}
 	if v == nil {
-		r := record{Run: newRun(), Name: name, Version: version, Input: input, Parent: parent}
+		r := record{Run: newRun(), Name: name, Version: version, Input: input, Parent: parent, Trace: map[string]string{}}
+		propagation.TraceContext{}.Inject(ctx, propagation.MapCarrier(r.Trace))
 		if _, err := e.append(ctx, id, recStarted, r, "", true); err != nil {
 			return nil, err
 		}
@@ -337,6 +339,9 @@ func (e *Engine) RaiseEvent(ctx context.Context, id, name string, payload any, e
 		return fmt.Errorf("%w: %s", ErrNotFound, id)
 	}
 	if v.state.Final() {
+		if slices.ContainsFunc(v.entries, func(en entry) bool { return en.kind == recEvent && en.rec.EventID == eventID }) {
+			return nil // raised before: a repeat
+		}
 		return fmt.Errorf("%w: %s is %s; event %s not delivered", ErrFinished, id, v.state, name)
 	}
 	sum := sha256.Sum256([]byte(eventID))
@@ -445,10 +450,26 @@ func (e *Engine) List(ctx context.Context, q ListQuery) ([]*Status, error) {
 
 // indexCache folds the instance index channel, read incrementally.
 type indexCache struct {
-	mu   sync.Mutex
-	last uint64
-	m    map[string]*Status
-	runs map[string]string
+	mu      sync.Mutex
+	last    uint64
+	m       map[string]*Status
+	runs    map[string]string
+	checked map[string]bool // final in the index, and in the history too
+}
+
+func (ic *indexCache) isChecked(id string) bool {
+	ic.mu.Lock()
+	defer ic.mu.Unlock()
+	return ic.checked[id]
+}
+
+func (ic *indexCache) check(id string) {
+	ic.mu.Lock()
+	defer ic.mu.Unlock()
+	if ic.checked == nil {
+		ic.checked = map[string]bool{}
+	}
+	ic.checked[id] = true
 }
 
 func (ic *indexCache) update(ctx context.Context, b backend.Backend) error {
@@ -485,6 +506,7 @@ func (ic *indexCache) apply(id string, en entry) {
 			return // a concurrent start that lost
 		}
 		ic.runs[id] = en.rec.Run
+		delete(ic.checked, id)
 		ic.m[id] = &Status{ID: id, Name: en.rec.Name, Version: en.rec.Version, State: StateRunning, CreatedAt: en.at, UpdatedAt: en.at}
 		return
 	}
@@ -504,5 +526,6 @@ func (ic *indexCache) apply(id string, en entry) {
 	case recPurged:
 		delete(ic.m, id)
 		delete(ic.runs, id)
+		delete(ic.checked, id)
 	}
 }

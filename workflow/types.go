@@ -45,6 +45,7 @@ var (
 	ErrUnknownWorkflow  = errors.New("workflow: unknown workflow")
 	ErrBadInput         = errors.New("workflow: bad input")
 	ErrInvalid          = errors.New("workflow: invalid argument")
+	ErrIDInUse          = errors.New("workflow: instance id in use by another workflow")
 	ErrNonDeterministic = errors.New("workflow: non-deterministic workflow")
 )
 

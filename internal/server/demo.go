@@ -107,8 +107,8 @@ func pause(ctx context.Context, d time.Duration) error {
 	}
 }
 
-// DemoHelp returns the curl commands that try the demo responders of a
-// server at baseURL. With auth, they send "Authorization: Bearer $RSVP_KEY".
+// DemoHelp returns the curl commands that try the demo responders and
+// workflows of a server at baseURL. With auth, they send "Authorization: Bearer $RSVP_KEY".
 func DemoHelp(baseURL string, auth bool) string {
 	h := ""
 	if auth {
@@ -128,6 +128,23 @@ func DemoHelp(baseURL string, auth bool) string {
 		fmt.Sprintf(`  curl -s%s %s/v1/queues/thumbnail/requests -H 'Prefer: wait=10' -d '{}'`, h, baseURL),
 		"  # the first attempt fails, the retry 0.5s later succeeds (\"attempts\": 2 in the status)",
 		fmt.Sprintf(`  curl -s%s %s/v1/queues/flaky/requests -H 'Prefer: wait=10' -d 'hi'`, h, baseURL),
+		"",
+		"Try the demo workflows:",
+		"",
+		"  # start the approval of a document: 202 Accepted, Location: /v1/instances/doc-1 (starting doc-1 again returns it)",
+		fmt.Sprintf(`  curl -si%s '%s/v1/workflows/approval/instances?id=doc-1' -H 'Content-Type: application/json' -d '{"id":"doc-1","text":"The quarterly report."}'`, h, baseURL),
+		"  # its status: running, reviewed, \"awaiting approval\" in custom_status",
+		fmt.Sprintf(`  curl -s%s %s/v1/instances/doc-1`, h, baseURL),
+		"  # approve it: the external event ApprovalReceived (any other text rejects it)",
+		fmt.Sprintf(`  curl -si%s %s/v1/instances/doc-1/events/ApprovalReceived -H 'Content-Type: application/json' -d '"Approved"'`, h, baseURL),
+		"  # long-poll up to 10s for the next change of its status: here the end, 303 See Other to the result",
+		fmt.Sprintf(`  curl -si%s '%s/v1/instances/doc-1?wait=10s'`, h, baseURL),
+		fmt.Sprintf(`  curl -s%s %s/v1/instances/doc-1/result`, h, baseURL),
+		"  # its status changes as Server-Sent Events (the stream ends after the final one)",
+		fmt.Sprintf(`  curl -sN%s %s/v1/instances/doc-1/events`, h, baseURL),
+		"  # fan-out: a thumbnail per image, all at once; -L follows the 303 to the result",
+		fmt.Sprintf(`  curl -s%s '%s/v1/workflows/thumbnails/instances?id=thumbs-1' -H 'Content-Type: application/json' -d '["https://example.com/a.png","https://example.com/b.png"]'`, h, baseURL),
+		fmt.Sprintf(`  curl -sL%s '%s/v1/instances/thumbs-1?wait=10s'`, h, baseURL),
 		"",
 	}
 	return strings.Join(lines, "\n")

@@ -1,6 +1,7 @@
 // Package server is the composition root of `rsvp serve`: it puts a client,
-// the HTTP gateway and, with Config.Demo, the demo responders on an engine
-// and serves the gateway over HTTP until its context ends.
+// a workflow engine, the HTTP gateway and, with Config.Demo, the demo
+// responders and workflows on an engine and serves the gateway over HTTP
+// until its context ends.
 package server
 
 import (
@@ -21,6 +22,7 @@ import (
 	"github.com/rsvp-go/rsvp"
 	"github.com/rsvp-go/rsvp/backend"
 	"github.com/rsvp-go/rsvp/gateway"
+	"github.com/rsvp-go/rsvp/workflow"
 )
 
 // DefaultAddr is the address served when Config.Addr is empty.
@@ -48,7 +50,17 @@ type Config struct {
 	// (default 1 MiB); its Logger defaults to Logger.
 	Gateway gateway.Config
 	// Demo runs the demo responders (queues "thumbnail" and "flaky", see
-	// DemoHelp) on the gateway's client.
+	// DemoHelp) on the gateway's client, and the demo workflows
+	// (DemoApprovalWorkflow, DemoThumbnailsWorkflow) with the responders of
+	// their activities.
+	//
+	// The server always serves the workflow API with a workflow engine on
+	// the client. With Demo the engine runs the demo workflows, and only
+	// they can be started over HTTP. Without Demo it runs none: it starts
+	// instances of any workflow name (workflow.Config.StartUnregistered)
+	// for the worker processes that register and run them, and steers
+	// them (status, events, terminate, purge); it consumes no workflow
+	// tasks, so it never takes an instance it cannot run.
 	Demo bool
 	// ShutdownTimeout bounds the graceful shutdown once ctx ends: open
 	// requests may finish, responders drain. Then connections are closed
@@ -152,6 +164,27 @@ func Run(ctx context.Context, cfg Config) error {
 			log.Warn("server: closing the client", "err", err)
 		}
 	}()
+	wf, err := workflow.New(client, workflow.Config{Logger: log, StartUnregistered: !cfg.Demo})
+	if err != nil {
+		return fmt.Errorf("server: workflow engine: %w", err)
+	}
+	if cfg.Demo {
+		if err := registerDemoWorkflows(wf); err != nil {
+			return fmt.Errorf("server: demo workflows: %w", err)
+		}
+		// An engine runs any instance whose task it takes, and fails those
+		// of workflows it lacks: so only an engine with workflows runs.
+		if err := wf.Start(ctx); err != nil {
+			return fmt.Errorf("server: start the workflow engine: %w", err)
+		}
+	}
+	defer func() { // after the gateway (its streams use the engine), before the client
+		ctx, _ := closeCtx()
+		if err := wf.Stop(ctx); err != nil {
+			log.Warn("server: stopping the workflow engine; its instances go on when an engine runs again", "err", err)
+		}
+	}()
+	cfg.Gateway.Workflows = wf
 	cfg.Gateway.TracerProvider, cfg.Gateway.MeterProvider = tel.tracer, tel.meter
 	gw, err := gateway.New(ctx, client, cfg.Gateway)
 	if err != nil {
@@ -172,6 +205,16 @@ func Run(ctx context.Context, cfg Config) error {
 			ctx, _ := closeCtx()
 			if err := stop(ctx); err != nil {
 				log.Warn("server: demo responders did not stop in time; their requests will be delivered again", "err", err)
+			}
+		}()
+		stopActivities, err := startDemoActivities(client)
+		if err != nil {
+			return fmt.Errorf("server: start demo activities: %w", err)
+		}
+		defer func() {
+			ctx, _ := closeCtx()
+			if err := stopActivities(ctx); err != nil {
+				log.Warn("server: demo activities did not stop in time; their requests will be delivered again", "err", err)
 			}
 		}()
 	}
@@ -203,7 +246,8 @@ func Run(ctx context.Context, cfg Config) error {
 		log.Warn(fmt.Sprintf("no API keys: anyone who can reach %s can use every queue", addr))
 	}
 	if cfg.Demo {
-		log.Info("demo responders on queues " + DemoThumbnailQueue + " and " + DemoFlakyQueue)
+		log.Info("demo responders on queues " + DemoThumbnailQueue + " and " + DemoFlakyQueue +
+			"; demo workflows " + DemoApprovalWorkflow + " and " + DemoThumbnailsWorkflow)
 	}
 	if cfg.Ready != nil {
 		cfg.Ready(baseURL)
@@ -361,7 +405,7 @@ func longLived(r *http.Request) bool {
 	p := r.URL.Path
 	switch {
 	case r.Method == http.MethodGet && r.URL.Query().Has("wait"),
-		strings.HasSuffix(p, "/events"),
+		r.Method == http.MethodGet && strings.HasSuffix(p, "/events"),
 		p == "/v1/ws",
 		r.Method == http.MethodPost && strings.HasPrefix(p, "/v1/queues/") && strings.HasSuffix(p, "/leases"):
 		return true

@@ -19,6 +19,13 @@
 // answer for every request and push every event; only a worker lease
 // belongs to the gateway that handed it out.
 //
+// With Config.Workflows, durable workflows (package workflow) get the same
+// contract: POST /v1/workflows/{name}/instances starts an instance (202,
+// with the URLs to steer it), GET /v1/instances/{id} is its status (303 to
+// the result when done; ?wait= long-polls), POST
+// /v1/instances/{id}/events/{event} raises an external event, and the
+// status changes stream as Server-Sent Events.
+//
 // API keys (Config.Keys, kept as SHA-256 hashes) give tenants rights per
 // queue: send, consume, admin. A tenant sees only its own requests and
 // channels; others get 404. Without keys, authentication is off: serve such

@@ -35,12 +35,12 @@ func BenchmarkSequential3(b *testing.B) {
 			defer c.Close(ctx)
 			r, err := c.Handle("noop", rsvp.HandlerFunc(func(ctx context.Context, m *rsvp.Message) (*rsvp.Reply, error) {
 				return &rsvp.Reply{Body: m.Body, ContentType: "application/json"}, nil
-			}), rsvp.HandleOptions{Concurrency: 32})
+			}), rsvp.HandleOptions{Concurrency: 64})
 			if err != nil {
 				b.Fatal(err)
 			}
 			defer r.Stop(ctx)
-			e, err := workflow.New(c, workflow.Config{Concurrency: 32})
+			e, err := workflow.New(c, workflow.Config{})
 			if err != nil {
 				b.Fatal(err)
 			}

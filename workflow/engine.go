@@ -31,7 +31,9 @@ type Config struct {
 	// a timer fired). Engines sharing a queue share the work. Its replies
 	// inbox has the same name. Default "rsvp-workflows".
 	Queue string
-	// Concurrency is how many tasks this engine runs at once. Default 16.
+	// Concurrency is how many tasks this engine runs at once, and how many
+	// activity replies it records at once. Runs mostly wait for the
+	// engine's writes, so this is high. Default 64.
 	Concurrency int
 	// SweepInterval is how often the engine looks for instances whose
 	// notification was lost (an activity reply stored while no engine
@@ -63,7 +65,7 @@ type Config struct {
 
 func (c Config) withDefaults() Config {
 	c.Queue = cmp.Or(c.Queue, "rsvp-workflows")
-	c.Concurrency = cmp.Or(c.Concurrency, 16)
+	c.Concurrency = cmp.Or(c.Concurrency, 64)
 	c.SweepInterval = cmp.Or(c.SweepInterval, 10*time.Second)
 	c.CacheSize = cmp.Or(c.CacheSize, 10000)
 	if c.TracerProvider == nil {

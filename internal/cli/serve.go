@@ -48,7 +48,16 @@ and private addresses are refused unless --webhook-allow-private.
 ({"url": "https://..."} in, {"thumbnail_url": ...} out after 0.3s, with
 progress halfway; no url: a permanent bad_payload failure) and "flaky"
 (the first attempt of each request fails, the retry 0.5s later succeeds),
-and prints curl commands to try them.
+and two durable workflows: "approval" (input {"id": ..., "text": ...}: the
+ReviewDocument activity, then a wait of up to 10 minutes for the event
+ApprovalReceived, then PublishDocument if its payload is "Approved") and
+"thumbnails" (input: a list of image URLs, one "thumbnail" request each,
+all at once). It prints curl commands to try them.
+
+Workflows: /v1/workflows/{name}/instances starts an instance and
+/v1/instances/{id} steers it (status, result, events, terminate, purge).
+Without --demo the server starts and steers instances of workflows that
+other processes run (package workflow), and runs none itself.
 
 Logs go to stderr; the first lines give the address ("listening on
 http://127.0.0.1:8080"; with --addr HOST:0, the port picked). On SIGINT or
@@ -84,7 +93,7 @@ func (f *serveFlags) register(fs *flag.FlagSet) {
 	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", 30*time.Second, "on SIGINT or SIGTERM, how long open requests and running handlers may take to finish")
 	fs.StringVar(&f.logFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&f.logLevel, "log-level", "info", "least important log level shown: debug, info, warn or error")
-	fs.BoolVar(&f.demo, "demo", false, `also run the demo responders on queues "thumbnail" and "flaky"`)
+	fs.BoolVar(&f.demo, "demo", false, `also run the demo responders (queues "thumbnail", "flaky") and workflows ("approval", "thumbnails")`)
 }
 
 // listFlag is a repeatable flag whose values may also be comma-separated.

@@ -127,6 +127,41 @@ func TestServeOnPostgres(t *testing.T) {
 	if resp.StatusCode != 200 || !strings.Contains(string(body), "pg.png?size=128") {
 		t.Fatalf("on postgres: %d %s", resp.StatusCode, body)
 	}
+
+	// The demo's approval workflow, on the same database.
+	post := func(path, body string) int {
+		t.Helper()
+		resp, err := http.Post(base+path, "application/json", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if code := post("/v1/workflows/approval/instances?id=pg-doc", `{"id":"pg-doc","text":"On PostgreSQL."}`); code != http.StatusAccepted {
+		t.Fatalf("start: %d", code)
+	}
+	if code := post("/v1/instances/pg-doc/events/ApprovalReceived", `"Approved"`); code != http.StatusAccepted {
+		t.Fatalf("raise: %d", code)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		resp, err := http.Get(base + "/v1/instances/pg-doc?wait=5s&redirect=false")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if strings.Contains(string(body), `"state":"completed"`) {
+			if !strings.Contains(string(body), "published pg-doc") {
+				t.Fatalf("completed without the publication: %s", body)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("approval on postgres did not complete: %s", body)
+		}
+	}
 }
 
 func TestMigrate(t *testing.T) {

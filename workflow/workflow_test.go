@@ -387,3 +387,33 @@ func TestResumesInAnotherEngine(t *testing.T) {
 }
 
 func errOf[T any](_ T, err error) error { return err }
+
+// A durable timer fires within a second of its time: measured between
+// the history entries that set it and that record it fired.
+func TestTimerFiresOnTime(t *testing.T) {
+	en := newEnv(t, func(e *workflow.Engine) {
+		_ = workflow.Register(e, "sleeper", func(ctx workflow.Context, ms int) (int, error) {
+			return ms, workflow.Sleep(ctx, time.Duration(ms)*time.Millisecond)
+		})
+	})
+	ctx := ctxT(t, 20*time.Second)
+	for _, ms := range []int{0, 300, 1200} {
+		st := must[*workflow.Status](t)(en.E.StartInstance(ctx, "sleeper", ms, workflow.StartOptions{}))
+		if _, err := workflow.Result[int](ctx, en.E, st.ID); err != nil {
+			t.Fatal(err)
+		}
+		var set, fired time.Time
+		for _, ev := range must[[]workflow.HistoryEvent](t)(en.E.History(ctx, st.ID)) {
+			switch {
+			case ev.Type == "wf.step" && strings.Contains(string(ev.Data), `"kind":"timer"`):
+				set = ev.At
+			case ev.Type == "wf.timer":
+				fired = ev.At
+			}
+		}
+		due := set.Add(time.Duration(ms) * time.Millisecond)
+		if set.IsZero() || fired.IsZero() || fired.Before(due.Add(-100*time.Millisecond)) || fired.After(due.Add(time.Second)) {
+			t.Errorf("timer of %dms: set %s, due %s, fired %s", ms, set.Format("15:04:05.000"), due.Format("15:04:05.000"), fired.Format("15:04:05.000"))
+		}
+	}
+}

@@ -370,30 +370,11 @@ func (g *Gateway) channelEvents(w http.ResponseWriter, r *http.Request) {
 // serveSSE streams f as Server-Sent Events until the client leaves or,
 // for a request, after the final event.
 func (g *Gateway) serveSSE(w http.ResponseWriter, r *http.Request, f *feed) {
-	release, ok := g.acquireStream(w)
+	write, done, ok := g.openSSE(w)
 	if !ok {
 		return
 	}
-	defer release()
-	rc := http.NewResponseController(w)
-	h := w.Header()
-	h.Set("Content-Type", "text/event-stream")
-	h.Set("Cache-Control", "no-store")
-	h.Set("X-Accel-Buffering", "no")
-	w.WriteHeader(http.StatusOK)
-	write := func(p []byte) error {
-		// A deadline per write: a stalled client cannot hold the stream, and
-		// a server WriteTimeout does not cut a healthy one.
-		_ = rc.SetWriteDeadline(time.Now().Add(streamWriteTimeout))
-		if _, err := w.Write(p); err != nil {
-			return err
-		}
-		return rc.Flush()
-	}
-	defer func() { _ = rc.SetWriteDeadline(time.Time{}) }() // the connection may serve more requests
-	if err := rc.Flush(); err != nil {
-		return
-	}
+	defer done()
 	ctx, cancel := g.streamCtx(r)
 	defer cancel()
 	err := g.follow(ctx, f, func(se *StreamEvent) error {
@@ -404,6 +385,40 @@ func (g *Gateway) serveSSE(w http.ResponseWriter, r *http.Request, f *feed) {
 		return write(fmt.Appendf(nil, "id: %d\nevent: %s\ndata: %s\n\n", se.Seq, se.Type, data))
 	}, func() error { return write([]byte(": ping\n\n")) })
 	g.streamEnded(r.Context(), f, err)
+}
+
+// openSSE starts an event-stream response, within the gateway's limit of
+// open streams (ok false: refused, answered already). write sends p and
+// flushes it, with a deadline per write: a stalled client cannot hold the
+// stream, and a server WriteTimeout does not cut a healthy one. done ends
+// the stream's hold on the connection, which may serve more requests.
+func (g *Gateway) openSSE(w http.ResponseWriter) (write func(p []byte) error, done func(), ok bool) {
+	release, ok := g.acquireStream(w)
+	if !ok {
+		return nil, nil, false
+	}
+	rc := http.NewResponseController(w)
+	h := w.Header()
+	h.Set("Content-Type", "text/event-stream")
+	h.Set("Cache-Control", "no-store")
+	h.Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+	write = func(p []byte) error {
+		_ = rc.SetWriteDeadline(time.Now().Add(streamWriteTimeout))
+		if _, err := w.Write(p); err != nil {
+			return err
+		}
+		return rc.Flush()
+	}
+	done = func() {
+		_ = rc.SetWriteDeadline(time.Time{})
+		release()
+	}
+	if err := rc.Flush(); err != nil {
+		done()
+		return nil, nil, false
+	}
+	return write, done, true
 }
 
 // wsIn is a client's WebSocket message.

@@ -10,7 +10,6 @@ import (
 	"io"
 	"net/http"
 	"strconv"
-	"time"
 
 	"github.com/rsvp-go/rsvp"
 	"github.com/rsvp-go/rsvp/backend"
@@ -546,28 +545,11 @@ func (g *Gateway) instanceEvents(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusNoContent)
 		return
 	}
-	release, ok := g.acquireStream(w)
+	write, done, ok := g.openSSE(w)
 	if !ok {
 		return
 	}
-	defer release()
-	rc := http.NewResponseController(w)
-	h := w.Header()
-	h.Set("Content-Type", "text/event-stream")
-	h.Set("Cache-Control", "no-store")
-	h.Set("X-Accel-Buffering", "no")
-	w.WriteHeader(http.StatusOK)
-	write := func(p []byte) error {
-		_ = rc.SetWriteDeadline(time.Now().Add(streamWriteTimeout))
-		if _, err := w.Write(p); err != nil {
-			return err
-		}
-		return rc.Flush()
-	}
-	defer func() { _ = rc.SetWriteDeadline(time.Time{}) }()
-	if err := rc.Flush(); err != nil {
-		return
-	}
+	defer done()
 	ctx, cancel := g.streamCtx(r)
 	defer cancel()
 	var sent *workflow.Status // the last status sent

@@ -670,14 +670,23 @@ func (e *Engine) onReply(ctx context.Context, rep *backend.Reply) error {
 	return nil
 }
 
+// stopContext returns a context that ends when the engine stops.
+func (e *Engine) stopContext() (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		select {
+		case <-e.stop:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, cancel
+}
+
 func (e *Engine) replyLoop() {
 	defer e.wg.Done()
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := e.stopContext()
 	defer cancel()
-	go func() {
-		<-e.stop
-		cancel()
-	}()
 	for {
 		select {
 		case <-e.stop:
@@ -692,12 +701,8 @@ func (e *Engine) replyLoop() {
 
 func (e *Engine) sweepLoop() {
 	defer e.wg.Done()
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := e.stopContext()
 	defer cancel()
-	go func() {
-		<-e.stop
-		cancel()
-	}()
 	t := time.NewTicker(e.cfg.SweepInterval)
 	defer t.Stop()
 	for {

@@ -121,7 +121,6 @@ func (e *Engine) runSoon(ctx context.Context, v *view, taskID string) error {
 	if local {
 		e.wg.Add(1)
 	}
-	stop := e.stop
 	e.run.Unlock()
 	if !local {
 		return e.enqueue(ctx, taskID, task{Instance: v.id}, time.Time{})
@@ -129,15 +128,9 @@ func (e *Engine) runSoon(ctx context.Context, v *view, taskID string) error {
 	parent := trace.SpanContextFromContext(ctx) // the first run continues the starter's trace
 	go func() {
 		defer e.wg.Done()
-		ctx, cancel := context.WithCancel(trace.ContextWithRemoteSpanContext(context.Background(), parent))
+		ctx, cancel := e.stopContext()
 		defer cancel()
-		go func() {
-			select {
-			case <-stop:
-				cancel()
-			case <-ctx.Done():
-			}
-		}()
+		ctx = trace.ContextWithRemoteSpanContext(ctx, parent)
 		if err := e.execute(ctx, v.id); err != nil && ctx.Err() == nil {
 			e.cfg.Logger.Warn("workflow: first run (queued as a task instead)", "instance", v.id, "error", err)
 			if err := e.enqueue(ctx, taskID, task{Instance: v.id}, time.Time{}); err != nil {

@@ -28,6 +28,10 @@ var ErrLeaseLost = errors.New("rsvppg: lease lost")
 // Nack), when a delayed or leased request comes due, and otherwise once a
 // minute, or every Options.PollInterval while the listening connection is
 // down.
+//
+// A consumer also records that it is open, when it starts and every 15
+// seconds (one statement per backend for all its consumers), and that it
+// closed, for LastActive.
 func (b *Backend) Consume(ctx context.Context, queue string, p backend.ConsumeParams) (backend.Consumer, error) {
 	if err := backend.ValidateName("queue", queue); err != nil {
 		return nil, fmt.Errorf("rsvppg: consume: %w", err)
@@ -35,13 +39,16 @@ func (b *Backend) Consume(ctx context.Context, queue string, p backend.ConsumePa
 	if b.life.Err() != nil {
 		return nil, backend.ErrClosed
 	}
-	c := &consumer{b: b, queue: queue, leaseFor: cmp.Or(p.Lease, 30*time.Second), log: b.opts.Logger.With("queue", queue),
+	id := fmt.Sprintf("%s:%d", b.instance, b.consumerSeq.Add(1))
+	c := &consumer{b: b, queue: queue, id: id, leaseFor: cmp.Or(p.Lease, 30*time.Second), log: b.opts.Logger.With("queue", queue),
 		wake: make(chan struct{}, 1), more: make(chan struct{}, 1), done: make(chan struct{})}
 	c.ctx, c.cancel = context.WithCancel(b.life)
 	b.reg.addConsumer(c)
 	b.goRun(func() {
 		defer close(c.done)
 		defer b.reg.removeConsumer(c)
+		defer c.gone()
+		b.beat([]string{queue}, []string{id})
 		c.fetch()
 	})
 	return c, nil
@@ -50,6 +57,7 @@ func (b *Backend) Consume(ctx context.Context, queue string, p backend.ConsumePa
 type consumer struct {
 	b        *Backend
 	queue    string
+	id       string // names the consumer's heartbeat row
 	leaseFor time.Duration
 	log      *slog.Logger
 	wake     chan struct{} // the queue may have work: a notification, or the listener came back

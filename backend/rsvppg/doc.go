@@ -53,11 +53,22 @@
 //   - events: the event log, seq from an identity column. Appends take a
 //     transaction-scoped advisory lock first, so events become visible in
 //     seq order and a reader resuming after a seq misses none.
+//   - consumers: one row per consumer, by (queue, id), with open and
+//     seen_at. A consumer inserts its row when it starts, sets seen_at =
+//     now() every 15 seconds while open (one statement per backend), and
+//     sets open = false, seen_at = now() when it closes. A queue has a live
+//     responder while one of its rows is open and seen within 30 seconds
+//     (LastActive, rsvp's Config.RequireResponder); a program in another
+//     language that consumes a queue may keep a row the same way. The row
+//     with the empty id holds when the queue's consumers gone were last
+//     seen.
 //
 // A background goroutine deletes replies and events older than
 // ReplyRetention, dead letters older than DeadLetterRetention and dedupe
 // markers older than DedupeWindow, every CleanupInterval, at most 1000 rows
-// of each table per statement.
+// of each table per statement. It also folds consumer rows not seen for 30
+// seconds (closed, or left by a crashed process) into their queue's row
+// with the empty id, and deletes those after ReplyRetention.
 //
 // # Notifications and idling
 //
@@ -68,9 +79,10 @@
 // waiting consumer leases at once, and SubscribeReplies, WatchReply and
 // SubscribeEvents deliver within milliseconds, all without polling. Apart
 // from that connection, an idle backend issues one query per consumer a
-// minute (in case a notification went astray) and one clean-up statement a
-// minute; a consumer also looks when the next delayed or leased request of
-// its queue comes due. When the listening connection breaks, consumers poll
+// minute (in case a notification went astray), one clean-up statement a
+// minute and, while it has consumers, one heartbeat statement every 15
+// seconds for all of them; a consumer also looks when the next delayed or
+// leased request of its queue comes due. When the listening connection breaks, consumers poll
 // every PollInterval until it is back (it reconnects with backoff); then the
 // replies and events stored meanwhile are handed to the subscriptions.
 //

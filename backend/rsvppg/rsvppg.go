@@ -122,6 +122,9 @@ type Backend struct {
 	outbox   chan string // notifications for the notifier to send
 	listenUp atomic.Bool // the listening connection is up
 
+	instance    string        // names the backend in its consumers' ids
+	consumerSeq atomic.Uint64 // numbers its consumers
+
 	life context.Context // ends at Close
 	end  context.CancelFunc
 	wg   sync.WaitGroup // every goroutine the backend starts
@@ -145,7 +148,7 @@ func Open(ctx context.Context, url string, opts Options) (*Backend, error) {
 	ctx, cancel := withDefaultTimeout(ctx, opts.Timeout)
 	defer cancel()
 	b := &Backend{opts: opts, url: Redact(url), channel: "rsvp:" + opts.Schema, sql: newQueries(opts.Schema),
-		notes: make(chan string, 1024), outbox: make(chan string, 4096)}
+		notes: make(chan string, 1024), outbox: make(chan string, 4096), instance: newInstanceID()}
 	b.life, b.end = context.WithCancel(context.Background())
 	b.reg.init()
 	if err := b.connect(ctx, url); err != nil {
@@ -163,6 +166,7 @@ func Open(ctx context.Context, url string, opts Options) (*Backend, error) {
 	b.goRun(b.dispatch)
 	b.goRun(b.notifier)
 	b.goRun(b.cleanup)
+	b.goRun(b.heartbeat)
 	return b, nil
 }
 

@@ -15,6 +15,7 @@ type queries struct {
 	lockEvents, appendEvents                            string
 	eventsByID, eventsByChannel, eventsBySeq            string
 	eventsSince                                         string
+	heartbeat, consumerGone, lastActive                 string
 	cleanup                                             string
 }
 
@@ -157,8 +158,29 @@ SELECT seq, dedupe_key FROM stored ORDER BY seq`),
 		eventsBySeq:     sub(`SELECT {event} FROM {s}.events WHERE seq = ANY($1::bigint[]) ORDER BY seq`),
 		eventsSince:     sub(`SELECT {event} FROM {s}.events WHERE stored_at >= $1 ORDER BY seq LIMIT $2`),
 
+		// Records that the consumers with queues $1 and ids $2 (distinct)
+		// are open now, unless one was closed meanwhile.
+		heartbeat: sub(`
+INSERT INTO {s}.consumers AS c (queue, id, open, seen_at)
+SELECT queue, id, true, now() FROM unnest($1::text[], $2::text[]) AS u(queue, id)
+ON CONFLICT (queue, id) DO UPDATE SET seen_at = excluded.seen_at WHERE c.open`),
+
+		// Records that consumer $2 of queue $1 closed now.
+		consumerGone: sub(`
+INSERT INTO {s}.consumers AS c (queue, id, open, seen_at) VALUES ($1, $2, false, now())
+ON CONFLICT (queue, id) DO UPDATE SET open = false, seen_at = excluded.seen_at`),
+
+		// Whether queue $1 has an open consumer seen within $2, and when one
+		// was last seen (NULL: never, or forgotten).
+		lastActive: sub(`
+SELECT coalesce(bool_or(open AND seen_at > now() - $2::bigint {us}), false), max(seen_at)
+FROM {s}.consumers WHERE queue = $1`),
+
 		// Deletes up to $4 expired rows of each table; returns the largest
 		// number deleted from one, so that a full batch is followed by another.
+		// Consumer rows not seen within $5 (closed, or of a crashed process)
+		// are folded into their queue's summary row (id ''), which goes after
+		// $1 unless it was just updated.
 		cleanup: sub(`
 WITH r AS (
 	DELETE FROM {s}.replies WHERE correlation_id IN (
@@ -176,7 +198,22 @@ WITH r AS (
 	DELETE FROM {s}.dedupe WHERE (kind, key) IN (
 		SELECT kind, key FROM {s}.dedupe WHERE at < now() - $3::bigint {us} LIMIT $4 FOR UPDATE SKIP LOCKED)
 	RETURNING 1
+), a AS (
+	DELETE FROM {s}.consumers WHERE (queue, id) IN (
+		SELECT queue, id FROM {s}.consumers WHERE id <> '' AND seen_at < now() - $5::bigint {us} LIMIT $4 FOR UPDATE SKIP LOCKED)
+	RETURNING queue, seen_at
+), f AS (
+	INSERT INTO {s}.consumers AS c (queue, id, open, seen_at)
+	SELECT queue, '', false, max(seen_at) FROM a GROUP BY queue
+	ON CONFLICT (queue, id) DO UPDATE SET seen_at = greatest(c.seen_at, excluded.seen_at)
+	RETURNING 1
+), g AS (
+	DELETE FROM {s}.consumers WHERE (queue, id) IN (
+		SELECT queue, id FROM {s}.consumers WHERE id = '' AND seen_at < now() - $1::bigint {us} LIMIT $4 FOR UPDATE SKIP LOCKED)
+		AND queue NOT IN (SELECT queue FROM a)
+	RETURNING 1
 )
-SELECT greatest((SELECT count(*) FROM r), (SELECT count(*) FROM e), (SELECT count(*) FROM d), (SELECT count(*) FROM k))`),
+SELECT greatest((SELECT count(*) FROM r), (SELECT count(*) FROM e), (SELECT count(*) FROM d), (SELECT count(*) FROM k),
+	(SELECT count(*) FROM a), (SELECT count(*) FROM g))`),
 	}
 }

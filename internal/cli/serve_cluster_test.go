@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rsvp-go/rsvp"
 	"github.com/rsvp-go/rsvp/internal/natstest"
 )
 
@@ -138,22 +139,24 @@ func TestServeOnPostgres(t *testing.T) {
 		resp.Body.Close()
 		return resp.StatusCode
 	}
-	if code := post("/v1/workflows/approval/instances?id=pg-doc", `{"id":"pg-doc","text":"On PostgreSQL."}`); code != http.StatusAccepted {
+	// The database outlives the test: a fresh id each run.
+	id := "pg-doc-" + rsvp.NewID()
+	if code := post("/v1/workflows/approval/instances?id="+id, `{"id":"`+id+`","text":"On PostgreSQL."}`); code != http.StatusAccepted {
 		t.Fatalf("start: %d", code)
 	}
-	if code := post("/v1/instances/pg-doc/events/ApprovalReceived", `"Approved"`); code != http.StatusAccepted {
+	if code := post("/v1/instances/"+id+"/events/ApprovalReceived", `"Approved"`); code != http.StatusAccepted {
 		t.Fatalf("raise: %d", code)
 	}
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		resp, err := http.Get(base + "/v1/instances/pg-doc?wait=5s&redirect=false")
+		resp, err := http.Get(base + "/v1/instances/" + id + "?wait=5s&redirect=false")
 		if err != nil {
 			t.Fatal(err)
 		}
 		body, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
 		if strings.Contains(string(body), `"state":"completed"`) {
-			if !strings.Contains(string(body), "published pg-doc") {
+			if !strings.Contains(string(body), "published "+id) {
 				t.Fatalf("completed without the publication: %s", body)
 			}
 			break

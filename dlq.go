@@ -3,6 +3,7 @@ package rsvp
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -33,6 +34,90 @@ func (c *Client) DeadLetters(ctx context.Context, q DeadLetterQuery) ([]*DeadLet
 		return nil, fmt.Errorf("rsvp: dead letters of %s: %w", q.Queue, err)
 	}
 	return dls, nil
+}
+
+// Attempt is one failed attempt of a request, as the request's event log
+// recorded it: see Client.Attempts.
+type Attempt struct {
+	Attempt int       // the attempt's number: 1 on first delivery
+	At      time.Time // when it failed
+	// Code is the error code: CodeFailed, or the Code of a *RemoteError
+	// the handler returned; for the final entry, the dead letter's reason
+	// (CodeExpired, CodeAttemptsExhausted, ...). Empty for a retried
+	// attempt recorded by a version of rsvp before Attempts.
+	Code  string
+	Error string // the error text, cut to 1 KiB
+	// Final marks the failure that ended the request (its failed or
+	// expired final event); the others were retried.
+	Final bool
+}
+
+// Attempts returns the failed attempts of the request correlationID, in
+// the order they were recorded (oldest first): every attempt whose error
+// was retried, then the failure that dead-lettered it, if it was. It is
+// the history of a dead letter: pass its Message.CorrelationID.
+//
+// Responders record a failed attempt of every request, tracked or not, in
+// its event log (docs/wire.md, section 8a); attempts that succeed record
+// nothing. So the history lacks attempts that recorded nothing: those
+// whose worker died (their lease ran out), and those that failed while the
+// event could not be stored. The final entry may be a delivery that did
+// not run the handler (the deadline had passed, or the leases of all
+// attempts ran out); its Code says so. The history is kept as long as
+// replies (the backend's retention, 24 h by default), so an older dead
+// letter has an empty one. A replayed request has a new correlation id and
+// so a history of its own.
+//
+// An unknown correlation id, or one with no failed attempt, gives an
+// empty slice and no error. A correlation id that is not a valid name
+// gives an error matching ErrInvalid.
+func (c *Client) Attempts(ctx context.Context, correlationID string) ([]Attempt, error) {
+	if err := backend.ValidateName("correlation id", correlationID); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	var out []Attempt
+	q := backend.EventQuery{CorrelationID: correlationID, Limit: 256}
+	for {
+		evs, err := c.b.Events(ctx, q)
+		if err != nil {
+			return nil, fmt.Errorf("rsvp: attempts of %s: %w", correlationID, err)
+		}
+		for _, ev := range evs {
+			if a, ok := attemptOf(ev); ok {
+				out = append(out, a)
+			}
+		}
+		if len(evs) < q.Limit {
+			return out, nil
+		}
+		q.After = evs[len(evs)-1].Seq
+	}
+}
+
+// attemptOf reads a failed attempt from an event: a retrying one, or a
+// failed or expired final one that names its attempt (one that does not
+// was written by someone other than a responder, the gateway expiring a
+// request that never started, say).
+func attemptOf(ev *backend.Event) (Attempt, bool) {
+	var d struct {
+		Attempt int    `json:"attempt"`
+		Error   string `json:"error"`
+		Code    string `json:"code"`
+		Message string `json:"message"`
+	}
+	switch ev.Type {
+	case backend.EventRetrying:
+		if json.Unmarshal(ev.Data, &d) != nil {
+			return Attempt{}, false // tolerate what a foreign writer stored
+		}
+		return Attempt{Attempt: d.Attempt, At: ev.At, Code: d.Code, Error: d.Error}, true
+	case string(backend.StatusFailed), string(backend.StatusExpired):
+		if json.Unmarshal(ev.Data, &d) != nil || d.Attempt == 0 {
+			return Attempt{}, false
+		}
+		return Attempt{Attempt: d.Attempt, At: ev.At, Code: d.Code, Error: d.Message, Final: true}, true
+	}
+	return Attempt{}, false
 }
 
 // Replay sends the request of the dead letter key of queue again, as a

@@ -90,7 +90,7 @@ func (r *settler) succeed(ctx context.Context, d backend.Delivery, reply *Reply,
 		r.fail(ctx, d, CodeFailed, err.Error(), log)
 		return outcomeFailed
 	}
-	r.finish(ctx, d, &out, log)
+	r.finish(ctx, d, &out, false, log)
 	return outcomeSucceeded
 }
 
@@ -111,8 +111,11 @@ func (r *settler) failed(ctx context.Context, d backend.Delivery, err error, log
 		r.c.tel.retries.Add(ctx, 1, r.c.tel.onQueue(m.Queue, "", ""))
 		delay := r.opts.Backoff(m.Attempt)
 		log.Info("rsvp: attempt failed, will retry", "err", err, "retry_in", delay)
-		r.event(ctx, m, backend.EventRetrying, map[string]any{"attempt": m.Attempt, "error": cut(err.Error()),
-			"retry_at": time.Now().Add(delay).UTC()}, log)
+		// Recorded for every request, tracked or not: the attempt history
+		// (Client.Attempts) of the dead letter it may become.
+		code, _ := failure(err)
+		r.appendEvent(ctx, m, backend.EventRetrying, map[string]any{"attempt": m.Attempt, "error": cut(err.Error()),
+			"code": code, "retry_at": time.Now().Add(delay).UTC()}, log)
 		if err := d.Nack(ctx, delay); err != nil {
 			log.Error("rsvp: nack failed; the request comes back after its lease", "err", err)
 		}
@@ -133,8 +136,10 @@ func (r *settler) checkReply(reply *Reply) error {
 
 // finish stores the reply, then acknowledges the request. If the reply
 // cannot be stored for now the request is left to come back; if it can
-// never be (a bad reply address), the request is dead-lettered.
-func (r *settler) finish(ctx context.Context, d backend.Delivery, reply *Reply, log *slog.Logger) {
+// never be (a bad reply address), the request is dead-lettered. failed
+// says reply is this attempt's failure (from fail): its final event is
+// then recorded for every request, tracked or not, with the attempt.
+func (r *settler) finish(ctx context.Context, d backend.Delivery, reply *Reply, failed bool, log *slog.Logger) {
 	m := d.Message()
 	if m.ReplyTo != "" {
 		reply.CreatedAt = time.Now()
@@ -152,14 +157,17 @@ func (r *settler) finish(ctx context.Context, d backend.Delivery, reply *Reply, 
 		if errors.Is(err, backend.ErrReplyExists) {
 			// Cancelled, or answered by another attempt: that reply stands.
 			reply, err = r.c.b.GetReply(ctx, m.CorrelationID)
+			failed = false
 		}
 		if err != nil {
 			log.Error("rsvp: storing the outcome failed; the request will be handled again", "err", err)
 			_ = d.Nack(ctx, r.opts.Backoff(m.Attempt))
 			return
 		}
-		r.finalEvent(ctx, m, reply, log)
+		r.endEvent(ctx, m, reply, failed, log)
 		r.c.tel.completed.Add(ctx, 1, r.c.tel.onQueue(m.Queue, "outcome", string(reply.Status)))
+	} else if failed {
+		r.endEvent(ctx, m, reply, failed, log) // no reply wanted, but a history
 	}
 	if err := d.Ack(ctx); err != nil {
 		log.Warn("rsvp: ack failed; the request may be handled again", "err", err)
@@ -191,7 +199,7 @@ func (r *settler) fail(ctx context.Context, d backend.Delivery, code, msg string
 	if code == CodeExpired {
 		status = backend.StatusExpired
 	}
-	r.finish(ctx, d, &Reply{CorrelationID: m.CorrelationID, Status: status, ErrorCode: code, ErrorMessage: msg}, log)
+	r.finish(ctx, d, &Reply{CorrelationID: m.CorrelationID, Status: status, ErrorCode: code, ErrorMessage: msg}, true, log)
 }
 
 // cut shortens an error text to maxErrorText.
@@ -202,13 +210,18 @@ func cut(msg string) string {
 	return msg
 }
 
-// event appends an event to a tracked request's log. Events are for
-// watchers; failing to record one does not fail the request.
+// event appends an event to a tracked request's log.
 func (r *settler) event(ctx context.Context, m *Message, typ string, data any, log *slog.Logger) {
-	if !m.Track {
-		return
+	if m.Track {
+		r.appendEvent(ctx, m, typ, data, log)
 	}
-	ev := &backend.Event{CorrelationID: m.CorrelationID, Channel: m.Channel, Type: typ, At: time.Now()}
+}
+
+// appendEvent appends an event to m's log, tracked or not; under its
+// channel only if tracked. Events are for watchers and for the history of
+// dead letters; failing to record one does not fail the request.
+func (r *settler) appendEvent(ctx context.Context, m *Message, typ string, data any, log *slog.Logger) {
+	ev := &backend.Event{CorrelationID: m.CorrelationID, Channel: eventChannel(m), Type: typ, At: time.Now()}
 	if data != nil {
 		ev.Data, _ = json.Marshal(data) // maps of plain values always encode
 	}
@@ -217,16 +230,38 @@ func (r *settler) event(ctx context.Context, m *Message, typ string, data any, l
 	}
 }
 
+// eventChannel is the channel m's events are also listed under: its
+// Channel if it is tracked, else none.
+func eventChannel(m *Message) string {
+	if m.Track {
+		return m.Channel
+	}
+	return ""
+}
+
 // finalEvent ends a tracked request's event log with its reply's status,
 // once however often it is recorded.
 func (r *settler) finalEvent(ctx context.Context, m *Message, reply *Reply, log *slog.Logger) {
-	if !m.Track {
+	r.endEvent(ctx, m, reply, false, log)
+}
+
+// endEvent is finalEvent, except that when failed says reply is the
+// failure of this attempt it records it for an untracked request too (the
+// last entry of its attempt history, Client.Attempts), and names the
+// attempt in the event's data.
+func (r *settler) endEvent(ctx context.Context, m *Message, reply *Reply, failed bool, log *slog.Logger) {
+	failed = failed && reply.Status != backend.StatusSucceeded
+	if !m.Track && !failed {
 		return
 	}
-	ev := &backend.Event{CorrelationID: m.CorrelationID, Channel: m.Channel, Type: string(reply.Status),
+	ev := &backend.Event{CorrelationID: m.CorrelationID, Channel: eventChannel(m), Type: string(reply.Status),
 		At: time.Now(), DedupeKey: m.CorrelationID + ":final"}
 	if reply.Status != backend.StatusSucceeded {
-		ev.Data, _ = json.Marshal(map[string]string{"code": reply.ErrorCode, "message": reply.ErrorMessage})
+		data := map[string]any{"code": reply.ErrorCode, "message": reply.ErrorMessage}
+		if failed {
+			data["attempt"] = m.Attempt
+		}
+		ev.Data, _ = json.Marshal(data) // maps of plain values always encode
 	}
 	if err := r.c.b.AppendEvent(ctx, ev); err != nil {
 		log.Warn("rsvp: recording the final request event failed", "err", err)
@@ -236,7 +271,8 @@ func (r *settler) finalEvent(ctx context.Context, m *Message, reply *Reply, log 
 // Consumer hands out a queue's requests one lease at a time, for code that
 // handles them outside a Handler: the HTTP worker API, say. Outcomes follow
 // the same rules as a Responder's (retries with backoff, dead letters,
-// events of tracked requests); a lease that runs out unsettled comes back.
+// events of tracked requests, the attempt history of every request); a
+// lease that runs out unsettled comes back.
 type Consumer struct {
 	settler
 	cons backend.Consumer

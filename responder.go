@@ -209,7 +209,7 @@ func (r *Responder) handle(d backend.Delivery) {
 		// Client.Cancel stored the final reply: the handler's error loses to
 		// it, without a retry or a dead letter.
 		r.finish(ctx, d, &Reply{CorrelationID: m.CorrelationID, Status: backend.StatusCancelled, ErrorCode: CodeCancelled,
-			ErrorMessage: "cancelled while running"}, a.log)
+			ErrorMessage: "cancelled while running"}, false, a.log)
 		outcome = outcomeCancelled
 	case r.handleCtx.Err() != nil:
 		// Stopped without time to finish: someone else gets it now.

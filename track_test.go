@@ -202,8 +202,10 @@ func TestTrackOffRecordsNoEvents(t *testing.T) {
 		t.Fatal(err)
 	}
 	stop(t, r)
-	if evs := eventsOf(t, c, "job-3"); len(evs) != 0 {
-		t.Fatalf("untracked request recorded %v", eventTypes(evs))
+	// Only its failed attempt, the history a dead letter would show
+	// (Client.Attempts): no running, no final succeeded.
+	if evs := eventsOf(t, c, "job-3"); len(evs) != 1 || evs[0].Type != backend.EventRetrying {
+		t.Fatalf("untracked request recorded %v, want [retrying]", eventTypes(evs))
 	}
 	if evs := events(t, c, backend.EventQuery{Channel: "quiet"}); len(evs) != 0 {
 		t.Fatalf("untracked request's channel lists %v", eventTypes(evs))

@@ -47,8 +47,10 @@ type Message struct {
 	// and delivered from that time on (to within 100 ms). Zero: at once.
 	NotBefore time.Time
 	Attempt   int // delivery attempt, 1 on first delivery; set by the backend on delivery
-	// Track asks the responder to record the request's state changes
-	// (running, retrying, progress, final) in the event log (AppendEvent).
+	// Track asks the responder to record all of the request's state
+	// changes (running, retrying, progress, final) in the event log
+	// (AppendEvent). Failed attempts (retrying, and a failed or expired
+	// final event) are recorded for every request.
 	Track bool
 	// Channel, with Track, is the notification channel the request's events
 	// are also listed under (EventQuery.Channel). Empty: none.
@@ -108,11 +110,13 @@ func (q DeadLetterQuery) Matches(dl *DeadLetter) bool {
 		(q.Until.IsZero() || dl.At.Before(q.Until))
 }
 
-// Event types. A request's event log starts with EventQueued (written by
-// whoever tracks the request, the gateway say), has EventRunning,
-// EventRetrying and EventProgress entries written by responders, and ends
-// with one final event whose Type is the reply's Status. Other types
-// (EventWebhook) may follow the final one.
+// Event types. A tracked request's event log starts with EventQueued
+// (written by whoever tracks the request, the gateway say), has
+// EventRunning, EventRetrying and EventProgress entries written by
+// responders, and ends with one final event whose Type is the reply's
+// Status. Other types (EventWebhook) may follow the final one. An
+// untracked request's log has only its failed attempts: EventRetrying
+// entries and a failed or expired final event.
 const (
 	EventQueued   = "queued"
 	EventRunning  = "running"

@@ -189,10 +189,10 @@ type RequestInfo struct {
 	// StateQueued for a request whose log says only "queued"; else
 	// StateUnknown.
 	State string
-	// Tracked reports whether the request has an event log (docs/wire.md
-	// section 8a): requests sent with Track, such as every request the HTTP
-	// gateway accepts. Untracked requests have no record of their attempts
-	// until they end.
+	// Tracked reports whether the request's event log records its whole
+	// life (docs/wire.md section 8a): requests sent with Track, such as
+	// every request the HTTP gateway accepts. Untracked requests record
+	// only their failed attempts.
 	Tracked bool
 	// Attempts is the highest attempt any record names (running and
 	// retrying events, dead letters); 0 if none does.
@@ -242,7 +242,9 @@ func (b *Backend) Request(ctx context.Context, correlationID string) (*RequestIn
 		}
 		after = page[len(page)-1].Seq
 	}
-	ri.Tracked = len(ri.Events) > 0
+	for _, ev := range ri.Events { // untracked requests record failed attempts only
+		ri.Tracked = ri.Tracked || ev.Type == backend.EventQueued || ev.Type == backend.EventRunning
+	}
 	for _, ev := range ri.Events {
 		var d struct {
 			Queue   string `json:"queue"`

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -28,7 +29,10 @@ or could not be read or answered. Each has a KEY (the first column of 'ls').
 
   ls      list them, oldest first: KEY, AT (when dead-lettered), REASON,
           ATTEMPT (the last attempt), ID (the request's correlation id), ERROR
-  show    print one: the original request (headers, body) and why it died
+  show    print one: the original request (headers, body), why it died,
+          and its failed attempts, oldest first: each attempt's number,
+          time, error code and error (HISTORY lines). The history is kept
+          as long as replies (24h by default)
   replay  send the request again as a new request, then delete the dead
           letter. The new request has a new correlation id, which replay
           prints (one per line; with --all, the count): await its reply with
@@ -68,6 +72,25 @@ type deadLetterEntryJSON struct {
 	Size          int               `json:"size"`
 	Body          *string           `json:"body,omitempty"`        // show only; valid UTF-8
 	BodyBase64    []byte            `json:"body_base64,omitempty"` // show only; otherwise
+	Attempts      []dlqAttemptJSON  `json:"attempts,omitzero"`     // show only: the failed attempts, oldest first
+}
+
+// dlqAttemptJSON is a failed attempt (rsvp.Attempt) as 'rsvp dlq show' prints
+// it with --output json.
+type dlqAttemptJSON struct {
+	Attempt int       `json:"attempt"`
+	At      time.Time `json:"at"`
+	Code    string    `json:"code,omitempty"`
+	Error   string    `json:"error"`
+	Final   bool      `json:"final,omitempty"` // the failure that dead-lettered it
+}
+
+func newDLQAttemptsJSON(as []rsvp.Attempt) []dlqAttemptJSON {
+	out := make([]dlqAttemptJSON, len(as)) // not nil: show prints [] for none
+	for i, a := range as {
+		out[i] = dlqAttemptJSON{Attempt: a.Attempt, At: a.At.UTC(), Code: a.Code, Error: a.Error, Final: a.Final}
+	}
+	return out
 }
 
 func newDeadLetterEntryJSON(dl *rsvp.DeadLetter, withBody bool) deadLetterEntryJSON {
@@ -209,10 +232,19 @@ func runDLQ(ctx context.Context, e *env, cmd *command, args []string) error {
 		if err != nil {
 			return notFound(err)
 		}
-		if *output == "json" {
-			return writeJSON(e.stdout, newDeadLetterEntryJSON(dl, true))
+		attempts, err := c.Attempts(ctx, dl.Message.CorrelationID)
+		if errors.Is(err, rsvp.ErrInvalid) {
+			attempts, err = nil, nil // an unreadable request's id: no history
 		}
-		return writeDeadLetter(e, dl)
+		if err != nil {
+			return err
+		}
+		if *output == "json" {
+			v := newDeadLetterEntryJSON(dl, true)
+			v.Attempts = newDLQAttemptsJSON(attempts)
+			return writeJSON(e.stdout, v)
+		}
+		return writeDeadLetter(e, dl, attempts)
 	case "replay":
 		if *all {
 			n, err := c.ReplayAll(ctx, q)
@@ -290,8 +322,10 @@ func findDeadLetter(ctx context.Context, c *rsvp.Client, queue, key string) (*rs
 	}
 }
 
-// writeDeadLetter prints dl as lines of "LABEL  value", then the body.
-func writeDeadLetter(e *env, dl *rsvp.DeadLetter) error {
+// writeDeadLetter prints dl as lines of "LABEL  value", then its failed
+// attempts (one HISTORY line each: attempt, time, code, error), then the
+// body.
+func writeDeadLetter(e *env, dl *rsvp.DeadLetter, attempts []rsvp.Attempt) error {
 	m := dl.Message
 	tw := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
 	line := func(label, format string, args ...any) {
@@ -314,6 +348,18 @@ func writeDeadLetter(e *env, dl *rsvp.DeadLetter) error {
 	}
 	for _, k := range slices.Sorted(maps.Keys(m.Headers)) {
 		line("HEADER", "%s: %s", k, m.Headers[k])
+	}
+	if len(attempts) == 0 {
+		line("HISTORY", "none recorded")
+	}
+	for _, a := range attempts {
+		final := ""
+		if a.Final {
+			final = " (final)"
+		}
+		// Cells, so that the attempts' columns line up.
+		line("HISTORY", "attempt %d\t%s\t%s\t%s%s", a.Attempt, timeText(a.At), cmp.Or(a.Code, "-"),
+			preview([]byte(a.Error), 500), final)
 	}
 	line("SIZE", "%d", len(m.Body))
 	line("BODY", "%s", preview(m.Body, 2000))

@@ -3,10 +3,12 @@ package cli
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/rsvp-go/rsvp"
 	"github.com/rsvp-go/rsvp/backend"
 	"github.com/rsvp-go/rsvp/backend/rsvpnats"
 )
@@ -150,5 +152,127 @@ func TestDLQUsage(t *testing.T) {
 	r.want(t, 0)
 	if !strings.Contains(r.stdout, "rsvp dlq replay QUEUE KEY|--all") {
 		t.Fatalf("help dlq:\n%s", r.stdout)
+	}
+}
+
+// TestDLQShowAttempts fails a request three times on an engine directory,
+// then shows its dead letter with every attempt's error, in order.
+func TestDLQShowAttempts(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	engine := "embedded:" + dir
+	ctx, cancel := context.WithTimeout(t.Context(), waitTimeout)
+	defer cancel()
+
+	b, err := rsvpnats.Embedded(dir, rsvpnats.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := rsvp.New(ctx, b, rsvp.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.Handle("flaky", rsvp.HandlerFunc(func(ctx context.Context, m *rsvp.Message) (*rsvp.Reply, error) {
+		if m.Attempt == 3 {
+			return nil, &rsvp.RemoteError{Code: "teapot", Message: fmt.Sprintf("boom %d", m.Attempt)}
+		}
+		return nil, fmt.Errorf("boom %d", m.Attempt)
+	}), rsvp.HandleOptions{MaxAttempts: 3, Backoff: func(int) time.Duration { return 10 * time.Millisecond }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Request(ctx, "flaky", &rsvp.Message{ID: "req-f", Body: []byte("x")}); err == nil {
+		t.Fatal("request succeeded")
+	}
+	// The final attempt is recorded just after the failure reply.
+	for {
+		as, err := c.Attempts(ctx, "req-f")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(as) == 3 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("attempts: %+v", as)
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	if err := c.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	r := run(t, nil, "dlq", "ls", "flaky", "--engine", engine, "--output", "json")
+	r.want(t, 0)
+	var ls []deadLetterEntryJSON
+	if err := json.Unmarshal([]byte(r.stdout), &ls); err != nil || len(ls) != 1 {
+		t.Fatalf("dlq ls: %v\n%s", err, r.stdout)
+	}
+	if ls[0].Attempts != nil {
+		t.Errorf("dlq ls lists attempts: %+v", ls[0].Attempts)
+	}
+	key := ls[0].Key
+
+	r = run(t, nil, "dlq", "show", "flaky", key, "--engine", engine)
+	r.want(t, 0)
+	var history []string
+	for l := range strings.Lines(r.stdout) {
+		if f := strings.Fields(l); len(f) > 0 && f[0] == "HISTORY" {
+			history = append(history, strings.Join(f[1:], " "))
+		}
+	}
+	wantHistory := []string{"attempt 1 * failed boom 1", "attempt 2 * failed boom 2", "attempt 3 * teapot boom 3 (final)"}
+	if len(history) != len(wantHistory) {
+		t.Fatalf("show history %q, want %q:\n%s", history, wantHistory, r.stdout)
+	}
+	for i, h := range history {
+		f := strings.Fields(h)
+		f[2] = "*" // the time
+		if got := strings.Join(f, " "); got != wantHistory[i] {
+			t.Errorf("history line %d: %q, want %q", i, got, wantHistory[i])
+		}
+	}
+
+	r = run(t, nil, "dlq", "show", "flaky", key, "--engine", engine, "--output", "json")
+	r.want(t, 0)
+	var v deadLetterEntryJSON
+	if err := json.Unmarshal([]byte(r.stdout), &v); err != nil {
+		t.Fatalf("%v\n%s", err, r.stdout)
+	}
+	if len(v.Attempts) != 3 {
+		t.Fatalf("show --output json attempts: %+v", v.Attempts)
+	}
+	for i, a := range v.Attempts {
+		wantCode := "failed"
+		if i == 2 {
+			wantCode = "teapot"
+		}
+		if a.Attempt != i+1 || a.Error != fmt.Sprintf("boom %d", i+1) || a.Code != wantCode || a.Final != (i == 2) || a.At.IsZero() ||
+			i > 0 && a.At.Before(v.Attempts[i-1].At) {
+			t.Errorf("attempt %d: %+v", i, a)
+		}
+	}
+	// 'rsvp requests get' shows the same attempts of the untracked request.
+	r = run(t, nil, "requests", "get", "req-f", "--engine", engine, "--output", "json")
+	r.want(t, 0)
+	var req requestJSON
+	if err := json.Unmarshal([]byte(r.stdout), &req); err != nil {
+		t.Fatalf("%v\n%s", err, r.stdout)
+	}
+	if req.Tracked || len(req.Attempts) != 3 {
+		t.Fatalf("requests get: tracked %v, attempts %+v", req.Tracked, req.Attempts)
+	}
+	for i, a := range req.Attempts {
+		want := "retried"
+		if i == 2 {
+			want = "failed"
+		}
+		if a.Attempt != i+1 || a.Outcome != want || !strings.Contains(a.Error, fmt.Sprintf("boom %d", i+1)) || a.EndedAt.IsZero() {
+			t.Errorf("requests get attempt %d: %+v", i, a)
+		}
 	}
 }

@@ -267,7 +267,7 @@ type requestJSON struct {
 
 type attemptJSON struct {
 	Attempt   int       `json:"attempt"`
-	StartedAt time.Time `json:"started_at"`
+	StartedAt time.Time `json:"started_at,omitzero"` // unknown for untracked requests
 	EndedAt   time.Time `json:"ended_at,omitzero"`
 	// Outcome is running, retried (failed, and tried again), or the final
 	// state the attempt ended in.
@@ -368,11 +368,19 @@ func (v *requestJSON) foldAttempt(ev *backend.Event) {
 		}
 		v.Attempts = append(v.Attempts, attemptJSON{Attempt: cmp.Or(d.Attempt, len(v.Attempts)+1), StartedAt: at, Outcome: rsvpnats.StateRunning})
 	case backend.EventRetrying:
-		if a := last(); a != nil {
-			a.Outcome, a.EndedAt, a.Error, a.RetryAt = "retried", at, d.Error, d.RetryAt.UTC()
+		a := last()
+		if a == nil { // untracked: no running event, only its failures are recorded
+			v.Attempts = append(v.Attempts, attemptJSON{Attempt: cmp.Or(d.Attempt, len(v.Attempts)+1)})
+			a = &v.Attempts[len(v.Attempts)-1]
 		}
+		a.Outcome, a.EndedAt, a.Error, a.RetryAt = "retried", at, d.Error, d.RetryAt.UTC()
 	default: // a final state
-		if a := last(); a != nil {
+		a := last()
+		if a == nil && d.Attempt > 0 && ev.Type != string(backend.StatusSucceeded) { // an untracked request's last failure
+			v.Attempts = append(v.Attempts, attemptJSON{Attempt: d.Attempt})
+			a = &v.Attempts[len(v.Attempts)-1]
+		}
+		if a != nil {
 			a.Outcome, a.EndedAt = ev.Type, at
 			if ev.Type != string(backend.StatusSucceeded) {
 				a.Error = failure(d.Code, d.Message)
@@ -431,16 +439,23 @@ func (v *requestJSON) writeTable(w io.Writer) error {
 			types[i] = ev.Type
 		}
 		line("EVENTS", "%s", strings.Join(types, " "))
+	} else if len(v.Attempts) > 0 {
+		line("EVENTS", "the request is not tracked: only its failed attempts are recorded")
 	} else {
-		line("EVENTS", "none: the request is not tracked, so its attempts are not recorded")
+		line("EVENTS", "none: the request is not tracked, so only failed attempts would be recorded")
 	}
 	if len(v.Attempts) == 0 && v.lastAttempt > 0 {
 		line("ATTEMPTS", "%d", v.lastAttempt)
 	}
 	for _, a := range v.Attempts {
-		text := timeText(a.StartedAt) + "  " + a.Outcome
-		if !a.EndedAt.IsZero() {
-			text += " after " + took(a.EndedAt.Sub(a.StartedAt))
+		var text string
+		switch {
+		case a.StartedAt.IsZero(): // untracked: only its end is known
+			text = timeText(a.EndedAt) + "  " + a.Outcome
+		case a.EndedAt.IsZero():
+			text = timeText(a.StartedAt) + "  " + a.Outcome
+		default:
+			text = timeText(a.StartedAt) + "  " + a.Outcome + " after " + took(a.EndedAt.Sub(a.StartedAt))
 		}
 		if a.Error != "" {
 			text += ": " + oneLine(a.Error, 200)

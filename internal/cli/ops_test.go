@@ -94,7 +94,7 @@ func TestQueuesAndRequestsGet(t *testing.T) {
 		`DEAD LETTER +attempt 1, bad_payload, at `+ts+`: the body has no "url": .*`)
 	wantLines(get(untracked).stdout,
 		`QUEUE +backlog`, `STATE +queued`, `IN QUEUE +yes, stored `+ts,
-		`EVENTS +none: the request is not tracked, so its attempts are not recorded`, `REPLY +none`)
+		`EVENTS +none: the request is not tracked, so only failed attempts would be recorded`, `REPLY +none`)
 
 	var v requestJSON
 	if err := json.Unmarshal([]byte(get(flaky, "--output", "json").stdout), &v); err != nil {

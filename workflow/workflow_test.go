@@ -244,10 +244,10 @@ func TestNonDeterminismDetected(t *testing.T) {
 	respond(t, en.Client, "first", rsvp.HandleOptions{}, func(ctx context.Context, n int) (string, error) { return "", nil })
 	ctx := ctxT(t, 20*time.Second)
 	st := must[*workflow.Status](t)(en.E.StartInstance(ctx, "fickle", 0, workflow.StartOptions{ID: "f1"}))
-	for after := uint64(0); ; after = st.Position { // until the activity's reply is recorded
+	for after := uint64(0); ; after = st.Position { // until it waits for the event, past the activity
 		st = must[*workflow.Status](t)(en.E.WaitChange(ctx, "f1", after))
 		h := must[[]workflow.HistoryEvent](t)(en.E.History(ctx, "f1"))
-		if h[len(h)-1].Type == "wf.result" || len(h) > 3 {
+		if last := h[len(h)-1]; last.Type == "wf.step" && strings.Contains(string(last.Data), `"kind":"event"`) {
 			break
 		}
 	}

@@ -165,11 +165,11 @@ func RegisterVersion[I, O any](e *Engine, name string, version int, fn func(ctx 
 				return nil, err
 			}
 			return json.Marshal(out)
+		},
+		check: func(input []byte) error {
+			var in I
+			return json.Unmarshal(input, &in)
 		}}
-	d.check = func(input []byte) error {
-		var in I
-		return json.Unmarshal(input, &in)
-	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.defs[name] == nil {
@@ -456,6 +456,12 @@ func (e *Engine) executeOr(ctx context.Context, instance string, giveUp bool) (e
 		attribute.String("workflow.instance_id", v.id), attribute.String("workflow.name", v.name),
 		attribute.Int("workflow.version", v.version), attribute.Int("workflow.history_length", len(v.entries))))...)
 	defer span.End()
+	defer func() {
+		if err != nil {
+			span.RecordError(err)
+			span.SetStatus(codes.Error, "not recorded")
+		}
+	}()
 	ex := newExecution(v, def)
 	ex.replay(v.epochEntries())
 	span.SetAttributes(attribute.Int("workflow.new_calls", len(ex.newCmds)), attribute.Int("workflow.effects", len(ex.effects)))
@@ -464,20 +470,11 @@ func (e *Engine) executeOr(ctx context.Context, instance string, giveUp bool) (e
 	if err := e.performAll(ctx, v, ex.effects); err != nil {
 		return err
 	}
-	defer func() {
-		if err != nil {
-			span.RecordError(err)
-			span.SetStatus(codes.Error, "not recorded")
-		}
-	}()
 	switch {
 	case ex.nondet != nil:
 		err = e.finish(ctx, v, recFailed, record{Run: v.run, Error: &Failure{Code: CodeNonDeterministic, Message: ex.nondet.Error()}})
 	case ex.finished:
 		kind, r := ex.outcome()
-		if f := new(Failure); errors.As(ex.outputErr, &f) && f.Code == CodeBadInput {
-			r.Error = f
-		}
 		err = e.finish(ctx, v, kind, r)
 	default:
 		err = e.recordStep(ctx, v, ex)

@@ -381,8 +381,11 @@ func (ex *execution) outcome() (kind string, r record) {
 	case ex.outputErr != nil:
 		f := Failure{Code: CodeFailed, Message: ex.outputErr.Error()}
 		var ae *ActivityError
+		var own *Failure // the input did not decode
 		if errors.As(ex.outputErr, &ae) {
 			f.Code = cmp.Or(ae.Code, CodeFailed)
+		} else if errors.As(ex.outputErr, &own) {
+			f = *own
 		}
 		return recFailed, record{Run: ex.run, Error: &f}
 	}

@@ -417,3 +417,31 @@ func TestTimerFiresOnTime(t *testing.T) {
 		}
 	}
 }
+
+// An engine that starts workflows it does not run checks only that the
+// input is JSON; the engine that runs the instance fails it with code
+// bad_input when the input does not decode, and unknown_workflow never
+// comes from an engine that merely lacks the workflow.
+func TestStartUnregistered(t *testing.T) {
+	en := newEnv(t, func(e *workflow.Engine) {
+		_ = workflow.Register(e, "typed", func(ctx workflow.Context, in struct{ N int }) (int, error) { return in.N, nil })
+	})
+	ctx := ctxT(t, 20*time.Second)
+	front := must[*workflow.Engine](t)(workflow.New(en.Client, workflow.Config{StartUnregistered: true}))
+	defer front.Stop(context.Background())
+	if _, err := front.StartJSON(ctx, "typed", []byte(`{"N":`), workflow.StartOptions{}); !errors.Is(err, workflow.ErrBadInput) {
+		t.Fatalf("not JSON: %v", err)
+	}
+	st := must[*workflow.Status](t)(front.StartJSON(ctx, "typed", []byte(`{"N":"x"}`), workflow.StartOptions{ID: "u1"}))
+	st = must[*workflow.Status](t)(front.Await(ctx, st.ID))
+	if st.State != workflow.StateFailed || st.Error.Code != workflow.CodeBadInput {
+		t.Fatalf("bad input: %s %+v", st.State, st.Error)
+	}
+	st = must[*workflow.Status](t)(front.StartJSON(ctx, "typed", []byte(`{"N":7}`), workflow.StartOptions{ID: "u2"}))
+	if out, err := workflow.Result[int](ctx, front, st.ID); err != nil || out != 7 {
+		t.Fatalf("%d, %v", out, err)
+	}
+	if st = must[*workflow.Status](t)(front.Status(ctx, "u2")); st.Version != 1 {
+		t.Fatalf("version %d, want 1 pinned by the engine that ran it", st.Version)
+	}
+}

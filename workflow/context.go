@@ -242,10 +242,12 @@ func SetCustomStatus(ctx Context, v any) error {
 	return nil
 }
 
-// ContinueAsNew ends this run of the instance and starts it again from the
-// top with input, keeping its id and its unconsumed events but not its
-// history: for workflows that loop forever. Return its error from the
-// workflow function.
+// ContinueAsNew ends this epoch of the instance and starts it again from
+// the top with input, keeping its id and its unconsumed events: replay then
+// starts from the new epoch, for workflows that loop. Return its error from
+// the workflow function. The instance's records all stay in one history,
+// which expires with the backend's retention (see the package doc), so a
+// loop must end, or run again as a new instance, within it.
 func ContinueAsNew(ctx Context, input any) error {
 	b, err := json.Marshal(input)
 	if err != nil {

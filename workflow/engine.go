@@ -98,13 +98,30 @@ type Engine struct {
 	waiters map[string]map[*watcher]struct{}
 	evSub   backend.Subscription
 
-	run     sync.Mutex // guards the worker fields below
-	started bool
+	run sync.Mutex // guards w
+	w   *worker    // while started
+}
+
+// worker is what Start starts and Stop stops.
+type worker struct {
 	resp    *rsvp.Responder
 	rsub    backend.Subscription
-	stop    chan struct{}
+	stop    chan struct{} // closed by Stop
 	wg      sync.WaitGroup
 	replies chan *backend.Reply
+}
+
+// context returns a context that ends when w stops.
+func (w *worker) context() (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		select {
+		case <-w.stop:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, cancel
 }
 
 type instLock struct {
@@ -207,14 +224,13 @@ func (e *Engine) lookup(name string, version int) (*definition, error) {
 func (e *Engine) Start(ctx context.Context) error {
 	e.run.Lock()
 	defer e.run.Unlock()
-	if e.started {
+	if e.w != nil {
 		return errors.New("workflow: engine already started")
 	}
-	e.stop = make(chan struct{})
-	e.replies = make(chan *backend.Reply, 1024)
+	w := &worker{stop: make(chan struct{}), replies: make(chan *backend.Reply, 1024)}
 	sub, err := e.b.SubscribeReplies(ctx, e.cfg.Queue, func(r *backend.Reply) {
 		select {
-		case e.replies <- r:
+		case w.replies <- r:
 		default: // full: the sweeper finds it
 		}
 	})
@@ -227,12 +243,12 @@ func (e *Engine) Start(ctx context.Context) error {
 		_ = sub.Close()
 		return fmt.Errorf("workflow: consume %s: %w", e.cfg.Queue, err)
 	}
-	e.rsub, e.resp, e.started = sub, resp, true
-	e.wg.Add(1 + e.cfg.Concurrency)
+	w.rsub, w.resp, e.w = sub, resp, w
+	w.wg.Add(1 + e.cfg.Concurrency)
 	for range e.cfg.Concurrency { // each reply costs two durable writes: record them in parallel
-		go e.replyLoop()
+		go e.replyLoop(w)
 	}
-	go e.sweepLoop()
+	go e.sweepLoop(w)
 	return nil
 }
 
@@ -243,13 +259,14 @@ func (e *Engine) Start(ctx context.Context) error {
 // keep working (a later wait subscribes again).
 func (e *Engine) Stop(ctx context.Context) error {
 	e.run.Lock()
-	defer e.run.Unlock()
+	w := e.w
+	e.w = nil // from now on, what this engine would run goes to the task queue
+	e.run.Unlock()
 	var errs []error
-	if e.started {
-		errs = append(errs, e.resp.Stop(ctx), e.rsub.Close())
-		close(e.stop)
-		e.wg.Wait()
-		e.started = false
+	if w != nil {
+		errs = append(errs, w.resp.Stop(ctx), w.rsub.Close())
+		close(w.stop)
+		w.wg.Wait()
 	}
 	e.wmu.Lock()
 	if e.evSub != nil {
@@ -276,7 +293,7 @@ type task struct {
 // stored once), delivered from notBefore on.
 func (e *Engine) enqueue(ctx context.Context, id string, t task, notBefore time.Time) error {
 	body, _ := json.Marshal(t)
-	if limit := time.Now().Add(e.c.MaxDelay() - time.Hour); notBefore.After(limit) {
+	if limit := time.Now().Add(e.c.MaxDelay() * 9 / 10); notBefore.After(limit) {
 		notBefore = limit // a longer timer is set again when this one fires
 	}
 	m, err := e.c.Prepare(e.cfg.Queue, &rsvp.Message{ID: id, Body: body, ContentType: "application/json", NotBefore: notBefore})
@@ -430,10 +447,17 @@ func (e *Engine) executeOr(ctx context.Context, instance string, giveUp bool) (e
 	}
 	def, err := e.lookup(v.name, v.version)
 	if err == nil && v.version == 0 { // started unregistered: the first execution pins the version
-		v.version = def.version
-		if _, err := e.append(ctx, v.id, recStep, record{Run: v.run, Version: def.version}, "", true); err != nil {
+		if _, err := e.append(ctx, v.id, recStep, record{Run: v.run, Version: def.version}, "wf:v:"+v.id+":"+v.run, true); err != nil {
 			return err
 		}
+		// Another engine may have pinned another version first.
+		if entries, _, err = e.load(ctx, instance); err != nil {
+			return err
+		}
+		if v = fold(instance, entries); v == nil || v.state.Final() || v.version == 0 {
+			return err
+		}
+		def, err = e.lookup(v.name, v.version)
 	}
 	if err != nil {
 		if !giveUp {
@@ -478,6 +502,9 @@ func (e *Engine) executeOr(ctx context.Context, instance string, giveUp bool) (e
 		err = e.finish(ctx, v, kind, r)
 	default:
 		err = e.recordStep(ctx, v, ex)
+	}
+	if errors.Is(err, errFinishedElsewhere) {
+		err = nil
 	}
 	if err == nil {
 		h.mu.Lock()
@@ -577,22 +604,34 @@ func (e *Engine) finish(ctx context.Context, v *view, kind string, r record) err
 		}
 		return e.enqueue(ctx, taskID(v.id, v.run, "continued", strconv.Itoa(r.Epoch)), task{Instance: v.id}, time.Time{})
 	}
-	r.Name = v.name
-	if _, err := e.append(ctx, v.id, kind, r, "wf:f:"+v.id+":"+v.run, true); err != nil {
-		return err
-	}
-	if r.Error != nil {
-		e.cfg.Logger.WarnContext(ctx, "workflow: instance failed", "instance", v.id, "workflow", v.name, "code", r.Error.Code, "error", r.Error.Message)
-	}
+	// The parent first: once the final record is stored, nothing would
+	// run this instance again to tell it.
 	if p := v.parent; p != nil {
 		pr := record{Run: p.Run, Epoch: p.Epoch, Seq: p.Seq, Output: r.Output, Error: r.Error}
 		if kind == recTerminated {
 			pr.Error = &Failure{Code: CodeTerminated, Message: "sub-workflow " + v.id + " was terminated: " + r.Reason}
 		}
-		return e.recordResult(ctx, p.Instance, pr, "wf:c:"+v.id+":"+v.run)
+		if err := e.recordResult(ctx, p.Instance, pr, "wf:c:"+v.id+":"+v.run); err != nil {
+			return err
+		}
+	}
+	r.Name = v.name
+	pos, err := e.append(ctx, v.id, kind, r, "wf:f:"+v.id+":"+v.run, true)
+	if err != nil {
+		return err
+	}
+	if pos == 0 {
+		return errFinishedElsewhere
+	}
+	if r.Error != nil {
+		e.cfg.Logger.WarnContext(ctx, "workflow: instance failed", "instance", v.id, "workflow", v.name, "code", r.Error.Code, "error", r.Error.Message)
 	}
 	return nil
 }
+
+// errFinishedElsewhere: another engine recorded the instance's final
+// state first (say, a Terminate racing its completion).
+var errFinishedElsewhere = errors.New("workflow: finished by another engine first")
 
 // recordResult stores the outcome of a call in instance's history and, if
 // it is news, queues a task to run the instance.
@@ -667,28 +706,15 @@ func (e *Engine) onReply(ctx context.Context, rep *backend.Reply) error {
 	return nil
 }
 
-// stopContext returns a context that ends when the engine stops.
-func (e *Engine) stopContext() (context.Context, context.CancelFunc) {
-	ctx, cancel := context.WithCancel(context.Background())
-	go func() {
-		select {
-		case <-e.stop:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
-	return ctx, cancel
-}
-
-func (e *Engine) replyLoop() {
-	defer e.wg.Done()
-	ctx, cancel := e.stopContext()
+func (e *Engine) replyLoop(w *worker) {
+	defer w.wg.Done()
+	ctx, cancel := w.context()
 	defer cancel()
 	for {
 		select {
-		case <-e.stop:
+		case <-w.stop:
 			return
-		case r := <-e.replies:
+		case r := <-w.replies:
 			if err := e.onReply(ctx, r); err != nil && ctx.Err() == nil {
 				e.cfg.Logger.Warn("workflow: record an activity reply (the sweep retries)", "correlation_id", r.CorrelationID, "error", err)
 			}
@@ -696,15 +722,15 @@ func (e *Engine) replyLoop() {
 	}
 }
 
-func (e *Engine) sweepLoop() {
-	defer e.wg.Done()
-	ctx, cancel := e.stopContext()
+func (e *Engine) sweepLoop(w *worker) {
+	defer w.wg.Done()
+	ctx, cancel := w.context()
 	defer cancel()
 	t := time.NewTicker(e.cfg.SweepInterval)
 	defer t.Stop()
 	for {
 		select {
-		case <-e.stop:
+		case <-w.stop:
 			return
 		case <-t.C:
 		}
@@ -804,6 +830,9 @@ func pendingCalls(v *view) []string {
 	var sent [][2]int
 	answered := map[[2]int]bool{}
 	for _, e := range v.epochEntries() {
+		if e.rec.Epoch != v.epoch {
+			continue
+		}
 		switch e.kind {
 		case recStep:
 			for _, k := range e.rec.Done {

@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"runtime"
 	"runtime/debug"
+	"slices"
 	"time"
 )
 
@@ -46,6 +48,7 @@ type execution struct {
 	panicked  *Failure
 	finished  bool // the function returned or panicked
 	exited    bool // its goroutine ended (finished, or unwound)
+	unwinding bool // unwind was called
 	output    []byte
 	outputErr error
 
@@ -77,7 +80,13 @@ type activityCall struct {
 	attempt int
 }
 
-var errUnwind = errors.New("workflow: execution abandoned")
+// unwind ends the workflow function's goroutine where it is blocked
+// (or where it made a call the history contradicts). runtime.Goexit runs
+// the function's deferred calls, but no recover in them can stop it.
+func (ex *execution) unwind() {
+	ex.unwinding = true
+	runtime.Goexit()
+}
 
 type ctxImpl struct{ ex *execution }
 
@@ -101,10 +110,19 @@ func newExecution(v *view, def *definition) *execution {
 		recorded: map[int]command{}, done: map[string]bool{}, futures: map[int]*future{},
 		acts: map[int]*activityCall{}, waits: map[int]string{}, buffered: map[string][]entry{},
 		consumed: append([]string(nil), v.consumed...), early: map[int][]entry{}}
+	// Events raised in earlier epochs that none consumed wait for this one.
+	for _, e := range v.entries[:v.epochAt] {
+		if e.kind == recEvent && !slices.Contains(ex.consumed, e.rec.EventID) {
+			ex.buffered[e.rec.Event] = append(ex.buffered[e.rec.Event], e)
+		}
+	}
 	// What former executions did: their commands, their effects, and the
 	// effects whose outcome is in the history (done even if never recorded).
 	for _, e := range v.epochEntries() {
 		r := e.rec
+		if e.kind != recEvent && r.Epoch != ex.epoch {
+			continue // late news of an earlier epoch
+		}
 		switch e.kind {
 		case recStep:
 			for _, c := range r.Cmds {
@@ -160,18 +178,17 @@ func (ex *execution) step() {
 
 func (ex *execution) main() {
 	defer func() {
-		ex.exited, ex.finished = true, true
-		if r := recover(); r != nil {
-			if err, ok := r.(error); ok && errors.Is(err, errUnwind) {
-				ex.finished = false // unwound while blocked: it did not finish
-			} else {
+		ex.exited = true
+		if !ex.unwinding { // (unwound while blocked: it did not finish)
+			ex.finished = true
+			if r := recover(); r != nil {
 				ex.panicked = &Failure{Code: CodePanic, Message: fmt.Sprintf("panic: %v", r), Stack: string(debug.Stack())}
 			}
 		}
 		ex.yield <- struct{}{}
 	}()
 	if !<-ex.resume {
-		panic(errUnwind)
+		ex.unwind()
 	}
 	ex.output, ex.outputErr = ex.def.run(ctxImpl{ex}, ex.input)
 }
@@ -181,11 +198,11 @@ func (ex *execution) main() {
 func (ex *execution) block(cond func() bool) {
 	for !cond() {
 		if ex.nondet != nil {
-			panic(errUnwind)
+			ex.unwind()
 		}
 		ex.yield <- struct{}{}
 		if !<-ex.resume {
-			panic(errUnwind)
+			ex.unwind()
 		}
 	}
 }
@@ -199,7 +216,7 @@ func (ex *execution) command(kind, target string) *future {
 		ex.nondet = fmt.Errorf("%w: call %d of workflow %s v%d is %s, but the history recorded %s there; "+
 			"the code changed for a running instance (register the change as a new version)",
 			ErrNonDeterministic, c.Seq, ex.def.name, ex.def.version, c, r)
-		panic(errUnwind)
+		ex.unwind()
 	} else if !ok {
 		ex.newCmds = append(ex.newCmds, c)
 	}
@@ -272,12 +289,15 @@ func (ex *execution) waitEvent(f *future, name string, timeout time.Duration) {
 
 func (ex *execution) consume(f *future, e entry) {
 	ex.consumed = append(ex.consumed, e.rec.EventID)
-	f.finish(ex.pos, e.rec.Data, nil)
+	f.finish(e.seq, e.rec.Data, nil) // ordered (AwaitAny) by when the event was recorded
 }
 
 // apply feeds one history entry to the state the function's calls set up.
 func (ex *execution) apply(e entry) {
 	r := e.rec
+	if (e.kind == recResult || e.kind == recTimer) && r.Epoch != ex.epoch {
+		return // a late reply or timer of an earlier epoch
+	}
 	switch e.kind {
 	case recResult, recTimer:
 		f := ex.futures[r.Seq]
@@ -294,10 +314,8 @@ func (ex *execution) apply(e entry) {
 			ex.applyTimer(f, e)
 		}
 	case recEvent:
-		for _, id := range ex.consumed {
-			if id == r.EventID {
-				return // consumed before ContinueAsNew
-			}
+		if slices.Contains(ex.consumed, r.EventID) {
+			return // consumed before ContinueAsNew
 		}
 		for i, seq := range ex.waiters {
 			if ex.waits[seq] == r.Event {

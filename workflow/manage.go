@@ -117,18 +117,17 @@ func (e *Engine) startInstance(ctx context.Context, name string, version int, id
 func (e *Engine) runSoon(ctx context.Context, v *view, taskID string) error {
 	_, err := e.lookup(v.name, v.version)
 	e.run.Lock()
-	local := e.started && err == nil
-	if local {
-		e.wg.Add(1)
-	}
-	e.run.Unlock()
-	if !local {
+	w := e.w
+	if w == nil || err != nil {
+		e.run.Unlock()
 		return e.enqueue(ctx, taskID, task{Instance: v.id}, time.Time{})
 	}
+	w.wg.Add(1)
+	e.run.Unlock()
 	parent := trace.SpanContextFromContext(ctx) // the first run continues the starter's trace
 	go func() {
-		defer e.wg.Done()
-		ctx, cancel := e.stopContext()
+		defer w.wg.Done()
+		ctx, cancel := w.context()
 		defer cancel()
 		ctx = trace.ContextWithRemoteSpanContext(ctx, parent)
 		if err := e.execute(ctx, v.id); err != nil && ctx.Err() == nil {
@@ -371,7 +370,12 @@ func (e *Engine) Terminate(ctx context.Context, id, reason string) error {
 	if v.state.Final() {
 		return fmt.Errorf("%w: %s is %s", ErrFinished, id, v.state)
 	}
-	return e.finish(ctx, v, recTerminated, record{Run: v.run, Reason: reason})
+	if err := e.finish(ctx, v, recTerminated, record{Run: v.run, Reason: reason}); errors.Is(err, errFinishedElsewhere) {
+		return fmt.Errorf("%w: %s finished before the termination arrived", ErrFinished, id)
+	} else if err != nil {
+		return err
+	}
+	return nil
 }
 
 // Purge forgets finished instance id: it is no longer listed or found, and

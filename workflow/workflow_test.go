@@ -445,3 +445,85 @@ func TestStartUnregistered(t *testing.T) {
 		t.Fatalf("version %d, want 1 pinned by the engine that ran it", st.Version)
 	}
 }
+
+// Events raised in one epoch and not consumed there wait for the next
+// (ContinueAsNew keeps them).
+func TestContinueAsNewKeepsUnconsumedEvents(t *testing.T) {
+	en := newEnv(t, func(e *workflow.Engine) {
+		_ = workflow.Register(e, "loop", func(ctx workflow.Context, n int) (string, error) {
+			if n == 0 {
+				if err := workflow.Sleep(ctx, 700*time.Millisecond); err != nil {
+					return "", err
+				}
+				if _, err := workflow.WaitForEvent[string](ctx, "x", 0); err != nil {
+					return "", err
+				}
+				return "", workflow.ContinueAsNew(ctx, 1)
+			}
+			v, err := workflow.WaitForEvent[string](ctx, "x", 3*time.Second)
+			return fmt.Sprint(v, err), nil
+		})
+	})
+	ctx := ctxT(t, 20*time.Second)
+	st := must[*workflow.Status](t)(en.E.StartInstance(ctx, "loop", 0, workflow.StartOptions{}))
+	for _, p := range []string{"e1", "e2"} {
+		if err := en.E.RaiseEvent(ctx, st.ID, "x", p, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out, err := workflow.Result[string](ctx, en.E, st.ID)
+	if err != nil || out != "e2<nil>" {
+		t.Errorf("unconsumed event e2 lost across ContinueAsNew: %q, %v", out, err)
+	}
+}
+
+// A timer (or a reply) of an earlier epoch does not finish the call with
+// the same number in the next.
+func TestContinueAsNewIgnoresEarlierTimers(t *testing.T) {
+	en := newEnv(t, func(e *workflow.Engine) {
+		_ = workflow.Register(e, "loop", func(ctx workflow.Context, n int) (string, error) {
+			if n == 0 {
+				if _, err := workflow.WaitForEvent[string](ctx, "x", time.Second); err != nil {
+					return "", err
+				}
+				return "", workflow.ContinueAsNew(ctx, 1)
+			}
+			start := ctx.Now()
+			_, err := workflow.WaitForEvent[string](ctx, "x", time.Hour)
+			return fmt.Sprint(err, " after ", ctx.Now().Sub(start).Round(100*time.Millisecond)), nil
+		})
+	})
+	ctx := ctxT(t, 20*time.Second)
+	st := must[*workflow.Status](t)(en.E.StartInstance(ctx, "loop", 0, workflow.StartOptions{}))
+	if err := en.E.RaiseEvent(ctx, st.ID, "x", "a", "a"); err != nil {
+		t.Fatal(err)
+	}
+	c2 := ctxT(t, 3*time.Second) // epoch 0's 1s timer must not end epoch 1's hour
+	out, err := workflow.Result[string](c2, en.E, st.ID)
+	if err == nil {
+		t.Errorf("epoch 1's one-hour wait ended early: %q", out)
+	}
+}
+
+// A recover in the workflow function does not catch replay's unwinding.
+func TestRecoverInWorkflowDoesNotStopReplay(t *testing.T) {
+	en := newEnv(t, func(e *workflow.Engine) {
+		_ = workflow.Register(e, "rec", func(ctx workflow.Context, _ int) (s string, err error) {
+			defer func() {
+				if r := recover(); r != nil {
+					err = fmt.Errorf("recovered: %v", r)
+				}
+			}()
+			if err := workflow.Sleep(ctx, 300*time.Millisecond); err != nil {
+				return "", err
+			}
+			return "ok", nil
+		})
+	})
+	ctx := ctxT(t, 20*time.Second)
+	st := must[*workflow.Status](t)(en.E.StartInstance(ctx, "rec", 0, workflow.StartOptions{}))
+	out, err := workflow.Result[string](ctx, en.E, st.ID)
+	if out != "ok" {
+		t.Errorf("workflow with recover wrapper: %q %v", out, err)
+	}
+}

@@ -267,7 +267,10 @@ func (c *Client) isClosed() bool {
 // Request sends msg to queue and waits for its reply. The context's
 // deadline, if any, travels with the request as its Deadline: a responder
 // does not start it after that. A failed or expired request returns the
-// stored reply and a *RemoteError.
+// stored reply and a *RemoteError. When that deadline passes with no reply,
+// Request stores the expired reply itself (unless a reply just came) and
+// returns ErrExpired: Await in any process then knows, even if no responder
+// ever took the request.
 func (c *Client) Request(ctx context.Context, queue string, msg *Message) (*Reply, error) {
 	m, err := c.prepare(queue, msg)
 	if err != nil {
@@ -295,7 +298,7 @@ func (c *Client) Request(ctx context.Context, queue string, msg *Message) (*Repl
 	if r == nil && errors.Is(err, context.DeadlineExceeded) && !m.Deadline.IsZero() && !time.Now().Before(m.Deadline) {
 		// The request's own deadline passed without a reply: it expired (a
 		// responder that reaches it dead-letters it as expired).
-		err = fmt.Errorf("%w: %w", ErrExpired, err)
+		r, err = c.expire(ctx, m, err)
 	}
 	if err != nil && ctx.Err() != nil && c.cfg.CancelOnAbandon {
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
@@ -317,6 +320,27 @@ func (c *Client) Request(ctx context.Context, queue string, msg *Message) (*Repl
 	}
 	c.tel.roundTrip.Record(ctx, time.Since(start).Seconds(), c.tel.onQueue(queue, "outcome", outcome))
 	return r, err
+}
+
+// expire stores the final reply of m, whose deadline passed with no reply
+// (waitErr): expired, so that Await finds it in any process even if no
+// responder ever takes m. A reply stored just before wins, and is returned
+// as Request returns replies.
+func (c *Client) expire(ctx context.Context, m *Message, waitErr error) (*Reply, error) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	rep := &Reply{CorrelationID: m.CorrelationID, Status: backend.StatusExpired, ErrorCode: CodeExpired,
+		ErrorMessage: "the deadline passed before a reply", CreatedAt: time.Now()}
+	err := c.b.PutReply(ctx, m.ReplyTo, rep)
+	if errors.Is(err, backend.ErrReplyExists) {
+		if r, gerr := c.b.GetReply(ctx, m.CorrelationID); gerr == nil {
+			return r, replyError(r)
+		}
+	} else if err != nil {
+		c.cfg.Logger.WarnContext(ctx, "rsvp: storing the expiry of a request failed", "queue", m.Queue, "id", m.ID,
+			"correlation_id", m.CorrelationID, "err", err)
+	}
+	return nil, fmt.Errorf("%w: %w", ErrExpired, waitErr)
 }
 
 // Await waits for the reply to the request with correlationID, sent by this

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/rsvp-go/rsvp"
+	"github.com/rsvp-go/rsvp/backend"
 )
 
 func TestScheduledRequest(t *testing.T) {
@@ -67,9 +68,19 @@ func TestQueuedRequestExpires(t *testing.T) {
 	tc := setup(t, rsvp.Config{})
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
-	_, err := tc.Request(ctx, "nobody-yet", &rsvp.Message{Body: []byte("x")})
+	_, err := tc.Request(ctx, "nobody-yet", &rsvp.Message{ID: "exp-1", Body: []byte("x")})
 	if !errors.Is(err, rsvp.ErrExpired) || !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Request: %v, want ErrExpired", err)
+	}
+	// Its expiry is stored: another client's Await knows at once, though no
+	// responder has seen the request yet.
+	other, err := rsvp.New(ctxWithin(t, 5*time.Second), tc.be, rsvp.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close(context.Background())
+	if rep, err := other.Await(ctxWithin(t, 5*time.Second), "exp-1"); !errors.Is(err, rsvp.ErrExpired) || rep == nil || rep.Status != backend.StatusExpired {
+		t.Fatalf("Await elsewhere: %+v, %v; want the expired reply", rep, err)
 	}
 	ran := make(chan struct{}, 1)
 	r := handle(t, tc, "nobody-yet", rsvp.HandleOptions{}, func(ctx context.Context, m *rsvp.Message) (*rsvp.Reply, error) {

@@ -15,6 +15,7 @@ import (
 	"github.com/rsvp-go/rsvp"
 	"github.com/rsvp-go/rsvp/backend/rsvpnats"
 	"github.com/rsvp-go/rsvp/gateway"
+	"github.com/rsvp-go/rsvp/workflow"
 )
 
 func TestMain(m *testing.M) {
@@ -43,16 +44,34 @@ func newEnv(t *testing.T, cfg gateway.Config) *env {
 // newEnvOn starts a gateway with cfg on b; b is closed with the test.
 func newEnvOn(t *testing.T, b *rsvpnats.Backend, cfg gateway.Config) *env {
 	t.Helper()
+	return newEnvWith(t, b, cfg, nil)
+}
+
+// newEnvWith is newEnvOn with, if workflows is not nil, the workflow
+// engine it makes on the gateway's client: it is started, served by the
+// gateway, and stopped after the gateway closes.
+func newEnvWith(t *testing.T, b *rsvpnats.Backend, cfg gateway.Config, workflows func(c *rsvp.Client) (*workflow.Engine, error)) *env {
+	t.Helper()
 	ctx := context.Background()
 	c, err := rsvp.New(ctx, b, rsvp.Config{RecheckInterval: 200 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if workflows != nil {
+		if cfg.Workflows, err = workflows(c); err == nil {
+			err = cfg.Workflows.Start(ctx)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
 	}
 	gw, err := gateway.New(ctx, c, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	srv := httptest.NewServer(gw)
+	// The HTTP server, the gateway and the engine end before the client
+	// they use.
 	t.Cleanup(func() {
 		srv.CloseClientConnections()
 		srv.Close()
@@ -60,6 +79,11 @@ func newEnvOn(t *testing.T, b *rsvpnats.Backend, cfg gateway.Config) *env {
 		defer cancel()
 		if err := gw.Close(ctx); err != nil {
 			t.Errorf("gateway close: %v", err)
+		}
+		if cfg.Workflows != nil {
+			if err := cfg.Workflows.Stop(ctx); err != nil {
+				t.Errorf("engine stop: %v", err)
+			}
 		}
 		if err := c.Close(ctx); err != nil {
 			t.Errorf("client close: %v", err)

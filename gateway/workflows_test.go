@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"net/http/httptest"
 	"slices"
 	"strconv"
 	"strings"
@@ -58,55 +57,24 @@ type wfEnv struct {
 
 func newWorkflowEnv(t *testing.T, cfg gateway.Config) *wfEnv {
 	t.Helper()
-	ctx := context.Background()
 	b, err := rsvpnats.Embedded("", rsvpnats.Options{Memory: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := rsvp.New(ctx, b, rsvp.Config{RecheckInterval: 200 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	e, err := workflow.New(c, workflow.Config{SweepInterval: 500 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := errors.Join(
-		workflow.Register(e, "approval", wfApproval),
-		workflow.Register(e, "fails", func(ctx workflow.Context, in any) (any, error) {
-			return nil, errors.New("it had to fail")
-		}),
-	); err != nil {
-		t.Fatal(err)
-	}
-	if err := e.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	cfg.Workflows = e
-	gw, err := gateway.New(ctx, c, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(gw)
-	// Cleanups run last first: the HTTP server, the gateway and the
-	// engine end before the client they use.
-	t.Cleanup(func() {
-		srv.CloseClientConnections()
-		srv.Close()
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := gw.Close(ctx); err != nil {
-			t.Errorf("gateway close: %v", err)
+	var e *workflow.Engine
+	en := newEnvWith(t, b, cfg, func(c *rsvp.Client) (*workflow.Engine, error) {
+		var err error
+		if e, err = workflow.New(c, workflow.Config{SweepInterval: 500 * time.Millisecond}); err != nil {
+			return nil, err
 		}
-		if err := e.Stop(ctx); err != nil {
-			t.Errorf("engine stop: %v", err)
-		}
-		if err := c.Close(ctx); err != nil {
-			t.Errorf("client close: %v", err)
-		}
-		_ = b.Close()
+		return e, errors.Join(
+			workflow.Register(e, "approval", wfApproval),
+			workflow.Register(e, "fails", func(ctx workflow.Context, in any) (any, error) {
+				return nil, errors.New("it had to fail")
+			}),
+		)
 	})
-	we := &wfEnv{env: &env{t: t, URL: srv.URL, Client: c, GW: gw, Engine: b}, E: e}
+	we := &wfEnv{env: en, E: e}
 	we.typed("ReviewDocument", func(ctx context.Context, d wfDoc) (string, error) {
 		we.reviews.Add(1)
 		return "reviewed " + d.ID, nil

@@ -442,7 +442,7 @@ func (e *Engine) executeOr(ctx context.Context, instance string, giveUp bool) (e
 	if v == nil || v.state.Final() {
 		return nil
 	}
-	if !newInput(v, h.executed) {
+	if _, ok := lastInputAfter(v, h.executed); !ok {
 		return nil // nothing happened since this engine last ran it
 	}
 	def, err := e.lookup(v.name, v.version)
@@ -512,21 +512,6 @@ func (e *Engine) executeOr(ctx context.Context, instance string, giveUp bool) (e
 		h.mu.Unlock()
 	}
 	return err
-}
-
-// newInput reports whether the current epoch has an entry after position
-// executed that an execution must see (anything but step records).
-func newInput(v *view, executed uint64) bool {
-	for i := len(v.entries) - 1; i >= v.epochAt; i-- {
-		e := v.entries[i]
-		if e.seq <= executed {
-			return false
-		}
-		if e.kind != recStep {
-			return true
-		}
-	}
-	return false
 }
 
 func (e *Engine) recordStep(ctx context.Context, v *view, ex *execution) error {
@@ -812,12 +797,15 @@ func unseenInput(v *view, seen uint64) (entry, bool) {
 			upto = max(upto, e.rec.Upto)
 		}
 	}
-	for i := len(v.entries) - 1; i >= 0; i-- {
-		e := v.entries[i]
-		if e.seq <= upto {
-			break
-		}
-		if e.kind != recStep {
+	return lastInputAfter(v, upto)
+}
+
+// lastInputAfter returns v's last entry after position pos that an
+// execution must see: anything but a step record. (The epoch's first
+// record is one, so the search never reaches an earlier epoch.)
+func lastInputAfter(v *view, pos uint64) (entry, bool) {
+	for i := len(v.entries) - 1; i >= 0 && v.entries[i].seq > pos; i-- {
+		if e := v.entries[i]; e.kind != recStep {
 			return e, true
 		}
 	}

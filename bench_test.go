@@ -200,3 +200,49 @@ func BenchmarkWaiters(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkSessions measures round trips at concurrency 64 (durable
+// engine on disk) without session keys, and with keys: 64, each request in
+// a session no other request is in at that moment (so what it costs is the
+// session machinery's own work), and 8 shared by all callers in turn (at
+// most 8 requests run at once, by design).
+func BenchmarkSessions(b *testing.B) {
+	for _, keys := range []int{0, 64, 8} {
+		b.Run(fmt.Sprintf("keys=%d", keys), func(b *testing.B) {
+			be, err := rsvpnats.Embedded(b.TempDir(), rsvpnats.Options{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer be.Close()
+			ctx := context.Background()
+			c, err := rsvp.New(ctx, be, rsvp.Config{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer c.Close(ctx)
+			_, err = c.Handle("echo", rsvp.HandlerFunc(func(ctx context.Context, m *rsvp.Message) (*rsvp.Reply, error) {
+				return &rsvp.Reply{Body: m.Body}, nil
+			}), rsvp.HandleOptions{Concurrency: 64})
+			if err != nil {
+				b.Fatal(err)
+			}
+			free := make(chan string, 64) // keys=64: each request takes a session no other is in
+			for i := range 64 {
+				free <- fmt.Sprintf("key-%d", i)
+			}
+			var n atomic.Int64
+			runClosedLoop(b, 64, func() error {
+				msg := &rsvp.Message{Body: body1K}
+				switch keys {
+				case 64:
+					msg.SessionKey = <-free
+					defer func() { free <- msg.SessionKey }()
+				case 8:
+					msg.SessionKey = fmt.Sprintf("key-%d", n.Add(1)%8)
+				}
+				_, err := c.Request(ctx, "echo", msg)
+				return err
+			})
+		})
+	}
+}

@@ -217,6 +217,9 @@ func (c *Client) prepare(queue string, msg *Message) (*Message, error) {
 	}
 	errs := []error{backend.ValidateName("queue", queue), backend.ValidateName("id", m.ID),
 		backend.ValidateName("correlation id", m.CorrelationID), checkHeaders(m.Headers, "Message.ContentType")}
+	if err := backend.CheckSession(&m); err != nil {
+		errs = append(errs, err)
+	}
 	if d := time.Until(m.NotBefore); d > c.cfg.MaxDelay {
 		errs = append(errs, fmt.Errorf("NotBefore is %s ahead, more than Config.MaxDelay %s", d.Round(time.Second), c.cfg.MaxDelay))
 	}

@@ -165,6 +165,7 @@ func (r *settler) finish(ctx context.Context, d backend.Delivery, reply *Reply, 
 			return
 		}
 		r.endEvent(ctx, m, reply, failed, log)
+		r.listReply(ctx, m, log)
 		r.c.tel.completed.Add(ctx, 1, r.c.tel.onQueue(m.Queue, "outcome", string(reply.Status)))
 	} else if failed {
 		r.endEvent(ctx, m, reply, failed, log) // no reply wanted, but a history

@@ -55,6 +55,20 @@ type Message struct {
 	// Channel, with Track, is the notification channel the request's events
 	// are also listed under (EventQuery.Channel). Empty: none.
 	Channel string
+	// SessionKey, if set, puts the request in a session of its queue: the
+	// requests of one queue and session key are delivered one at a time,
+	// in the order they were stored. A request is not delivered while an
+	// earlier one of its session is stored (leased, or waiting after a
+	// Nack): it waits for that one's Ack, or for its dead-lettering.
+	// Requests of other sessions, and those without a key, are not held up.
+	// See ValidateSessionKey. A session request cannot be scheduled
+	// (NotBefore).
+	SessionKey string
+	// ReplySession, if set, is the session key the reply belongs to on the
+	// requester's side: the responder lists the reply under it, in the
+	// order replies are stored, for the requester to read in order
+	// (Service Bus's ReplyToSessionId). See ValidateSessionKey.
+	ReplySession string
 }
 
 // Status is the final state a reply records.

@@ -1,8 +1,12 @@
 package backend
 
 import (
+	"errors"
 	"fmt"
 	"strings"
+	"time"
+	"unicode"
+	"unicode/utf8"
 )
 
 // MaxNameLen is the longest queue name or id the seam carries, in bytes.
@@ -44,4 +48,45 @@ func ValidateChannel(s string) error {
 func ReservedHeader(k string) bool {
 	return len(k) >= 5 && (strings.EqualFold(k[:5], "rsvp-") || strings.EqualFold(k[:5], "nats-")) ||
 		strings.EqualFold(k, "Content-Type")
+}
+
+// MaxSessionKeyLen is the longest session key the seam carries, in bytes.
+const MaxSessionKeyLen = 256
+
+// ValidateSessionKey reports whether s can be a session key
+// (Message.SessionKey, Message.ReplySession): 1 to MaxSessionKeyLen bytes
+// of UTF-8 text without control characters. Engines that cannot carry
+// every such character encode the key.
+func ValidateSessionKey(kind, s string) error {
+	if s == "" {
+		return fmt.Errorf("%s is empty", kind)
+	}
+	if len(s) > MaxSessionKeyLen {
+		return fmt.Errorf("%s %.20q... is %d bytes, longer than %d", kind, s, len(s), MaxSessionKeyLen)
+	}
+	if !utf8.ValidString(s) {
+		return fmt.Errorf("%s %.40q is not valid UTF-8", kind, s)
+	}
+	for i, r := range s {
+		if unicode.IsControl(r) {
+			return fmt.Errorf("%s %.40q has control character %U at byte %d", kind, s, r, i)
+		}
+	}
+	return nil
+}
+
+// CheckSession reports what is wrong with m's session fields: a bad
+// SessionKey or ReplySession, or a session request that is scheduled.
+func CheckSession(m *Message) error {
+	var errs []error
+	if m.SessionKey != "" {
+		errs = append(errs, ValidateSessionKey("session key", m.SessionKey))
+		if time.Until(m.NotBefore) > 0 {
+			errs = append(errs, fmt.Errorf("a request of session %.40q cannot be scheduled (NotBefore): it would hold up its session", m.SessionKey))
+		}
+	}
+	if m.ReplySession != "" {
+		errs = append(errs, ValidateSessionKey("reply session", m.ReplySession))
+	}
+	return errors.Join(errs...)
 }

@@ -42,6 +42,9 @@ type Features struct {
 	// Shared: several handles can be open on one storage at once, and their
 	// consumers of one queue compete.
 	Shared bool
+	// Sessions: Message.SessionKey orders the delivery of a session's
+	// requests (one at a time, in the order stored).
+	Sessions bool
 }
 
 type testCase struct {
@@ -52,7 +55,7 @@ type testCase struct {
 
 // Run runs every case that f allows, each on an engine from newEngine.
 func Run(t *testing.T, newEngine func(t *testing.T) Opener, f Features) {
-	for _, tc := range slices.Concat(cases, scheduleCases, eventCases, dlqCases) {
+	for _, tc := range slices.Concat(cases, scheduleCases, eventCases, dlqCases, sessionCases) {
 		t.Run(tc.name, func(t *testing.T) {
 			if tc.needs != nil && !tc.needs(f) {
 				t.Skipf("backend lacks the feature %s needs", tc.name)
@@ -138,7 +141,8 @@ func sameMessage(t *testing.T, got, want *backend.Message) {
 		got.Queue != want.Queue || got.Type != want.Type || got.ContentType != want.ContentType ||
 		string(got.Body) != string(want.Body) || !maps.Equal(got.Headers, want.Headers) ||
 		!got.CreatedAt.Equal(want.CreatedAt) || !got.Deadline.Equal(want.Deadline) ||
-		got.Track != want.Track || got.Channel != want.Channel {
+		got.Track != want.Track || got.Channel != want.Channel ||
+		got.SessionKey != want.SessionKey || got.ReplySession != want.ReplySession {
 		t.Fatalf("message changed in the engine:\n got %+v\nwant %+v", got, want)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -27,16 +28,17 @@ func (b *Backend) Consume(ctx context.Context, queue string, p backend.ConsumePa
 	}
 	durable := "rsvp_" + queue
 	cfg := jetstream.ConsumerConfig{
-		Durable:       durable,
-		Description:   "rsvp responders of queue " + queue,
-		FilterSubject: subjRequests + queue,
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       cmp.Or(p.Lease, 30*time.Second),
-		MaxDeliver:    -1,
-		MaxAckPending: 100_000,
+		Durable:        durable,
+		Description:    "rsvp responders of queue " + queue,
+		FilterSubjects: []string{subjRequests + queue, subjSessions + queue + ".*"},
+		AckPolicy:      jetstream.AckExplicitPolicy,
+		AckWait:        cmp.Or(p.Lease, 30*time.Second),
+		MaxDeliver:     -1,
+		MaxAckPending:  100_000,
 	}
-	c := &consumer{b: b, log: b.opts.Logger.With("queue", queue), msgs: make(chan *nats.Msg, 256),
+	c := &consumer{b: b, queue: queue, log: b.opts.Logger.With("queue", queue), msgs: make(chan *nats.Msg, 256),
 		next: fmt.Sprintf("$JS.API.CONSUMER.MSG.NEXT.%s.%s", streamRequests, durable)}
+	c.ses = newSessions(c, cfg.AckWait)
 	c.ctx, c.cancel = context.WithCancel(b.life)
 	c.open = func(ctx context.Context) error {
 		ctx, cancel := b.withTimeout(ctx)
@@ -65,6 +67,7 @@ func (b *Backend) Consume(ctx context.Context, queue string, p backend.ConsumePa
 		return nil, fmt.Errorf("rsvpnats: consume %s: %w", queue, err)
 	}
 	c.sub = sub
+	c.wg.Go(func() { c.ses.run(c.ctx) })
 	return c, nil
 }
 
@@ -73,6 +76,7 @@ const pullWait = 5 * time.Second
 
 type consumer struct {
 	b      *Backend
+	queue  string
 	open   func(context.Context) error // creates the JetStream consumer (again)
 	log    *slog.Logger
 	ctx    context.Context // ends when the consumer or its backend is closed
@@ -81,7 +85,12 @@ type consumer struct {
 	inbox  string // where pulled messages and pull statuses arrive
 	sub    *nats.Subscription
 	msgs   chan *nats.Msg
-	once   sync.Once
+	// orphans counts pulls a worker left for a session request whose turn
+	// came (sessions.wake); the next pulls adopt them instead of asking anew.
+	orphans atomic.Int64
+	ses     *sessions
+	wg      sync.WaitGroup
+	once    sync.Once
 }
 
 // pullRequest asks for one message, waiting up to pullWait for it.
@@ -95,6 +104,9 @@ func (c *consumer) Next(ctx context.Context) (backend.Delivery, error) {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
+		if d := c.ses.promote(ctx); d != nil {
+			return d, nil
+		}
 		m := c.pull(ctx)
 		if m == nil {
 			continue // the pull ended empty: pull anew
@@ -107,10 +119,18 @@ func (c *consumer) Next(ctx context.Context) (backend.Delivery, error) {
 			c.reject(m, msg, err)
 			continue
 		}
+		d := &delivery{m: m, msg: msg}
 		if md, err := m.Metadata(); err == nil {
 			msg.Attempt = int(md.NumDelivered)
+			d.seq = md.Sequence.Stream
 		}
-		return &delivery{m: m, msg: msg}, nil
+		if msg.SessionKey != "" {
+			d.ses = c.ses
+			if !c.ses.admit(ctx, d) {
+				continue // held until its turn, or gone
+			}
+		}
+		return d, nil
 	}
 }
 
@@ -125,29 +145,59 @@ func (c *consumer) pull(ctx context.Context) *nats.Msg {
 		// deliver a message nobody waits for.
 		req = fmt.Appendf(nil, `{"batch":1,"expires":%d}`, max(time.Until(d), time.Millisecond).Nanoseconds())
 	}
-	if err := c.b.nc.PublishRequest(c.next, c.inbox, req); err != nil {
-		c.pause(ctx, err)
-		return nil
+	if !c.adoptOrphan() {
+		if err := c.b.nc.PublishRequest(c.next, c.inbox, req); err != nil {
+			c.pause(ctx, err)
+			return nil
+		}
 	}
 	timeout := time.NewTimer(pullWait + c.b.opts.Timeout) // a pull lost on the way
 	defer timeout.Stop()
-	select {
-	case m := <-c.msgs:
-		if status := m.Header.Get("Status"); status != "" && len(m.Data) == 0 {
-			if status != "404" && status != "408" && status != "100" {
-				// 409: the consumer was deleted, or similar. 503: no consumer.
-				c.pause(ctx, fmt.Errorf("pull ended with status %s %s", status, m.Header.Get("Description")))
+	wake := c.ses.wake
+	for {
+		select {
+		case <-wake:
+			if !c.ses.hasPending() {
+				continue // checked by another worker already
 			}
+			c.orphans.Add(1) // this pull's answer goes to a later one
+			return nil
+		case m := <-c.msgs:
+			return c.pulled(ctx, m)
+		case <-timeout.C:
+			return nil
+		case <-ctx.Done():
+			return nil
+		case <-c.ctx.Done():
 			return nil
 		}
-		return m
-	case <-timeout.C:
-		return nil
-	case <-ctx.Done():
-		return nil
-	case <-c.ctx.Done():
+	}
+}
+
+// adoptOrphan takes over a pull that a worker left, if there is one.
+func (c *consumer) adoptOrphan() bool {
+	for {
+		n := c.orphans.Load()
+		if n <= 0 {
+			return false
+		}
+		if c.orphans.CompareAndSwap(n, n-1) {
+			return true
+		}
+	}
+}
+
+// pulled returns the message a pull brought, or nil for a status that
+// ended it.
+func (c *consumer) pulled(ctx context.Context, m *nats.Msg) *nats.Msg {
+	if status := m.Header.Get("Status"); status != "" && len(m.Data) == 0 {
+		if status != "404" && status != "408" && status != "100" {
+			// 409: the consumer was deleted, or similar. 503: no consumer.
+			c.pause(ctx, fmt.Errorf("pull ended with status %s %s", status, m.Header.Get("Description")))
+		}
 		return nil
 	}
+	return m
 }
 
 // pause waits a second, then makes the JetStream consumer again: it may
@@ -170,6 +220,8 @@ func (c *consumer) pause(ctx context.Context, why error) {
 func (c *consumer) Close() error {
 	c.once.Do(func() {
 		c.cancel()
+		c.wg.Wait()
+		c.ses.release()
 		_ = c.sub.Unsubscribe()
 		for {
 			select {
@@ -213,6 +265,8 @@ func (c *consumer) reject(m *nats.Msg, msg *backend.Message, why error) {
 type delivery struct {
 	m   *nats.Msg
 	msg *backend.Message
+	seq uint64    // stream sequence
+	ses *sessions // set for a session request
 }
 
 func (d *delivery) Message() *backend.Message { return d.msg }
@@ -221,6 +275,9 @@ func (d *delivery) Ack(ctx context.Context) error {
 	if err := d.m.Ack(); err != nil {
 		return fmt.Errorf("rsvpnats: ack %s: %w", d.msg.ID, err)
 	}
+	if d.ses != nil {
+		d.ses.settled(d, true)
+	}
 	return nil
 }
 
@@ -228,12 +285,18 @@ func (d *delivery) Nack(ctx context.Context, delay time.Duration) error {
 	if err := d.m.NakWithDelay(delay); err != nil {
 		return fmt.Errorf("rsvpnats: nack %s: %w", d.msg.ID, err)
 	}
+	if d.ses != nil {
+		d.ses.settled(d, false)
+	}
 	return nil
 }
 
 func (d *delivery) Extend(ctx context.Context) error {
 	if err := d.m.InProgress(); err != nil {
 		return fmt.Errorf("rsvpnats: extend lease of %s: %w", d.msg.ID, err)
+	}
+	if d.ses != nil {
+		d.ses.extended(d)
 	}
 	return nil
 }

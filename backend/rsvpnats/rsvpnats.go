@@ -103,6 +103,7 @@ type Backend struct {
 	opts    Options
 	nc      *nats.Conn
 	js      jetstream.JetStream
+	reqs    jetstream.Stream
 	replies jetstream.Stream
 	dlq     jetstream.Stream
 	events  jetstream.Stream
@@ -175,13 +176,14 @@ func open(ctx context.Context, nc *nats.Conn, opts Options, memory bool, syncDir
 	maxMsg := int32(nc.MaxPayload())
 	cfgs := []jetstream.StreamConfig{{
 		Name:              streamRequests,
-		Description:       "rsvp requests, one subject per queue, and scheduled requests",
-		Subjects:          []string{subjRequests + "*", subjSchedule + "*.*"},
+		Description:       "rsvp requests: one subject per queue, one per session of a queue, and scheduled requests",
+		Subjects:          []string{subjRequests + "*", subjSessions + "*.*", subjSchedule + "*.*"},
 		Retention:         jetstream.WorkQueuePolicy,
 		Storage:           storage,
 		Duplicates:        opts.DedupeWindow,
 		MaxMsgSize:        maxMsg,
 		AllowMsgSchedules: true,
+		AllowDirect:       true, // sessions read the first request of a session
 	}, {
 		Name:                 streamReplies,
 		Description:          "rsvp replies, one subject per correlation id",
@@ -223,7 +225,7 @@ func open(ctx context.Context, nc *nats.Conn, opts Options, memory bool, syncDir
 			return nil, fmt.Errorf("rsvpnats: create stream %s: %w", cfg.Name, err)
 		}
 	}
-	b := &Backend{opts: opts, nc: nc, js: js, replies: streams[1], dlq: streams[2], events: streams[3]}
+	b := &Backend{opts: opts, nc: nc, js: js, reqs: streams[0], replies: streams[1], dlq: streams[2], events: streams[3]}
 	b.life, b.end = context.WithCancel(context.Background())
 	if syncDir != "" {
 		b.syncs = make(map[string]*groupSync, len(cfgs))
@@ -279,7 +281,7 @@ func (b *Backend) Conn() *nats.Conn { return b.nc }
 // writes: with SyncAlways on an embedded engine, fsynced by group commit.
 func (b *Backend) Publish(ctx context.Context, m *nats.Msg) error {
 	switch {
-	case strings.HasPrefix(m.Subject, subjRequests), strings.HasPrefix(m.Subject, subjSchedule):
+	case strings.HasPrefix(m.Subject, subjRequests), strings.HasPrefix(m.Subject, subjSessions), strings.HasPrefix(m.Subject, subjSchedule):
 		return b.publish(ctx, streamRequests, m)
 	case strings.HasPrefix(m.Subject, subjReplies):
 		return b.publish(ctx, streamReplies, m)
@@ -324,6 +326,9 @@ func (b *Backend) checkSize(m *nats.Msg) error {
 // Enqueue implements backend.Backend.
 func (b *Backend) Enqueue(ctx context.Context, msg *backend.Message) error {
 	if err := backend.ValidateName("queue", msg.Queue); err != nil {
+		return fmt.Errorf("rsvpnats: enqueue: %w", err)
+	}
+	if err := backend.CheckSession(msg); err != nil {
 		return fmt.Errorf("rsvpnats: enqueue: %w", err)
 	}
 	m := encodeRequest(msg)

@@ -35,7 +35,7 @@ func TestConformanceEmbeddedMemory(t *testing.T) {
 			}
 			return b
 		}
-	}, backendtest.Features{})
+	}, backendtest.Features{Sessions: true})
 }
 
 func TestConformanceEmbeddedDisk(t *testing.T) {
@@ -49,7 +49,7 @@ func TestConformanceEmbeddedDisk(t *testing.T) {
 			}
 			return b
 		}
-	}, backendtest.Features{Durable: true, Shared: true})
+	}, backendtest.Features{Durable: true, Shared: true, Sessions: true})
 }
 
 func TestConformanceExternal(t *testing.T) {
@@ -62,7 +62,7 @@ func TestConformanceExternal(t *testing.T) {
 			}
 			return b
 		}
-	}, backendtest.Features{Durable: true, Shared: true})
+	}, backendtest.Features{Durable: true, Shared: true, Sessions: true})
 }
 
 func TestEmbeddedDirectoryNotWritable(t *testing.T) {

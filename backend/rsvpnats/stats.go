@@ -71,6 +71,10 @@ func (b *Backend) Queues(ctx context.Context) ([]QueueStats, error) {
 	if err != nil {
 		return nil, fmt.Errorf("rsvpnats: queues: %w", err)
 	}
+	sessionInfo, err := reqs.Info(ctx, jetstream.WithSubjectFilter(subjSessions+"*.*"))
+	if err != nil {
+		return nil, fmt.Errorf("rsvpnats: queues: sessions: %w", err)
+	}
 	byName := make(map[string]*QueueStats)
 	get := func(name string) *QueueStats {
 		q := byName[name]
@@ -81,12 +85,19 @@ func (b *Backend) Queues(ctx context.Context) ([]QueueStats, error) {
 		return q
 	}
 	for subj, n := range info.State.Subjects {
-		get(strings.TrimPrefix(subj, subjRequests)).Depth = n
+		get(strings.TrimPrefix(subj, subjRequests)).Depth += n
+	}
+	for subj, n := range sessionInfo.State.Subjects {
+		get(queueOf(subj)).Depth += n
 	}
 
 	consumers := reqs.ListConsumers(ctx)
 	for ci := range consumers.Info() { // read to the end: the lister's goroutine stops then
-		name, ok := strings.CutPrefix(ci.Config.FilterSubject, subjRequests)
+		filter := ci.Config.FilterSubject
+		if len(ci.Config.FilterSubjects) > 0 {
+			filter = ci.Config.FilterSubjects[0] // the queue's; then its sessions'
+		}
+		name, ok := strings.CutPrefix(filter, subjRequests)
 		if !ok || name == "" || strings.ContainsAny(name, ".*>") {
 			continue // not a consumer of the wire format
 		}
@@ -115,11 +126,16 @@ func (b *Backend) Queues(ctx context.Context) ([]QueueStats, error) {
 	out := make([]QueueStats, 0, len(byName))
 	for _, name := range sortedKeys(byName) {
 		q := byName[name]
-		if q.Depth > 0 {
-			m, err := reqs.GetMsg(ctx, first, jetstream.WithGetMsgSubject(subjRequests+name))
+		for _, subj := range []string{subjRequests + name, subjSessions + name + ".*"} {
+			if q.Depth == 0 {
+				break
+			}
+			m, err := reqs.GetMsg(ctx, first, jetstream.WithGetMsgSubject(subj))
 			switch {
 			case err == nil:
-				q.Oldest = m.Time
+				if q.Oldest.IsZero() || m.Time.Before(q.Oldest) {
+					q.Oldest = m.Time
+				}
 			case !errors.Is(err, jetstream.ErrMsgNotFound): // not found: finished meanwhile
 				return nil, fmt.Errorf("rsvpnats: queues: oldest request of %s: %w", name, err)
 			}
@@ -309,16 +325,23 @@ func (b *Backend) findQueued(ctx context.Context, ri *RequestInfo) error {
 		return err
 	}
 	var found *jetstream.RawStreamMsg
-	complete, err := scan(ctx, reqs, subjRequests+cmp.Or(ri.Queue, "*"), func(m *jetstream.RawStreamMsg) bool {
-		msg, _ := decodeRequest(m.Subject, m.Header, m.Data) // read leniently, as dead letters are
-		if msg.CorrelationID != ri.CorrelationID {
-			return true
+	complete := true
+	for _, subj := range []string{subjRequests + cmp.Or(ri.Queue, "*"), subjSessions + cmp.Or(ri.Queue, "*") + ".*"} {
+		all, err := scan(ctx, reqs, subj, func(m *jetstream.RawStreamMsg) bool {
+			msg, _ := decodeRequest(m.Subject, m.Header, m.Data) // read leniently, as dead letters are
+			if msg.CorrelationID != ri.CorrelationID {
+				return true
+			}
+			found = m
+			return false
+		})
+		if err != nil {
+			return err
 		}
-		found = m
-		return false
-	})
-	if err != nil {
-		return err
+		complete = complete && all
+		if found != nil {
+			break
+		}
 	}
 	switch {
 	case found != nil:
@@ -330,7 +353,7 @@ func (b *Backend) findQueued(ctx context.Context, ri *RequestInfo) error {
 		ri.InQueue = Unknown
 		return nil
 	}
-	queue := strings.TrimPrefix(found.Subject, subjRequests)
+	queue := queueOf(found.Subject)
 	ri.Queue = cmp.Or(ri.Queue, queue)
 	ri.StoredAt = found.Time
 	c, err := reqs.Consumer(ctx, "rsvp_"+queue)

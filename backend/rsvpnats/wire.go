@@ -1,6 +1,7 @@
 package rsvpnats
 
 import (
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"strconv"
@@ -20,6 +21,7 @@ const (
 	streamEvents   = "RSVP_EVENTS"
 
 	subjRequests = "rsvp.req."    // + queue
+	subjSessions = "rsvp.ses."    // + queue + "." + session token (sessionToken): requests of a session
 	subjSchedule = "rsvp.sched."  // + queue + "." + id: a scheduled request until it is due
 	subjReplies  = "rsvp.reply."  // + correlation id + "." + inbox
 	subjNotify   = "rsvp.notify." // + correlation id + "." + inbox (republished replies)
@@ -50,6 +52,8 @@ const (
 	hdrTrack         = "Rsvp-Track"
 	hdrNotBefore     = "Rsvp-Not-Before"
 	hdrChannel       = "Rsvp-Channel"
+	hdrSession       = "Rsvp-Session"
+	hdrReplySession  = "Rsvp-Reply-Session"
 	hdrEventType     = "Rsvp-Event"
 	hdrSequence      = "Nats-Sequence" // set on republished messages
 )
@@ -116,7 +120,15 @@ func encodeRequest(m *backend.Message) *nats.Msg {
 	if m.Channel != "" {
 		h.Set(hdrChannel, m.Channel)
 	}
+	if m.ReplySession != "" {
+		h.Set(hdrReplySession, m.ReplySession)
+	}
 	msg := &nats.Msg{Subject: subjRequests + m.Queue, Header: h, Data: m.Body}
+	if m.SessionKey != "" {
+		h.Set(hdrSession, m.SessionKey)
+		msg.Subject = sessionSubject(m.Queue, m.SessionKey)
+		return msg // never scheduled: Enqueue refuses that
+	}
 	if !m.NotBefore.IsZero() && time.Until(m.NotBefore) > 0 {
 		// A message schedule of the stream: the server publishes the request
 		// to its queue's subject when it is due (and drops the schedule).
@@ -135,13 +147,15 @@ func decodeRequest(subject string, h nats.Header, body []byte) (*backend.Message
 		ID:            h.Get(hdrID),
 		CorrelationID: h.Get(hdrCorrelationID),
 		ReplyTo:       h.Get(hdrReplyTo),
-		Queue:         strings.TrimPrefix(subject, subjRequests),
+		Queue:         queueOf(subject),
 		Type:          h.Get(hdrType),
 		ContentType:   h.Get(hdrContentType),
 		Headers:       appHeaders(h),
 		Body:          body,
 		Track:         h.Get(hdrTrack) == "1",
 		Channel:       h.Get(hdrChannel),
+		SessionKey:    h.Get(hdrSession),
+		ReplySession:  h.Get(hdrReplySession),
 	}
 	if m.ID == "" {
 		m.ID = h.Get(hdrMsgID)
@@ -160,6 +174,22 @@ func decodeRequest(subject string, h nats.Header, body []byte) (*backend.Message
 		return m, fmt.Errorf("request has no %s header", hdrID)
 	}
 	return m, nil
+}
+
+// sessionSubject is the subject a session's requests are stored on. The
+// key is carried base64url-encoded, so that any key is one subject token.
+func sessionSubject(queue, key string) string {
+	return subjSessions + queue + "." + base64.RawURLEncoding.EncodeToString([]byte(key))
+}
+
+// queueOf returns the queue of a request's subject: rsvp.req.<queue> or
+// rsvp.ses.<queue>.<token>.
+func queueOf(subject string) string {
+	if rest, ok := strings.CutPrefix(subject, subjSessions); ok {
+		q, _, _ := strings.Cut(rest, ".")
+		return q
+	}
+	return strings.TrimPrefix(subject, subjRequests)
 }
 
 func encodeReply(subject string, r *backend.Reply) *nats.Msg {

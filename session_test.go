@@ -1,0 +1,273 @@
+package rsvp_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/rsvp-go/rsvp"
+	"github.com/rsvp-go/rsvp/backend"
+)
+
+// TestSessionsInOrderUnderLoad is the session-order test of the issue:
+// 200 keys × 50 requests, 16 workers, random handler delays. Each key's
+// handler calls must come strictly in send order, one at a time, while
+// keys run in parallel.
+func TestSessionsInOrderUnderLoad(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, e *topicEngine) {
+		const keys, per, workers = 200, 50, 16
+		requester, responder := e.client(), e.client()
+		q := "orders-" + rsvp.NewID()[24:]
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+		defer cancel()
+
+		var mu sync.Mutex
+		next := make([]int, keys) // the index each key's handler must see next
+		running := make([]bool, keys)
+		var problems []string
+		var busy, maxBusy, handled atomic.Int64
+		allDone := make(chan struct{})
+		_, err := responder.Handle(q, rsvp.HandlerFunc(func(ctx context.Context, m *rsvp.Message) (*rsvp.Reply, error) {
+			k, _ := strconv.Atoi(strings.TrimPrefix(m.SessionKey, "key-"))
+			i, _ := strconv.Atoi(string(m.Body))
+			mu.Lock()
+			if running[k] {
+				problems = append(problems, fmt.Sprintf("key %d: #%d started while another of its requests ran", k, i))
+			}
+			if i != next[k] {
+				problems = append(problems, fmt.Sprintf("key %d: got #%d, want #%d", k, i, next[k]))
+			}
+			running[k], next[k] = true, i+1
+			mu.Unlock()
+			n := busy.Add(1)
+			for m := maxBusy.Load(); n > m && !maxBusy.CompareAndSwap(m, n); m = maxBusy.Load() {
+			}
+			time.Sleep(time.Duration(rand.IntN(2000)) * time.Microsecond) // the work
+			busy.Add(-1)
+			mu.Lock()
+			running[k] = false
+			mu.Unlock()
+			if handled.Add(1) == keys*per {
+				close(allDone)
+			}
+			return &rsvp.Reply{}, nil
+		}), rsvp.HandleOptions{Concurrency: workers})
+		if err != nil {
+			t.Fatal(err)
+		}
+
+		start := time.Now()
+		var wg sync.WaitGroup
+		for s := range workers { // senders; each sends its keys' requests in order
+			wg.Go(func() {
+				for i := range per {
+					for k := s; k < keys; k += workers {
+						msg := &rsvp.Message{SessionKey: fmt.Sprintf("key-%d", k), Body: []byte(strconv.Itoa(i))}
+						if _, err := requester.Send(ctx, q, msg); err != nil {
+							t.Errorf("send: %v", err)
+							return
+						}
+					}
+				}
+			})
+		}
+		wg.Wait()
+		select {
+		case <-allDone:
+		case <-ctx.Done():
+			t.Fatalf("handled %d of %d requests in time", handled.Load(), keys*per)
+		}
+		elapsed := time.Since(start)
+		mu.Lock()
+		defer mu.Unlock()
+		if len(problems) > 0 {
+			t.Fatalf("%d order violations, first: %s", len(problems), problems[0])
+		}
+		for k, n := range next {
+			if n != per {
+				t.Fatalf("key %d: handled up to #%d of %d", k, n, per)
+			}
+		}
+		// Parallelism across keys: most workers were busy at once.
+		if maxBusy.Load() < workers/2 {
+			t.Fatalf("at most %d handlers ran at once, want at least %d of %d", maxBusy.Load(), workers/2, workers)
+		}
+		t.Logf("%d requests in %d sessions handled in order in %s (%.0f/s), up to %d handlers at once",
+			keys*per, keys, elapsed.Round(time.Millisecond), keys*per/elapsed.Seconds(), maxBusy.Load())
+	})
+}
+
+// TestSessionRetryHoldsOnlyItsKey: a failing request holds up its own
+// session while it is retried, not the others; when it is dead-lettered,
+// its session goes on.
+func TestSessionRetryHoldsOnlyItsKey(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, e *topicEngine) {
+		requester, responder := e.client(), e.client()
+		q := "retry-" + rsvp.NewID()[24:]
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		var mu sync.Mutex
+		var log []string
+		_, err := responder.Handle(q, rsvp.HandlerFunc(func(ctx context.Context, m *rsvp.Message) (*rsvp.Reply, error) {
+			entry := fmt.Sprintf("%s/%s#%d", m.SessionKey, m.Body, m.Attempt)
+			mu.Lock()
+			log = append(log, entry)
+			mu.Unlock()
+			if string(m.Body) == "0" && m.SessionKey == "bad" {
+				return nil, errors.New("not today")
+			}
+			return &rsvp.Reply{Body: m.Body}, nil
+		}), rsvp.HandleOptions{Concurrency: 4, MaxAttempts: 3, Backoff: func(int) time.Duration { return 300 * time.Millisecond }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var tickets []rsvp.Ticket
+		for i := range 3 {
+			for _, k := range []string{"bad", "good"} {
+				tk, err := requester.Send(ctx, q, &rsvp.Message{SessionKey: k, Body: []byte(strconv.Itoa(i))})
+				if err != nil {
+					t.Fatal(err)
+				}
+				tickets = append(tickets, tk)
+			}
+		}
+		for i, tk := range tickets {
+			_, err := requester.Await(ctx, tk.CorrelationID)
+			var re *rsvp.RemoteError
+			if i == 0 {
+				if !errors.As(err, &re) {
+					t.Fatalf("bad/0: got %v, want its failure", err)
+				}
+			} else if err != nil {
+				t.Fatalf("request %d: %v", i, err)
+			}
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		got := strings.Join(log, " ")
+		bad := filter(log, "bad/")
+		if strings.Join(bad, " ") != "bad/0#1 bad/0#2 bad/0#3 bad/1#1 bad/2#1" {
+			t.Fatalf("session bad ran as %v, want its first request's 3 attempts before the rest (all: %s)", bad, got)
+		}
+		if good := filter(log, "good/"); strings.Join(good, " ") != "good/0#1 good/1#1 good/2#1" {
+			t.Fatalf("session good ran as %v (all: %s)", good, got)
+		}
+		// "good" finished while "bad" #0 was still being retried.
+		if strings.Index(got, "good/2#1") > strings.Index(got, "bad/0#3") {
+			t.Fatalf("session good waited for session bad's retries: %s", got)
+		}
+	})
+}
+
+func filter(log []string, prefix string) []string {
+	var out []string
+	for _, s := range log {
+		if strings.HasPrefix(s, prefix) {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// TestReplySession: replies to requests sent with a reply session are read
+// in order, from a cursor, and a read waits for the next one.
+func TestReplySession(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, e *topicEngine) {
+		requester, responder := e.client(), e.client()
+		q := "rs-" + rsvp.NewID()[24:]
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		serve(t, responder, q, replyWith("done"))
+		session := "cart 17/ü" // any text without control characters
+		var ids []string
+		for i := range 5 {
+			tk, err := requester.Send(ctx, q, &rsvp.Message{SessionKey: session, ReplySession: session, Body: []byte(strconv.Itoa(i))})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ids = append(ids, tk.CorrelationID)
+		}
+		var got []string
+		var after uint64
+		for len(got) < 5 {
+			rs, err := requester.SessionReplies(ctx, session, after)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, r := range rs {
+				if r.Seq <= after {
+					t.Fatalf("position %d after %d", r.Seq, after)
+				}
+				after = r.Seq
+				got = append(got, r.Reply.CorrelationID)
+				if want := "done:" + strconv.Itoa(len(got)-1); string(r.Reply.Body) != want {
+					t.Fatalf("reply %d is %q, want %q", len(got)-1, r.Reply.Body, want)
+				}
+			}
+		}
+		if strings.Join(got, ",") != strings.Join(ids, ",") {
+			t.Fatalf("replies listed as %v, sent %v", got, ids)
+		}
+		// Nothing more: the read waits, and returns the next reply once it is made.
+		wctx, wcancel := context.WithTimeout(ctx, 300*time.Millisecond)
+		_, err := requester.SessionReplies(wctx, session, after)
+		wcancel()
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("read past the end: %v, want it to wait", err)
+		}
+		done := make(chan []rsvp.SessionReply)
+		go func() {
+			rs, _ := requester.SessionReplies(ctx, session, after)
+			done <- rs
+		}()
+		tk, err := requester.Send(ctx, q, &rsvp.Message{ReplySession: session, Body: []byte("late")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rs := <-done; len(rs) != 1 || rs[0].Reply.CorrelationID != tk.CorrelationID {
+			t.Fatalf("waiting read got %+v, want the late reply", rs)
+		}
+	})
+}
+
+func TestSessionBadInput(t *testing.T) {
+	c := setup(t, rsvp.Config{})
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name string
+		msg  rsvp.Message
+		want string
+	}{
+		{"long key", rsvp.Message{SessionKey: strings.Repeat("k", backend.MaxSessionKeyLen+1)}, "longer than 256"},
+		{"control character", rsvp.Message{SessionKey: "a\tb"}, "control character"},
+		{"not UTF-8", rsvp.Message{SessionKey: "\xff"}, "not valid UTF-8"},
+		{"bad reply session", rsvp.Message{ReplySession: "x\ny"}, "control character"},
+		{"scheduled", rsvp.Message{SessionKey: "k", NotBefore: time.Now().Add(time.Minute)}, "cannot be scheduled"},
+	} {
+		_, err := c.Send(ctx, "q", &tc.msg)
+		if !errors.Is(err, rsvp.ErrInvalid) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: got %v, want ErrInvalid saying %q", tc.name, err, tc.want)
+		}
+	}
+	if _, err := c.SessionReplies(ctx, "", 0); !errors.Is(err, rsvp.ErrInvalid) {
+		t.Errorf("empty reply session: got %v, want ErrInvalid", err)
+	}
+	// Nothing refused was stored.
+	cons, err := c.Consume(ctx, "q", rsvp.HandleOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cons.Close()
+	nctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	if l, err := cons.Next(nctx); err == nil {
+		t.Fatalf("a refused request was stored: %s", l.Message().ID)
+	}
+}

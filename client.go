@@ -55,6 +55,12 @@ type Config struct {
 	// MeterProvider makes rsvp's metrics (rsvp.requests.sent, ...).
 	// Default: the global provider (otel.GetMeterProvider).
 	MeterProvider metric.MeterProvider
+	// NoExpiryTasks keeps this client from running the expiry tasks of
+	// requests sent with deadlines (ExpiryQueue); other clients on the
+	// engine then must. For tools that leave nothing behind, such as
+	// benchmarks. Default false: a client runs them once it has sent with a
+	// deadline, awaited, or started a responder.
+	NoExpiryTasks bool
 }
 
 func (c Config) withDefaults() Config {
@@ -98,6 +104,7 @@ type Client struct {
 
 	mu         sync.Mutex
 	responders map[*Responder]struct{}
+	expirer    bool // handles expiry tasks (startExpirer)
 	closed     bool
 }
 
@@ -158,7 +165,17 @@ func (c *Client) Send(ctx context.Context, queue string, msg *Message) (Ticket, 
 	if err != nil {
 		return Ticket{}, err
 	}
-	return c.send(ctx, m, true)
+	if m.Deadline.IsZero() || m.ReplyTo == "" {
+		return c.send(ctx, m, true)
+	}
+	// Store the request and its expiry task side by side.
+	expiry := make(chan error, 1)
+	go func() {
+		expiry <- c.scheduleExpiry(ctx, expiryTask{CorrelationID: m.CorrelationID, ReplyTo: m.ReplyTo, Queue: m.Queue,
+			Deadline: m.Deadline, Track: m.Track, Channel: m.Channel, ReplySession: m.ReplySession})
+	}()
+	t, err := c.send(ctx, m, true)
+	return t, errors.Join(err, <-expiry)
 }
 
 // send stores m. With ownSpan it traces the send in a span of its own;
@@ -332,14 +349,11 @@ func (c *Client) Request(ctx context.Context, queue string, msg *Message) (*Repl
 func (c *Client) expire(ctx context.Context, m *Message, waitErr error) (*Reply, error) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	rep := &Reply{CorrelationID: m.CorrelationID, Status: backend.StatusExpired, ErrorCode: CodeExpired,
-		ErrorMessage: "the deadline passed before a reply", CreatedAt: time.Now()}
-	err := c.b.PutReply(ctx, m.ReplyTo, rep)
-	if errors.Is(err, backend.ErrReplyExists) {
-		if r, gerr := c.b.GetReply(ctx, m.CorrelationID); gerr == nil {
-			return r, replyError(r)
-		}
-	} else if err != nil {
+	r, err := c.storeExpired(ctx, m.CorrelationID, m.ReplyTo)
+	if r != nil {
+		return r, replyError(r)
+	}
+	if err != nil && !errors.Is(err, backend.ErrReplyExists) {
 		c.cfg.Logger.WarnContext(ctx, "rsvp: storing the expiry of a request failed", "queue", m.Queue, "id", m.ID,
 			"correlation_id", m.CorrelationID, "err", err)
 	}
@@ -359,6 +373,7 @@ func (c *Client) Await(ctx context.Context, correlationID string) (*Reply, error
 	ctx, span := c.tel.tracer.Start(ctx, "rsvp.await", trace.WithSpanKind(trace.SpanKindClient),
 		trace.WithAttributes(attribute.String("messaging.system", "rsvp"), attribute.String("rsvp.correlation_id", correlationID)))
 	defer span.End()
+	c.startExpirer() // the request may need its expiry task run
 	ch := c.waiters.add(correlationID)
 	defer c.waiters.remove(correlationID, ch)
 	// The reply may be addressed to another client's inbox.

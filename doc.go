@@ -47,6 +47,14 @@
 // versions to newer ones; a type nobody handles fails as unsupported_type.
 // DeadLetters, Replay, ReplayAll and Purge operate a queue's dead letters.
 //
+// # Sessions, topics
+//
+// Requests with the same Message.SessionKey are handled one at a time, in
+// the order sent, across all responders of the queue; a retried request
+// holds up only its own session. Message.ReplySession lists replies in
+// order for SessionReplies. Publish, RequestAll and Gather fan a request
+// out to the durable subscriptions of a topic and gather the replies.
+//
 // # Pull-style handling
 //
 // Consume hands out Leases to code that does not fit a Handler (the HTTP

@@ -102,7 +102,16 @@ type Responder struct {
 }
 
 // Handle starts a responder for queue. It runs until Stop or Client.Close.
+// The client then also runs the expiry tasks of requests (see ExpiryQueue).
 func (c *Client) Handle(queue string, h Handler, opts HandleOptions) (*Responder, error) {
+	r, err := c.handle(queue, h, opts)
+	if err == nil && queue != ExpiryQueue {
+		c.startExpirer()
+	}
+	return r, err
+}
+
+func (c *Client) handle(queue string, h Handler, opts HandleOptions) (*Responder, error) {
 	opts = opts.withDefaults()
 	if err := errors.Join(backend.ValidateName("queue", queue), opts.validate()); err != nil {
 		return nil, fmt.Errorf("%w: handle: %w", ErrInvalid, err)

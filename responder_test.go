@@ -173,6 +173,9 @@ func TestExpiredBeforeStart(t *testing.T) {
 	if r.Status != backend.StatusExpired || calls.Load() != 0 {
 		t.Fatalf("status %s, handler calls %d", r.Status, calls.Load())
 	}
+	// The expiry task may answer the requester before the responder reaches
+	// the request; the responder then dead-letters it.
+	waitFor(t, func() bool { return len(deadLetters(t, c, "late")) > 0 })
 	if dls := deadLetters(t, c, "late"); len(dls) != 1 || dls[0].Reason != rsvp.CodeExpired {
 		t.Fatalf("dead letters %+v", dls)
 	}

@@ -450,7 +450,7 @@ func (b *benchRun) open(ctx context.Context) (*benchSession, error) {
 	}
 	id := strings.ReplaceAll(rsvp.NewID(), "-", "")[20:] // the random end
 	s := &benchSession{backend: be, queue: "bench-" + id, inbox: "bench" + id, temp: b.temp}
-	s.client, err = rsvp.New(ctx, be, rsvp.Config{MaxBodySize: maxBody, Inbox: s.inbox})
+	s.client, err = rsvp.New(ctx, be, rsvp.Config{MaxBodySize: maxBody, Inbox: s.inbox, NoExpiryTasks: true})
 	if err != nil {
 		be.Close()
 		return nil, fmt.Errorf("start client on engine %s: %w", b.spec.raw, err)

@@ -45,6 +45,7 @@ func TestRequestSendAwait(t *testing.T) {
 		"global-engine":  {args: []string{"--engine", engine, "request", "--data", "x", "upper"}, want: "X"},
 		"flags-first":    {args: []string{"request", "--engine", engine, "--timeout", "20s", "--data", "y", "upper"}, want: "Y"},
 		"after-dashdash": {args: []string{"request", "--data", "z", "--engine", engine, "--", "upper"}, want: "Z"},
+		"session":        {args: []string{"request", "upper", "--session", "order 7/ü", "--reply-session", "r 1", "--data", "s", "--engine", engine}, want: "S"},
 	} {
 		r := run(t, strings.NewReader(tc.stdin), tc.args...)
 		r.want(t, 0)
@@ -248,6 +249,9 @@ func TestUsageErrors(t *testing.T) {
 		"worker bad queue":  {[]string{"worker", "a.b", "--exec", "cat"}, `queue "a.b" has character '.'`},
 		"worker zero conc":  {[]string{"worker", "q", "--exec", "cat", "--concurrency", "0"}, "--concurrency 0 is below 1"},
 		"demo zero":         {[]string{"demo", "--requests", "0"}, "must be at least 1"},
+		"empty session":     {[]string{"send", "q", "--data", "x", "--session", ""}, "--session is empty"},
+		"long session":      {[]string{"send", "q", "--data", "x", "--session", strings.Repeat("k", 257)}, "longer than 256"},
+		"bad reply session": {[]string{"send", "q", "--data", "x", "--reply-session", "a\x01"}, "control character"},
 		"help unknown":      {[]string{"help", "bogus"}, `unknown command "bogus"`},
 	} {
 		t.Run(name, func(t *testing.T) {

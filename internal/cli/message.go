@@ -24,6 +24,8 @@ type messageFlags struct {
 	id          string
 	deadline    time.Duration
 	headers     headerFlag
+	session     string
+	replySess   string
 }
 
 func (f *messageFlags) register(fs *flag.FlagSet) {
@@ -34,6 +36,8 @@ func (f *messageFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.id, "id", "", "request `id` (default: a new UUIDv7); sending the same id again within 2m stores nothing new")
 	fs.DurationVar(&f.deadline, "deadline", 0, "the request expires unless done within this `duration` (default: never)")
 	fs.Var(&f.headers, "header", "application header `K=V`; repeatable")
+	fs.StringVar(&f.session, "session", "", "session `key`: the requests of one session are handled one at a time, in the order sent")
+	fs.StringVar(&f.replySess, "reply-session", "", "list the reply under this reply session `key`, in order (read with the library's Client.SessionReplies)")
 }
 
 // message builds the request from the flags, reading its body. Call it
@@ -50,11 +54,22 @@ func (f *messageFlags) message(fs *flag.FlagSet, stdin io.Reader) (*rsvp.Message
 	if f.deadline < 0 {
 		return nil, usagef("--deadline %s is negative", f.deadline)
 	}
+	if isSet(fs, "session") {
+		if err := backend.ValidateSessionKey("--session", f.session); err != nil {
+			return nil, &usageError{err}
+		}
+	}
+	if isSet(fs, "reply-session") {
+		if err := backend.ValidateSessionKey("--reply-session", f.replySess); err != nil {
+			return nil, &usageError{err}
+		}
+	}
 	body, err := f.body(fs, stdin)
 	if err != nil {
 		return nil, err
 	}
-	m := &rsvp.Message{ID: f.id, Type: f.typ, ContentType: f.contentType, Headers: f.headers.m, Body: body}
+	m := &rsvp.Message{ID: f.id, Type: f.typ, ContentType: f.contentType, Headers: f.headers.m, Body: body,
+		SessionKey: f.session, ReplySession: f.replySess}
 	if f.deadline > 0 {
 		m.Deadline = time.Now().Add(f.deadline)
 	}

@@ -40,8 +40,10 @@ func TestQueuesAndRequestsGet(t *testing.T) {
 			regexp.MustCompile(`(?m)^thumbnail +0 +0 +8 +- +1\n`).MatchString(table)
 	})
 	// The queues of the demo workflows (their activities', the workflow
-	// engine's) are not this test's.
-	demoWorkflowQueue := func(q string) bool { return q == "PublishDocument" || q == "ReviewDocument" || q == "rsvp-workflows" }
+	// engine's) and of expiry tasks are not this test's.
+	demoWorkflowQueue := func(q string) bool {
+		return q == "PublishDocument" || q == "ReviewDocument" || q == "rsvp-workflows" || q == "rsvp-expiry"
+	}
 	lines := slices.DeleteFunc(strings.Split(strings.TrimSuffix(table, "\n"), "\n"), func(l string) bool {
 		return demoWorkflowQueue(strings.Fields(l)[0])
 	})

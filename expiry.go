@@ -1,0 +1,122 @@
+package rsvp
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/rsvp-go/rsvp/backend"
+)
+
+// Expiry of sent requests.
+//
+// A request sent with Send and a Deadline gets an expiry task: a request on
+// the internal queue ExpiryQueue, scheduled for the deadline. Whichever
+// client handles it stores the expired reply, unless the request has a
+// reply by then, so that Await in any process returns ErrExpired even if no
+// responder ever takes the request. A client handles expiry tasks once it
+// has sent a request with a deadline, awaited a reply or started a
+// responder, until it is closed. (Request needs no task: it stores the
+// expired reply itself when its wait ends.)
+
+// ExpiryQueue is the internal queue of expiry tasks.
+const ExpiryQueue = "rsvp-expiry"
+
+// expiryTask is the body of an expiry task.
+type expiryTask struct {
+	CorrelationID string    `json:"correlation_id"`
+	ReplyTo       string    `json:"reply_to"`
+	Queue         string    `json:"queue"`
+	Deadline      time.Time `json:"deadline"`
+	Track         bool      `json:"track,omitempty"`
+	Channel       string    `json:"channel,omitempty"`
+	ReplySession  string    `json:"reply_session,omitempty"`
+}
+
+// scheduleExpiry stores the expiry task of m. A deadline further ahead than
+// Config.MaxDelay is reached in hops: the task comes due earlier and is
+// scheduled again.
+func (c *Client) scheduleExpiry(ctx context.Context, t expiryTask) error {
+	body, _ := json.Marshal(t) // plain fields always encode
+	due := t.Deadline
+	if hop := time.Now().Add(c.cfg.MaxDelay * 9 / 10); due.After(hop) {
+		due = hop
+	}
+	id := "rsvp-exp:" + t.CorrelationID + ":" + strconv.FormatInt(due.UnixMilli(), 10)
+	if len(id) > backend.MaxNameLen {
+		sum := sha256.Sum256([]byte(id))
+		id = "rsvp-exp:" + hex.EncodeToString(sum[:16])
+	}
+	err := c.b.Enqueue(ctx, &backend.Message{ID: id, CorrelationID: id, Queue: ExpiryQueue, ContentType: "application/json",
+		Body: body, CreatedAt: time.Now(), NotBefore: due})
+	if err != nil {
+		return fmt.Errorf("rsvp: schedule the expiry of %s: %w", t.CorrelationID, err)
+	}
+	c.startExpirer()
+	return nil
+}
+
+// startExpirer makes this client handle expiry tasks, once.
+func (c *Client) startExpirer() {
+	c.mu.Lock()
+	started := c.expirer
+	c.expirer = true
+	c.mu.Unlock()
+	if started || c.cfg.NoExpiryTasks {
+		return
+	}
+	_, err := c.handle(ExpiryQueue, HandlerFunc(c.handleExpiry), HandleOptions{Concurrency: 4})
+	if err != nil && !errors.Is(err, ErrClosed) {
+		c.cfg.Logger.Warn("rsvp: handling expiry tasks failed to start; another client will", "err", err)
+		c.mu.Lock()
+		c.expirer = false
+		c.mu.Unlock()
+	}
+}
+
+// handleExpiry runs an expiry task.
+func (c *Client) handleExpiry(ctx context.Context, req *Message) (*Reply, error) {
+	var t expiryTask
+	if err := json.Unmarshal(req.Body, &t); err != nil || t.CorrelationID == "" {
+		return nil, Permanent(fmt.Errorf("not an expiry task: %v", err))
+	}
+	if time.Now().Before(t.Deadline) {
+		return &Reply{}, c.scheduleExpiry(ctx, t) // a hop of a far deadline
+	}
+	_, err := c.storeExpired(ctx, t.CorrelationID, t.ReplyTo)
+	if errors.Is(err, backend.ErrReplyExists) {
+		return &Reply{}, nil // done, failed or cancelled in time
+	}
+	if err != nil {
+		return nil, err
+	}
+	m := &Message{CorrelationID: t.CorrelationID, Queue: t.Queue, Track: t.Track, Channel: t.Channel, ReplySession: t.ReplySession}
+	rep := &Reply{Status: backend.StatusExpired, ErrorCode: CodeExpired, ErrorMessage: expiredText}
+	log := c.cfg.Logger.With("queue", t.Queue, "correlation_id", t.CorrelationID)
+	s := &settler{c: c}
+	s.endEvent(ctx, m, rep, false, log)
+	s.listReply(ctx, m, log)
+	return &Reply{}, nil
+}
+
+const expiredText = "the deadline passed before a reply"
+
+// storeExpired stores the expired reply of correlationID at replyTo. It
+// returns the reply that was stored before, with ErrReplyExists, if there
+// is one.
+func (c *Client) storeExpired(ctx context.Context, correlationID, replyTo string) (*Reply, error) {
+	rep := &Reply{CorrelationID: correlationID, Status: backend.StatusExpired, ErrorCode: CodeExpired,
+		ErrorMessage: expiredText, CreatedAt: time.Now()}
+	err := c.b.PutReply(ctx, replyTo, rep)
+	if errors.Is(err, backend.ErrReplyExists) {
+		if r, gerr := c.b.GetReply(ctx, correlationID); gerr == nil {
+			return r, err
+		}
+	}
+	return nil, err
+}

@@ -65,8 +65,8 @@ type Attempt struct {
 // not run the handler (the deadline had passed, or the leases of all
 // attempts ran out); its Code says so. The history is kept as long as
 // replies (the backend's retention, 24 h by default), so an older dead
-// letter has an empty one. A replayed request has a new correlation id and
-// so a history of its own.
+// letter has an empty one. A replayed request keeps its correlation id, so
+// its history goes on after the replay.
 //
 // An unknown correlation id, or one with no failed attempt, gives an
 // empty slice and no error. A correlation id that is not a valid name
@@ -120,26 +120,29 @@ func attemptOf(ev *backend.Event) (Attempt, bool) {
 	return Attempt{}, false
 }
 
-// Replay sends the request of the dead letter key of queue again, as a
-// new request, and then deletes the dead letter. It returns the new
-// request's ticket: await its reply with Await(ticket.CorrelationID).
+// Replay sends the request of the dead letter key of queue again, under
+// its own correlation id, and then deletes the dead letter. The original
+// requester (or anyone) gets the new outcome with Await of that id, and an
+// HTTP client sees the request queued again; whoever replays gets the
+// ticket.
 //
-// The new request has the original's type, headers, body and tracking,
-// attempt count starting again at 1 and no deadline (the original's, if it
-// had one, was for the original requester's wait), but a new ID and a new
-// CorrelationID. A new correlation id, because the original one usually has
-// its final reply already: a request is dead-lettered as it fails, and its
-// failure reply is stored then. Exactly one final reply is kept per
-// correlation id, so a replay under the old one could never deliver its
-// outcome, and a responder that sees the stored reply would not even run
-// it. The original requester, if it still waits, has its failure reply;
-// whoever replays takes the new ticket. The reply goes to this client's
-// inbox (if the original wanted a reply at all).
+// The request keeps its type, headers, body, tracking, session and reply
+// address; its attempt count starts again at 1, it has no deadline (the
+// original's was for the original requester's wait), and it has a new
+// message ID, derived from the dead letter, so that replaying the same dead
+// letter again (after a crash between the send and the delete, say) stores
+// nothing new within the dedupe window.
 //
-// The new ID is derived from the dead letter, so replaying the same dead
-// letter again (say after a crash between the send and the delete) sends
-// nothing new within the dedupe window. Replay returns an error matching
-// ErrNoDeadLetter if there is no dead letter key on queue.
+// A dead-lettered request usually has its failure reply stored already,
+// and each correlation id has one final reply at a time: Replay deletes
+// that reply first (the backend must be a backend.ReplyDeleter), and
+// records the replay in the request's event log (event type "replayed").
+// If the request succeeded meanwhile (a replay that went through before),
+// Replay only deletes the dead letter. If sending fails after the reply
+// was deleted, the dead letter stays: replay it again.
+//
+// Replay returns an error matching ErrNoDeadLetter if there is no dead
+// letter key on queue.
 func (c *Client) Replay(ctx context.Context, queue, key string) (Ticket, error) {
 	if c.isClosed() {
 		return Ticket{}, ErrClosed
@@ -183,20 +186,47 @@ func (c *Client) replay(ctx context.Context, dl *DeadLetter) (Ticket, error) {
 	}
 	m := *old
 	m.ID = replayID(old.Queue, old.ID, dl.Key)
-	m.CorrelationID = m.ID
 	m.Attempt = 0
 	m.Deadline = time.Time{}
-	if old.ReplyTo != "" {
-		m.ReplyTo = c.b.ReplyAddress(c.cfg.Inbox, m.CorrelationID)
-	}
-	t, err := c.send(ctx, &m, true)
-	if err != nil {
+	m.NotBefore = time.Time{}
+	t := Ticket{ID: m.ID, CorrelationID: m.CorrelationID, Queue: m.Queue}
+	fail := func(err error) (Ticket, error) {
 		return Ticket{}, fmt.Errorf("rsvp: replay dead letter %s of %s: %w", dl.Key, old.Queue, err)
 	}
-	if err := c.b.DeleteDeadLetter(ctx, old.Queue, dl.Key); err != nil && !errors.Is(err, backend.ErrNotFound) {
-		return t, fmt.Errorf("rsvp: replayed dead letter %s of %s as %s, but it was not deleted: %w", dl.Key, old.Queue, t.CorrelationID, err)
+	if m.ReplyTo != "" {
+		r, err := c.b.GetReply(ctx, m.CorrelationID)
+		switch {
+		case err == nil && r.Status == backend.StatusSucceeded:
+			return t, c.deleteReplayed(ctx, dl, t) // replayed before, and done
+		case err == nil:
+			rd, ok := c.b.(backend.ReplyDeleter)
+			if !ok {
+				return fail(fmt.Errorf("the %T backend cannot take back the failure reply of %s", c.b, m.CorrelationID))
+			}
+			if err := rd.DeleteReply(ctx, m.CorrelationID); err != nil {
+				return fail(err)
+			}
+		case !errors.Is(err, backend.ErrNotFound):
+			return fail(err)
+		}
 	}
-	return t, nil
+	data, _ := json.Marshal(map[string]string{"dead_letter": dl.Key, "id": m.ID}) // plain strings always encode
+	ev := &backend.Event{CorrelationID: m.CorrelationID, Channel: eventChannel(&m), Type: backend.EventReplayed,
+		At: time.Now(), Data: data, DedupeKey: m.ID + ":replayed"}
+	if err := c.b.AppendEvent(ctx, ev); err != nil {
+		return fail(err)
+	}
+	if _, err := c.send(ctx, &m, true); err != nil {
+		return fail(err)
+	}
+	return t, c.deleteReplayed(ctx, dl, t)
+}
+
+func (c *Client) deleteReplayed(ctx context.Context, dl *DeadLetter, t Ticket) error {
+	if err := c.b.DeleteDeadLetter(ctx, dl.Message.Queue, dl.Key); err != nil && !errors.Is(err, backend.ErrNotFound) {
+		return fmt.Errorf("rsvp: replayed dead letter %s of %s as %s, but it was not deleted: %w", dl.Key, dl.Message.Queue, t.ID, err)
+	}
+	return nil
 }
 
 // replayID is the id of the replay of the dead letter key of request id on

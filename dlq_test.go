@@ -46,19 +46,25 @@ func TestReplayAfterFix(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if ticket.CorrelationID == old.CorrelationID || ticket.ID == old.ID || ticket.Queue != q {
-		t.Fatalf("replay ticket %+v reuses the ids of %s", ticket, old.ID)
+	if ticket.CorrelationID != old.CorrelationID || ticket.ID == old.ID || ticket.Queue != q {
+		t.Fatalf("replay ticket %+v, want the correlation id %s and a new id", ticket, old.CorrelationID)
 	}
-	r, err := c.Await(ctx, ticket.CorrelationID)
+	// The original correlation id gets the replay's outcome.
+	r, err := c.Await(ctx, old.CorrelationID)
 	if err != nil || string(r.Body) != "fixed:x" {
 		t.Fatalf("replayed reply %v, %v", r, err)
 	}
 	if dls := deadLetters(t, c, q); len(dls) != 0 {
 		t.Fatalf("%d dead letters left after replay", len(dls))
 	}
-	// The original keeps its failure reply: one final reply per id.
-	if _, err := c.Await(ctx, old.CorrelationID); !errors.As(err, &re) {
-		t.Fatalf("original after replay: %v", err)
+	// Its history goes on: the failure, the replay.
+	evs, err := c.Backend().Events(ctx, backend.EventQuery{CorrelationID: old.CorrelationID})
+	var types []string
+	for _, ev := range evs {
+		types = append(types, ev.Type)
+	}
+	if err != nil || len(types) != 2 || types[0] != "failed" || types[1] != backend.EventReplayed {
+		t.Fatalf("events %v, %v; want failed, replayed", types, err)
 	}
 	if _, err := c.Replay(ctx, q, dls[0].Key); !errors.Is(err, rsvp.ErrNoDeadLetter) {
 		t.Fatalf("replay again: %v, want ErrNoDeadLetter", err)
@@ -129,5 +135,40 @@ func TestReplayAllAndPurge(t *testing.T) {
 	case body := <-ran:
 		t.Fatalf("purged request %q ran", body)
 	default:
+	}
+}
+
+// TestReplayOfSucceededRequest: a dead letter whose request has succeeded
+// since (a replay that went through before its dead letter was deleted)
+// is only deleted: nothing is sent again, the success stands.
+func TestReplayOfSucceededRequest(t *testing.T) {
+	t.Parallel()
+	c := setup(t, rsvp.Config{})
+	ctx := ctxWithin(t, 10*time.Second)
+	const q = "dlqdone"
+	deadLetter(t, c, q, "failed", "x")
+	dl := deadLetters(t, c, q)[0]
+	ok := &rsvp.Reply{CorrelationID: dl.Message.CorrelationID, Status: backend.StatusSucceeded, Body: []byte("done")}
+	if err := c.be.PutReply(ctx, dl.Message.ReplyTo, ok); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Replay(ctx, q, dl.Key); err != nil {
+		t.Fatal(err)
+	}
+	if dls := deadLetters(t, c, q); len(dls) != 0 {
+		t.Fatalf("dead letters left: %d", len(dls))
+	}
+	if r, err := c.Await(ctx, dl.Message.CorrelationID); err != nil || string(r.Body) != "done" {
+		t.Fatalf("Await: %+v, %v; want the success", r, err)
+	}
+	cons, err := c.Consume(ctx, q, rsvp.HandleOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cons.Close()
+	nctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	if l, err := cons.Next(nctx); err == nil {
+		t.Fatalf("replay sent %s again", l.Message().ID)
 	}
 }

@@ -256,7 +256,7 @@ func (r *settler) endEvent(ctx context.Context, m *Message, reply *Reply, failed
 		return
 	}
 	ev := &backend.Event{CorrelationID: m.CorrelationID, Channel: eventChannel(m), Type: string(reply.Status),
-		At: time.Now(), DedupeKey: m.CorrelationID + ":final"}
+		At: time.Now(), DedupeKey: finalKey(m)}
 	if reply.Status != backend.StatusSucceeded {
 		data := map[string]any{"code": reply.ErrorCode, "message": reply.ErrorMessage}
 		if failed {
@@ -267,6 +267,15 @@ func (r *settler) endEvent(ctx context.Context, m *Message, reply *Reply, failed
 	if err := r.c.b.AppendEvent(ctx, ev); err != nil {
 		log.Warn("rsvp: recording the final request event failed", "err", err)
 	}
+}
+
+// finalKey is the dedupe key of m's final event: one per request, and one
+// per replay of it (a replay has an id of its own).
+func finalKey(m *Message) string {
+	if m.ID == "" || m.ID == m.CorrelationID {
+		return m.CorrelationID + ":final"
+	}
+	return m.ID + ":final"
 }
 
 // Consumer hands out a queue's requests one lease at a time, for code that

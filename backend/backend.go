@@ -137,6 +137,10 @@ const (
 	EventRetrying = "retrying"
 	EventProgress = "progress"
 	EventWebhook  = "webhook"
+	// EventReplayed: the dead-lettered request was sent again under its
+	// correlation id (rsvp's Client.Replay); the events after it are the
+	// replay's.
+	EventReplayed = "replayed"
 )
 
 // Event is one entry of a request's event log.
@@ -241,6 +245,16 @@ type Backend interface {
 
 	// Close releases the backend. Consumers and subscriptions stop.
 	Close() error
+}
+
+// ReplyDeleter is implemented by backends that can take a final reply
+// back, so that a dead-lettered request can be replayed under its own
+// correlation id (rsvp's Client.Replay).
+type ReplyDeleter interface {
+	// DeleteReply removes the stored reply of correlationID, whatever its
+	// inbox, so that PutReply can store another. Deleting a reply that is
+	// not stored is not an error.
+	DeleteReply(ctx context.Context, correlationID string) error
 }
 
 // ActivityReporter is implemented by backends that can tell whether

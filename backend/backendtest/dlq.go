@@ -149,3 +149,62 @@ var dlqCases = []testCase{
 		}
 	}},
 }
+
+// replayCases: taking a final reply back (backend.ReplyDeleter), for
+// replays under the same correlation id.
+var replayCases = []testCase{
+	{name: "DeleteReply", run: func(t *testing.T, open Opener, f Features) {
+		b := opened(t, open)
+		rd, ok := b.(backend.ReplyDeleter)
+		if !ok {
+			t.Fatalf("%T does not implement backend.ReplyDeleter", b)
+		}
+		ctx := ctxFor(t, 10*time.Second)
+		id := uniq("id-")
+		if err := rd.DeleteReply(ctx, id); err != nil {
+			t.Fatalf("deleting a reply that is not stored: %v", err)
+		}
+		failed := &backend.Reply{CorrelationID: id, Status: backend.StatusFailed, ErrorCode: "failed", ErrorMessage: "boom"}
+		if err := b.PutReply(ctx, b.ReplyAddress("inboxA", id), failed); err != nil {
+			t.Fatal(err)
+		}
+		other := &backend.Reply{CorrelationID: uniq("id-"), Status: backend.StatusSucceeded}
+		if err := b.PutReply(ctx, b.ReplyAddress("inboxA", other.CorrelationID), other); err != nil {
+			t.Fatal(err)
+		}
+		if err := rd.DeleteReply(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := b.GetReply(ctx, id); !errors.Is(err, backend.ErrNotFound) {
+			t.Fatalf("GetReply after DeleteReply: %v, want ErrNotFound", err)
+		}
+		if _, err := b.GetReply(ctx, other.CorrelationID); err != nil {
+			t.Fatalf("another correlation id's reply went too: %v", err)
+		}
+		// A new reply can be stored, at another inbox too, and is seen.
+		seen := make(chan *backend.Reply, 1)
+		sub, err := b.WatchReply(ctx, id, func(r *backend.Reply) { seen <- r })
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer sub.Close()
+		ok2 := &backend.Reply{CorrelationID: id, Status: backend.StatusSucceeded, Body: []byte("second time")}
+		if err := b.PutReply(ctx, b.ReplyAddress("inboxB", id), ok2); err != nil {
+			t.Fatalf("PutReply after DeleteReply: %v", err)
+		}
+		if got, err := b.GetReply(ctx, id); err != nil || string(got.Body) != "second time" {
+			t.Fatalf("GetReply: %+v, %v", got, err)
+		}
+		select {
+		case r := <-seen:
+			if string(r.Body) != "second time" {
+				t.Fatalf("watched %+v", r)
+			}
+		case <-ctx.Done():
+			t.Fatal("the new reply was not seen by WatchReply")
+		}
+		if err := b.PutReply(ctx, b.ReplyAddress("inboxA", id), failed); !errors.Is(err, backend.ErrReplyExists) {
+			t.Fatalf("third reply: %v, want ErrReplyExists", err)
+		}
+	}},
+}

@@ -117,7 +117,10 @@ type Backend struct {
 	closeErr  error
 }
 
-var _ backend.Backend = (*Backend)(nil)
+var (
+	_ backend.Backend      = (*Backend)(nil)
+	_ backend.ReplyDeleter = (*Backend)(nil)
+)
 
 // Connect opens a backend on the NATS server or cluster at url (comma
 // separated URLs for a cluster). The server must run JetStream, version 2.10
@@ -376,6 +379,19 @@ func isReplyConflict(err error) bool {
 	var apiErr *jetstream.APIError
 	return errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
 		strings.Contains(apiErr.Description, "maximum messages per subject"))
+}
+
+// DeleteReply implements backend.ReplyDeleter.
+func (b *Backend) DeleteReply(ctx context.Context, correlationID string) error {
+	if err := backend.ValidateName("correlation id", correlationID); err != nil {
+		return fmt.Errorf("rsvpnats: delete reply: %w", err)
+	}
+	ctx, cancel := b.withTimeout(ctx)
+	defer cancel()
+	if err := b.replies.Purge(ctx, jetstream.WithPurgeSubject(subjReplies+correlationID+".*")); err != nil {
+		return fmt.Errorf("rsvpnats: delete reply %s: %w", correlationID, err)
+	}
+	return nil
 }
 
 // GetReply implements backend.Backend.

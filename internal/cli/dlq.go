@@ -33,11 +33,11 @@ or could not be read or answered. Each has a KEY (the first column of 'ls').
           and its failed attempts, oldest first: each attempt's number,
           time, error code and error (HISTORY lines). The history is kept
           as long as replies (24h by default)
-  replay  send the request again as a new request, then delete the dead
-          letter. The new request has a new correlation id, which replay
-          prints (one per line; with --all, the count): await its reply with
-          'rsvp await ID'. The original id keeps the failure reply it got,
-          as a request has exactly one final reply
+  replay  send the request again under its own correlation id (its
+          failure reply is taken back), then delete the dead letter. The
+          original requester, or 'rsvp await ID' with the id replay prints
+          (with --all, the count), gets the new outcome. Attempts start
+          again at 1
   purge   delete them
 
 --since and --until take a duration back from now (90m, 24h) or a time

@@ -31,8 +31,11 @@ type record struct {
 	NotBefore   time.Time `json:"not_before,omitzero"` // scheduled: not handed out before
 	Callback    string    `json:"callback,omitempty"`
 	Channel     string    `json:"channel,omitempty"`
-	// Digest identifies the submission (queue, content type, body) for
-	// Idempotency-Key checks.
+	// SessionKey is the session of the queue the request joined
+	// (Session-Key header): Message.SessionKey.
+	SessionKey string `json:"session_key,omitempty"`
+	// Digest identifies the submission (queue, content type, session key,
+	// body) for Idempotency-Key checks.
 	Digest string `json:"digest"`
 	// Trace is the W3C traceparent of the submission, parent of the spans
 	// of later pushes.
@@ -69,6 +72,7 @@ type Status struct {
 	Progress   json.RawMessage  `json:"progress,omitempty"`
 	Error      *Problem         `json:"error,omitempty"`
 	Channel    string           `json:"channel,omitempty"`
+	SessionKey string           `json:"session_key,omitempty"`
 	Webhooks   []WebhookAttempt `json:"webhooks,omitempty"`
 	Links      Links            `json:"links"`
 	// Seq is the position of the last event folded in; a long-poll returns
@@ -115,13 +119,13 @@ type eventData struct {
 // final state.
 func (g *Gateway) fold(rec *record, evs []*backend.Event, reply *backend.Reply) *Status {
 	s := &Status{ID: rec.ID, Queue: rec.Queue, State: StateQueued, CreatedAt: rec.CreatedAt, UpdatedAt: rec.CreatedAt,
-		ExpiresAt: rec.CreatedAt.Add(g.cfg.Retention), Channel: rec.Channel, Links: links(rec.ID)}
+		ExpiresAt: rec.CreatedAt.Add(g.cfg.Retention), Channel: rec.Channel, SessionKey: rec.SessionKey, Links: links(rec.ID)}
 	if !rec.NotBefore.IsZero() {
 		s.NotBefore = &rec.NotBefore
 	}
 	for _, ev := range evs {
 		s.Seq = max(s.Seq, ev.Seq)
-		if finalState(s.State) && ev.Type != backend.EventWebhook {
+		if finalState(s.State) && ev.Type != backend.EventWebhook && ev.Type != backend.EventReplayed {
 			continue // a late event of a stale attempt
 		}
 		var d eventData
@@ -132,6 +136,8 @@ func (g *Gateway) fold(rec *record, evs []*backend.Event, reply *backend.Reply) 
 		switch ev.Type {
 		case backend.EventQueued:
 			continue
+		case backend.EventReplayed: // sent again after its dead letter: what came before is over
+			s.State, s.RetryAt, s.FinishedAt, s.Error = StateQueued, nil, nil, nil
 		case backend.EventRunning:
 			s.State, s.RetryAt, s.Error = StateRunning, nil, nil
 			s.Attempts = max(s.Attempts, d.Attempt)
@@ -334,6 +340,18 @@ func (g *Gateway) submit(w http.ResponseWriter, r *http.Request) {
 			rec.NotBefore = rec.CreatedAt.Add(delay)
 		}
 	}
+	switch ks := r.Header.Values("Session-Key"); {
+	case len(ks) > 1:
+		errs = append(errs, fmt.Errorf("Session-Key is given %d times; a request joins one session", len(ks)))
+	case len(ks) == 1: // present, if empty
+		rec.SessionKey = ks[0]
+		if err := backend.ValidateSessionKey("Session-Key", rec.SessionKey); err != nil {
+			errs = append(errs, err)
+		}
+		if !rec.NotBefore.IsZero() {
+			errs = append(errs, errors.New("Session-Key with delay: a request of a session cannot be scheduled, it would hold up its session"))
+		}
+	}
 	var wait time.Duration
 	if pw, ok := preferWait(r.Header.Get("Prefer")); ok {
 		var err error
@@ -362,7 +380,7 @@ func (g *Gateway) submit(w http.ResponseWriter, r *http.Request) {
 		problem(w, http.StatusBadRequest, "unreadable-body", "Body could not be read", err.Error())
 		return
 	}
-	rec.Digest = digest(queue, rec.ContentType, body)
+	rec.Digest = digest(queue, rec.ContentType, rec.SessionKey, body)
 	rec.Trace = g.tel.traceOf(r.Context())
 	if key != "" {
 		rec.ID = idempotentID(c.tenant, key)
@@ -373,7 +391,7 @@ func (g *Gateway) submit(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case errors.Is(err, errConflict):
 		problem(w, http.StatusUnprocessableEntity, "idempotency-key-reused", "Idempotency-Key reused",
-			"this key was used for a different request (other queue, content type or body)")
+			"this key was used for a different request (other queue, content type, session key or body)")
 		return
 	case errors.Is(err, rsvp.ErrTooLarge):
 		problem(w, http.StatusRequestEntityTooLarge, "too-large", "Body too large", err.Error())
@@ -438,7 +456,8 @@ func (g *Gateway) store(ctx context.Context, rec *record, body []byte) (*record,
 		}
 	}
 	msg := &rsvp.Message{ID: rec.ID, ContentType: rec.ContentType, Body: body, CreatedAt: rec.CreatedAt,
-		Deadline: rec.Deadline, NotBefore: rec.NotBefore, Track: true, Channel: scopedChannel(rec.Tenant, rec.Channel)}
+		Deadline: rec.Deadline, NotBefore: rec.NotBefore, Track: true, Channel: scopedChannel(rec.Tenant, rec.Channel),
+		SessionKey: rec.SessionKey}
 	if _, err := g.c.Send(ctx, rec.Queue, msg); err != nil {
 		if !strings.HasPrefix(rec.ID, idempotentPrefix) {
 			// The record stays, so end it: the request was not accepted.
@@ -496,9 +515,18 @@ func idempotentID(tenant, key string) string {
 	return idempotentPrefix + hex.EncodeToString(sum[:16])
 }
 
-func digest(queue, contentType string, body []byte) string {
+// digest identifies a submission for Idempotency-Key checks. Without a
+// session key it is what it was before sessions, so keys stored then still
+// match; the session key follows the content type after a \x01, which
+// neither a queue name nor a header value contains, and ends at a \x00,
+// which a session key does not contain.
+func digest(queue, contentType, sessionKey string, body []byte) string {
 	h := sha256.New()
-	fmt.Fprintf(h, "%s\x00%s\x00", queue, contentType)
+	if sessionKey == "" {
+		fmt.Fprintf(h, "%s\x00%s\x00", queue, contentType)
+	} else {
+		fmt.Fprintf(h, "%s\x00%s\x01%s\x00", queue, contentType, sessionKey)
+	}
 	h.Write(body)
 	return hex.EncodeToString(h.Sum(nil))
 }

@@ -108,6 +108,9 @@ func (d *Delivery) CommitWith(ctx context.Context, tx pgx.Tx, reply *backend.Rep
 	if tag.RowsAffected() == 0 {
 		return ErrLeaseLost
 	}
+	if d.msg.SessionKey != "" {
+		notes = append(notes, queueNote(d.msg.Queue)) // the session's next request is due
+	}
 	if len(notes) > 0 {
 		if _, err := tx.Exec(ctx, d.b.sql.notify, d.b.channel, notes); err != nil {
 			return err

@@ -312,15 +312,18 @@ type Delivery struct {
 type leaseRef struct {
 	seq     int64
 	attempt int
+	session bool // the request has a session key
 }
 
-func (d *Delivery) ref() leaseRef { return leaseRef{d.seq, d.msg.Attempt} }
+func (d *Delivery) ref() leaseRef { return leaseRef{d.seq, d.msg.Attempt, d.msg.SessionKey != ""} }
 
 // Message implements backend.Delivery.
 func (d *Delivery) Message() *backend.Message { return d.msg }
 
 // Ack implements backend.Delivery: it deletes the request. Concurrent acks
-// share a statement. The request's id stays in the dedupe window.
+// share a statement. The request's id stays in the dedupe window. The Ack
+// of a request with a session key notifies the queue's consumers, for
+// whom the session's next request is now due.
 func (d *Delivery) Ack(ctx context.Context) error {
 	ctx, cancel, err := d.b.callCtx(ctx)
 	if err != nil {
@@ -355,7 +358,11 @@ func (b *Backend) execAcks(ctx context.Context, refs []leaseRef) ([]bool, []erro
 func (b *Backend) ack(ctx context.Context, q batchSender, refs []leaseRef) (map[int64]bool, error) {
 	batch := &pgx.Batch{}
 	for _, r := range refs {
-		batch.Queue(b.sql.ack, r.seq, r.attempt)
+		if r.session {
+			batch.Queue(b.sql.ackSession, r.seq, r.attempt, b.channel)
+		} else {
+			batch.Queue(b.sql.ack, r.seq, r.attempt)
+		}
 	}
 	br := q.SendBatch(ctx, batch)
 	defer br.Close()

@@ -42,7 +42,8 @@ func (b *Backend) checkDeadLetter(dl *backend.DeadLetter) error {
 	}
 	err := errors.Join(backend.ValidateName("queue", m.Queue), checkText("id", m.ID), checkText("correlation id", m.CorrelationID),
 		checkText("reply address", m.ReplyTo), checkText("type", m.Type), checkText("content type", m.ContentType),
-		checkText("channel", m.Channel), checkHeaders(m.Headers), checkText("reason", dl.Reason), checkText("last error", dl.LastError))
+		checkText("channel", m.Channel), checkText("session key", m.SessionKey), checkText("reply session", m.ReplySession),
+		checkHeaders(m.Headers), checkText("reason", dl.Reason), checkText("last error", dl.LastError))
 	if err != nil {
 		return err
 	}
@@ -62,7 +63,8 @@ ORDER BY seq LIMIT $6`
 	deleteDeadLetterSQL = `DELETE FROM {s}.dead_letters WHERE queue = $1 AND seq = $2`
 )
 
-func (b *Backend) deadLetterSQL(sql string) string {
+// schemaSQL fills in the schema ({s}) and the message columns ({msg}).
+func (b *Backend) schemaSQL(sql string) string {
 	return strings.NewReplacer("{s}", ident(b.opts.Schema), "{msg}", msgCols).Replace(sql)
 }
 
@@ -91,7 +93,7 @@ func (b *Backend) DeadLetters(ctx context.Context, q backend.DeadLetterQuery) ([
 		return nil, err
 	}
 	defer cancel()
-	rows, err := b.fast.Query(ctx, b.deadLetterSQL(listDeadLettersSQL), q.Queue, after, q.Reason, timeOrNil(q.Since), timeOrNil(q.Until), limit)
+	rows, err := b.fast.Query(ctx, b.schemaSQL(listDeadLettersSQL), q.Queue, after, q.Reason, timeOrNil(q.Since), timeOrNil(q.Until), limit)
 	if err != nil {
 		return nil, fmt.Errorf("rsvppg: dead letters of %s: %w", q.Queue, err)
 	}
@@ -129,7 +131,7 @@ func (b *Backend) DeleteDeadLetter(ctx context.Context, queue, key string) error
 		return err
 	}
 	defer cancel()
-	tag, err := b.durable.Exec(ctx, b.deadLetterSQL(deleteDeadLetterSQL), queue, seq)
+	tag, err := b.durable.Exec(ctx, b.schemaSQL(deleteDeadLetterSQL), queue, seq)
 	if err != nil {
 		return fmt.Errorf("rsvppg: delete dead letter %s of %s: %w", key, queue, err)
 	}

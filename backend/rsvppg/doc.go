@@ -41,6 +41,21 @@
 //     lease_until, Extend pushes both. attempt is the delivery count; a
 //     settlement names its lease by (seq, attempt) and does nothing (the
 //     Delivery returns ErrLeaseLost) once the row was delivered again.
+//     session_key (NULL: none) puts a row in a session of its queue: such a
+//     row is leased only while no row of the same queue and session_key
+//     with a lower seq exists, so a session's requests go one at a time, in
+//     seq order, each waiting for the one before to be deleted (acknowledged,
+//     or dead-lettered and then acknowledged). Its not_before is never in
+//     the future at insert (a session request cannot be scheduled). The
+//     transaction that inserts session rows first takes, for each queue and
+//     session key, the advisory lock pg_advisory_xact_lock(k) with k the
+//     FNV-1a 64 hash, as a signed integer, of
+//     "rsvp:session:<schema>:<queue> <session_key>", in ascending order of
+//     k: a session's rows then become visible in seq order, which the rule
+//     above needs. A program that enqueues session requests must do the
+//     same. The Ack of a session row notifies (below), as the session's next
+//     row is then due. reply_session (empty for none) is carried for the
+//     responder.
 //   - dedupe: request ids ('r'), event dedupe keys ('e') and dead letters
 //     ('d', id:attempt) seen within the dedupe window. A request whose id is
 //     there and younger than the window is not stored again; acknowledging
@@ -49,7 +64,8 @@
 //     CONFLICT DO NOTHING: the first reply wins, whatever inbox it is
 //     addressed to. Reply addresses read rsvp.reply.<correlation id>.<inbox>,
 //     as on NATS.
-//   - dead_letters, by queue in seq order.
+//   - dead_letters, by queue in seq order, with the request's columns
+//     (session_key and reply_session too) and why it was dead-lettered.
 //   - events: the event log, seq from an identity column. Appends take a
 //     transaction-scoped advisory lock first, so events become visible in
 //     seq order and a reader resuming after a seq misses none.
@@ -73,7 +89,8 @@
 // # Notifications and idling
 //
 // Writes that someone may wait for notify the channel "rsvp:<schema>" with
-// the payload "q:<queue>" (a request is due: enqueued, nacked, given back),
+// the payload "q:<queue>" (a request is due: enqueued, nacked, given back,
+// or next in its session after an Ack),
 // "r:<correlation id>.<inbox>" (a reply was stored) or "e:<seq>" (an event
 // was appended). Each Backend listens on one connection of its own: a
 // waiting consumer leases at once, and SubscribeReplies, WatchReply and

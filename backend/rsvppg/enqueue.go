@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -36,7 +37,10 @@ func (b *Backend) Enqueue(ctx context.Context, msg *backend.Message) error {
 // the same transaction as the business write that calls for it (the outbox
 // pattern, without an outbox). tx may come from any pool or connection,
 // whatever its search_path; its synchronous_commit decides how durable the
-// request is.
+// request is. A request with a session key takes its session's enqueue lock
+// in tx, until tx ends: other enqueues of that session (Enqueue too, and
+// the other calls it shares a statement with) wait for it, so that the
+// session's requests are delivered in the order they became visible.
 func (b *Backend) EnqueueTx(ctx context.Context, tx pgx.Tx, msg *backend.Message) error {
 	m, err := b.prepare(msg)
 	if err != nil {
@@ -67,16 +71,61 @@ func (b *Backend) prepare(msg *backend.Message) (*backend.Message, error) {
 // querier runs statements: a pool, or a transaction.
 type querier interface {
 	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	batchSender
 }
 
 // enqueue stores msgs (distinct ids) and returns the queues of those
-// stored, the others being duplicates.
+// stored, the others being duplicates. With session requests among them it
+// first takes their sessions' enqueue locks, in the same round trip and
+// transaction (see headOfSession).
 func (b *Backend) enqueue(ctx context.Context, q querier, msgs []*backend.Message) ([]string, error) {
-	rows, err := q.Query(ctx, b.sql.enqueue, b.enqueueArgs(msgs)...)
+	locks := b.sessionLocks(msgs)
+	if len(locks) == 0 {
+		rows, err := q.Query(ctx, b.sql.enqueue, b.enqueueArgs(msgs)...)
+		if err != nil {
+			return nil, err
+		}
+		return pgx.CollectRows(rows, pgx.RowTo[string])
+	}
+	batch := &pgx.Batch{}
+	batch.Queue(b.sql.lockSessions, locks)
+	batch.Queue(b.sql.enqueue, b.enqueueArgs(msgs)...)
+	br := q.SendBatch(ctx, batch)
+	defer br.Close()
+	if _, err := br.Exec(); err != nil {
+		return nil, err
+	}
+	rows, err := br.Query()
 	if err != nil {
 		return nil, err
 	}
-	return pgx.CollectRows(rows, pgx.RowTo[string])
+	queues, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, err
+	}
+	return queues, br.Close()
+}
+
+// sessionLocks returns the enqueue lock keys of the sessions of msgs,
+// sorted and distinct; none if no message has a session key.
+func (b *Backend) sessionLocks(msgs []*backend.Message) []int64 {
+	var keys []int64
+	for _, m := range msgs {
+		if m.SessionKey != "" {
+			keys = append(keys, sessionLockKey(b.opts.Schema, m.Queue, m.SessionKey))
+		}
+	}
+	slices.Sort(keys)
+	return slices.Compact(keys)
+}
+
+// sessionLockKey is the key of the transaction-scoped advisory lock that an
+// enqueue of a request of queue with session key takes before it inserts
+// the row: FNV-1a 64 of "rsvp:session:<schema>:<queue> <session key>", as
+// a signed integer. Two keys may share a lock; that only makes their
+// enqueues take turns.
+func sessionLockKey(schema, queue, key string) int64 {
+	return lockKey("session", schema+":"+queue+" "+key)
 }
 
 // execEnqueues stores a batch of requests. An id twice in one batch is a

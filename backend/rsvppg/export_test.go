@@ -1,5 +1,22 @@
 package rsvppg
 
+import (
+	"context"
+
+	"github.com/jackc/pgx/v5"
+)
+
 // Beat runs one heartbeat for the consumer id of queue, as the backend's
 // heartbeat goroutine does every heartbeatInterval for its open consumers.
 func Beat(b *Backend, queue, id string) { b.beat([]string{queue}, []string{id}) }
+
+// MigrateTo brings schema in the database at url up to version v (at most
+// SchemaVersion), as an older rsvp would have left it.
+func MigrateTo(ctx context.Context, url, schema string, v int) error {
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.Background())
+	return pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error { return migrateTx(ctx, tx, schema, v) })
+}

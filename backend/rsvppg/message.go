@@ -64,6 +64,15 @@ func (b *Backend) checkMessage(m *backend.Message) error {
 	if m.Channel != "" {
 		errs = append(errs, backend.ValidateChannel(m.Channel))
 	}
+	if m.SessionKey != "" {
+		errs = append(errs, backend.ValidateSessionKey("session key", m.SessionKey))
+		if m.NotBefore.After(time.Now()) {
+			errs = append(errs, errors.New("a request with a session key cannot be scheduled (NotBefore in the future)"))
+		}
+	}
+	if m.ReplySession != "" {
+		errs = append(errs, backend.ValidateSessionKey("reply session", m.ReplySession))
+	}
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
@@ -111,19 +120,23 @@ type messageRow struct {
 	m                 backend.Message
 	headers           []byte
 	created, deadline *time.Time
+	sessionKey        *string // NULL: none
 }
 
 // dest returns the scan destinations of msgCols.
 func (r *messageRow) dest() []any {
 	m := &r.m
 	return []any{&m.Queue, &m.ID, &m.CorrelationID, &m.ReplyTo, &m.Type, &m.ContentType, &r.headers, &m.Body,
-		&r.created, &r.deadline, &m.Track, &m.Channel, &m.Attempt}
+		&r.created, &r.deadline, &m.Track, &m.Channel, &r.sessionKey, &m.ReplySession, &m.Attempt}
 }
 
 // message finishes the scanned message.
 func (r *messageRow) message() (*backend.Message, error) {
 	m := r.m
 	m.CreatedAt, m.Deadline = timeOrZero(r.created), timeOrZero(r.deadline)
+	if r.sessionKey != nil {
+		m.SessionKey = *r.sessionKey
+	}
 	var err error
 	m.Headers, err = parseHeaders(r.headers)
 	return &m, err
@@ -140,10 +153,11 @@ func scanMessage(row pgx.Row, after ...any) (*backend.Message, error) {
 }
 
 // messageArgs returns the arguments $N.. of the columns a message is
-// stored in, as msgCols less attempt, one value each.
+// stored in, as msgCols less attempt, one value each. The statements store
+// an empty session key as NULL.
 func messageArgs(m *backend.Message) []any {
 	return []any{m.Queue, m.ID, m.CorrelationID, m.ReplyTo, m.Type, m.ContentType, headersJSON(m.Headers), body(m.Body),
-		timeOrNil(m.CreatedAt), timeOrNil(m.Deadline), m.Track, m.Channel}
+		timeOrNil(m.CreatedAt), timeOrNil(m.Deadline), m.Track, m.Channel, m.SessionKey, m.ReplySession}
 }
 
 // body maps a nil body to an empty one (the column is NOT NULL).

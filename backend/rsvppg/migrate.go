@@ -72,7 +72,7 @@ func loadMigrations(fsys fs.FS) ([]migration, error) {
 
 // SchemaVersion is the schema version this code writes and reads: the
 // number of the last embedded migration.
-const SchemaVersion = 2
+const SchemaVersion = 3
 
 // ErrSchemaTooNew: the schema was migrated by a newer rsvp than this one.
 var ErrSchemaTooNew = errors.New("rsvppg: schema is newer than this rsvp")
@@ -117,7 +117,7 @@ func migrate(ctx context.Context, pool *pgxpool.Pool, schema string) error {
 	if v > SchemaVersion {
 		return tooNew(schema, v)
 	}
-	return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error { return migrateTx(ctx, tx, schema) })
+	return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error { return migrateTx(ctx, tx, schema, SchemaVersion) })
 }
 
 func tooNew(schema string, v int) error {
@@ -141,9 +141,10 @@ func schemaVersion(ctx context.Context, pool *pgxpool.Pool, schema string) (int,
 	return v, nil
 }
 
-// migrateTx applies the missing migrations in tx, holding an advisory lock
-// on the schema name until tx ends.
-func migrateTx(ctx context.Context, tx pgx.Tx, schema string) error {
+// migrateTx applies the missing migrations up to version target in tx,
+// holding an advisory lock on the schema name until tx ends. (target is
+// below SchemaVersion only in tests, which make schemas of older versions.)
+func migrateTx(ctx context.Context, tx pgx.Tx, schema string, target int) error {
 	s := ident(schema)
 	if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", lockKey("migrate", schema)); err != nil {
 		return fmt.Errorf("rsvppg: lock schema %q for migration: %w", schema, err)
@@ -161,7 +162,7 @@ func migrateTx(ctx context.Context, tx pgx.Tx, schema string) error {
 	if v > SchemaVersion {
 		return tooNew(schema, v)
 	}
-	for _, m := range migrations[v:] {
+	for _, m := range migrations[min(v, target):target] {
 		if _, err := tx.Exec(ctx, m.sql); err != nil {
 			return fmt.Errorf("rsvppg: migrate schema %q to version %d (%s): %w", schema, m.version, m.name, err)
 		}

@@ -5,7 +5,8 @@ import "strconv"
 // Notifications. Every write that someone may wait for is followed by a
 // notification on the schema's channel ("rsvp:" + schema). Payloads:
 //
-//	q:<queue>                  the queue has a request due (enqueued, nacked, given back)
+//	q:<queue>                  the queue has a request due (enqueued, nacked, given back,
+//	                           or next in its session after an Ack)
 //	r:<correlation id>.<inbox> a reply was stored
 //	e:<seq>                    an event was appended
 //

@@ -146,6 +146,26 @@ func (b *Backend) GetReply(ctx context.Context, correlationID string) (*backend.
 	return rs[0].reply, nil
 }
 
+// DeleteReply implements backend.ReplyDeleter.
+func (b *Backend) DeleteReply(ctx context.Context, correlationID string) error {
+	if err := backend.ValidateName("correlation id", correlationID); err != nil {
+		return fmt.Errorf("rsvppg: delete reply: %w", err)
+	}
+	ctx, cancel, err := b.callCtx(ctx)
+	if err != nil {
+		return err
+	}
+	defer cancel()
+	if _, err := b.durable.Exec(ctx, b.schemaSQL(deleteReplySQL), correlationID); err != nil {
+		return fmt.Errorf("rsvppg: delete reply %s: %w", correlationID, err)
+	}
+	return nil
+}
+
+const deleteReplySQL = `DELETE FROM {s}.replies WHERE correlation_id = $1`
+
+var _ backend.ReplyDeleter = (*Backend)(nil)
+
 // storedReply is a reply with the inbox it was addressed to.
 type storedReply struct {
 	inbox string

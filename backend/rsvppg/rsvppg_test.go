@@ -125,5 +125,5 @@ func TestConformance(t *testing.T) {
 			}
 			return b
 		}
-	}, backendtest.Features{Durable: true, Shared: true})
+	}, backendtest.Features{Durable: true, Shared: true, Sessions: true})
 }

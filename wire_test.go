@@ -7,6 +7,7 @@ package rsvp_test
 import (
 	"context"
 	"errors"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -14,6 +15,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
 	"github.com/rsvp-go/rsvp"
 	"github.com/rsvp-go/rsvp/backend"
@@ -554,5 +557,46 @@ func TestWireSecondReplyRejected(t *testing.T) {
 	}
 	if string(stored.Data) != "first" {
 		t.Errorf("stored reply %q after the late answer, want the first", stored.Data)
+	}
+}
+
+// TestWireTraceContext: requests and replies carry the W3C trace context as
+// Rsvp-Traceparent (never a bare traceparent, which makes the NATS server
+// parse every message's headers), in both directions.
+func TestWireTraceContext(t *testing.T) {
+	t.Parallel()
+	spans := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans))
+	c := setup(t, rsvp.Config{Inbox: "tracer", TracerProvider: tp})
+	ctx := wireCtx(t)
+	const queue = "wire-trace"
+	js := wireJS(t, c.be.Conn())
+	cons := wireConsumer(ctx, t, js, queue, 30*time.Second)
+	res := wireRequestAsync(ctx, c, queue, &rsvp.Message{Body: []byte("ping")})
+
+	m := wireNext(ctx, t, cons)
+	h := m.Headers()
+	tp1 := h.Get("Rsvp-Traceparent")
+	if !regexp.MustCompile(`^00-[0-9a-f]{32}-[0-9a-f]{16}-01$`).MatchString(tp1) || len(h.Values("traceparent")) != 0 {
+		t.Fatalf("request trace headers: Rsvp-Traceparent %q, traceparent %q", tp1, h.Values("traceparent"))
+	}
+	// The raw responder answers with a span of its own in the same trace.
+	const responderSpan = "00f067aa0ba902b7"
+	reply := wireReply(h.Get("Rsvp-Reply-To"), h.Get("Rsvp-Correlation-Id"), "succeeded", "pong")
+	reply.Header.Set("Rsvp-Traceparent", "00-"+tp1[3:35]+"-"+responderSpan+"-01")
+	if _, err := js.PublishMsg(ctx, reply); err != nil {
+		t.Fatal(err)
+	}
+	_ = m.DoubleAck(ctx)
+	if r := <-res; r.err != nil || r.r.Headers["traceparent"] == "" {
+		t.Fatalf("reply %+v, %v; want its trace context under traceparent, as the propagator reads it", r.r, r.err)
+	}
+	ended := spans.Ended()
+	if len(ended) != 1 || ended[0].SpanContext().TraceID().String() != tp1[3:35] {
+		t.Fatalf("spans %v, want the request's span in the trace of %s", ended, tp1)
+	}
+	links := ended[0].Links()
+	if len(links) != 1 || links[0].SpanContext.SpanID().String() != responderSpan {
+		t.Fatalf("request span links %+v, want the responder's span %s", links, responderSpan)
 	}
 }

@@ -56,6 +56,8 @@ const (
 	hdrReplySession  = "Rsvp-Reply-Session"
 	hdrEventType     = "Rsvp-Event"
 	hdrSequence      = "Nats-Sequence" // set on republished messages
+	hdrTraceParent   = "Rsvp-Traceparent"
+	hdrTraceState    = "Rsvp-Tracestate"
 )
 
 func setTime(h nats.Header, key string, t time.Time) {
@@ -76,9 +78,21 @@ func getTime(h nats.Header, key string) (time.Time, error) {
 	return t, nil
 }
 
+// traceHeaders map the W3C trace context headers, as the propagator names
+// them in Message.Headers and Reply.Headers, to their names on the wire. A
+// bare traceparent would make the NATS server parse every message's
+// headers (for its own message tracing); see docs/wire.md section 5.
+var traceHeaders = [...][2]string{{"traceparent", hdrTraceParent}, {"tracestate", hdrTraceState}}
+
 func putAppHeaders(h nats.Header, app map[string]string) {
 	for k, v := range app {
 		h.Set(k, v)
+	}
+	for _, th := range traceHeaders {
+		if v, ok := app[th[0]]; ok {
+			delete(h, th[0])
+			h.Set(th[1], v)
+		}
 	}
 }
 
@@ -92,6 +106,14 @@ func appHeaders(h nats.Header) map[string]string {
 			m = make(map[string]string)
 		}
 		m[k] = vs[0]
+	}
+	for _, th := range traceHeaders {
+		if vs := h[th[1]]; len(vs) > 0 {
+			if m == nil {
+				m = make(map[string]string)
+			}
+			m[th[0]] = vs[0]
+		}
 	}
 	return m
 }

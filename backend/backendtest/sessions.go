@@ -63,10 +63,16 @@ var sessionCases = []testCase{
 		m.SessionKey = "order #42/ü.*>" // characters no subject or identifier takes as they are
 		m.ReplySession = "client 7.replies"
 		mustEnqueue(t, b, m)
-		d := next(t, consume(t, b, q, backend.ConsumeParams{}), 10*time.Second)
-		sameMessage(t, d.Message(), m)
-		if err := d.Ack(ctxFor(t, 5*time.Second)); err != nil {
-			t.Fatal(err)
+		long := newMsg(b, q)
+		long.SessionKey = strings.Repeat("é", backend.MaxSessionKeyLen/2) // the longest key
+		mustEnqueue(t, b, long)
+		c := consume(t, b, q, backend.ConsumeParams{})
+		for _, want := range []*backend.Message{m, long} {
+			d := next(t, c, 10*time.Second)
+			sameMessage(t, d.Message(), want)
+			if err := d.Ack(ctxFor(t, 5*time.Second)); err != nil {
+				t.Fatal(err)
+			}
 		}
 	}},
 	{name: "SessionBadInput", needs: hasSessions, run: func(t *testing.T, open Opener, f Features) {

@@ -172,3 +172,47 @@ func TestReplayOfSucceededRequest(t *testing.T) {
 		t.Fatalf("replay sent %s again", l.Message().ID)
 	}
 }
+
+// TestReplayNotExpiredByOriginalDeadline: the expiry task of the original
+// request (sent with a deadline) does not expire its replay, which has no
+// deadline; and a reader of the reply session sees the replay's outcome
+// after the original failure.
+func TestReplayNotExpiredByOriginalDeadline(t *testing.T) {
+	t.Parallel()
+	c := setup(t, rsvp.Config{})
+	ctx := ctxWithin(t, 30*time.Second)
+	const q = "replaydeadline"
+	var fixed atomic.Bool
+	release := make(chan struct{})
+	handle(t, c, q, rsvp.HandleOptions{}, func(ctx context.Context, m *rsvp.Message) (*rsvp.Reply, error) {
+		if !fixed.Load() {
+			return nil, rsvp.Permanent(errors.New("broken"))
+		}
+		<-release // still running when the original deadline passes
+		return &rsvp.Reply{Body: []byte("ok")}, nil
+	})
+	deadline := time.Now().Add(time.Second)
+	tk, err := c.Send(ctx, q, &rsvp.Message{Body: []byte("x"), Deadline: deadline, ReplySession: "rs1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	failed, err := c.SessionReplies(ctx, "rs1", 0)
+	if err != nil || len(failed) != 1 || failed[0].Reply.Status != backend.StatusFailed {
+		t.Fatalf("first outcome listed: %+v, %v", failed, err)
+	}
+	dls := deadLetters(t, c, q)
+	fixed.Store(true)
+	if _, err := c.Replay(ctx, q, dls[0].Key); err != nil {
+		t.Fatal(err)
+	}
+	// Past the original deadline, its expiry task has run; the replay goes on.
+	waitFor(t, func() bool { return time.Now().After(deadline.Add(500 * time.Millisecond)) })
+	close(release)
+	if r, err := c.Await(ctx, tk.CorrelationID); err != nil || string(r.Body) != "ok" {
+		t.Fatalf("replay outcome: %+v, %v; want ok", r, err)
+	}
+	more, err := c.SessionReplies(ctx, "rs1", failed[0].Seq)
+	if err != nil || len(more) != 1 || string(more[0].Reply.Body) != "ok" {
+		t.Fatalf("replay outcome in the reply session: %+v, %v", more, err)
+	}
+}

@@ -88,9 +88,18 @@ func (c *Client) handleExpiry(ctx context.Context, req *Message) (*Reply, error)
 	if time.Now().Before(t.Deadline) {
 		return &Reply{}, c.scheduleExpiry(ctx, t) // a hop of a far deadline
 	}
+	switch _, err := c.b.GetReply(ctx, t.CorrelationID); {
+	case err == nil:
+		return &Reply{}, nil // done, failed or cancelled in time
+	case !errors.Is(err, backend.ErrNotFound):
+		return nil, err
+	}
+	if replayed, err := c.replayed(ctx, t.CorrelationID); err != nil || replayed {
+		return &Reply{}, err // a replay has no deadline (Replay)
+	}
 	_, err := c.storeExpired(ctx, t.CorrelationID, t.ReplyTo)
 	if errors.Is(err, backend.ErrReplyExists) {
-		return &Reply{}, nil // done, failed or cancelled in time
+		return &Reply{}, nil // answered just now
 	}
 	if err != nil {
 		return nil, err
@@ -105,6 +114,27 @@ func (c *Client) handleExpiry(ctx context.Context, req *Message) (*Reply, error)
 }
 
 const expiredText = "the deadline passed before a reply"
+
+// replayed reports whether the request correlationID was replayed from its
+// dead letter (its event log has a replayed event).
+func (c *Client) replayed(ctx context.Context, correlationID string) (bool, error) {
+	q := backend.EventQuery{CorrelationID: correlationID, Limit: 256}
+	for {
+		evs, err := c.b.Events(ctx, q)
+		if err != nil {
+			return false, fmt.Errorf("rsvp: events of %s: %w", correlationID, err)
+		}
+		for _, ev := range evs {
+			if ev.Type == backend.EventReplayed {
+				return true, nil
+			}
+		}
+		if len(evs) < q.Limit {
+			return false, nil
+		}
+		q.After = evs[len(evs)-1].Seq
+	}
+}
 
 // storeExpired stores the expired reply of correlationID at replyTo. It
 // returns the reply that was stored before, with ErrReplyExists, if there

@@ -51,7 +51,7 @@ func (r *settler) listReply(ctx context.Context, m *Message, log *slog.Logger) {
 	}
 	data, _ := json.Marshal(map[string]string{"correlation_id": m.CorrelationID}) // plain strings always encode
 	ev := &backend.Event{CorrelationID: replySessionLog(m.ReplySession), Type: "reply", At: time.Now(), Data: data,
-		DedupeKey: "rs:" + m.CorrelationID}
+		DedupeKey: "rs:" + m.ID} // once per request, and again for a replay (a new id)
 	if err := r.c.b.AppendEvent(ctx, ev); err != nil {
 		log.Warn("rsvp: listing the reply under its reply session failed", "reply_session", m.ReplySession, "err", err)
 	}

@@ -141,6 +141,9 @@ const (
 	// correlation id (rsvp's Client.Replay); the events after it are the
 	// replay's.
 	EventReplayed = "replayed"
+	// EventHandedBack: a backend gave a delivery back unrun (a session
+	// request held before its turn); it does not count as an attempt.
+	EventHandedBack = "handed_back"
 )
 
 // Event is one entry of a request's event log.

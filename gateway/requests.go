@@ -78,6 +78,9 @@ type Status struct {
 	// Seq is the position of the last event folded in; a long-poll returns
 	// once a later one exists.
 	Seq uint64 `json:"-"`
+	// replayed: sent again from its dead letter, without the deadline of
+	// the submission.
+	replayed bool
 }
 
 // Links are the URLs of a request's resources.
@@ -134,10 +137,11 @@ func (g *Gateway) fold(rec *record, evs []*backend.Event, reply *backend.Reply) 
 		}
 		at := ev.At
 		switch ev.Type {
-		case backend.EventQueued:
+		case backend.EventQueued, backend.EventHandedBack:
 			continue
 		case backend.EventReplayed: // sent again after its dead letter: what came before is over
 			s.State, s.RetryAt, s.FinishedAt, s.Error = StateQueued, nil, nil, nil
+			s.replayed = true
 		case backend.EventRunning:
 			s.State, s.RetryAt, s.Error = StateRunning, nil, nil
 			s.Attempts = max(s.Attempts, d.Attempt)
@@ -256,7 +260,7 @@ func (g *Gateway) lookup(w http.ResponseWriter, r *http.Request, c caller) (*rec
 		return nil, nil, nil, false
 	}
 	st := g.fold(rec, evs, reply)
-	if st.State == StateQueued && !rec.Deadline.IsZero() && time.Now().After(rec.Deadline) {
+	if st.State == StateQueued && !rec.Deadline.IsZero() && time.Now().After(rec.Deadline) && !st.replayed {
 		// Nobody started it in time: expire it now rather than show it
 		// queued until a responder comes by.
 		if reply, err = g.expire(r.Context(), rec); err == nil {

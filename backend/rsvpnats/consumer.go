@@ -75,20 +75,18 @@ func (b *Backend) Consume(ctx context.Context, queue string, p backend.ConsumePa
 const pullWait = 5 * time.Second
 
 type consumer struct {
-	b      *Backend
-	queue  string
-	open   func(context.Context) error // creates the JetStream consumer (again)
-	log    *slog.Logger
-	ctx    context.Context // ends when the consumer or its backend is closed
-	cancel context.CancelFunc
-	next   string // the pull request subject
-	inbox  string // where pulled messages and pull statuses arrive
-	sub    *nats.Subscription
-	msgs   chan *nats.Msg
-	// orphans counts pulls a worker left for a session request whose turn
-	// came (sessions.wake); the next pulls adopt them instead of asking anew.
-	orphans atomic.Int64
+	b       *Backend
+	queue   string
+	open    func(context.Context) error // creates the JetStream consumer (again)
+	log     *slog.Logger
+	ctx     context.Context // ends when the consumer or its backend is closed
+	cancel  context.CancelFunc
+	next    string // the pull request subject
+	inbox   string // where pulled messages and pull statuses arrive
+	sub     *nats.Subscription
+	msgs    chan *nats.Msg
 	ses     *sessions
+	waiting atomic.Int32 // Next calls under way
 	wg      sync.WaitGroup
 	once    sync.Once
 }
@@ -97,6 +95,8 @@ type consumer struct {
 var pullRequest = []byte(fmt.Sprintf(`{"batch":1,"expires":%d}`, pullWait.Nanoseconds()))
 
 func (c *consumer) Next(ctx context.Context) (backend.Delivery, error) {
+	c.waiting.Add(1)
+	defer c.waiting.Add(-1)
 	for {
 		if c.ctx.Err() != nil {
 			return nil, backend.ErrClosed
@@ -105,6 +105,7 @@ func (c *consumer) Next(ctx context.Context) (backend.Delivery, error) {
 			return nil, err
 		}
 		if d := c.ses.promote(ctx); d != nil {
+			c.ses.countAttempt(ctx, d)
 			return d, nil
 		}
 		m := c.pull(ctx)
@@ -119,7 +120,7 @@ func (c *consumer) Next(ctx context.Context) (backend.Delivery, error) {
 			c.reject(m, msg, err)
 			continue
 		}
-		d := &delivery{m: m, msg: msg}
+		d := &delivery{m: m, msg: msg, renewed: time.Now()}
 		if md, err := m.Metadata(); err == nil {
 			msg.Attempt = int(md.NumDelivered)
 			d.seq = md.Sequence.Stream
@@ -129,6 +130,7 @@ func (c *consumer) Next(ctx context.Context) (backend.Delivery, error) {
 			if !c.ses.admit(ctx, d) {
 				continue // held until its turn, or gone
 			}
+			c.ses.countAttempt(ctx, d)
 		}
 		return d, nil
 	}
@@ -138,52 +140,37 @@ func (c *consumer) Next(ctx context.Context) (backend.Delivery, error) {
 // when it ended empty (expired, or the consumer is gone and was made
 // again) or ctx or the consumer ended. A status for another worker's pull
 // may end this one: each status ends one pull, so the count stays right.
+// While session requests are held, pulls expire after sessionPoll, so that
+// the worker comes back to check their turns.
 func (c *consumer) pull(ctx context.Context) *nats.Msg {
-	req := pullRequest
-	if d, ok := ctx.Deadline(); ok && time.Until(d) < pullWait {
+	wait := pullWait
+	if c.ses.holding() {
+		wait = sessionPoll
+	}
+	if d, ok := ctx.Deadline(); ok && time.Until(d) < wait {
 		// Expire with the caller's wait, so that no pull outlives it to
 		// deliver a message nobody waits for.
-		req = fmt.Appendf(nil, `{"batch":1,"expires":%d}`, max(time.Until(d), time.Millisecond).Nanoseconds())
+		wait = max(time.Until(d), time.Millisecond)
 	}
-	if !c.adoptOrphan() {
-		if err := c.b.nc.PublishRequest(c.next, c.inbox, req); err != nil {
-			c.pause(ctx, err)
-			return nil
-		}
+	req := pullRequest
+	if wait != pullWait {
+		req = fmt.Appendf(nil, `{"batch":1,"expires":%d}`, wait.Nanoseconds())
 	}
-	timeout := time.NewTimer(pullWait + c.b.opts.Timeout) // a pull lost on the way
+	if err := c.b.nc.PublishRequest(c.next, c.inbox, req); err != nil {
+		c.pause(ctx, err)
+		return nil
+	}
+	timeout := time.NewTimer(wait + c.b.opts.Timeout) // a pull lost on the way
 	defer timeout.Stop()
-	wake := c.ses.wake
-	for {
-		select {
-		case <-wake:
-			if !c.ses.hasPending() {
-				continue // checked by another worker already
-			}
-			c.orphans.Add(1) // this pull's answer goes to a later one
-			return nil
-		case m := <-c.msgs:
-			return c.pulled(ctx, m)
-		case <-timeout.C:
-			return nil
-		case <-ctx.Done():
-			return nil
-		case <-c.ctx.Done():
-			return nil
-		}
-	}
-}
-
-// adoptOrphan takes over a pull that a worker left, if there is one.
-func (c *consumer) adoptOrphan() bool {
-	for {
-		n := c.orphans.Load()
-		if n <= 0 {
-			return false
-		}
-		if c.orphans.CompareAndSwap(n, n-1) {
-			return true
-		}
+	select {
+	case m := <-c.msgs:
+		return c.pulled(ctx, m)
+	case <-timeout.C:
+		return nil
+	case <-ctx.Done():
+		return nil
+	case <-c.ctx.Done():
+		return nil
 	}
 }
 
@@ -263,20 +250,27 @@ func (c *consumer) reject(m *nats.Msg, msg *backend.Message, why error) {
 }
 
 type delivery struct {
-	m   *nats.Msg
-	msg *backend.Message
-	seq uint64    // stream sequence
-	ses *sessions // set for a session request
+	m       *nats.Msg
+	msg     *backend.Message
+	seq     uint64    // stream sequence
+	ses     *sessions // set for a session request
+	renewed time.Time // when its lease last started (session requests held)
 }
 
 func (d *delivery) Message() *backend.Message { return d.msg }
 
 func (d *delivery) Ack(ctx context.Context) error {
+	if d.ses != nil {
+		// Confirmed: the session's next request is handed out on the
+		// strength of this ack.
+		if err := d.m.AckSync(nats.Context(ctx)); err != nil {
+			return fmt.Errorf("rsvpnats: ack %s: %w", d.msg.ID, err)
+		}
+		d.ses.settled(d, true)
+		return nil
+	}
 	if err := d.m.Ack(); err != nil {
 		return fmt.Errorf("rsvpnats: ack %s: %w", d.msg.ID, err)
-	}
-	if d.ses != nil {
-		d.ses.settled(d, true)
 	}
 	return nil
 }

@@ -3,12 +3,16 @@ package rsvpnats
 import (
 	"cmp"
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"slices"
 	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/rsvp-go/rsvp/backend"
 )
 
 // Sessions on JetStream.
@@ -18,11 +22,19 @@ import (
 // leaves the stream when it is acked (or dead-lettered, which acks it).
 // The rule that keeps a session in order, across any number of processes,
 // is: a request is handed to a worker only while it is the first message
-// stored on its session's subject. The queue's one JetStream consumer
-// delivers session requests like any other; one that is not first yet is
-// held by the consumer that pulled it (its lease kept renewed) and handed
-// out once its turn comes: at once when the request before it was acked
-// here, or by polling when it is settled elsewhere.
+// stored on its subject. The queue's one JetStream consumer delivers
+// session requests like any other; one that is not first yet is held by
+// the consumer that pulled it (its lease kept renewed) and handed out once
+// its turn comes: at once when the request before it was acked here, or
+// by polling when it is settled elsewhere. While requests are held, pulls
+// expire after sessionPoll, so that waiting workers come back to check.
+//
+// A held request given back to the stream (the consumer closes, holds too
+// many, or has no worker waiting when its turn comes) is delivered again
+// later, which JetStream counts as a delivery. So that only real attempts
+// count, each hand-back is recorded as a "handed_back" event of the
+// request, and the attempt of a redelivered session request is its
+// delivery count less its hand-backs.
 
 const (
 	// sessionPoll is how often held requests check for their turn.
@@ -33,19 +45,18 @@ const (
 )
 
 // sessions holds the session requests a consumer pulled before their turn.
-// Workers check the turns in Next (promote), so that checks run in
-// parallel; run polls for turns that come through other processes.
+// Workers check the turns in Next (promote); run polls for turns that come
+// through other processes, and renews the held requests' leases.
 type sessions struct {
 	c     *consumer
 	lease time.Duration
 
 	mu      sync.Mutex
+	closed  bool
 	keys    map[string]*session
 	held    int
-	pending []*session        // sessions whose first held request may be due
-	bounced map[uint64]uint64 // deliveries handed back (maxHeld), by stream sequence
-	wake    chan struct{}     // pending is not empty: a worker waiting in a pull should check
-	kick    chan struct{}     // a request was held: make sure run polls
+	pending []*session    // sessions whose first held request may be due
+	kick    chan struct{} // a request was held: make sure run polls
 }
 
 // session is one session key's state in this consumer.
@@ -60,42 +71,67 @@ type session struct {
 	checking bool // a worker is reading its first request
 }
 
-// keepDone is how long a session's state outlives its last request here:
-// an ack is sent without waiting for the engine, so for a moment the acked
-// request may still be the first stored, and done says to look past it.
+// keepDone is how long a session's state outlives its last request here,
+// so that a redelivery of a request acked here is recognised.
 const keepDone = 5 * time.Second
 
 func newSessions(c *consumer, lease time.Duration) *sessions {
-	return &sessions{c: c, lease: lease, keys: map[string]*session{}, bounced: map[uint64]uint64{},
-		wake: make(chan struct{}, 1), kick: make(chan struct{}, 1)}
-}
-
-func signal(ch chan struct{}) {
-	select {
-	case ch <- struct{}{}:
-	default:
-	}
+	return &sessions{c: c, lease: lease, keys: map[string]*session{}, kick: make(chan struct{}, 1)}
 }
 
 // busy reports whether s's turn is taken by a delivery out from here.
 func (s *session) busy(now time.Time) bool { return s.out != nil && now.Before(s.outUntil) }
 
+// holding reports whether any request is held.
+func (ss *sessions) holding() bool {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	return ss.held > 0
+}
+
+// session returns the state of key, made if new.
+func (ss *sessions) session(key string) *session {
+	s := ss.keys[key]
+	if s == nil {
+		s = &session{key: key}
+		ss.keys[key] = s
+	}
+	return s
+}
+
+// turn reads whether d, the first held (or just pulled) request of s, is
+// the first stored of its session: its turn came (first), it was settled
+// through another delivery (gone), or neither (wait). ss.mu is held on
+// entry and on return, and released while the engine answers; s.checking
+// keeps other workers off s meanwhile.
+func (ss *sessions) turn(ctx context.Context, s *session, d *delivery) (first, gone bool) {
+	after := s.done
+	s.checking = true
+	ss.mu.Unlock()
+	seq, err := ss.first(ctx, s.key, after)
+	ss.mu.Lock()
+	s.checking = false
+	switch {
+	case errors.Is(err, jetstream.ErrMsgNotFound):
+		return false, true
+	case err != nil:
+		return false, false // no answer: check again later
+	}
+	return seq == d.seq, seq > d.seq
+}
+
 // admit decides about a session request a worker pulled: true hands it to
 // the worker; false means it is held (or dropped, if it was settled
 // already through an earlier delivery).
 func (ss *sessions) admit(ctx context.Context, d *delivery) bool {
-	key := d.msg.SessionKey
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
-	if n := ss.bounced[d.seq]; n > 0 {
-		d.msg.Attempt -= int(n) // hand-backs are not attempts
-	}
 	for {
-		s := ss.keys[key]
-		if s == nil {
-			s = &session{key: key}
-			ss.keys[key] = s
+		if ss.closed {
+			ss.handBackUnlocked(d, "the consumer closed")
+			return false
 		}
+		s := ss.session(d.msg.SessionKey)
 		if d.seq <= s.done {
 			return false // a second delivery of a request acked here
 		}
@@ -103,21 +139,15 @@ func (ss *sessions) admit(ctx context.Context, d *delivery) bool {
 			ss.hold(s, d)
 			return false
 		}
-		after := s.done
-		s.checking = true
-		ss.mu.Unlock()
-		first, err := ss.first(ctx, key, after)
-		ss.mu.Lock()
-		s.checking = false
-		if ss.keys[key] != s {
-			continue // pruned meanwhile: decide again
-		}
+		first, gone := ss.turn(ctx, s, d)
 		switch {
-		case err == nil && first == d.seq && !s.busy(time.Now()):
+		case ss.keys[s.key] != s || ss.closed:
+			continue // pruned or closed meanwhile: decide again
+		case first && !s.busy(time.Now()):
 			ss.take(s, d)
 			return true
-		case err == nil && first > d.seq, errors.Is(err, jetstream.ErrMsgNotFound):
-			return false // settled through another delivery: it is gone
+		case gone:
+			return false
 		default:
 			ss.hold(s, d)
 			return false
@@ -139,22 +169,23 @@ func (ss *sessions) first(ctx context.Context, key string, after uint64) (uint64
 
 func (ss *sessions) take(s *session, d *delivery) {
 	s.out, s.outUntil = d, time.Now().Add(ss.lease)
-	delete(ss.bounced, d.seq)
 }
 
 // hold keeps d until its turn, in stream order. Over maxHeld, it hands d
 // back to the stream instead.
 func (ss *sessions) hold(s *session, d *delivery) {
 	if ss.held >= maxHeld {
-		ss.bounced[d.seq]++
-		_ = d.m.NakWithDelay(time.Second)
+		ss.handBackUnlocked(d, "the consumer holds too many requests")
 		return
 	}
 	i, _ := slices.BinarySearchFunc(s.held, d.seq, func(h *delivery, seq uint64) int { return cmp.Compare(h.seq, seq) })
 	s.held = slices.Insert(s.held, i, d)
 	ss.held++
 	ss.queue(s) // its turn may have come meanwhile
-	signal(ss.kick)
+	select {
+	case ss.kick <- struct{}{}:
+	default:
+	}
 }
 
 // queue marks s for a check of its first held request.
@@ -162,14 +193,7 @@ func (ss *sessions) queue(s *session) {
 	if !s.queued && len(s.held) > 0 {
 		s.queued = true
 		ss.pending = append(ss.pending, s)
-		signal(ss.wake)
 	}
-}
-
-func (ss *sessions) hasPending() bool {
-	ss.mu.Lock()
-	defer ss.mu.Unlock()
-	return len(ss.pending) > 0
 }
 
 // promote checks pending sessions and returns the first held request whose
@@ -177,34 +201,24 @@ func (ss *sessions) hasPending() bool {
 func (ss *sessions) promote(ctx context.Context) *delivery {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
-	for len(ss.pending) > 0 {
+	for len(ss.pending) > 0 && !ss.closed {
 		s := ss.pending[0]
 		ss.pending = ss.pending[1:]
 		s.queued = false
-		if len(ss.pending) > 0 {
-			signal(ss.wake) // for another worker
-		}
-		for len(s.held) > 0 && s.held[0].seq <= s.done {
-			ss.drop(s) // acked here through an earlier delivery
-		}
-		if len(s.held) == 0 || s.busy(time.Now()) || s.checking || ss.keys[s.key] != s {
+		d := ss.due(s)
+		if d == nil {
 			continue
 		}
-		d, after := s.held[0], s.done
-		s.checking = true
-		ss.mu.Unlock()
-		first, err := ss.first(ctx, s.key, after)
-		ss.mu.Lock()
-		s.checking = false
-		if len(s.held) == 0 || s.held[0] != d || s.busy(time.Now()) {
-			ss.queue(s)
-			continue
-		}
+		first, gone := ss.turn(ctx, s, d)
 		switch {
-		case errors.Is(err, jetstream.ErrMsgNotFound), err == nil && first > d.seq:
-			ss.drop(s) // settled through another delivery: gone
+		case ss.closed:
+			return nil
+		case len(s.held) == 0 || s.held[0] != d || s.busy(time.Now()):
 			ss.queue(s)
-		case err == nil && first == d.seq:
+		case gone:
+			ss.drop(s)
+			ss.queue(s) // the next one may be first now
+		case first:
 			ss.drop(s)
 			ss.take(s, d)
 			return d
@@ -214,10 +228,81 @@ func (ss *sessions) promote(ctx context.Context) *delivery {
 	return nil
 }
 
+// due returns the first held request of s if it may be checked now, after
+// dropping held requests that no longer count: those acked here through
+// an earlier delivery, and those whose lease ran out (the stream delivers
+// them again).
+func (ss *sessions) due(s *session) *delivery {
+	now := time.Now()
+	for len(s.held) > 0 && (s.held[0].seq <= s.done || now.Sub(s.held[0].renewed) > ss.lease) {
+		ss.drop(s)
+	}
+	if len(s.held) == 0 || s.busy(now) || s.checking || ss.keys[s.key] != s {
+		return nil
+	}
+	return s.held[0]
+}
+
 // drop removes s's first held request.
 func (ss *sessions) drop(s *session) {
 	s.held = s.held[1:]
 	ss.held--
+}
+
+// countAttempt makes d's Attempt its delivery count less the times it was
+// handed back unrun.
+func (ss *sessions) countAttempt(ctx context.Context, d *delivery) {
+	if d.msg.Attempt <= 1 {
+		return
+	}
+	ctx, cancel := ss.c.b.withTimeout(ctx)
+	defer cancel()
+	q := backend.EventQuery{CorrelationID: d.msg.CorrelationID, Limit: 1000}
+	for {
+		evs, err := ss.c.b.Events(ctx, q)
+		if err != nil {
+			ss.c.log.Warn("rsvpnats: reading hand-backs failed; the attempt count includes them", "id", d.msg.ID, "err", err)
+			return
+		}
+		for _, ev := range evs {
+			var data struct {
+				ID string `json:"id"`
+			}
+			if ev.Type == backend.EventHandedBack && json.Unmarshal(ev.Data, &data) == nil && data.ID == d.msg.ID && d.msg.Attempt > 1 {
+				d.msg.Attempt--
+			}
+		}
+		if len(evs) < q.Limit {
+			return
+		}
+		q.After = evs[len(evs)-1].Seq
+	}
+}
+
+// handBack returns d to the stream unrun, recording it so that the
+// delivery is not counted as an attempt (countAttempt).
+func (ss *sessions) handBack(d *delivery, why string) {
+	delivered := d.msg.Attempt
+	if md, err := d.m.Metadata(); err == nil {
+		delivered = int(md.NumDelivered)
+	}
+	data, _ := json.Marshal(map[string]any{"id": d.msg.ID, "delivery": delivered, "why": why}) // plain values always encode
+	ctx, cancel := context.WithTimeout(context.Background(), ss.c.b.opts.Timeout)
+	defer cancel()
+	err := ss.c.b.AppendEvent(ctx, &backend.Event{CorrelationID: d.msg.CorrelationID, Type: backend.EventHandedBack, At: time.Now(),
+		Data: data, DedupeKey: fmt.Sprintf("%s:handed_back:%d", d.msg.ID, delivered)})
+	if err != nil {
+		ss.c.log.Warn("rsvpnats: recording a hand-back failed; it will count as an attempt", "id", d.msg.ID, "err", err)
+	}
+	_ = d.m.Nak()
+}
+
+// handBackUnlocked is handBack for a caller holding ss.mu: the engine is
+// not called under the lock.
+func (ss *sessions) handBackUnlocked(d *delivery, why string) {
+	ss.mu.Unlock()
+	defer ss.mu.Lock()
+	ss.handBack(d, why)
 }
 
 // settled is told that d was acked (or handed back with nack), so its
@@ -247,10 +332,11 @@ func (ss *sessions) extended(d *delivery) {
 	}
 }
 
-// run polls every sessionPoll while requests are held: it queues their
-// sessions for a check (their turn may come through another process, or
-// a lease running out), renews their leases every lease/3, and forgets
-// idle sessions. It returns when ctx ends.
+// run polls every sessionPoll while requests are held, until ctx ends: it
+// queues their sessions for a check (their turn may come through another
+// process, or a lease running out), renews their leases every lease/3,
+// hands back those whose turn came while no worker waits in Next, and
+// forgets idle sessions.
 func (ss *sessions) run(ctx context.Context) {
 	poll := time.NewTimer(sessionPoll)
 	defer poll.Stop()
@@ -269,18 +355,16 @@ func (ss *sessions) run(ctx context.Context) {
 		case <-poll.C:
 			armed = false
 		}
-		extend := time.Since(lastExtend) > ss.lease/3
-		if extend {
+		if time.Since(lastExtend) > ss.lease/3 {
+			ss.extendHeld()
 			lastExtend = time.Now()
+		}
+		if ss.c.waiting.Load() == 0 {
+			ss.giveBackDue(ctx)
 		}
 		now := time.Now()
 		ss.mu.Lock()
 		for key, s := range ss.keys {
-			if extend {
-				for _, d := range s.held {
-					_ = d.m.InProgress()
-				}
-			}
 			switch {
 			case len(s.held) > 0 && !s.busy(now):
 				ss.queue(s)
@@ -296,15 +380,65 @@ func (ss *sessions) run(ctx context.Context) {
 	}
 }
 
-// release hands every held request back to the stream, at once, for other
-// consumers: the consumer is closing.
-func (ss *sessions) release() {
+// giveBackDue hands back the held requests whose turn came: no worker of
+// this consumer waits to take them, and another consumer may.
+func (ss *sessions) giveBackDue(ctx context.Context) {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	sessions := make([]*session, 0, len(ss.keys))
+	for _, s := range ss.keys {
+		sessions = append(sessions, s)
+	}
+	for _, s := range sessions { // the lock is let go in the loop: no map iteration
+		d := ss.due(s)
+		if d == nil {
+			continue
+		}
+		first, gone := ss.turn(ctx, s, d)
+		if ss.closed || len(s.held) == 0 || s.held[0] != d {
+			continue
+		}
+		if first || gone {
+			ss.drop(s)
+		}
+		if first {
+			ss.handBackUnlocked(d, "no worker waits for it here")
+		}
+	}
+}
+
+// extendHeld renews the leases of held requests.
+func (ss *sessions) extendHeld() {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	for _, s := range ss.keys {
 		for _, d := range s.held {
-			_ = d.m.Nak()
+			if d.m.InProgress() == nil {
+				d.renewed = time.Now()
+			}
 		}
 	}
+}
+
+// release hands every held request back to the stream, at once, for other
+// consumers: the consumer is closing.
+func (ss *sessions) release() {
+	ss.mu.Lock()
+	ss.closed = true
+	var all []*delivery
+	for _, s := range ss.keys {
+		all = append(all, s.held...)
+	}
 	ss.keys, ss.pending, ss.held = map[string]*session{}, nil, 0
+	ss.mu.Unlock()
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 16)
+	for _, d := range all {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			ss.handBack(d, "the consumer closed")
+		})
+	}
+	wg.Wait()
 }

@@ -195,6 +195,12 @@ func decodeRequest(subject string, h nats.Header, body []byte) (*backend.Message
 	if m.ID == "" {
 		return m, fmt.Errorf("request has no %s header", hdrID)
 	}
+	if rest, ok := strings.CutPrefix(subject, subjSessions); ok {
+		_, token, _ := strings.Cut(rest, ".")
+		if key, err := base64.RawURLEncoding.DecodeString(token); err != nil || string(key) != m.SessionKey {
+			return m, fmt.Errorf("session subject %s does not carry the %s header %q", subject, hdrSession, m.SessionKey)
+		}
+	}
 	return m, nil
 }
 

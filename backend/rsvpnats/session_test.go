@@ -1,0 +1,127 @@
+package rsvpnats_test
+
+import (
+	"context"
+	"encoding/base64"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/rsvp-go/rsvp/backend"
+)
+
+func sessionEnqueue(t *testing.T, ctx context.Context, b backend.Backend, q, id, key string) {
+	t.Helper()
+	m := &backend.Message{ID: id, CorrelationID: id, Queue: q, SessionKey: key, Body: []byte(id), CreatedAt: time.Now()}
+	if err := b.Enqueue(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func sessionConsume(t *testing.T, ctx context.Context, b backend.Backend, q string, lease time.Duration) backend.Consumer {
+	t.Helper()
+	c, err := b.Consume(ctx, q, backend.ConsumeParams{Lease: lease})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func nextWithin(c backend.Consumer, d time.Duration) (backend.Delivery, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	return c.Next(ctx)
+}
+
+// A consumer that holds a session request (it was pulled before its turn)
+// gives it back when its turn comes and no worker waits in Next there, so
+// that another consumer takes it: the HTTP gateway keeps consumers open
+// between lease calls.
+func TestSessionTurnWithoutWorkerGoesBack(t *testing.T) {
+	b, ctx := statsSetup(t)
+	sessionEnqueue(t, ctx, b, "gw", "h1", "k")
+	sessionEnqueue(t, ctx, b, "gw", "h2", "k")
+	a := sessionConsume(t, ctx, b, "gw", 2*time.Second)
+	other := sessionConsume(t, ctx, b, "gw", 2*time.Second)
+	d1, err := nextWithin(a, 5*time.Second)
+	if err != nil || d1.Message().ID != "h1" {
+		t.Fatalf("first: %v, %v", d1, err)
+	}
+	if d, err := nextWithin(a, 300*time.Millisecond); err == nil { // pulls h2 and holds it
+		t.Fatalf("h2 was handed out before its turn: %s", d.Message().ID)
+	}
+	if err := d1.Ack(ctx); err != nil {
+		t.Fatal(err)
+	}
+	d, err := nextWithin(other, 8*time.Second)
+	if err != nil || d.Message().ID != "h2" || d.Message().Attempt != 1 {
+		t.Fatalf("other consumer: %v, %v; want h2 at attempt 1, given back by the consumer that held it", d, err)
+	}
+}
+
+// Hand-backs are not attempts: a session request held and given back by
+// consumers that closed (restarts while the request before it ran) is
+// attempt 1 when it finally runs.
+func TestSessionHandBacksAreNotAttempts(t *testing.T) {
+	b, ctx := statsSetup(t)
+	sessionEnqueue(t, ctx, b, "deploys", "h1", "k")
+	sessionEnqueue(t, ctx, b, "deploys", "h2", "k")
+	first := sessionConsume(t, ctx, b, "deploys", 30*time.Second)
+	d1, err := nextWithin(first, 5*time.Second)
+	if err != nil || d1.Message().ID != "h1" {
+		t.Fatalf("first: %v, %v", d1, err)
+	}
+	for range 5 { // five restarts while h1 runs
+		c, err := b.Consume(ctx, "deploys", backend.ConsumeParams{Lease: 30 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d, err := nextWithin(c, 300*time.Millisecond); err == nil {
+			t.Fatalf("h2 was handed out before its turn: %s", d.Message().ID)
+		}
+		c.Close()
+	}
+	if err := d1.Ack(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c := sessionConsume(t, ctx, b, "deploys", 30*time.Second)
+	d, err := nextWithin(c, 5*time.Second)
+	if err != nil || d.Message().ID != "h2" {
+		t.Fatalf("after the restarts: %v, %v", d, err)
+	}
+	if d.Message().Attempt != 1 {
+		t.Fatalf("h2 never ran, yet its attempt is %d", d.Message().Attempt)
+	}
+	// A real retry still counts.
+	if err := d.Nack(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	if d, err = nextWithin(c, 5*time.Second); err != nil || d.Message().ID != "h2" || d.Message().Attempt != 2 {
+		t.Fatalf("retry: %v, %v; want h2 at attempt 2", d, err)
+	}
+}
+
+// A foreign request on a session subject whose Rsvp-Session header does not
+// match the subject is unreadable: dead-lettered as bad_request, not
+// delivered again for ever.
+func TestSessionSubjectMismatchIsBadRequest(t *testing.T) {
+	b, ctx := statsSetup(t)
+	m := nats.NewMsg("rsvp.ses.mismatch." + base64.RawURLEncoding.EncodeToString([]byte("a")))
+	m.Header.Set("Nats-Msg-Id", "bad-1")
+	m.Header.Set("Rsvp-Id", "bad-1")
+	m.Header.Set("Rsvp-Session", "b")
+	if err := b.Publish(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	c := sessionConsume(t, ctx, b, "mismatch", 30*time.Second)
+	if d, err := nextWithin(c, 500*time.Millisecond); err == nil {
+		t.Fatalf("handed out %s", d.Message().ID)
+	}
+	dls, err := b.DeadLetters(ctx, backend.DeadLetterQuery{Queue: "mismatch"})
+	if err != nil || len(dls) != 1 || dls[0].Reason != "bad_request" || !strings.Contains(dls[0].LastError, "does not carry the Rsvp-Session header") {
+		t.Fatalf("dead letters %+v, %v", dls, err)
+	}
+}

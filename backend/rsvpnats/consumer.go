@@ -87,6 +87,7 @@ type consumer struct {
 	msgs    chan *nats.Msg
 	ses     *sessions
 	waiting atomic.Int32 // Next calls under way
+	lastOut atomic.Int64 // when a Next call last returned (Unix ns)
 	wg      sync.WaitGroup
 	once    sync.Once
 }
@@ -96,7 +97,10 @@ var pullRequest = []byte(fmt.Sprintf(`{"batch":1,"expires":%d}`, pullWait.Nanose
 
 func (c *consumer) Next(ctx context.Context) (backend.Delivery, error) {
 	c.waiting.Add(1)
-	defer c.waiting.Add(-1)
+	defer func() {
+		c.lastOut.Store(time.Now().UnixNano())
+		c.waiting.Add(-1)
+	}()
 	for {
 		if c.ctx.Err() != nil {
 			return nil, backend.ErrClosed

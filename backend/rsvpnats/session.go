@@ -39,6 +39,10 @@ import (
 const (
 	// sessionPoll is how often held requests check for their turn.
 	sessionPoll = 100 * time.Millisecond
+	// idleGiveBack is how long a consumer goes without Next calls before
+	// it hands back held requests whose turn came (a busy responder's
+	// workers come back sooner).
+	idleGiveBack = time.Second
 	// maxHeld bounds the requests one consumer holds ahead of their turn.
 	// Beyond it, the newest is handed back to the stream for a second.
 	maxHeld = 10_000
@@ -335,8 +339,8 @@ func (ss *sessions) extended(d *delivery) {
 // run polls every sessionPoll while requests are held, until ctx ends: it
 // queues their sessions for a check (their turn may come through another
 // process, or a lease running out), renews their leases every lease/3,
-// hands back those whose turn came while no worker waits in Next, and
-// forgets idle sessions.
+// hands back those whose turn came while no worker has called Next for
+// idleGiveBack, and forgets idle sessions.
 func (ss *sessions) run(ctx context.Context) {
 	poll := time.NewTimer(sessionPoll)
 	defer poll.Stop()
@@ -359,7 +363,7 @@ func (ss *sessions) run(ctx context.Context) {
 			ss.extendHeld()
 			lastExtend = time.Now()
 		}
-		if ss.c.waiting.Load() == 0 {
+		if ss.c.waiting.Load() == 0 && time.Since(time.Unix(0, ss.c.lastOut.Load())) > idleGiveBack {
 			ss.giveBackDue(ctx)
 		}
 		now := time.Now()

@@ -45,6 +45,7 @@ func (b *Backend) startBatchers() {
 	b.replies = newBatcher(b, 2, 256, b.execReplies, b.durable, isConnErr)
 	b.events = newBatcher(b, 2, 256, b.execEvents, b.durable, pgconn.SafeToRetry)
 	b.acks = newBatcher(b, 2, 256, b.execAcks, b.fast, isConnErr)
+	b.sessions.init(b)
 }
 
 func newBatcher[T, R any](b *Backend, workers, max int, exec func(context.Context, []T) ([]R, []error, error),

@@ -31,6 +31,14 @@
 // staying connected, for deployments that migrate with a privileged user
 // before the applications start.
 //
+// In a rolling upgrade, processes that opened the schema before it was
+// migrated keep running their own statements. Those of an rsvp that knows
+// schema version 2 at most (before sessions) claim session rows without
+// the rule below that a session's first row goes first, and read them as
+// requests without a session: a session's requests would run side by
+// side, out of order. So send no request with a session key until every
+// process that uses the schema runs an rsvp that knows schema version 3.
+//
 // The tables, for programs in other languages:
 //
 //   - requests: the queues. A consumer leases due rows (not_before <= now())
@@ -50,12 +58,12 @@
 //     transaction that inserts session rows first takes, for each queue and
 //     session key, the advisory lock pg_advisory_xact_lock(k) with k the
 //     FNV-1a 64 hash, as a signed integer, of
-//     "rsvp:session:<schema>:<queue> <session_key>", in ascending order of
-//     k: a session's rows then become visible in seq order, which the rule
-//     above needs. A program that enqueues session requests must do the
-//     same. The Ack of a session row notifies (below), as the session's next
-//     row is then due. reply_session (empty for none) is carried for the
-//     responder.
+//     "rsvp:session:<schema>:<queue> <session_key>" (when it takes several
+//     at once, in ascending order of k): a session's rows then become
+//     visible in seq order, which the rule above needs. A program that
+//     enqueues session requests must do the same. The Ack of a session row
+//     notifies (below), as the session's next row is then due.
+//     reply_session (empty for none) is carried for the responder.
 //   - dedupe: request ids ('r'), event dedupe keys ('e') and dead letters
 //     ('d', id:attempt) seen within the dedupe window. A request whose id is
 //     there and younger than the window is not stored again; acknowledging
@@ -123,11 +131,35 @@
 // and a call that broke with its connection is run once more where running
 // it twice does no harm.
 //
+// Enqueue calls of session requests are grouped by session instead (by
+// lock key, to be exact), as each waits for its session's lock, which a
+// transaction with an EnqueueTx into the session holds until it ends: the
+// calls of one session share one statement and commit, stored in the order
+// they came, one batch after the other. A batch first tries the lock
+// without waiting, on the pool the other writes use; only if the lock is
+// busy does it wait, on a connection of a pool of its own (MaxConns
+// connections). So a session blocked by an open transaction holds up its
+// own enqueues only (until the transaction ends, or they fail after
+// Options.Timeout), never enqueues without a session or of other sessions
+// (unless more than MaxConns sessions are blocked at once, when those
+// beyond wait for a connection as well as for their lock).
+//
 // # Transactions
 //
 // SendTx (or the lower EnqueueTx) stores a request in the caller's pgx.Tx:
 // the request exists if and only if the transaction commits, and consumers
 // are woken when it does.
+//
+// A request with a session key takes its session's enqueue lock (see the
+// requests table) in the transaction, until it ends, and the other
+// enqueues of the session wait for it. A transaction that enqueues into
+// several sessions takes their locks in the order it enqueues them, so two
+// transactions that enqueue into the same sessions in opposite orders can
+// deadlock: PostgreSQL then aborts one of them (SQLSTATE 40P01, after
+// deadlock_timeout, 1s by default), which the caller may retry. Enqueueing
+// the sessions of a transaction in one order everywhere (say, sorted by
+// queue and session key) avoids it. Keep such transactions short: a
+// session's Enqueue calls fail after Options.Timeout while one is open.
 //
 // HandleTx runs a handler inside a transaction in which its business
 // writes, its reply and the acknowledgement of its request commit together:

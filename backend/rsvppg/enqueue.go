@@ -14,7 +14,8 @@ import (
 
 // Enqueue implements backend.Backend. Concurrent calls are stored together
 // in one transaction (see batcher), which commits before any of them
-// returns.
+// returns; those of session requests by session (see sessionQueues), as
+// they may wait for their session's lock.
 func (b *Backend) Enqueue(ctx context.Context, msg *backend.Message) error {
 	m, err := b.prepare(msg)
 	if err != nil {
@@ -25,7 +26,12 @@ func (b *Backend) Enqueue(ctx context.Context, msg *backend.Message) error {
 		return err
 	}
 	defer cancel()
-	if _, err := b.enqueues.do(ctx, m); err != nil {
+	if m.SessionKey != "" {
+		err = b.sessions.do(ctx, b, sessionLockKey(b.opts.Schema, m.Queue, m.SessionKey), m)
+	} else {
+		_, err = b.enqueues.do(ctx, m)
+	}
+	if err != nil {
 		return fmt.Errorf("rsvppg: enqueue on %s: %w", msg.Queue, err)
 	}
 	return nil
@@ -38,9 +44,15 @@ func (b *Backend) Enqueue(ctx context.Context, msg *backend.Message) error {
 // pattern, without an outbox). tx may come from any pool or connection,
 // whatever its search_path; its synchronous_commit decides how durable the
 // request is. A request with a session key takes its session's enqueue lock
-// in tx, until tx ends: other enqueues of that session (Enqueue too, and
-// the other calls it shares a statement with) wait for it, so that the
-// session's requests are delivered in the order they became visible.
+// in tx, until tx ends: other enqueues of that session (Enqueue too, which
+// fails after Options.Timeout) wait for it, so that the session's requests
+// are delivered in the order they became visible; enqueues of other
+// sessions and without one do not. A tx that enqueues into several
+// sessions takes their locks in the order it enqueues them, so two
+// transactions that enqueue into the same sessions in opposite orders can
+// deadlock, and PostgreSQL then aborts one of them (SQLSTATE 40P01): enqueue
+// the sessions of a transaction in one order everywhere (say, sorted by
+// queue and session key) to avoid it.
 func (b *Backend) EnqueueTx(ctx context.Context, tx pgx.Tx, msg *backend.Message) error {
 	m, err := b.prepare(msg)
 	if err != nil {
@@ -128,18 +140,11 @@ func sessionLockKey(schema, queue, key string) int64 {
 	return lockKey("session", schema+":"+queue+" "+key)
 }
 
-// execEnqueues stores a batch of requests. An id twice in one batch is a
-// duplicate within the dedupe window: only its first message is passed on.
+// execEnqueues stores a batch of requests without a session. An id twice
+// in one batch is a duplicate within the dedupe window: only its first
+// message is passed on.
 func (b *Backend) execEnqueues(ctx context.Context, msgs []*backend.Message) ([]struct{}, []error, error) {
-	seen := make(map[string]bool, len(msgs))
-	distinct := msgs[:0:0]
-	for _, m := range msgs {
-		if !seen[m.ID] {
-			seen[m.ID] = true
-			distinct = append(distinct, m)
-		}
-	}
-	queues, err := b.enqueue(ctx, b.durable, distinct)
+	queues, err := b.enqueue(ctx, b.durable, distinctIDs(msgs))
 	if err != nil {
 		return nil, nil, err
 	}

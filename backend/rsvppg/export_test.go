@@ -20,3 +20,7 @@ func MigrateTo(ctx context.Context, url, schema string, v int) error {
 	defer conn.Close(context.Background())
 	return pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error { return migrateTx(ctx, tx, schema, v) })
 }
+
+// SessionLockKey is the key of the advisory lock that enqueues of requests
+// of queue with session key take (see sessionLockKey).
+func SessionLockKey(schema, queue, key string) int64 { return sessionLockKey(schema, queue, key) }

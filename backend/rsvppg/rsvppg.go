@@ -43,9 +43,11 @@ type Options struct {
 	// CleanupInterval is how often expired replies, events, dead letters and
 	// dedupe markers are deleted, in batches. Default 1m.
 	CleanupInterval time.Duration
-	// MaxConns bounds each of the backend's two connection pools (one for
-	// writes that wait for the disk, one for the rest); one more connection
-	// listens for notifications. Default 8.
+	// MaxConns bounds each of the backend's three connection pools (one for
+	// writes that wait for the disk, one for the rest, and one for the
+	// enqueues of session requests that wait for their session's lock,
+	// which opens connections only for them); one more connection listens
+	// for notifications. Default 8.
 	MaxConns int32
 	// MaxMessageSize is the largest request, reply, dead letter or event
 	// accepted, in bytes of body (or data) and headers. Default 8 MiB.
@@ -111,11 +113,16 @@ type Backend struct {
 	sql     queries
 	durable *pgxpool.Pool // commits wait for the disk
 	fast    *pgxpool.Pool // settlements and reads; see Options.DurableSettle
+	// lockWait is for session enqueues that wait for their session's lock
+	// (see sessionQueues), so that they cannot take the connections of
+	// durable that other writes need. Its commits wait for the disk.
+	lockWait *pgxpool.Pool
 
 	enqueues *batcher[*backend.Message, struct{}]
 	replies  *batcher[replyItem, bool]
 	events   *batcher[*backend.Event, uint64]
 	acks     *batcher[leaseRef, bool]
+	sessions sessionQueues // enqueues of session requests
 
 	reg      registry    // local consumers and subscriptions, by what wakes them
 	notes    chan string // notification payloads for the dispatcher
@@ -170,7 +177,8 @@ func Open(ctx context.Context, url string, opts Options) (*Backend, error) {
 	return b, nil
 }
 
-// connect makes the two pools, checks that the server answers and migrates.
+// connect makes the three pools, checks that the server answers and
+// migrates.
 func (b *Backend) connect(ctx context.Context, url string) error {
 	var err error
 	if b.durable, err = b.newPool(ctx, url, false); err != nil {
@@ -178,6 +186,11 @@ func (b *Backend) connect(ctx context.Context, url string) error {
 	}
 	if b.fast, err = b.newPool(ctx, url, !b.opts.DurableSettle); err != nil {
 		b.durable.Close()
+		return err
+	}
+	if b.lockWait, err = b.newPool(ctx, url, false); err != nil {
+		b.durable.Close()
+		b.fast.Close()
 		return err
 	}
 	if err := b.durable.Ping(ctx); err != nil {
@@ -228,6 +241,7 @@ func poolConfig(url string, opts Options, async bool) (*pgxpool.Config, error) {
 func (b *Backend) closePools() {
 	b.durable.Close()
 	b.fast.Close()
+	b.lockWait.Close()
 }
 
 // goRun runs f on a goroutine that Close waits for.

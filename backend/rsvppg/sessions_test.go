@@ -320,3 +320,113 @@ func TestSessionBatchClaim(t *testing.T) {
 		}
 	}
 }
+
+// TestBlockedSessionsHoldUpNoOneElse: session enqueues (Enqueue) that wait
+// for their sessions' locks, held by open transactions that enqueued into
+// those sessions (EnqueueTx), hold up no other enqueue: neither one without
+// a session nor one of another session, though more sessions are blocked
+// than the backend has enqueue workers or connections in a pool
+// (MaxConns 2). When the transactions commit, the blocked enqueues
+// complete, and each session delivers its first request before its second.
+func TestBlockedSessionsHoldUpNoOneElse(t *testing.T) {
+	t.Parallel()
+	url := serverURL(t)
+	schema := freshSchema(t, url)
+	b := open(t, url, rsvppg.Options{Schema: schema, MaxConns: 2})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	q, other := uniq("q"), uniq("other")
+	keys := []string{"k1", "k2", "k3"}
+	var txs []pgx.Tx
+	first, second := map[string]string{}, map[string]string{}
+	done := make(chan error, len(keys))
+	for i, k := range keys {
+		// The open transactions are on connections of their own, so that
+		// they take none of the backend's.
+		tx, err := connect(t, url).Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = tx.Rollback(context.Background()) }) // on failure, before the backend closes
+		txs = append(txs, tx)
+		m1, m2 := sessionMsg(q, k), sessionMsg(q, k)
+		first[m1.ID], second[m2.ID] = k, k
+		if err := b.EnqueueTx(ctx, tx, m1); err != nil {
+			t.Fatal(err)
+		}
+		go func() { done <- b.Enqueue(ctx, m2) }()
+		if i < 2 {
+			// The first two wait for their locks; the third may wait for a
+			// connection behind them (it waits anyway).
+			waitForLockWaiter(t, ctx, url, rsvppg.SessionLockKey(schema, q, k))
+		} else {
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	for _, m := range []*backend.Message{newMsg(other), sessionMsg(other, "k1"), sessionMsg(q, "k4"), newMsg(q)} {
+		start := time.Now()
+		ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		err := b.Enqueue(ctx, m)
+		cancel()
+		if err != nil {
+			t.Fatalf("Enqueue on %s with session key %q while %d sessions were blocked: %v after %s",
+				m.Queue, m.SessionKey, len(keys), err, time.Since(start).Round(time.Millisecond))
+		}
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("an enqueue returned (%v) while its session's lock was held by an open transaction", err)
+	default:
+	}
+	c := consume(t, b, q, 30*time.Second)
+	for range 2 { // k4's and the one without a session
+		d := nextWithin(t, c, 5*time.Second)
+		if k := d.Message().SessionKey; k != "k4" && k != "" {
+			t.Fatalf("got %s of session %s while its transaction was open", d.Message().ID, k)
+		}
+		_ = d.Ack(ctx)
+	}
+	for _, tx := range txs {
+		if err := tx.Commit(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range keys {
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, want := range []map[string]string{first, second} {
+		var ds []backend.Delivery
+		for range keys {
+			d := nextWithin(t, c, 5*time.Second)
+			if _, ok := want[d.Message().ID]; !ok {
+				t.Fatalf("got %s of session %s out of order", d.Message().ID, d.Message().SessionKey)
+			}
+			ds = append(ds, d)
+		}
+		nothingWithin(t, c, 300*time.Millisecond)
+		for _, d := range ds {
+			_ = d.Ack(ctx)
+		}
+	}
+}
+
+// waitForLockWaiter waits until a transaction waits for the advisory lock
+// key.
+func waitForLockWaiter(t *testing.T, ctx context.Context, url string, key int64) {
+	t.Helper()
+	conn := connect(t, url)
+	for {
+		var n int
+		err := conn.QueryRow(ctx, `SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND objsubid = 1
+			AND ((classid::bigint << 32) | objid::bigint) = $1`, key).Scan(&n)
+		if err != nil {
+			t.Fatalf("waiting for a waiter on lock %d: %v", key, err)
+		}
+		if n > 0 {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

@@ -9,15 +9,16 @@ import (
 // transaction (EnqueueTx) whatever its search_path. Durations are passed in
 // microseconds.
 type queries struct {
-	enqueue, lockSessions, claim, nextDue, unclaim string
-	ack, ackSession, nack, extend                  string
-	putReplies, getReplies, notify, repliesSince   string
-	deadLetter                                     string
-	lockEvents, appendEvents                       string
-	eventsByID, eventsByChannel, eventsBySeq       string
-	eventsSince                                    string
-	heartbeat, consumerGone, lastActive            string
-	cleanup                                        string
+	enqueue, enqueueSession, lockSessions        string
+	claim, nextDue, unclaim                      string
+	ack, ackSession, nack, extend                string
+	putReplies, getReplies, notify, repliesSince string
+	deadLetter                                   string
+	lockEvents, appendEvents                     string
+	eventsByID, eventsByChannel, eventsBySeq     string
+	eventsSince                                  string
+	heartbeat, consumerGone, lastActive          string
+	cleanup                                      string
 }
 
 // msgCols are the columns of a stored message, in the order scanMessage
@@ -49,9 +50,10 @@ const eventCols = "seq, correlation_id, channel, type, at, data"
 // COMMITTED and with SKIP LOCKED:
 //
 //   - Enqueues of a session request take an advisory lock on its queue and
-//     session key (sessionLockKey, lockSessions) before the insert gives it
-//     its seq, and hold it to their commit, which makes the row visible
-//     before the lock is released. So a session's rows become visible in
+//     session key (sessionLockKey; lockSessions, or enqueueSession when it
+//     can take it at once) before the insert gives it its seq, and hold it
+//     to their commit, which makes the row visible before the lock is
+//     released. So a session's rows become visible in
 //     seq order: a snapshot that has a row of the session also has every
 //     row of the session with a lower seq, unless that row was deleted
 //     before it. (The identity sequence must not be cached per connection,
@@ -73,22 +75,20 @@ const eventCols = "seq, correlation_id, channel, type, at, data"
 const headOfSession = `(r.session_key IS NULL OR NOT EXISTS (
 	SELECT FROM {s}.requests o WHERE o.queue = r.queue AND o.session_key = r.session_key AND o.seq < r.seq))`
 
-func newQueries(schema string) queries {
-	r := strings.NewReplacer("{s}", ident(schema), "{msg}", msgCols, "{reply}", replyCols, "{event}", eventCols,
-		"{us}", "* interval '1 microsecond'", "{head}", strings.ReplaceAll(headOfSession, "{s}", ident(schema)))
-	sub := func(sql string) string { return strings.TrimSpace(r.Replace(sql)) }
-	return queries{
-		// Stores a batch of requests whose ids were not seen within the dedupe
-		// window ($16), and returns the queues stored on. The ids of one batch
-		// are distinct. A request is due at its not_before ($15), or now. The
-		// rows take their seqs in the batch's order.
-		enqueue: sub(`
-WITH input AS (
+// enqueueStatement is the enqueue statement: a CTE may come before input
+// (gate), input's rows may be filtered (gated), and result is the final
+// SELECT.
+func enqueueStatement(gate, gated, result string) string {
+	return strings.NewReplacer("{gate}", gate, "{gated}", gated, "{result}", result).Replace(enqueueTemplate)
+}
+
+const enqueueTemplate = `
+WITH {gate}input AS (
 	SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
 		$8::bytea[], $9::timestamptz[], $10::timestamptz[], $11::boolean[], $12::text[], $13::text[], $14::text[],
 		$15::timestamptz[]) WITH ORDINALITY
 		AS m(queue, id, correlation_id, reply_to, type, content_type, headers, body, created_at, deadline, track, channel,
-			session_key, reply_session, not_before, ord)
+			session_key, reply_session, not_before, ord){gated}
 ), fresh AS (
 	INSERT INTO {s}.dedupe AS d (kind, key) SELECT 'r', id FROM input
 	ON CONFLICT (kind, key) DO UPDATE SET at = now() WHERE d.at < now() - $16::bigint {us}
@@ -101,12 +101,31 @@ WITH input AS (
 	FROM input WHERE id IN (SELECT key FROM fresh) ORDER BY ord
 	RETURNING queue
 )
-SELECT DISTINCT queue FROM stored`),
+{result}`
+
+func newQueries(schema string) queries {
+	r := strings.NewReplacer("{s}", ident(schema), "{msg}", msgCols, "{reply}", replyCols, "{event}", eventCols,
+		"{us}", "* interval '1 microsecond'", "{head}", strings.ReplaceAll(headOfSession, "{s}", ident(schema)))
+	sub := func(sql string) string { return strings.TrimSpace(r.Replace(sql)) }
+	return queries{
+		// Stores a batch of requests whose ids were not seen within the dedupe
+		// window ($16), and returns the queues stored on. The ids of one batch
+		// are distinct. A request is due at its not_before ($15), or now. The
+		// rows take their seqs in the batch's order.
+		enqueue: sub(enqueueStatement("", "", "SELECT DISTINCT queue FROM stored")),
+
+		// enqueue for the requests of one session (or of several sharing the
+		// enqueue lock $17, see sessionLockKey), if it can take that lock
+		// without waiting: else it stores nothing. Returns whether it took the
+		// lock (held to the end of the transaction) and the queues stored on.
+		enqueueSession: sub(enqueueStatement("locked AS (SELECT pg_try_advisory_xact_lock($17) AS ok), ",
+			" WHERE (SELECT ok FROM locked)", "SELECT ok, ARRAY(SELECT DISTINCT queue FROM stored) FROM locked")),
 
 		// Takes the enqueue locks $1 (sessionLockKey, sorted and distinct, so
-		// that two batches cannot deadlock), held to the end of the
-		// transaction. Run before the enqueue statement of a batch with
-		// session requests: see headOfSession.
+		// that two callers taking the same ones cannot deadlock), waiting for
+		// those that are busy, held to the end of the transaction. Run before
+		// the enqueue statement of session requests (EnqueueTx, and Enqueue
+		// after enqueueSession found the lock busy): see headOfSession.
 		lockSessions: sub(`SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k`),
 
 		// Leases up to $2 due requests of queue $1 for $3: of a session, only

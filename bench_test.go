@@ -27,23 +27,8 @@ func BenchmarkRoundTrip(b *testing.B) {
 	}{{"always", rsvpnats.SyncAlways}, {"interval", rsvpnats.SyncInterval}} {
 		for _, conc := range []int{1, 64} {
 			b.Run(fmt.Sprintf("sync=%s/c=%d", sync.name, conc), func(b *testing.B) {
-				be, err := rsvpnats.Embedded(b.TempDir(), rsvpnats.Options{Sync: sync.mode})
-				if err != nil {
-					b.Fatal(err)
-				}
-				defer be.Close()
 				ctx := context.Background()
-				c, err := rsvp.New(ctx, be, rsvp.Config{})
-				if err != nil {
-					b.Fatal(err)
-				}
-				defer c.Close(ctx)
-				_, err = c.Handle("echo", rsvp.HandlerFunc(func(ctx context.Context, m *rsvp.Message) (*rsvp.Reply, error) {
-					return &rsvp.Reply{Body: m.Body}, nil
-				}), rsvp.HandleOptions{Concurrency: max(conc, 8)})
-				if err != nil {
-					b.Fatal(err)
-				}
+				c := echoClient(b, rsvpnats.Options{Sync: sync.mode}, max(conc, 8))
 				runClosedLoop(b, conc, func() error {
 					_, err := c.Request(ctx, "echo", &rsvp.Message{Body: body1K})
 					return err
@@ -54,6 +39,30 @@ func BenchmarkRoundTrip(b *testing.B) {
 }
 
 var body1K = make([]byte, 1024)
+
+// echoClient returns a client on a fresh embedded engine on disk with a
+// responder of the queue "echo" that answers with the request's body, all
+// closed when b ends.
+func echoClient(b *testing.B, opts rsvpnats.Options, concurrency int) *rsvp.Client {
+	b.Helper()
+	be, err := rsvpnats.Embedded(b.TempDir(), opts)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { be.Close() })
+	c, err := rsvp.New(context.Background(), be, rsvp.Config{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { c.Close(context.Background()) })
+	_, err = c.Handle("echo", rsvp.HandlerFunc(func(ctx context.Context, m *rsvp.Message) (*rsvp.Reply, error) {
+		return &rsvp.Reply{Body: m.Body}, nil
+	}), rsvp.HandleOptions{Concurrency: concurrency})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return c
+}
 
 // runClosedLoop runs b.N calls of op from conc goroutines and reports
 // throughput and latency percentiles.
@@ -209,23 +218,8 @@ func BenchmarkWaiters(b *testing.B) {
 func BenchmarkSessions(b *testing.B) {
 	for _, keys := range []int{0, 64, 8} {
 		b.Run(fmt.Sprintf("keys=%d", keys), func(b *testing.B) {
-			be, err := rsvpnats.Embedded(b.TempDir(), rsvpnats.Options{})
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer be.Close()
 			ctx := context.Background()
-			c, err := rsvp.New(ctx, be, rsvp.Config{})
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer c.Close(ctx)
-			_, err = c.Handle("echo", rsvp.HandlerFunc(func(ctx context.Context, m *rsvp.Message) (*rsvp.Reply, error) {
-				return &rsvp.Reply{Body: m.Body}, nil
-			}), rsvp.HandleOptions{Concurrency: 64})
-			if err != nil {
-				b.Fatal(err)
-			}
+			c := echoClient(b, rsvpnats.Options{}, 64)
 			free := make(chan string, 64) // keys=64: each request takes a session no other is in
 			for i := range 64 {
 				free <- fmt.Sprintf("key-%d", i)

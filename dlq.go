@@ -76,19 +76,34 @@ func (c *Client) Attempts(ctx context.Context, correlationID string) ([]Attempt,
 		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
 	var out []Attempt
+	err := c.eachEvent(ctx, correlationID, func(ev *backend.Event) bool {
+		if a, ok := attemptOf(ev); ok {
+			out = append(out, a)
+		}
+		return true
+	})
+	if err != nil {
+		return nil, fmt.Errorf("rsvp: attempts of %s: %w", correlationID, err)
+	}
+	return out, nil
+}
+
+// eachEvent calls fn for the events of the request correlationID, oldest
+// first, until fn returns false.
+func (c *Client) eachEvent(ctx context.Context, correlationID string, fn func(*backend.Event) bool) error {
 	q := backend.EventQuery{CorrelationID: correlationID, Limit: 256}
 	for {
 		evs, err := c.b.Events(ctx, q)
 		if err != nil {
-			return nil, fmt.Errorf("rsvp: attempts of %s: %w", correlationID, err)
+			return err
 		}
 		for _, ev := range evs {
-			if a, ok := attemptOf(ev); ok {
-				out = append(out, a)
+			if !fn(ev) {
+				return nil
 			}
 		}
 		if len(evs) < q.Limit {
-			return out, nil
+			return nil
 		}
 		q.After = evs[len(evs)-1].Seq
 	}

@@ -118,22 +118,15 @@ const expiredText = "the deadline passed before a reply"
 // replayed reports whether the request correlationID was replayed from its
 // dead letter (its event log has a replayed event).
 func (c *Client) replayed(ctx context.Context, correlationID string) (bool, error) {
-	q := backend.EventQuery{CorrelationID: correlationID, Limit: 256}
-	for {
-		evs, err := c.b.Events(ctx, q)
-		if err != nil {
-			return false, fmt.Errorf("rsvp: events of %s: %w", correlationID, err)
-		}
-		for _, ev := range evs {
-			if ev.Type == backend.EventReplayed {
-				return true, nil
-			}
-		}
-		if len(evs) < q.Limit {
-			return false, nil
-		}
-		q.After = evs[len(evs)-1].Seq
+	replayed := false
+	err := c.eachEvent(ctx, correlationID, func(ev *backend.Event) bool {
+		replayed = ev.Type == backend.EventReplayed
+		return !replayed
+	})
+	if err != nil {
+		return false, fmt.Errorf("rsvp: events of %s: %w", correlationID, err)
 	}
+	return replayed, nil
 }
 
 // storeExpired stores the expired reply of correlationID at replyTo. It

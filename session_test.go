@@ -259,15 +259,20 @@ func TestSessionBadInput(t *testing.T) {
 	if _, err := c.SessionReplies(ctx, "", 0); !errors.Is(err, rsvp.ErrInvalid) {
 		t.Errorf("empty reply session: got %v, want ErrInvalid", err)
 	}
-	// Nothing refused was stored.
-	cons, err := c.Consume(ctx, "q", rsvp.HandleOptions{})
+	nothingQueued(t, c, "q") // nothing refused was stored
+}
+
+// nothingQueued asserts that queue has no request to hand out.
+func nothingQueued(t *testing.T, c *testClient, queue string) {
+	t.Helper()
+	cons, err := c.Consume(context.Background(), queue, rsvp.HandleOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer cons.Close()
-	nctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
-	if l, err := cons.Next(nctx); err == nil {
-		t.Fatalf("a refused request was stored: %s", l.Message().ID)
+	if l, err := cons.Next(ctx); err == nil {
+		t.Fatalf("queue %s has request %s", queue, l.Message().ID)
 	}
 }

@@ -27,6 +27,21 @@ func (e *env) submit(queue string, hdr map[string]string, body string) string {
 	return decode(e.t, data)["id"].(string)
 }
 
+// nothingQueued asserts that queue has no request to hand out.
+func (e *env) nothingQueued(queue string) {
+	e.t.Helper()
+	cons, err := e.Client.Consume(context.Background(), queue, rsvp.HandleOptions{})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer cons.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	if l, err := cons.Next(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		e.t.Fatalf("queue %s has a request: %v %v", queue, l, err)
+	}
+}
+
 // waitState polls the status of id until it is state.
 func (e *env) waitState(id, state string) map[string]any {
 	e.t.Helper()
@@ -131,17 +146,7 @@ func TestUnknownAndBadInput(t *testing.T) {
 			t.Errorf("%s: %d %s", c.name, resp.StatusCode, data)
 		}
 	}
-	// Nothing of the refused submissions was enqueued.
-	cons, err := e.Client.Consume(context.Background(), "q", rsvp.HandleOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cons.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
-	defer cancel()
-	if l, err := cons.Next(ctx); !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("a refused submission was enqueued: %v %v", l, err)
-	}
+	e.nothingQueued("q") // nothing of the refused submissions was enqueued
 	if resp, _ := e.do("GET", "/v1/nothing", nil, ""); resp.StatusCode != 404 {
 		t.Errorf("unknown path: %d", resp.StatusCode)
 	}

@@ -331,8 +331,9 @@ func (c *Client) Request(ctx context.Context, queue string, msg *Message) (*Repl
 	outcome := "error"
 	if r != nil {
 		outcome = string(r.Status)
-		// Link to the responder's attempt that replied.
-		span.AddLink(trace.LinkFromContext(c.tel.extract(ctx, r.Headers)))
+		if span.IsRecording() { // link to the responder's attempt that replied
+			span.AddLink(trace.LinkFromContext(c.tel.extract(ctx, r.Headers)))
+		}
 	}
 	span.SetAttributes(attribute.String("rsvp.outcome", outcome))
 	if err != nil {

@@ -212,8 +212,11 @@ func (c *consumer) Close() error {
 	c.once.Do(func() {
 		c.cancel()
 		c.wg.Wait()
-		c.ses.release()
+		// Unsubscribe first: a pull of this consumer still waiting at the
+		// server then has no interest, and what is handed back below goes
+		// to another consumer, not to it.
 		_ = c.sub.Unsubscribe()
+		c.ses.release()
 		for {
 			select {
 			case m := <-c.msgs:

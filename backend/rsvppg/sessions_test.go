@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -295,15 +296,15 @@ func TestSessionBatchClaim(t *testing.T) {
 	got := make(chan backend.Delivery, 64)
 	ctx, cancel := context.WithTimeout(s.ctx, 2*time.Second)
 	defer cancel()
+	var wg sync.WaitGroup
 	for range 30 {
-		go func() {
+		wg.Go(func() {
 			if d, err := c.Next(ctx); err == nil {
 				got <- d
 			}
-		}()
+		})
 	}
-	<-ctx.Done()
-	time.Sleep(100 * time.Millisecond) // deliveries handed out as ctx ended
+	wg.Wait() // every caller returned: with a delivery, or when ctx ended
 	close(got)
 	bySession := map[string]int{}
 	n := 0

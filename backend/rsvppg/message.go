@@ -64,15 +64,7 @@ func (b *Backend) checkMessage(m *backend.Message) error {
 	if m.Channel != "" {
 		errs = append(errs, backend.ValidateChannel(m.Channel))
 	}
-	if m.SessionKey != "" {
-		errs = append(errs, backend.ValidateSessionKey("session key", m.SessionKey))
-		if m.NotBefore.After(time.Now()) {
-			errs = append(errs, errors.New("a request with a session key cannot be scheduled (NotBefore in the future)"))
-		}
-	}
-	if m.ReplySession != "" {
-		errs = append(errs, backend.ValidateSessionKey("reply session", m.ReplySession))
-	}
+	errs = append(errs, backend.CheckSession(m))
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}

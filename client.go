@@ -34,9 +34,12 @@ type Config struct {
 	// Logger receives log lines about requests. Default: discard.
 	Logger *slog.Logger
 	// TracerProvider makes the spans of sends, requests and handler
-	// attempts; their trace context travels in the W3C traceparent and
-	// tracestate headers of requests and replies. Default: the global
-	// provider (otel.GetTracerProvider, a no-op unless set).
+	// attempts; their W3C trace context travels with requests and replies
+	// (Message.TraceParent, Reply.TraceParent). The spans of Request and
+	// of attempts get their attributes when they end, with the outcome, so
+	// a sampler sees only their names ("rsvp.request QUEUE", "rsvp.handle
+	// QUEUE") and parents. Default: the global provider
+	// (otel.GetTracerProvider, a no-op unless set).
 	TracerProvider trace.TracerProvider
 	// MaxDelay bounds how far ahead Message.NotBefore may schedule a
 	// request. Default 90 days.
@@ -183,12 +186,10 @@ func (c *Client) Send(ctx context.Context, queue string, msg *Message) (Ticket, 
 func (c *Client) send(ctx context.Context, m *Message, ownSpan bool) (Ticket, error) {
 	span := trace.SpanFromContext(ctx)
 	if ownSpan {
-		ctx, span = c.tel.tracer.Start(ctx, "rsvp.send "+m.Queue, trace.WithSpanKind(trace.SpanKindProducer),
-			trace.WithAttributes(attribute.String("messaging.system", "rsvp"), queueAttr(m.Queue),
-				attribute.String("messaging.message.id", m.ID), attribute.String("rsvp.correlation_id", m.CorrelationID)))
+		ctx, span = c.tel.startSend(ctx, m)
 		defer span.End()
 	}
-	c.tel.inject(ctx, &m.Headers)
+	putTraceContext(ctx, &m.TraceParent, &m.TraceState)
 	if err := c.b.Enqueue(ctx, m); err != nil {
 		span.RecordError(err)
 		span.SetStatus(codes.Error, "not stored")
@@ -197,7 +198,7 @@ func (c *Client) send(ctx context.Context, m *Message, ownSpan bool) (Ticket, er
 		}
 		return Ticket{}, fmt.Errorf("rsvp: send to %s: %w", m.Queue, err)
 	}
-	c.tel.sent.Add(ctx, 1, c.tel.onQueue(m.Queue, "", ""))
+	c.tel.sent.Add(context.Background(), 1, c.tel.queue(m.Queue).labels)
 	c.cfg.Logger.DebugContext(ctx, "rsvp: sent", "queue", m.Queue, "id", m.ID, "correlation_id", m.CorrelationID)
 	return Ticket{ID: m.ID, CorrelationID: m.CorrelationID, Queue: m.Queue}, nil
 }
@@ -233,7 +234,8 @@ func (c *Client) prepare(queue string, msg *Message) (*Message, error) {
 		m.NotBefore = time.Time{} // due already: at once
 	}
 	errs := []error{backend.ValidateName("queue", queue), backend.ValidateName("id", m.ID),
-		backend.ValidateName("correlation id", m.CorrelationID), checkHeaders(m.Headers, "Message.ContentType")}
+		backend.ValidateName("correlation id", m.CorrelationID), checkHeaders(m.Headers, "Message.ContentType"),
+		checkTraceContext(m.TraceParent, m.TraceState)}
 	if err := backend.CheckSession(&m); err != nil {
 		errs = append(errs, err)
 	}
@@ -255,6 +257,8 @@ func checkHeaders(h map[string]string, contentTypeField string) error {
 	var errs []error
 	for k, v := range h {
 		switch {
+		case strings.EqualFold(k, "traceparent") || strings.EqualFold(k, "tracestate"):
+			errs = append(errs, fmt.Errorf("header %q is reserved: rsvp sets the trace context from the context's span", k))
 		case backend.ReservedHeader(k):
 			errs = append(errs, fmt.Errorf("header %q uses a reserved prefix (Rsvp-, Nats-) or name (Content-Type: use %s)", k, contentTypeField))
 		case !validHeaderKey(k):
@@ -264,6 +268,17 @@ func checkHeaders(h map[string]string, contentTypeField string) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// checkTraceContext reports a trace context (Message.TraceParent and
+// TraceState, or Reply's) set by hand that the wire format cannot carry.
+// rsvp writes them from the context's span; one given by hand travels only
+// when the context has no span.
+func checkTraceContext(parent, state string) error {
+	if strings.ContainsAny(parent+state, "\r\n") {
+		return errors.New("TraceParent or TraceState has a line break")
+	}
+	return nil
 }
 
 func validHeaderKey(k string) bool {
@@ -302,14 +317,13 @@ func (c *Client) Request(ctx context.Context, queue string, msg *Message) (*Repl
 	if err := c.checkResponders(ctx, queue); err != nil {
 		return nil, err
 	}
-	ctx, span := c.tel.tracer.Start(ctx, "rsvp.request "+queue, trace.WithSpanKind(trace.SpanKindProducer),
-		trace.WithAttributes(attribute.String("messaging.system", "rsvp"), queueAttr(queue),
-			attribute.String("messaging.message.id", m.ID), attribute.String("rsvp.correlation_id", m.CorrelationID)))
-	defer span.End()
+	tq := c.tel.queue(queue)
+	ctx, span := c.tel.startRequest(ctx, tq)
 	start := time.Now()
 	ch := c.waiters.add(m.CorrelationID)
 	defer c.waiters.remove(m.CorrelationID, ch)
 	if _, err := c.send(ctx, m, false); err != nil {
+		c.tel.endRequestSpan(span, tq, m, nil, "error")
 		return nil, err
 	}
 	// A caller-chosen id may have been answered before (dedupe).
@@ -328,18 +342,7 @@ func (c *Client) Request(ctx context.Context, queue string, msg *Message) (*Repl
 		}
 		cancel()
 	}
-	outcome := "error"
-	if r != nil {
-		outcome = string(r.Status)
-		if span.IsRecording() { // link to the responder's attempt that replied
-			span.AddLink(trace.LinkFromContext(c.tel.extract(ctx, r.Headers)))
-		}
-	}
-	span.SetAttributes(attribute.String("rsvp.outcome", outcome))
-	if err != nil {
-		span.SetStatus(codes.Error, outcome)
-	}
-	c.tel.roundTrip.Record(ctx, time.Since(start).Seconds(), c.tel.onQueue(queue, "outcome", outcome))
+	c.tel.endRequest(ctx, span, tq, m, r, err, time.Since(start))
 	return r, err
 }
 

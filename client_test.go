@@ -199,6 +199,9 @@ func TestBadInput(t *testing.T) {
 		{"long queue", strings.Repeat("q", 200), &rsvp.Message{}, rsvp.ErrInvalid, "longer than 128"},
 		{"bad id", "good", &rsvp.Message{ID: "a b"}, rsvp.ErrInvalid, `id "a b"`},
 		{"reserved header", "good", &rsvp.Message{Headers: map[string]string{"Rsvp-Status": "x"}}, rsvp.ErrInvalid, "reserved"},
+		{"trace header", "good", &rsvp.Message{Headers: map[string]string{"TraceParent": "00-x"}}, rsvp.ErrInvalid,
+			`header "TraceParent" is reserved: rsvp sets the trace context from the context's span`},
+		{"trace context", "good", &rsvp.Message{TraceParent: "00-x\r\nRsvp-Id: y"}, rsvp.ErrInvalid, "TraceParent or TraceState has a line break"},
 		{"body too large", "good", &rsvp.Message{Body: make([]byte, 1025)}, rsvp.ErrTooLarge, "1025 bytes, limit 1024"},
 		{"nil message", "good", nil, rsvp.ErrInvalid, "nil message"},
 	} {

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/rsvp-go/rsvp/backend"
@@ -225,6 +226,9 @@ func (c *Client) replay(ctx context.Context, dl *DeadLetter) (Ticket, error) {
 			return fail(err)
 		}
 	}
+	if err := c.recordDeadLettered(ctx, dl); err != nil {
+		return fail(err)
+	}
 	data, _ := json.Marshal(map[string]string{"dead_letter": dl.Key, "id": m.ID}) // plain strings always encode
 	ev := &backend.Event{CorrelationID: m.CorrelationID, Channel: eventChannel(&m), Type: backend.EventReplayed,
 		At: time.Now(), Data: data, DedupeKey: m.ID + ":replayed"}
@@ -235,6 +239,51 @@ func (c *Client) replay(ctx context.Context, dl *DeadLetter) (Ticket, error) {
 		return fail(err)
 	}
 	return t, c.deleteReplayed(ctx, dl, t)
+}
+
+// recordDeadLettered appends the final event of a dead letter's request,
+// as its responder does just after it stores the failure reply, if the
+// request's history does not have it yet. A replay made right after the
+// failure then still comes after it in the history; the responder's own
+// append, if it comes later, is a duplicate (same dedupe key) and is
+// dropped. The history is read in runs: each replayed event starts the
+// run of the request it names; the first run is the original request's.
+func (c *Client) recordDeadLettered(ctx context.Context, dl *DeadLetter) error {
+	old := dl.Message
+	var run []*backend.Event // old's run so far
+	err := c.eachEvent(ctx, old.CorrelationID, func(ev *backend.Event) bool {
+		if ev.Type == backend.EventReplayed && replayedID(ev) == old.ID {
+			run = run[:0] // old's run starts after this event
+			return true
+		}
+		run = append(run, ev)
+		return true
+	})
+	if err != nil {
+		return err
+	}
+	for _, ev := range run {
+		// A final event is recorded already, or old was replayed since.
+		if ev.Type == backend.EventReplayed || slices.Contains(statuses[:], backend.Status(ev.Type)) {
+			return nil
+		}
+	}
+	at := dl.At
+	if at.IsZero() {
+		at = time.Now()
+	}
+	data, _ := json.Marshal(map[string]any{"code": dl.Reason, "message": cut(dl.LastError), "attempt": old.Attempt}) // plain values always encode
+	return c.b.AppendEvent(ctx, &backend.Event{CorrelationID: old.CorrelationID, Channel: eventChannel(old),
+		Type: string(failureStatus(dl.Reason)), At: at, Data: data, DedupeKey: finalKey(old)})
+}
+
+// replayedID returns the id of the request a replayed event sent, or "".
+func replayedID(ev *backend.Event) string {
+	var d struct {
+		ID string `json:"id"`
+	}
+	_ = json.Unmarshal(ev.Data, &d) // a foreign writer's event names none
+	return d.ID
 }
 
 func (c *Client) deleteReplayed(ctx context.Context, dl *DeadLetter, t Ticket) error {

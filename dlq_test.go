@@ -3,6 +3,7 @@ package rsvp_test
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -72,6 +73,98 @@ func TestReplayAfterFix(t *testing.T) {
 	if n := runs.Load(); n != 2 {
 		t.Fatalf("handler ran %d times, want 2", n)
 	}
+}
+
+// TestReplayRightAfterFailure: a replay made between a responder's storing
+// the failure reply and its recording the final event still comes after
+// that final event in the request's history; the responder's late event
+// is not recorded twice.
+func TestReplayRightAfterFailure(t *testing.T) {
+	t.Parallel()
+	c := setup(t, rsvp.Config{})
+	ctx := ctxWithin(t, 10*time.Second)
+	const q = "dlqrace"
+	// Where the responder is: dead letter and failure reply stored, final event not yet.
+	m := storeDeadLetter(t, c, q)
+	id := m.ID
+	if err := c.be.PutReply(ctx, m.ReplyTo, &backend.Reply{CorrelationID: id, Status: backend.StatusFailed,
+		ErrorCode: rsvp.CodeFailed, ErrorMessage: "boom"}); err != nil {
+		t.Fatal(err)
+	}
+	dls := deadLetters(t, c, q)
+	if _, err := c.Replay(ctx, q, dls[0].Key); err != nil {
+		t.Fatal(err)
+	}
+	// The responder's own final event, late.
+	late := &backend.Event{CorrelationID: id, Type: string(backend.StatusFailed), At: time.Now(),
+		Data: []byte(`{"attempt":2,"code":"failed","message":"boom"}`), DedupeKey: id + ":final"}
+	if err := c.be.AppendEvent(ctx, late); err != nil {
+		t.Fatal(err)
+	}
+	evs := eventsOf(t, c, id)
+	var types []string
+	for _, ev := range evs {
+		types = append(types, ev.Type)
+	}
+	if len(types) != 2 || types[0] != "failed" || types[1] != backend.EventReplayed {
+		t.Fatalf("events %v; want failed, replayed", types)
+	}
+	as, err := c.Attempts(ctx, id)
+	if err != nil || len(as) != 1 || as[0].Attempt != 2 || as[0].Code != rsvp.CodeFailed || as[0].Error != "boom" || !as[0].Final {
+		t.Fatalf("attempts %+v, %v; want the dead-lettered attempt 2", as, err)
+	}
+}
+
+// TestReplayRecordsNoSecondFinalEvent: a replay records the final event
+// only when the history lacks it, also when other events follow it (a
+// webhook's) or its copy has no dedupe key (a foreign responder's), and not
+// after the request was replayed already.
+func TestReplayRecordsNoSecondFinalEvent(t *testing.T) {
+	t.Parallel()
+	c := setup(t, rsvp.Config{})
+	ctx := ctxWithin(t, 10*time.Second)
+	const q = "dlqonce"
+	m := storeDeadLetter(t, c, q)
+	id := m.ID
+	for _, typ := range []string{string(backend.StatusFailed), backend.EventWebhook} {
+		if err := c.be.AppendEvent(ctx, &backend.Event{CorrelationID: id, Type: typ, At: time.Now()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := c.Replay(ctx, q, deadLetters(t, c, q)[0].Key); err != nil {
+		t.Fatal(err)
+	}
+	// The request dead-lettered once more (a copy: the same one would be a
+	// duplicate), as if deleting the first had failed.
+	again := *m
+	again.Attempt = 3
+	if err := c.be.DeadLetter(ctx, &backend.DeadLetter{Message: &again, Reason: rsvp.CodeFailed, LastError: "boom", At: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Replay(ctx, q, deadLetters(t, c, q)[0].Key); err != nil {
+		t.Fatal(err)
+	}
+	var types []string
+	for _, ev := range eventsOf(t, c, id) {
+		types = append(types, ev.Type)
+	}
+	if want := []string{"failed", backend.EventWebhook, backend.EventReplayed, backend.EventReplayed}; !slices.Equal(types, want) {
+		t.Fatalf("events %v; want %v", types, want)
+	}
+}
+
+// storeDeadLetter stores a dead letter of queue, attempt 2 failed with
+// "boom", with no reply or event, and returns its request.
+func storeDeadLetter(t *testing.T, c *testClient, queue string) *rsvp.Message {
+	t.Helper()
+	id := rsvp.NewID()
+	m := &rsvp.Message{ID: id, CorrelationID: id, Queue: queue, ReplyTo: c.be.ReplyAddress("elsewhere", id), Body: []byte("x"),
+		Attempt: 2, CreatedAt: time.Now()}
+	dl := &backend.DeadLetter{Message: m, Reason: rsvp.CodeFailed, LastError: "boom", At: time.Now()}
+	if err := c.be.DeadLetter(ctxWithin(t, 5*time.Second), dl); err != nil {
+		t.Fatal(err)
+	}
+	return m
 }
 
 // deadLetter stores a dead letter of queue with reason, as a responder

@@ -65,8 +65,9 @@
 //
 // Config.TracerProvider and Config.MeterProvider (OpenTelemetry) trace each
 // request, its time in the queue and every handler attempt, across
-// processes (W3C traceparent in requests and replies), and count and time
-// them. The defaults are the global providers, no-ops unless set.
+// processes (W3C traceparent in requests and replies: Message.TraceParent),
+// and count and time them. The defaults are the global providers, no-ops
+// unless set. A handler's ctx carries its attempt's span.
 //
 // # Engines
 //

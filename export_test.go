@@ -11,3 +11,7 @@ func NewWaiters() *Waiters { return &waiters{m: make(map[string][]chan *Reply)} 
 func (w *Waiters) Add(id string) chan *Reply        { return w.add(id) }
 func (w *Waiters) Remove(id string, ch chan *Reply) { w.remove(id, ch) }
 func (w *Waiters) Deliver(r *Reply)                 { w.deliver(r) }
+
+// DiscardExporter is a span exporter that drops everything, for the
+// telemetry benchmarks.
+type DiscardExporter = dropSpans

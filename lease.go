@@ -19,6 +19,7 @@ type settler struct {
 	c    *Client
 	opts HandleOptions
 	log  *slog.Logger
+	tel  *queueTel // the queue's telemetry
 }
 
 // begin checks a fresh delivery before anyone works on it. It settles
@@ -33,9 +34,8 @@ func (r *settler) begin(ctx context.Context, d backend.Delivery) (a attempt, ok 
 	}
 	m := d.Message()
 	a = attempt{log: log, start: time.Now()}
-	a.ctx, a.span = r.c.tel.startAttempt(m)
+	a.ctx, a.span = r.c.tel.startAttempt(r.tel, m)
 	r.event(ctx, m, backend.EventRunning, map[string]any{"attempt": m.Attempt}, log)
-	r.c.tel.inFlight.Add(ctx, 1, r.c.tel.onQueue(m.Queue, "", ""))
 	return a, true
 }
 
@@ -49,8 +49,7 @@ type attempt struct {
 
 // end records the attempt's outcome.
 func (r *settler) end(a attempt, m *Message, outcome string, err error) {
-	r.c.tel.inFlight.Add(context.Background(), -1, r.c.tel.onQueue(m.Queue, "", ""))
-	r.c.tel.endAttempt(a.span, m, outcome, err, time.Since(a.start))
+	r.c.tel.endAttempt(r.tel, a.span, m, outcome, err, time.Since(a.start))
 }
 
 // check settles a delivery that needs no work and returns ok false for it.
@@ -108,7 +107,7 @@ func (r *settler) failed(ctx context.Context, d backend.Delivery, err error, log
 		r.fail(ctx, d, code, msg, log)
 		return outcomeFailed
 	default:
-		r.c.tel.retries.Add(ctx, 1, r.c.tel.onQueue(m.Queue, "", ""))
+		r.c.tel.retries.Add(ctx, 1, r.tel.labels)
 		delay := r.opts.Backoff(m.Attempt)
 		log.Info("rsvp: attempt failed, will retry", "err", err, "retry_in", delay)
 		// Recorded for every request, tracked or not: the attempt history
@@ -128,7 +127,7 @@ func (r *settler) checkReply(reply *Reply) error {
 	if len(reply.Body) > r.c.cfg.MaxBodySize {
 		return fmt.Errorf("reply body is %d bytes, limit %d", len(reply.Body), r.c.cfg.MaxBodySize)
 	}
-	if err := checkHeaders(reply.Headers, "Reply.ContentType"); err != nil {
+	if err := errors.Join(checkHeaders(reply.Headers, "Reply.ContentType"), checkTraceContext(reply.TraceParent, reply.TraceState)); err != nil {
 		return fmt.Errorf("reply: %w", err)
 	}
 	return nil
@@ -143,7 +142,7 @@ func (r *settler) finish(ctx context.Context, d backend.Delivery, reply *Reply, 
 	m := d.Message()
 	if m.ReplyTo != "" {
 		reply.CreatedAt = time.Now()
-		r.c.tel.inject(ctx, &reply.Headers) // the responder's span, for the requester to link to
+		putTraceContext(ctx, &reply.TraceParent, &reply.TraceState) // the responder's span, for the requester to link to
 		err := r.c.b.PutReply(ctx, m.ReplyTo, reply)
 		if errors.Is(err, backend.ErrTooLarge) && reply.Status == backend.StatusSucceeded {
 			// Retrying cannot make it fit: fail the request instead.
@@ -166,7 +165,7 @@ func (r *settler) finish(ctx context.Context, d backend.Delivery, reply *Reply, 
 		}
 		r.endEvent(ctx, m, reply, failed, log)
 		r.listReply(ctx, m, log)
-		r.c.tel.completed.Add(ctx, 1, r.c.tel.onQueue(m.Queue, "outcome", string(reply.Status)))
+		r.c.tel.completedOne(r.tel, reply.Status)
 	} else if failed {
 		r.endEvent(ctx, m, reply, failed, log) // no reply wanted, but a history
 	}
@@ -196,11 +195,15 @@ func (r *settler) fail(ctx context.Context, d backend.Delivery, code, msg string
 		return
 	}
 	msg = cut(msg)
-	status := backend.StatusFailed
+	r.finish(ctx, d, &Reply{CorrelationID: m.CorrelationID, Status: failureStatus(code), ErrorCode: code, ErrorMessage: msg}, true, log)
+}
+
+// failureStatus is the final status of a request dead-lettered with code.
+func failureStatus(code string) backend.Status {
 	if code == CodeExpired {
-		status = backend.StatusExpired
+		return backend.StatusExpired
 	}
-	r.finish(ctx, d, &Reply{CorrelationID: m.CorrelationID, Status: status, ErrorCode: code, ErrorMessage: msg}, true, log)
+	return backend.StatusFailed
 }
 
 // cut shortens an error text to maxErrorText.
@@ -303,7 +306,7 @@ func (c *Client) Consume(ctx context.Context, queue string, opts HandleOptions) 
 	if err != nil {
 		return nil, fmt.Errorf("rsvp: consume %s: %w", queue, err)
 	}
-	return &Consumer{settler: settler{c: c, opts: opts, log: c.cfg.Logger.With("queue", queue)}, cons: cons}, nil
+	return &Consumer{settler: settler{c: c, opts: opts, log: c.cfg.Logger.With("queue", queue), tel: c.tel.queue(queue)}, cons: cons}, nil
 }
 
 // Next waits for a request that needs work and leases it. Requests that

@@ -125,7 +125,7 @@ func (c *Client) handle(queue string, h Handler, opts HandleOptions) (*Responder
 	if err != nil {
 		return nil, fmt.Errorf("rsvp: handle %s: %w", queue, err)
 	}
-	r := &Responder{settler: settler{c: c, opts: opts, log: c.cfg.Logger.With("queue", queue)},
+	r := &Responder{settler: settler{c: c, opts: opts, log: c.cfg.Logger.With("queue", queue), tel: c.tel.queue(queue)},
 		queue: queue, h: h, cons: cons, stopped: make(chan struct{})}
 	r.fetchCtx, r.stopFetch = context.WithCancel(context.Background())
 	r.handleCtx, r.stopHandles = context.WithCancel(context.Background())

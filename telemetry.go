@@ -2,7 +2,8 @@ package rsvp
 
 import (
 	"context"
-	"maps"
+	"encoding/hex"
+	"slices"
 	"sync"
 	"time"
 
@@ -12,6 +13,8 @@ import (
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/rsvp-go/rsvp/backend"
 )
 
 // instrumentation is the name rsvp's tracer and meter report.
@@ -32,15 +35,45 @@ const (
 type telemetry struct {
 	tracer trace.Tracer
 	prop   propagation.TextMapPropagator
+	queues sync.Map // queue name → *queueTel
 	labels sync.Map // label values → metric.MeasurementOption, built once
 
 	sent         metric.Int64Counter
 	completed    metric.Int64Counter
+	inFlight     metric.Int64UpDownCounter
 	roundTrip    metric.Float64Histogram
 	handlerTime  metric.Float64Histogram
 	retries      metric.Int64Counter
 	deadLettered metric.Int64Counter
-	inFlight     metric.Int64UpDownCounter
+}
+
+// queueTel is what telemetry keeps per queue, made once: span names and
+// attributes, and metric labels. Making them per call is a noticeable
+// share of a round trip's CPU.
+type queueTel struct {
+	name                    string
+	requestSpan, handleSpan string
+	attr                    attribute.KeyValue       // messaging.destination.name
+	labels                  metric.MeasurementOption // the queue alone
+	byStatus                [len(statuses)]metric.MeasurementOption
+}
+
+// statuses are the final statuses a reply (and a final event) can have,
+// the outcomes of rsvp.requests.completed.
+var statuses = [...]backend.Status{backend.StatusSucceeded, backend.StatusFailed, backend.StatusExpired, backend.StatusCancelled}
+
+// queue returns the telemetry of the named queue.
+func (t *telemetry) queue(name string) *queueTel {
+	if q, ok := t.queues.Load(name); ok {
+		return q.(*queueTel)
+	}
+	q := &queueTel{name: name, requestSpan: "rsvp.request " + name, handleSpan: "rsvp.handle " + name, attr: queueAttr(name)}
+	q.labels = metric.WithAttributeSet(attribute.NewSet(q.attr))
+	for i, st := range statuses {
+		q.byStatus[i] = metric.WithAttributeSet(attribute.NewSet(q.attr, attribute.String("outcome", string(st))))
+	}
+	got, _ := t.queues.LoadOrStore(name, q)
+	return got.(*queueTel)
 }
 
 func newTelemetry(tp trace.TracerProvider, mp metric.MeterProvider, w *waiters) (*telemetry, error) {
@@ -59,10 +92,6 @@ func newTelemetry(tp trace.TracerProvider, mp metric.MeterProvider, w *waiters) 
 		}
 	}
 	var e error
-	t.sent, e = m.Int64Counter("rsvp.requests.sent", metric.WithDescription("Requests stored on a queue."))
-	must(e)
-	t.completed, e = m.Int64Counter("rsvp.requests.completed", metric.WithDescription("Requests given a final reply by a responder, by outcome."))
-	must(e)
 	t.roundTrip, e = m.Float64Histogram("rsvp.request.duration", metric.WithUnit("s"),
 		metric.WithDescription("Round trip of Request, from send to reply, by outcome."), metric.WithExplicitBucketBoundaries(latencyBuckets...))
 	must(e)
@@ -72,6 +101,10 @@ func newTelemetry(tp trace.TracerProvider, mp metric.MeterProvider, w *waiters) 
 	t.retries, e = m.Int64Counter("rsvp.handler.retries", metric.WithDescription("Failed attempts that will be retried."))
 	must(e)
 	t.deadLettered, e = m.Int64Counter("rsvp.requests.dead_lettered", metric.WithDescription("Requests dead-lettered, by reason."))
+	must(e)
+	t.sent, e = m.Int64Counter("rsvp.requests.sent", metric.WithDescription("Requests stored on a queue."))
+	must(e)
+	t.completed, e = m.Int64Counter("rsvp.requests.completed", metric.WithDescription("Requests given a final reply by a responder, by outcome."))
 	must(e)
 	t.inFlight, e = m.Int64UpDownCounter("rsvp.handler.in_flight", metric.WithDescription("Handler attempts running now."))
 	must(e)
@@ -93,68 +126,186 @@ func queueAttr(queue string) attribute.KeyValue {
 
 type labelKey struct{ queue, key, value string }
 
-// onQueue returns the metric labels of queue, plus key=value if key is
-// set. The label sets are made once and reused: making one per
-// measurement is a noticeable share of a round trip's CPU.
+// onQueue returns the metric labels of queue plus key=value. The label
+// sets are made once and reused: making one per measurement is a
+// noticeable share of a round trip's CPU.
 func (t *telemetry) onQueue(queue, key, value string) metric.MeasurementOption {
 	k := labelKey{queue, key, value}
 	if o, ok := t.labels.Load(k); ok {
 		return o.(metric.MeasurementOption)
 	}
-	attrs := []attribute.KeyValue{queueAttr(queue)}
-	if key != "" {
-		attrs = append(attrs, attribute.String(key, value))
-	}
-	o, _ := t.labels.LoadOrStore(k, metric.WithAttributeSet(attribute.NewSet(attrs...)))
+	o, _ := t.labels.LoadOrStore(k, metric.WithAttributeSet(attribute.NewSet(queueAttr(queue), attribute.String(key, value))))
 	return o.(metric.MeasurementOption)
 }
 
-// inject writes ctx's trace context (W3C traceparent, tracestate) into a
-// copy of *headers.
-func (t *telemetry) inject(ctx context.Context, headers *map[string]string) {
-	if !trace.SpanContextFromContext(ctx).IsValid() {
-		return
-	}
-	h := make(map[string]string, len(*headers)+2)
-	maps.Copy(h, *headers)
-	t.prop.Inject(ctx, propagation.MapCarrier(h))
-	*headers = h
+// startSend starts the span of Send for m.
+func (t *telemetry) startSend(ctx context.Context, m *Message) (context.Context, trace.Span) {
+	return t.tracer.Start(ctx, "rsvp.send "+m.Queue, trace.WithSpanKind(trace.SpanKindProducer),
+		trace.WithAttributes(messageAttrs(t.queue(m.Queue), m)...))
 }
 
-// extract returns ctx with the remote span context carried by headers.
-func (t *telemetry) extract(ctx context.Context, headers map[string]string) context.Context {
-	return t.prop.Extract(ctx, propagation.MapCarrier(headers))
+// messageAttrs are the span attributes of a request.
+func messageAttrs(q *queueTel, m *Message, more ...attribute.KeyValue) []attribute.KeyValue {
+	attrs := make([]attribute.KeyValue, 0, 4+len(more))
+	attrs = append(attrs, attribute.String("messaging.system", "rsvp"), q.attr,
+		attribute.String("messaging.message.id", m.ID), attribute.String("rsvp.correlation_id", m.CorrelationID))
+	return append(attrs, more...)
+}
+
+// The start options of the spans of a round trip, made once. These spans
+// get their attributes when they end, with their outcome, in one call:
+// setting them at the start as well costs several allocations per span.
+var (
+	producerSpan = []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindProducer)}
+	consumerSpan = []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindConsumer)}
+)
+
+// startRequest starts the span of Request on q; endRequest ends it.
+func (t *telemetry) startRequest(ctx context.Context, q *queueTel) (context.Context, trace.Span) {
+	return t.tracer.Start(ctx, q.requestSpan, producerSpan...)
+}
+
+// endRequest records the outcome of Request for m on its span, and ends
+// it, and on metrics: r is the reply, if any, and took the round trip.
+func (t *telemetry) endRequest(ctx context.Context, span trace.Span, q *queueTel, m *Message, r *Reply, err error, took time.Duration) {
+	outcome := "error"
+	if r != nil {
+		outcome = string(r.Status)
+	}
+	if span.IsRecording() && err != nil {
+		span.SetStatus(codes.Error, outcome)
+	}
+	t.endRequestSpan(span, q, m, r, outcome)
+	t.roundTrip.Record(ctx, took.Seconds(), t.outcome(q, outcome))
+}
+
+// endRequestSpan sets the attributes of Request's span for m, with the
+// reply r if any, and ends it. A request that was not stored ends here:
+// it was no round trip.
+func (t *telemetry) endRequestSpan(span trace.Span, q *queueTel, m *Message, r *Reply, outcome string) {
+	if span.IsRecording() {
+		span.SetAttributes(messageAttrs(q, m, attribute.String("rsvp.outcome", outcome))...)
+		if r != nil { // link to the responder's attempt that replied
+			span.AddLink(trace.Link{SpanContext: t.remote(r.TraceParent, r.TraceState)})
+		}
+	}
+	span.End()
+}
+
+// completedOne counts a final reply stored for a request of q. Counters
+// are recorded without the context: an exemplar per count is not worth its
+// cost.
+func (t *telemetry) completedOne(q *queueTel, status backend.Status) {
+	t.completed.Add(context.Background(), 1, t.outcome(q, string(status)))
+}
+
+// outcome returns the metric labels of q with outcome.
+func (t *telemetry) outcome(q *queueTel, outcome string) metric.MeasurementOption {
+	if i := slices.Index(statuses[:], backend.Status(outcome)); i >= 0 {
+		return q.byStatus[i]
+	}
+	return t.onQueue(q.name, "outcome", outcome)
+}
+
+// putTraceContext sets *parent and *state (Message.TraceParent and
+// TraceState, or Reply's) to ctx's W3C trace context, if ctx has a valid
+// span context; otherwise it leaves them as they are.
+func putTraceContext(ctx context.Context, parent, state *string) {
+	if sc := trace.SpanContextFromContext(ctx); sc.IsValid() {
+		*parent, *state = traceparent(sc), sc.TraceState().String()
+	}
+}
+
+// traceFlags are the trace flags W3C Trace Context defines, the ones
+// propagated: sampled and random.
+const traceFlags = trace.FlagsSampled | trace.FlagsRandom
+
+// traceparent formats sc as a W3C traceparent (version 00). It is what
+// propagation.TraceContext writes, without its carrier and allocations.
+func traceparent(sc trace.SpanContext) string {
+	var b [55]byte
+	tid, sid, flags := sc.TraceID(), sc.SpanID(), [1]byte{byte(sc.TraceFlags() & traceFlags)}
+	copy(b[:], "00-")
+	hex.Encode(b[3:35], tid[:])
+	b[35] = '-'
+	hex.Encode(b[36:52], sid[:])
+	b[52] = '-'
+	hex.Encode(b[53:], flags[:])
+	return string(b[:])
+}
+
+// remote returns the span context of a traceparent and tracestate (from
+// Message or Reply), or an invalid one if there is none. Version 00
+// traceparents, the ones rsvp writes, are parsed here; others go through
+// propagation.TraceContext, which knows the rules for versions to come.
+func (t *telemetry) remote(tp, ts string) trace.SpanContext {
+	if tp == "" {
+		return trace.SpanContext{}
+	}
+	if len(tp) != 55 || tp[:3] != "00-" || tp[35] != '-' || tp[52] != '-' {
+		carrier := propagation.MapCarrier{"traceparent": tp, "tracestate": ts}
+		return trace.SpanContextFromContext(t.prop.Extract(context.Background(), carrier))
+	}
+	tid, err1 := trace.TraceIDFromHex(tp[3:35])
+	sid, err2 := trace.SpanIDFromHex(tp[36:52])
+	flags, ok := hexByte(tp[53], tp[54])
+	if err1 != nil || err2 != nil || !ok || flags > 3 { // version 00 reserves the other flag bits
+		return trace.SpanContext{}
+	}
+	cfg := trace.SpanContextConfig{TraceID: tid, SpanID: sid, TraceFlags: trace.TraceFlags(flags) & traceFlags, Remote: true}
+	if ts != "" {
+		// A malformed tracestate is dropped; the traceparent stands.
+		cfg.TraceState, _ = trace.ParseTraceState(ts)
+	}
+	return trace.NewSpanContext(cfg)
+}
+
+// hexByte decodes two lower-case hex digits, as W3C Trace Context writes
+// them.
+func hexByte(hi, lo byte) (byte, bool) {
+	digit := func(c byte) (byte, bool) {
+		switch {
+		case '0' <= c && c <= '9':
+			return c - '0', true
+		case 'a' <= c && c <= 'f':
+			return c - 'a' + 10, true
+		}
+		return 0, false
+	}
+	h, ok1 := digit(hi)
+	l, ok2 := digit(lo)
+	return h<<4 | l, ok1 && ok2
 }
 
 // startAttempt starts the span of one handler attempt as a child of the
 // requester's span, after a span for the time the request waited in the
 // queue (first attempts only: from its creation to now).
-func (t *telemetry) startAttempt(m *Message) (context.Context, trace.Span) {
-	parent := t.extract(context.Background(), m.Headers)
-	attrs := []attribute.KeyValue{
-		attribute.String("messaging.system", "rsvp"), queueAttr(m.Queue),
-		attribute.String("messaging.message.id", m.ID), attribute.String("rsvp.correlation_id", m.CorrelationID),
-		attribute.Int("rsvp.attempt", m.Attempt),
-	}
+func (t *telemetry) startAttempt(q *queueTel, m *Message) (context.Context, trace.Span) {
+	t.inFlight.Add(context.Background(), 1, q.labels)
+	parent := trace.ContextWithRemoteSpanContext(context.Background(), t.remote(m.TraceParent, m.TraceState))
 	if m.Attempt == 1 && !m.CreatedAt.IsZero() {
 		// Its parent, the requester's span, has the request's attributes.
 		_, wait := t.tracer.Start(parent, "rsvp.queue_wait", trace.WithTimestamp(m.CreatedAt))
 		wait.End()
 	}
-	return t.tracer.Start(parent, "rsvp.handle "+m.Queue, trace.WithSpanKind(trace.SpanKindConsumer), trace.WithAttributes(attrs...))
+	return t.tracer.Start(parent, q.handleSpan, consumerSpan...)
 }
 
-// endAttempt records an attempt's outcome on its span and metrics.
-func (t *telemetry) endAttempt(span trace.Span, m *Message, outcome string, err error, took time.Duration) {
-	span.SetAttributes(attribute.String("rsvp.outcome", outcome))
-	if err != nil {
-		span.RecordError(err)
-	}
-	if outcome != outcomeSucceeded {
-		span.SetStatus(codes.Error, outcome)
+// endAttempt records an attempt's outcome on its span, and ends it, and on
+// metrics.
+func (t *telemetry) endAttempt(q *queueTel, span trace.Span, m *Message, outcome string, err error, took time.Duration) {
+	t.inFlight.Add(context.Background(), -1, q.labels)
+	if span.IsRecording() {
+		span.SetAttributes(messageAttrs(q, m, attribute.Int("rsvp.attempt", m.Attempt), attribute.String("rsvp.outcome", outcome))...)
+		if err != nil {
+			span.RecordError(err)
+		}
+		if outcome != outcomeSucceeded {
+			span.SetStatus(codes.Error, outcome)
+		}
 	}
 	span.End()
 	if took > 0 {
-		t.handlerTime.Record(context.Background(), took.Seconds(), t.onQueue(m.Queue, "outcome", outcome))
+		t.handlerTime.Record(context.Background(), took.Seconds(), t.outcome(q, outcome))
 	}
 }

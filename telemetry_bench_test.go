@@ -2,8 +2,10 @@ package rsvp_test
 
 import (
 	"context"
+	"slices"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -13,13 +15,6 @@ import (
 	"github.com/rsvp-go/rsvp"
 	"github.com/rsvp-go/rsvp/backend/rsvpnats"
 )
-
-// discardExporter is a span exporter that drops everything: the cost
-// measured is rsvp's instrumentation and the SDK, not an exporter.
-type discardExporter struct{}
-
-func (discardExporter) ExportSpans(context.Context, []sdktrace.ReadOnlySpan) error { return nil }
-func (discardExporter) Shutdown(context.Context) error                             { return nil }
 
 // BenchmarkTelemetryOverhead compares round trips at concurrency 64 (1 KiB,
 // durable engine) with telemetry off (the default no-op providers), traces
@@ -37,7 +32,7 @@ func BenchmarkTelemetryOverhead(b *testing.B) {
 			ctx := context.Background()
 			cfg := rsvp.Config{}
 			if mode == "traces" || mode == "on" {
-				tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(discardExporter{}))
+				tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(rsvp.DiscardExporter{}))
 				defer tp.Shutdown(ctx)
 				cfg.TracerProvider = tp
 			}
@@ -67,22 +62,33 @@ func BenchmarkTelemetryOverhead(b *testing.B) {
 // BenchmarkTelemetryInterleaved measures the cost of telemetry as a ratio
 // taken fairly on a noisy machine: two clients, each on its own durable
 // engine, one with telemetry off and one with traces (SDK, everything
-// sampled, discarding exporter), metrics (SDK, manual reader) or both on,
-// take turns of 500ms of
-// round trips at concurrency 64, ten turns each. It reports each one's
-// round trips/s and on/off. Run it with -benchtime 1x.
+// sampled, discarding exporter), metrics (SDK, manual reader), both, or
+// both with 1 % of the traces sampled ("sampled") on,
+// take turns of 250ms of round trips at concurrency 64: 24 pairs of turns,
+// in the order off-on, on-off, off-on, ... so that a drift of the machine
+// weighs on both. It reports each one's round trips/s over all turns, their
+// ratio on/off, and the median of the 24 ratios of a pair's two turns
+// (median-on/off), which a burst of noise in one turn cannot move. Run it
+// with -benchtime 1x.
 func BenchmarkTelemetryInterleaved(b *testing.B) {
-	for _, mode := range []string{"traces", "metrics", "both"} {
-		b.Run(mode, func(b *testing.B) { telemetryInterleaved(b, mode != "metrics", mode != "traces") })
+	for _, mode := range []string{"traces", "metrics", "both", "sampled"} {
+		sample := 1.0
+		if mode == "sampled" {
+			sample = 0.01
+		}
+		b.Run(mode, func(b *testing.B) { telemetryInterleaved(b, mode != "metrics", mode != "traces", sample) })
 	}
 }
 
-func telemetryInterleaved(b *testing.B, traces, metrics bool) {
+// telemetryInterleaved runs BenchmarkTelemetryInterleaved: sample is the
+// share of traces sampled.
+func telemetryInterleaved(b *testing.B, traces, metrics bool, sample float64) {
 	ctx := context.Background()
 	type side struct {
 		c   *rsvp.Client
-		ops atomic.Int64
+		ops int64
 		dur time.Duration
+		cpu time.Duration // process CPU time during its turns
 	}
 	open := func(on bool) *side {
 		be, err := rsvpnats.Embedded(b.TempDir(), rsvpnats.Options{})
@@ -92,7 +98,8 @@ func telemetryInterleaved(b *testing.B, traces, metrics bool) {
 		b.Cleanup(func() { be.Close() })
 		cfg := rsvp.Config{}
 		if on && traces {
-			tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(discardExporter{}))
+			tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(rsvp.DiscardExporter{}),
+				sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.TraceIDRatioBased(sample))))
 			b.Cleanup(func() { tp.Shutdown(ctx) })
 			cfg.TracerProvider = tp
 		}
@@ -114,9 +121,11 @@ func telemetryInterleaved(b *testing.B, traces, metrics bool) {
 		return &side{c: c}
 	}
 	off, on := open(false), open(true)
-	turn := func(s *side, d time.Duration) {
+	// turn runs round trips on s for d and returns their rate.
+	turn := func(s *side, d time.Duration) float64 {
+		var ops atomic.Int64
 		stop := time.Now().Add(d)
-		began := time.Now()
+		began, cpu := time.Now(), processCPU(b)
 		var wg sync.WaitGroup
 		for range 64 {
 			wg.Go(func() {
@@ -125,27 +134,55 @@ func telemetryInterleaved(b *testing.B, traces, metrics bool) {
 						b.Error(err)
 						return
 					}
-					s.ops.Add(1)
+					ops.Add(1)
 				}
 			})
 		}
 		wg.Wait()
-		s.dur += time.Since(began)
+		took := time.Since(began)
+		s.ops += ops.Load()
+		s.dur += took
+		s.cpu += processCPU(b) - cpu
+		return float64(ops.Load()) / took.Seconds()
 	}
 	turn(off, 300*time.Millisecond) // warm both up, uncounted
 	turn(on, 300*time.Millisecond)
-	off.ops.Store(0)
-	on.ops.Store(0)
-	off.dur, on.dur = 0, 0
+	off.ops, on.ops, off.dur, on.dur, off.cpu, on.cpu = 0, 0, 0, 0, 0, 0
+	const pairs, d = 24, 250 * time.Millisecond
+	ratios := make([]float64, 0, pairs)
 	b.ResetTimer()
-	for range 10 {
-		turn(off, 500*time.Millisecond)
-		turn(on, 500*time.Millisecond)
+	for i := range pairs {
+		var offRate, onRate float64
+		if i%2 == 0 {
+			offRate = turn(off, d)
+			onRate = turn(on, d)
+		} else {
+			onRate = turn(on, d)
+			offRate = turn(off, d)
+		}
+		ratios = append(ratios, onRate/offRate)
 	}
 	b.StopTimer()
-	offRate := float64(off.ops.Load()) / off.dur.Seconds()
-	onRate := float64(on.ops.Load()) / on.dur.Seconds()
+	slices.Sort(ratios)
+	offRate := float64(off.ops) / off.dur.Seconds()
+	onRate := float64(on.ops) / on.dur.Seconds()
 	b.ReportMetric(offRate, "off-ops/s")
 	b.ReportMetric(onRate, "on-ops/s")
 	b.ReportMetric(onRate/offRate, "on/off")
+	b.ReportMetric((ratios[pairs/2-1]+ratios[pairs/2])/2, "median-on/off")
+	// CPU per round trip, a steadier view of the same cost: the process's
+	// user and system time over a side's turns (the other side idles).
+	offCPU := off.cpu.Seconds() * 1e6 / float64(off.ops)
+	onCPU := on.cpu.Seconds() * 1e6 / float64(on.ops)
+	b.ReportMetric(offCPU, "off-cpu-µs/op")
+	b.ReportMetric(onCPU, "on-cpu-µs/op")
+}
+
+// processCPU returns the user and system CPU time this process has used.
+func processCPU(b *testing.B) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

@@ -116,6 +116,52 @@ func TestTraceAcrossClients(t *testing.T) {
 	}
 
 	// The responder's metrics.
+	sums := metricSums(t, reader)
+	if sums["rsvp.handler.retries"] != 1 || sums["rsvp.requests.completed/succeeded"] != 1 || sums["rsvp.handler.in_flight"] != 0 {
+		t.Fatalf("metrics %v", sums)
+	}
+}
+
+// TestMetricsOfClientsSharingAProvider: clients of one process that share a
+// MeterProvider all count into the same series.
+func TestMetricsOfClientsSharingAProvider(t *testing.T) {
+	t.Parallel()
+	reader := sdkmetric.NewManualReader()
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+	c1 := setup(t, rsvp.Config{MeterProvider: mp})
+	c2, err := rsvp.New(context.Background(), c1.be, rsvp.Config{MeterProvider: mp})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close(context.Background())
+	ctx := ctxWithin(t, 10*time.Second)
+	const q = "metrics-shared"
+	r := handle(t, c1, q, rsvp.HandleOptions{}, func(ctx context.Context, m *rsvp.Message) (*rsvp.Reply, error) { return nil, nil })
+	for _, c := range []*rsvp.Client{c1.Client, c1.Client, c2, c2, c2} {
+		if _, err := c.Request(ctx, q, &rsvp.Message{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stop(t, r) // its attempts are settled and counted
+	sums := metricSums(t, reader)
+	if sums["rsvp.requests.sent"] != 5 || sums["rsvp.requests.completed/succeeded"] != 5 || sums["rsvp.handler.in_flight"] != 0 {
+		t.Fatalf("metrics %v; want 5 sent and 5 completed by the two clients", sums)
+	}
+}
+
+func attemptOf(s sdktrace.ReadOnlySpan) int64 {
+	for _, kv := range s.Attributes() {
+		if kv.Key == "rsvp.attempt" {
+			return kv.Value.AsInt64()
+		}
+	}
+	return 0
+}
+
+// metricSums collects reader and returns the sums of the int64 sum
+// metrics by name, and by "/outcome" where they have one.
+func metricSums(t *testing.T, reader *sdkmetric.ManualReader) map[string]int64 {
+	t.Helper()
 	var rm metricdata.ResourceMetrics
 	if err := reader.Collect(context.Background(), &rm); err != nil {
 		t.Fatal(err)
@@ -130,18 +176,7 @@ func TestTraceAcrossClients(t *testing.T) {
 			}
 		}
 	}
-	if sums["rsvp.handler.retries"] != 1 || sums["rsvp.requests.completed/succeeded"] != 1 || sums["rsvp.handler.in_flight"] != 0 {
-		t.Fatalf("metrics %v", sums)
-	}
-}
-
-func attemptOf(s sdktrace.ReadOnlySpan) int64 {
-	for _, kv := range s.Attributes() {
-		if kv.Key == "rsvp.attempt" {
-			return kv.Value.AsInt64()
-		}
-	}
-	return 0
+	return sums
 }
 
 func outcomeOf(set attribute.Set) string {

@@ -34,7 +34,7 @@ func (l *Lease) PrepareReply(ctx context.Context, reply *Reply) (*Reply, error) 
 		return nil, Permanent(err)
 	}
 	out.CreatedAt = time.Now()
-	l.s.c.tel.inject(trace.ContextWithSpan(ctx, l.a.span), &out.Headers)
+	putTraceContext(trace.ContextWithSpan(ctx, l.a.span), &out.TraceParent, &out.TraceState)
 	return &out, nil
 }
 
@@ -65,7 +65,7 @@ func (l *Lease) Settled(ctx context.Context, reply *Reply, commitErr error) erro
 	case commitErr == nil:
 		if m.ReplyTo != "" {
 			r.finalEvent(ctx, m, reply, log)
-			r.c.tel.completed.Add(ctx, 1, r.c.tel.onQueue(m.Queue, "outcome", string(reply.Status)))
+			r.c.tel.completedOne(r.tel, reply.Status)
 		}
 	case errors.Is(commitErr, backend.ErrReplyExists):
 		stored, err := r.c.b.GetReply(ctx, m.CorrelationID)
@@ -79,7 +79,7 @@ func (l *Lease) Settled(ctx context.Context, reply *Reply, commitErr error) erro
 			outcome = outcomeCancelled
 		}
 		r.finalEvent(ctx, m, stored, log)
-		r.c.tel.completed.Add(ctx, 1, r.c.tel.onQueue(m.Queue, "outcome", string(stored.Status)))
+		r.c.tel.completedOne(r.tel, stored.Status)
 		if err := d.Ack(ctx); err != nil {
 			log.Warn("rsvp: ack failed; the request may be handled again", "err", err)
 		}
@@ -99,7 +99,7 @@ func (l *Lease) Settled(ctx context.Context, reply *Reply, commitErr error) erro
 		outcome = outcomeFailed
 	default:
 		log.Error("rsvp: committing the outcome failed; the request will be handled again", "err", commitErr)
-		r.c.tel.retries.Add(ctx, 1, r.c.tel.onQueue(m.Queue, "", ""))
+		r.c.tel.retries.Add(ctx, 1, r.tel.labels)
 		if err := d.Nack(ctx, r.opts.Backoff(m.Attempt)); err != nil {
 			log.Warn("rsvp: nack failed; the request comes back after its lease", "err", err)
 		}

@@ -87,9 +87,12 @@ func wireRequest(queue, id, inbox string, deadline time.Time, body string) *nats
 		m.Header.Set("Rsvp-Deadline", wireTime(deadline))
 	}
 	m.Header.Set("X-Trace", "trace-"+id)
+	m.Header.Set("traceparent", wireForeignTrace) // a foreign sender's bare W3C header
 	m.Data = []byte(body)
 	return m
 }
+
+const wireForeignTrace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 // wireReply builds a reply the way docs/wire.md describes it.
 func wireReply(replyTo, correlationID, status, body string) *nats.Msg {
@@ -156,7 +159,8 @@ func TestWireRawRequester(t *testing.T) {
 	// What the responder saw is what the headers said.
 	m := <-got
 	if m.ID != id || m.CorrelationID != id || m.Queue != queue || m.Type != "wire.test.v1" || m.ContentType != "text/plain" ||
-		m.Headers["X-Trace"] != "trace-"+id || len(m.Headers) != 1 || m.Attempt != 1 || !m.Deadline.Equal(deadline.Truncate(0)) ||
+		m.Headers["X-Trace"] != "trace-"+id || len(m.Headers) != 1 || m.TraceParent != wireForeignTrace ||
+		m.Attempt != 1 || !m.Deadline.Equal(deadline.Truncate(0)) ||
 		m.ReplyTo != "rsvp.reply."+id+"."+inbox || string(m.Body) != "hello" {
 		t.Errorf("handler got %+v", m)
 	}
@@ -588,8 +592,8 @@ func TestWireTraceContext(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = m.DoubleAck(ctx)
-	if r := <-res; r.err != nil || r.r.Headers["traceparent"] == "" {
-		t.Fatalf("reply %+v, %v; want its trace context under traceparent, as the propagator reads it", r.r, r.err)
+	if r := <-res; r.err != nil || r.r.TraceParent != reply.Header.Get("Rsvp-Traceparent") || len(r.r.Headers) != 0 {
+		t.Fatalf("reply %+v, %v; want its trace context in Reply.TraceParent, not among the headers", r.r, r.err)
 	}
 	ended := spans.Ended()
 	if len(ended) != 1 || ended[0].SpanContext().TraceID().String() != tp1[3:35] {

@@ -43,6 +43,13 @@ type Message struct {
 	Body          []byte
 	CreatedAt     time.Time
 	Deadline      time.Time // zero: none; past it the request is not started
+	// TraceParent and TraceState are the W3C trace context (traceparent,
+	// tracestate) of the sender's span, if any. They travel apart from the
+	// application headers, whose names traceparent and tracestate are
+	// reserved (ReservedHeader), so that adding them needs no copy of those.
+	// Backends store them and give them back unchanged (docs/wire.md
+	// section 5).
+	TraceParent, TraceState string
 	// NotBefore, if in the future, schedules the request: it is stored now
 	// and delivered from that time on (to within 100 ms). Zero: at once.
 	NotBefore time.Time
@@ -89,9 +96,12 @@ type Reply struct {
 	ErrorCode     string // set when Status is not succeeded
 	ErrorMessage  string
 	ContentType   string
-	Headers       map[string]string
+	Headers       map[string]string // application headers
 	Body          []byte
 	CreatedAt     time.Time
+	// TraceParent and TraceState are the trace context of the span that
+	// replied, if any, as in Message.
+	TraceParent, TraceState string
 }
 
 // DeadLetter is a request that will not be retried, with why.

@@ -43,11 +43,12 @@ func ValidateChannel(s string) error {
 }
 
 // ReservedHeader reports whether a header name belongs to the wire format
-// (the "Rsvp-" and "Nats-" prefixes, and Content-Type), in any letter case,
-// rather than to the application.
+// (the "Rsvp-" and "Nats-" prefixes, Content-Type, and the trace context's
+// traceparent and tracestate), in any letter case, rather than to the
+// application.
 func ReservedHeader(k string) bool {
 	return len(k) >= 5 && (strings.EqualFold(k[:5], "rsvp-") || strings.EqualFold(k[:5], "nats-")) ||
-		strings.EqualFold(k, "Content-Type")
+		strings.EqualFold(k, "Content-Type") || strings.EqualFold(k, "traceparent") || strings.EqualFold(k, "tracestate")
 }
 
 // MaxSessionKeyLen is the longest session key the seam carries, in bytes.

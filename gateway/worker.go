@@ -50,6 +50,10 @@ type Lease struct {
 	CreatedAt     time.Time         `json:"created_at"`
 	Deadline      time.Time         `json:"deadline,omitzero"`
 	SessionKey    string            `json:"session_key,omitempty"`
+	// TraceParent and TraceState are the W3C trace context of the
+	// requester's span, if any, for the worker's spans to continue.
+	TraceParent string `json:"traceparent,omitempty"`
+	TraceState  string `json:"tracestate,omitempty"`
 	// ExpiresAt is when the lease runs out unless extended: the request is
 	// then handed out again, and the lease id is no longer known.
 	ExpiresAt time.Time `json:"expires_at"`
@@ -453,7 +457,8 @@ func (g *Gateway) lease(w http.ResponseWriter, r *http.Request) {
 			}
 			out = append(out, Lease{Lease: e.id, ID: m.ID, CorrelationID: m.CorrelationID, Queue: m.Queue, Type: m.Type,
 				Attempt: m.Attempt, ContentType: m.ContentType, Headers: hdr, Body: m.Body, CreatedAt: m.CreatedAt.UTC(),
-				Deadline: m.Deadline.UTC(), SessionKey: m.SessionKey, ExpiresAt: e.expires.UTC()})
+				Deadline: m.Deadline.UTC(), SessionKey: m.SessionKey, TraceParent: m.TraceParent, TraceState: m.TraceState,
+				ExpiresAt: e.expires.UTC()})
 		}
 		if err == nil {
 			writeJSON(w, http.StatusOK, map[string][]Lease{"leases": out})

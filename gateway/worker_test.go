@@ -392,3 +392,17 @@ func TestWorkerLeaseIsPerGateway(t *testing.T) {
 	}
 	e.workerSettle(l2.Lease, "reply", nil, "ok", http.StatusNoContent)
 }
+
+// TestWorkerLeaseCarriesTrace: an HTTP worker gets the W3C trace context of
+// the request in its lease, to continue the caller's trace, and not among
+// the application headers.
+func TestWorkerLeaseCarriesTrace(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, gateway.Config{})
+	const caller = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+	e.workerSubmit("traced", map[string]string{"traceparent": caller, "X-Tenant": "acme"}, "x")
+	l := e.workerLease("traced", "", nil)
+	if len(l.TraceParent) != 55 || l.TraceParent[3:35] != caller[3:35] || l.Headers["traceparent"] != "" {
+		t.Fatalf("lease traceparent %q, headers %v; want the caller's trace %s", l.TraceParent, l.Headers, caller[3:35])
+	}
+}

@@ -301,8 +301,9 @@ func (e *Engine) enqueue(ctx context.Context, id string, t task, notBefore time.
 		return fmt.Errorf("workflow: task for %s: %w", t.Instance, err)
 	}
 	m.ReplyTo = "" // tasks want no reply
-	m.Headers = map[string]string{}
-	propagation.TraceContext{}.Inject(ctx, propagation.MapCarrier(m.Headers)) // the task's handler continues the trace
+	tc := propagation.MapCarrier{}
+	propagation.TraceContext{}.Inject(ctx, tc) // the task's handler continues the trace
+	m.TraceParent, m.TraceState = tc["traceparent"], tc["tracestate"]
 	if err := e.b.Enqueue(ctx, m); err != nil {
 		return fmt.Errorf("workflow: task for %s: %w", t.Instance, err)
 	}
@@ -683,7 +684,7 @@ func (e *Engine) onReply(ctx context.Context, rep *backend.Reply) error {
 		return err
 	}
 	// The run continues the trace of the activity that replied.
-	ctx = propagation.TraceContext{}.Extract(ctx, propagation.MapCarrier(rep.Headers))
+	ctx = propagation.TraceContext{}.Extract(ctx, propagation.MapCarrier{"traceparent": rep.TraceParent, "tracestate": rep.TraceState})
 	if err := e.execute(ctx, instance); err != nil {
 		e.cfg.Logger.WarnContext(ctx, "workflow: run after a reply (queued as a task instead)", "instance", instance, "error", err)
 		return e.enqueue(ctx, taskID("r", rep.CorrelationID), task{Instance: instance}, time.Time{})

@@ -94,8 +94,16 @@ func newMsg(b backend.Backend, queue string) *backend.Message {
 		Type:      "test.request.v1",
 		Body:      []byte("body of " + id),
 		CreatedAt: time.Now().UTC().Truncate(time.Microsecond),
+		// A trace context travels with every request (here, dead letters too).
+		TraceParent: testTraceParent,
 	}
 }
+
+// testTraceParent and testTraceState are a W3C trace context.
+const (
+	testTraceParent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+	testTraceState  = "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE"
+)
 
 func mustEnqueue(t *testing.T, b backend.Backend, m *backend.Message) {
 	t.Helper()
@@ -142,7 +150,8 @@ func sameMessage(t *testing.T, got, want *backend.Message) {
 		string(got.Body) != string(want.Body) || !maps.Equal(got.Headers, want.Headers) ||
 		!got.CreatedAt.Equal(want.CreatedAt) || !got.Deadline.Equal(want.Deadline) ||
 		got.Track != want.Track || got.Channel != want.Channel ||
-		got.SessionKey != want.SessionKey || got.ReplySession != want.ReplySession {
+		got.SessionKey != want.SessionKey || got.ReplySession != want.ReplySession ||
+		got.TraceParent != want.TraceParent || got.TraceState != want.TraceState {
 		t.Fatalf("message changed in the engine:\n got %+v\nwant %+v", got, want)
 	}
 }
@@ -154,6 +163,7 @@ var cases = []testCase{
 		m := newMsg(b, q)
 		m.ContentType = "text/plain"
 		m.Headers = map[string]string{"Tenant": "acme", "X-Trace": "abc"}
+		m.TraceState = testTraceState
 		m.Deadline = time.Now().Add(time.Hour).UTC().Truncate(time.Microsecond)
 		mustEnqueue(t, b, m)
 		c := consume(t, b, q, backend.ConsumeParams{})
@@ -319,7 +329,8 @@ var cases = []testCase{
 			t.Fatalf("GetReply of unknown id: %v, want ErrNotFound", err)
 		}
 		r := &backend.Reply{CorrelationID: id, Status: backend.StatusSucceeded, ContentType: "application/json",
-			Headers: map[string]string{"X-Answer": "42"}, Body: []byte(`{"ok":true}`), CreatedAt: time.Now().UTC().Truncate(time.Microsecond)}
+			Headers: map[string]string{"X-Answer": "42"}, Body: []byte(`{"ok":true}`), CreatedAt: time.Now().UTC().Truncate(time.Microsecond),
+			TraceParent: testTraceParent, TraceState: testTraceState}
 		if err := b.PutReply(ctx, b.ReplyAddress("inboxA", id), r); err != nil {
 			t.Fatal(err)
 		}
@@ -336,7 +347,8 @@ var cases = []testCase{
 			t.Fatal(err)
 		}
 		if got.CorrelationID != id || got.Status != r.Status || string(got.Body) != string(r.Body) ||
-			got.ContentType != r.ContentType || !maps.Equal(got.Headers, r.Headers) || !got.CreatedAt.Equal(r.CreatedAt) {
+			got.ContentType != r.ContentType || !maps.Equal(got.Headers, r.Headers) || !got.CreatedAt.Equal(r.CreatedAt) ||
+			got.TraceParent != r.TraceParent || got.TraceState != r.TraceState {
 			t.Fatalf("stored reply %+v, want %+v", got, r)
 		}
 		failed := &backend.Reply{CorrelationID: uniq("id-"), Status: backend.StatusFailed, ErrorCode: "bad_payload", ErrorMessage: "line one\nline two"}

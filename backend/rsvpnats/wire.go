@@ -78,21 +78,9 @@ func getTime(h nats.Header, key string) (time.Time, error) {
 	return t, nil
 }
 
-// traceHeaders map the W3C trace context headers, as the propagator names
-// them in Message.Headers and Reply.Headers, to their names on the wire. A
-// bare traceparent would make the NATS server parse every message's
-// headers (for its own message tracing); see docs/wire.md section 5.
-var traceHeaders = [...][2]string{{"traceparent", hdrTraceParent}, {"tracestate", hdrTraceState}}
-
 func putAppHeaders(h nats.Header, app map[string]string) {
 	for k, v := range app {
 		h.Set(k, v)
-	}
-	for _, th := range traceHeaders {
-		if v, ok := app[th[0]]; ok {
-			delete(h, th[0])
-			h.Set(th[1], v)
-		}
 	}
 }
 
@@ -107,21 +95,36 @@ func appHeaders(h nats.Header) map[string]string {
 		}
 		m[k] = vs[0]
 	}
-	for _, th := range traceHeaders {
-		if vs := h[th[1]]; len(vs) > 0 {
-			if m == nil {
-				m = make(map[string]string)
-			}
-			m[th[0]] = vs[0]
-		}
-	}
 	return m
+}
+
+// putTraceContext writes a W3C trace context under Rsvp-Traceparent and
+// Rsvp-Tracestate. A bare traceparent would make the NATS server parse
+// every message's headers (for its own message tracing); see docs/wire.md
+// section 5.
+func putTraceContext(h nats.Header, parent, state string) {
+	if parent != "" {
+		h[hdrTraceParent] = []string{parent}
+	}
+	if state != "" {
+		h[hdrTraceState] = []string{state}
+	}
+}
+
+// traceContext reads what putTraceContext wrote, or else the bare W3C
+// headers that a foreign sender may use.
+func traceContext(h nats.Header) (parent, state string) {
+	if parent = h.Get(hdrTraceParent); parent != "" {
+		return parent, h.Get(hdrTraceState)
+	}
+	return h.Get("traceparent"), h.Get("tracestate")
 }
 
 // encodeRequest turns a request into the NATS message stored on its queue.
 func encodeRequest(m *backend.Message) *nats.Msg {
-	h := make(nats.Header, 8+len(m.Headers))
+	h := make(nats.Header, requestHeaderCount(m))
 	putAppHeaders(h, m.Headers)
+	putTraceContext(h, m.TraceParent, m.TraceState)
 	h.Set(hdrMsgID, m.ID)
 	h.Set(hdrID, m.ID)
 	h.Set(hdrCorrelationID, m.CorrelationID)
@@ -162,6 +165,20 @@ func encodeRequest(m *backend.Message) *nats.Msg {
 	return msg
 }
 
+// requestHeaderCount is the number of headers encodeRequest sets for m,
+// but for those of a schedule. Sizing the header map right keeps a small
+// one in a single allocation.
+func requestHeaderCount(m *backend.Message) int {
+	n := 4 + len(m.Headers) // message id, id, correlation id, created at
+	for _, set := range [...]bool{m.ReplyTo != "", m.Type != "", m.ContentType != "", !m.Deadline.IsZero(), m.Track,
+		m.Channel != "", m.ReplySession != "", m.SessionKey != "", m.TraceParent != "", m.TraceState != ""} {
+		if set {
+			n++
+		}
+	}
+	return n
+}
+
 // decodeRequest is the inverse of encodeRequest. queue is taken from the
 // subject.
 func decodeRequest(subject string, h nats.Header, body []byte) (*backend.Message, error) {
@@ -179,6 +196,7 @@ func decodeRequest(subject string, h nats.Header, body []byte) (*backend.Message
 		SessionKey:    h.Get(hdrSession),
 		ReplySession:  h.Get(hdrReplySession),
 	}
+	m.TraceParent, m.TraceState = traceContext(h)
 	if m.ID == "" {
 		m.ID = h.Get(hdrMsgID)
 	}
@@ -223,6 +241,7 @@ func queueOf(subject string) string {
 func encodeReply(subject string, r *backend.Reply) *nats.Msg {
 	h := make(nats.Header, 6+len(r.Headers))
 	putAppHeaders(h, r.Headers)
+	putTraceContext(h, r.TraceParent, r.TraceState)
 	h.Set(hdrCorrelationID, r.CorrelationID)
 	h.Set(hdrStatus, string(r.Status))
 	if r.ErrorCode != "" {
@@ -251,6 +270,7 @@ func decodeReply(subject string, h nats.Header, body []byte) *backend.Reply {
 		Headers:       appHeaders(h),
 		Body:          body,
 	}
+	r.TraceParent, r.TraceState = traceContext(h)
 	if r.CorrelationID == "" {
 		// rsvp.reply.<id>.<inbox> or rsvp.notify.<id>.<inbox>
 		if parts := strings.Split(subject, "."); len(parts) == 4 {

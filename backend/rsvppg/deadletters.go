@@ -43,7 +43,8 @@ func (b *Backend) checkDeadLetter(dl *backend.DeadLetter) error {
 	err := errors.Join(backend.ValidateName("queue", m.Queue), checkText("id", m.ID), checkText("correlation id", m.CorrelationID),
 		checkText("reply address", m.ReplyTo), checkText("type", m.Type), checkText("content type", m.ContentType),
 		checkText("channel", m.Channel), checkText("session key", m.SessionKey), checkText("reply session", m.ReplySession),
-		checkHeaders(m.Headers), checkText("reason", dl.Reason), checkText("last error", dl.LastError))
+		checkHeaders(m.Headers), checkText("trace parent", m.TraceParent), checkText("trace state", m.TraceState),
+		checkText("reason", dl.Reason), checkText("last error", dl.LastError))
 	if err != nil {
 		return err
 	}

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -60,6 +61,8 @@ func (b *Backend) checkMessage(m *backend.Message) error {
 		checkText("type", m.Type),
 		checkText("content type", m.ContentType),
 		checkHeaders(m.Headers),
+		checkText("trace parent", m.TraceParent),
+		checkText("trace state", m.TraceState),
 	}
 	if m.Channel != "" {
 		errs = append(errs, backend.ValidateChannel(m.Channel))
@@ -71,9 +74,22 @@ func (b *Backend) checkMessage(m *backend.Message) error {
 	return b.checkSize(m.Body, m.Headers)
 }
 
-// headersJSON encodes application headers for a jsonb column; "" (NULL)
-// for none.
-func headersJSON(h map[string]string) string {
+// headersJSON encodes application headers and a trace context (stored
+// under the names traceparent and tracestate, which are reserved for
+// application headers) for a jsonb column; "" (NULL) for none.
+func headersJSON(h map[string]string, traceParent, traceState string) string {
+	if traceParent != "" || traceState != "" {
+		h = maps.Clone(h)
+		if h == nil {
+			h = make(map[string]string, 2)
+		}
+		if traceParent != "" {
+			h["traceparent"] = traceParent
+		}
+		if traceState != "" {
+			h["tracestate"] = traceState
+		}
+	}
 	if len(h) == 0 {
 		return ""
 	}
@@ -81,15 +97,21 @@ func headersJSON(h map[string]string) string {
 	return string(data)
 }
 
-func parseHeaders(data []byte) (map[string]string, error) {
+// parseHeaders is the inverse of headersJSON.
+func parseHeaders(data []byte) (h map[string]string, traceParent, traceState string, err error) {
 	if data == nil {
-		return nil, nil
+		return nil, "", "", nil
 	}
-	var h map[string]string
 	if err := json.Unmarshal(data, &h); err != nil {
-		return nil, fmt.Errorf("headers: %w", err)
+		return nil, "", "", fmt.Errorf("headers: %w", err)
 	}
-	return h, nil
+	traceParent, traceState = h["traceparent"], h["tracestate"]
+	delete(h, "traceparent")
+	delete(h, "tracestate")
+	if len(h) == 0 {
+		h = nil
+	}
+	return h, traceParent, traceState, nil
 }
 
 // timeOrNil maps the zero time to NULL.
@@ -130,7 +152,7 @@ func (r *messageRow) message() (*backend.Message, error) {
 		m.SessionKey = *r.sessionKey
 	}
 	var err error
-	m.Headers, err = parseHeaders(r.headers)
+	m.Headers, m.TraceParent, m.TraceState, err = parseHeaders(r.headers)
 	return &m, err
 }
 
@@ -148,7 +170,7 @@ func scanMessage(row pgx.Row, after ...any) (*backend.Message, error) {
 // stored in, as msgCols less attempt, one value each. The statements store
 // an empty session key as NULL.
 func messageArgs(m *backend.Message) []any {
-	return []any{m.Queue, m.ID, m.CorrelationID, m.ReplyTo, m.Type, m.ContentType, headersJSON(m.Headers), body(m.Body),
+	return []any{m.Queue, m.ID, m.CorrelationID, m.ReplyTo, m.Type, m.ContentType, headersJSON(m.Headers, m.TraceParent, m.TraceState), body(m.Body),
 		timeOrNil(m.CreatedAt), timeOrNil(m.Deadline), m.Track, m.Channel, m.SessionKey, m.ReplySession}
 }
 

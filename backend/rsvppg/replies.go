@@ -66,7 +66,8 @@ func (b *Backend) PutReply(ctx context.Context, replyTo string, r *backend.Reply
 
 func (b *Backend) checkReply(r *backend.Reply) error {
 	err := errors.Join(checkText("status", string(r.Status)), checkText("error code", r.ErrorCode),
-		checkText("error message", r.ErrorMessage), checkText("content type", r.ContentType), checkHeaders(r.Headers))
+		checkText("error message", r.ErrorMessage), checkText("content type", r.ContentType), checkHeaders(r.Headers),
+		checkText("trace parent", r.TraceParent), checkText("trace state", r.TraceState))
 	if err != nil {
 		return err
 	}
@@ -107,7 +108,7 @@ func (b *Backend) putReplies(ctx context.Context, q querier, items []replyItem) 
 	for _, it := range items {
 		r := it.r
 		cols.add(r.CorrelationID, it.inbox, string(cmp.Or(r.Status, backend.StatusSucceeded)), r.ErrorCode,
-			r.ErrorMessage, r.ContentType, headersJSON(r.Headers), body(r.Body), timeOrNil(r.CreatedAt))
+			r.ErrorMessage, r.ContentType, headersJSON(r.Headers, r.TraceParent, r.TraceState), body(r.Body), timeOrNil(r.CreatedAt))
 	}
 	rows, err := q.Query(ctx, b.sql.putReplies, cols.args()...)
 	if err != nil {
@@ -196,7 +197,7 @@ func scanReplies(rows pgx.Rows) ([]storedReply, error) {
 		rep := r
 		rep.Status, rep.CreatedAt = backend.Status(status), timeOrZero(created)
 		var err error
-		if rep.Headers, err = parseHeaders(headers); err != nil {
+		if rep.Headers, rep.TraceParent, rep.TraceState, err = parseHeaders(headers); err != nil {
 			return fmt.Errorf("reply %s: %w", rep.CorrelationID, err)
 		}
 		out = append(out, storedReply{inbox: inbox, reply: &rep})

@@ -69,6 +69,7 @@ type deadLetterEntryJSON struct {
 	ContentType   string            `json:"content_type,omitempty"`
 	CreatedAt     time.Time         `json:"created_at,omitzero"`
 	Headers       map[string]string `json:"headers,omitempty"`
+	TraceParent   string            `json:"traceparent,omitempty"` // the W3C trace context of the request's sender
 	Size          int               `json:"size"`
 	Body          *string           `json:"body,omitempty"`        // show only; valid UTF-8
 	BodyBase64    []byte            `json:"body_base64,omitempty"` // show only; otherwise
@@ -97,7 +98,7 @@ func newDeadLetterEntryJSON(dl *rsvp.DeadLetter, withBody bool) deadLetterEntryJ
 	m := dl.Message
 	v := deadLetterEntryJSON{Key: dl.Key, Queue: m.Queue, ID: m.ID, CorrelationID: m.CorrelationID, Reason: dl.Reason,
 		Error: dl.LastError, At: dl.At.UTC(), Attempt: m.Attempt, Type: m.Type, ContentType: m.ContentType,
-		CreatedAt: m.CreatedAt.UTC(), Headers: m.Headers, Size: len(m.Body)}
+		CreatedAt: m.CreatedAt.UTC(), Headers: m.Headers, TraceParent: m.TraceParent, Size: len(m.Body)}
 	if m.CreatedAt.IsZero() {
 		v.CreatedAt = time.Time{}
 	}
@@ -348,6 +349,9 @@ func writeDeadLetter(e *env, dl *rsvp.DeadLetter, attempts []rsvp.Attempt) error
 	}
 	for _, k := range slices.Sorted(maps.Keys(m.Headers)) {
 		line("HEADER", "%s: %s", k, m.Headers[k])
+	}
+	if m.TraceParent != "" {
+		line("TRACE", "%s", m.TraceParent)
 	}
 	if len(attempts) == 0 {
 		line("HISTORY", "none recorded")

@@ -74,6 +74,7 @@ func TestCancelAcrossProcesses(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { _ = cmd.Process.Kill() }) // if the test ends early; an error once it has exited
 	lines := make(chan string, 4)
 	go func() {
 		sc := bufio.NewScanner(stdout)
@@ -126,7 +127,16 @@ func TestCancelAcrossProcesses(t *testing.T) {
 	if err := <-answer; !errors.Is(err, rsvp.ErrCancelled) {
 		t.Fatalf("Request: %v, want ErrCancelled", err)
 	}
-	if err := cmd.Wait(); err != nil {
-		t.Fatalf("child: %v", err)
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Fatalf("child: %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		_ = cmd.Process.Signal(syscall.SIGQUIT) // it prints its goroutines to our stderr and exits
+		<-exited
+		t.Fatal("the child did not exit within 20s of its handler's end; its goroutines are above")
 	}
 }

@@ -126,7 +126,7 @@ func New(ctx context.Context, b backend.Backend, cfg Config) (*Client, error) {
 	c.tel = tel
 	sub, err := b.SubscribeReplies(ctx, cfg.Inbox, c.waiters.deliver)
 	if err != nil {
-		return nil, fmt.Errorf("rsvp: subscribe to replies: %w", err)
+		return nil, errors.Join(fmt.Errorf("rsvp: subscribe to replies: %w", err), tel.close())
 	}
 	c.sub = sub
 	return c, nil
@@ -153,7 +153,7 @@ func (c *Client) Close(ctx context.Context) error {
 	for _, r := range rs {
 		errs = append(errs, r.Stop(ctx))
 	}
-	errs = append(errs, c.sub.Close())
+	errs = append(errs, c.sub.Close(), c.tel.close())
 	return errors.Join(errs...)
 }
 

@@ -2,9 +2,12 @@ package rsvp_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
+	"runtime"
 	"testing"
+	"time"
 
 	"go.uber.org/goleak"
 
@@ -49,12 +52,38 @@ func setup(t testing.TB, cfg rsvp.Config) *testClient {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		if err := c.Close(context.Background()); err != nil {
-			t.Errorf("close client: %v", err)
-		}
-		if err := be.Close(); err != nil {
-			t.Errorf("close backend: %v", err)
-		}
+		closeWithin(t, "close client", c.Close)
+		closeWithin(t, "close backend", func(context.Context) error { return be.Close() })
 	})
 	return &testClient{Client: c, be: be}
+}
+
+// closeWithin calls close with a 30-second context and fails t if it
+// returns an error, with every goroutine's stack if it ran out of time or
+// does not return: a cleanup that hangs (a handler that never returns, say)
+// fails its own test instead of the whole binary at its timeout.
+func closeWithin(t testing.TB, what string, close func(context.Context) error) {
+	t.Helper()
+	const limit = 30 * time.Second
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- close(ctx) }()
+	select {
+	case err := <-done:
+		switch {
+		case errors.Is(err, context.DeadlineExceeded):
+			t.Errorf("%s: not done within %v: %v\n%s", what, limit, err, stacks())
+		case err != nil:
+			t.Errorf("%s: %v", what, err)
+		}
+	case <-time.After(limit + 5*time.Second):
+		t.Errorf("%s: still running %v after its deadline\n%s", what, 5*time.Second, stacks())
+	}
+}
+
+// stacks returns every goroutine's stack.
+func stacks() []byte {
+	buf := make([]byte, 1<<22)
+	return buf[:runtime.Stack(buf, true)]
 }

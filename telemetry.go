@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.opentelemetry.io/otel"
@@ -40,11 +41,15 @@ type telemetry struct {
 
 	sent         metric.Int64Counter
 	completed    metric.Int64Counter
-	inFlight     metric.Int64UpDownCounter
 	roundTrip    metric.Float64Histogram
 	handlerTime  metric.Float64Histogram
 	retries      metric.Int64Counter
 	deadLettered metric.Int64Counter
+
+	// The gauges, observed from this client's counts when metrics are
+	// collected; unregistered by close.
+	inFlight, waiters metric.Int64ObservableUpDownCounter
+	observing         metric.Registration
 }
 
 // queueTel is what telemetry keeps per queue, made once: span names and
@@ -56,6 +61,7 @@ type queueTel struct {
 	attr                    attribute.KeyValue       // messaging.destination.name
 	labels                  metric.MeasurementOption // the queue alone
 	byStatus                [len(statuses)]metric.MeasurementOption
+	inFlight                atomic.Int64 // handler attempts running now
 }
 
 // statuses are the final statuses a reply (and a final event) can have,
@@ -106,15 +112,32 @@ func newTelemetry(tp trace.TracerProvider, mp metric.MeterProvider, w *waiters) 
 	must(e)
 	t.completed, e = m.Int64Counter("rsvp.requests.completed", metric.WithDescription("Requests given a final reply by a responder, by outcome."))
 	must(e)
-	t.inFlight, e = m.Int64UpDownCounter("rsvp.handler.in_flight", metric.WithDescription("Handler attempts running now."))
+	// The gauges are counted here and observed at collection time: an
+	// instrument call per attempt costs more than the count. Each client
+	// registers its own callback, so clients sharing a MeterProvider add up
+	// (these are up-down counters, whose observations are summed).
+	t.inFlight, e = m.Int64ObservableUpDownCounter("rsvp.handler.in_flight", metric.WithDescription("Handler attempts running now."))
 	must(e)
-	_, e = m.Int64ObservableGauge("rsvp.waiters", metric.WithDescription("Calls of this client waiting for a reply."),
-		metric.WithInt64Callback(func(_ context.Context, o metric.Int64Observer) error {
-			o.Observe(int64(w.len()))
-			return nil
-		}))
+	t.waiters, e = m.Int64ObservableUpDownCounter("rsvp.waiters", metric.WithDescription("Calls waiting for a reply."))
 	must(e)
+	if err != nil {
+		return nil, err
+	}
+	t.observing, err = m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+		o.ObserveInt64(t.waiters, int64(w.len()))
+		t.queues.Range(func(_, v any) bool {
+			q := v.(*queueTel)
+			o.ObserveInt64(t.inFlight, q.inFlight.Load(), q.labels)
+			return true
+		})
+		return nil
+	}, t.inFlight, t.waiters)
 	return t, err
+}
+
+// close stops the observation of this client's gauges.
+func (t *telemetry) close() error {
+	return t.observing.Unregister()
 }
 
 // latencyBuckets are histogram bounds in seconds, from 0.5 ms to 1 min.
@@ -281,7 +304,7 @@ func hexByte(hi, lo byte) (byte, bool) {
 // requester's span, after a span for the time the request waited in the
 // queue (first attempts only: from its creation to now).
 func (t *telemetry) startAttempt(q *queueTel, m *Message) (context.Context, trace.Span) {
-	t.inFlight.Add(context.Background(), 1, q.labels)
+	q.inFlight.Add(1)
 	parent := trace.ContextWithRemoteSpanContext(context.Background(), t.remote(m.TraceParent, m.TraceState))
 	if m.Attempt == 1 && !m.CreatedAt.IsZero() {
 		// Its parent, the requester's span, has the request's attributes.
@@ -294,7 +317,7 @@ func (t *telemetry) startAttempt(q *queueTel, m *Message) (context.Context, trac
 // endAttempt records an attempt's outcome on its span, and ends it, and on
 // metrics.
 func (t *telemetry) endAttempt(q *queueTel, span trace.Span, m *Message, outcome string, err error, took time.Duration) {
-	t.inFlight.Add(context.Background(), -1, q.labels)
+	q.inFlight.Add(-1)
 	if span.IsRecording() {
 		span.SetAttributes(messageAttrs(q, m, attribute.Int("rsvp.attempt", m.Attempt), attribute.String("rsvp.outcome", outcome))...)
 		if err != nil {

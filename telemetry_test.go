@@ -3,6 +3,7 @@ package rsvp_test
 import (
 	"context"
 	"errors"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -123,7 +124,8 @@ func TestTraceAcrossClients(t *testing.T) {
 }
 
 // TestMetricsOfClientsSharingAProvider: clients of one process that share a
-// MeterProvider all count into the same series.
+// MeterProvider all count into the same series, gauges included; a closed
+// client's gauges are no longer counted.
 func TestMetricsOfClientsSharingAProvider(t *testing.T) {
 	t.Parallel()
 	reader := sdkmetric.NewManualReader()
@@ -136,16 +138,71 @@ func TestMetricsOfClientsSharingAProvider(t *testing.T) {
 	defer c2.Close(context.Background())
 	ctx := ctxWithin(t, 10*time.Second)
 	const q = "metrics-shared"
-	r := handle(t, c1, q, rsvp.HandleOptions{}, func(ctx context.Context, m *rsvp.Message) (*rsvp.Reply, error) { return nil, nil })
+	var holding atomic.Bool
+	var held atomic.Int32
+	release := make(chan struct{})
+	hold := func(ctx context.Context, m *rsvp.Message) (*rsvp.Reply, error) {
+		if holding.Load() {
+			held.Add(1)
+			select {
+			case <-release:
+			case <-ctx.Done():
+			}
+		}
+		return nil, nil
+	}
+	r1 := handle(t, c1, q, rsvp.HandleOptions{Concurrency: 1}, hold)
+	r2, err := c2.Handle(q, rsvp.HandlerFunc(hold), rsvp.HandleOptions{Concurrency: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, c := range []*rsvp.Client{c1.Client, c1.Client, c2, c2, c2} {
 		if _, err := c.Request(ctx, q, &rsvp.Message{}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	stop(t, r) // its attempts are settled and counted
+	// Two requests of c2 held, one by each client's responder.
+	holding.Store(true)
+	answered := make(chan error, 2)
+	for range 2 {
+		go func() {
+			_, err := c2.Request(ctx, q, &rsvp.Message{})
+			answered <- err
+		}()
+	}
+	waitFor(t, func() bool { return held.Load() == 2 })
+	if sums := metricSums(t, reader); sums["rsvp.handler.in_flight"] != 2 || sums["rsvp.waiters"] != 2 {
+		t.Errorf("while two are handled: metrics %v; want 2 in flight (one per client) and 2 waiters", sums)
+	}
+	close(release)
+	for range 2 {
+		if err := <-answered; err != nil {
+			t.Fatal(err)
+		}
+	}
+	stop(t, r1) // their attempts are settled and counted
+	stop(t, r2)
 	sums := metricSums(t, reader)
-	if sums["rsvp.requests.sent"] != 5 || sums["rsvp.requests.completed/succeeded"] != 5 || sums["rsvp.handler.in_flight"] != 0 {
-		t.Fatalf("metrics %v; want 5 sent and 5 completed by the two clients", sums)
+	if sums["rsvp.requests.sent"] != 7 || sums["rsvp.requests.completed/succeeded"] != 7 || sums["rsvp.handler.in_flight"] != 0 || sums["rsvp.waiters"] != 0 {
+		t.Fatalf("metrics %v; want 7 sent and 7 completed by the two clients, none in flight or waiting", sums)
+	}
+	// A closed client's gauges are gone; the counters keep its counts.
+	if err := c2.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	actx, cancelAwait := context.WithCancel(ctx)
+	waiting := make(chan error, 1)
+	go func() {
+		_, err := c1.Await(actx, "never-sent")
+		waiting <- err
+	}()
+	waitFor(t, func() bool { return rsvp.WaiterCount(c1.Client) == 1 })
+	if sums := metricSums(t, reader); sums["rsvp.waiters"] != 1 || sums["rsvp.requests.sent"] != 7 {
+		t.Errorf("after c2 closed: metrics %v; want c1's 1 waiter and 7 sent", sums)
+	}
+	cancelAwait()
+	if err := <-waiting; !errors.Is(err, context.Canceled) {
+		t.Fatalf("Await: %v, want context.Canceled", err)
 	}
 }
 

@@ -50,6 +50,11 @@ func TestTraceFollowsInstance(t *testing.T) {
 	if err := e.Stop(ctx); err != nil { // every run's span has ended
 		t.Fatal(err)
 	}
+	// A handler's span ends after its reply is stored: the workflow can
+	// finish first. Closing the client waits for the handlers.
+	if err := c.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
 
 	traceID := caller.SpanContext().TraceID()
 	count := map[string]int{}

@@ -77,7 +77,7 @@ func TestWaiterRemovedWhenContextEnds(t *testing.T) {
 		}()
 	}
 	for range n {
-		<-started
+		receive(t, started, "send")
 	}
 	cancel()
 	wg.Wait()

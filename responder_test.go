@@ -280,11 +280,11 @@ func TestStopLetsInFlightFinish(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	<-started
+	receive(t, started, "handler start")
 	stopped := make(chan error, 1)
 	go func() { stopped <- r.Stop(ctxWithin(t, 10*time.Second)) }()
 	close(release)
-	if err := <-stopped; err != nil {
+	if err := receive(t, stopped, "Stop"); err != nil {
 		t.Fatalf("stop: %v", err)
 	}
 	if reply, err := c.Await(ctxWithin(t, 10*time.Second), tk.CorrelationID); err != nil || string(reply.Body) != "finished" {
@@ -305,7 +305,7 @@ func TestHardStopRedelivers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	<-started
+	receive(t, started, "handler start")
 	expired, cancel := context.WithCancel(context.Background())
 	cancel()
 	if err := r.Stop(expired); !errors.Is(err, context.Canceled) {
@@ -508,7 +508,7 @@ func TestSecondStopHonoursItsContext(t *testing.T) {
 	if _, err := c.Send(ctxWithin(t, 5*time.Second), "slowstop", &rsvp.Message{}); err != nil {
 		t.Fatal(err)
 	}
-	<-started
+	receive(t, started, "handler start")
 	// Two Stops at once, in either order: the one with a short deadline
 	// returns at its deadline, not when the handler finishes.
 	patient := make(chan error, 1)
@@ -519,7 +519,7 @@ func TestSecondStopHonoursItsContext(t *testing.T) {
 		t.Fatalf("short Stop: %v, want its own deadline", err)
 	}
 	close(release)
-	err := <-patient // nil, or the short deadline if that Stop ran the stop
+	err := receive(t, patient, "the patient Stop") // nil, or the short deadline if that Stop ran the stop
 	if err != nil && !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("patient Stop: %v", err)
 	}

@@ -239,7 +239,7 @@ func TestReplySession(t *testing.T) {
 
 func TestSessionBadInput(t *testing.T) {
 	c := setup(t, rsvp.Config{})
-	ctx := context.Background()
+	ctx := ctxWithin(t, 10*time.Second) // a wrongly accepted SessionReplies would wait
 	for _, tc := range []struct {
 		name string
 		msg  rsvp.Message

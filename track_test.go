@@ -441,9 +441,12 @@ func TestCancelOnAbandon(t *testing.T) {
 		cause <- context.Cause(ctx)
 		return nil, ctx.Err()
 	})
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := context.WithCancel(ctxWithin(t, 20*time.Second))
 	go func() {
-		<-started
+		select {
+		case <-started:
+		case <-ctx.Done(): // never started: Request fails with the deadline
+		}
 		cancel()
 	}()
 	msg := &rsvp.Message{ID: rsvp.NewID(), Track: true, Body: []byte("x")}

@@ -74,6 +74,12 @@ func TestMetricsExposition(t *testing.T) {
 	if got := value("rsvp_handler_duration_seconds", q); got != 2 {
 		t.Errorf("handler attempts timed on flaky: %v, want 2", got)
 	}
+	if families["rsvp_handler_in_flight"] == nil { // its value: the handler may still be acknowledging
+		t.Error("no metric rsvp_handler_in_flight")
+	}
+	if got := value("rsvp_waiters", nil); got != 0 {
+		t.Errorf("calls waiting for a reply after every call returned: %v, want 0", got)
+	}
 	if got := value("rsvp_queue_depth", q); got != 0 {
 		t.Errorf("depth of flaky after its only request: %v, want 0", got)
 	}

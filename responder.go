@@ -230,28 +230,41 @@ func (r *Responder) handle(d backend.Delivery) {
 	r.end(a, m, outcome, err)
 }
 
+// cancelPoll is how often a running tracked request is checked for a
+// cancellation when its reply cannot be watched.
+const cancelPoll = time.Second
+
 // run calls the handler with the lease kept alive, turning a panic into an
 // error. cancelled reports that Client.Cancel cancelled the handler's ctx.
 func (r *Responder) run(spanCtx context.Context, d backend.Delivery, m *Message) (reply *Reply, cancelled bool, err error) {
 	ctx, cancelCause := context.WithCancelCause(trace.ContextWithSpan(r.handleCtx, trace.SpanFromContext(spanCtx)))
 	cancel := func() { cancelCause(nil) }
 	defer cancel()
+	// A cancellation stores a cancelled reply: stop the handler then. The
+	// reply is watched for; if the watch cannot be set up, it is looked
+	// for every cancelPoll instead, so that a cancellation is never lost.
+	var poll <-chan time.Time
+	onReply := func(rep *Reply) {
+		if rep.Status == backend.StatusCancelled {
+			cancelCause(ErrCancelled)
+		}
+	}
+	checkCancelled := func() {
+		if rep, err := r.c.b.GetReply(ctx, m.CorrelationID); err == nil {
+			onReply(rep)
+		}
+	}
 	if m.Track && m.ReplyTo != "" {
-		// A cancellation stores a cancelled reply: stop the handler then.
-		sub, err := r.c.b.WatchReply(ctx, m.CorrelationID, func(rep *Reply) {
-			if rep.Status == backend.StatusCancelled {
-				cancelCause(ErrCancelled)
-			}
-		})
+		sub, err := r.c.b.WatchReply(ctx, m.CorrelationID, onReply)
 		if err != nil {
-			r.log.Warn("rsvp: cannot watch for cancellation", "id", m.ID, "err", err)
+			r.log.Warn("rsvp: cannot watch for cancellation; looking for it every second instead", "id", m.ID, "err", err)
+			t := time.NewTicker(cancelPoll)
+			defer t.Stop()
+			poll = t.C
 		} else {
 			defer sub.Close()
-			// A cancellation stored before the watch began.
-			if rep, err := r.c.b.GetReply(ctx, m.CorrelationID); err == nil && rep.Status == backend.StatusCancelled {
-				cancelCause(ErrCancelled)
-			}
 		}
+		checkCancelled() // stored before the watch began
 	}
 	if !m.Deadline.IsZero() {
 		var cancelDeadline context.CancelFunc
@@ -272,6 +285,8 @@ func (r *Responder) run(spanCtx context.Context, d backend.Delivery, m *Message)
 				if err := d.Extend(ctx); err != nil {
 					r.log.Warn("rsvp: lease extension failed", "id", m.ID, "err", err)
 				}
+			case <-poll:
+				checkCancelled()
 			}
 		}
 	}()

@@ -465,3 +465,45 @@ func TestCancelOnAbandon(t *testing.T) {
 		t.Fatalf("Await: %v, want ErrCancelled", err)
 	}
 }
+
+// noWatch is the engine with WatchReply failing, as when the engine does
+// not confirm a subscription in time.
+type noWatch struct{ backend.Backend }
+
+func (noWatch) WatchReply(context.Context, string, func(*backend.Reply)) (backend.Subscription, error) {
+	return nil, errors.New("watch refused by the test")
+}
+
+// TestCancelWithoutWatch: a responder that cannot watch a tracked request's
+// reply still stops its handler when the request is cancelled: it looks
+// for the cancellation instead.
+func TestCancelWithoutWatch(t *testing.T) {
+	t.Parallel()
+	c := setup(t, rsvp.Config{})
+	ctx := ctxWithin(t, 20*time.Second)
+	responder, err := rsvp.New(ctx, noWatch{c.be}, rsvp.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { closeWithin(t, "close responder", responder.Close) })
+	started, cause := make(chan struct{}), make(chan error, 1)
+	if _, err := responder.Handle("nowatch", rsvp.HandlerFunc(func(ctx context.Context, m *rsvp.Message) (*rsvp.Reply, error) {
+		close(started)
+		<-ctx.Done()
+		cause <- context.Cause(ctx)
+		return nil, ctx.Err()
+	}), rsvp.HandleOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	tk, err := c.Send(ctx, "nowatch", &rsvp.Message{Track: true, Body: []byte("x")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	receive(t, started, "handler start")
+	if _, err := c.Cancel(ctx, tk.CorrelationID); err != nil {
+		t.Fatal(err)
+	}
+	if got := receive(t, cause, "handler cancellation"); got != rsvp.ErrCancelled {
+		t.Fatalf("handler's context.Cause is %v, want ErrCancelled", got)
+	}
+}

@@ -323,6 +323,7 @@ func (c *Client) Request(ctx context.Context, queue string, msg *Message) (*Repl
 	ch := c.waiters.add(m.CorrelationID)
 	defer c.waiters.remove(m.CorrelationID, ch)
 	if _, err := c.send(ctx, m, false); err != nil {
+		c.abandon(ctx, m, err) // stored all the same if only its acknowledgement was cut short
 		c.tel.endRequestSpan(span, tq, m, nil, "error")
 		return nil, err
 	}
@@ -334,16 +335,23 @@ func (c *Client) Request(ctx context.Context, queue string, msg *Message) (*Repl
 		// responder that reaches it dead-letters it as expired).
 		r, err = c.expire(ctx, m, err)
 	}
-	if err != nil && ctx.Err() != nil && c.cfg.CancelOnAbandon {
-		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-		if _, cerr := c.Cancel(cctx, m.CorrelationID); cerr != nil {
-			c.cfg.Logger.WarnContext(ctx, "rsvp: cancelling an abandoned request failed", "queue", queue, "id", m.ID,
-				"correlation_id", m.CorrelationID, "err", cerr)
-		}
-		cancel()
-	}
+	c.abandon(ctx, m, err)
 	c.tel.endRequest(ctx, span, tq, m, r, err, time.Since(start))
 	return r, err
+}
+
+// abandon cancels m's request (see Cancel) when the caller's ctx ended a
+// Request with err and Config.CancelOnAbandon is set.
+func (c *Client) abandon(ctx context.Context, m *Message, err error) {
+	if err == nil || ctx.Err() == nil || !c.cfg.CancelOnAbandon {
+		return
+	}
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	if _, cerr := c.Cancel(cctx, m.CorrelationID); cerr != nil {
+		c.cfg.Logger.WarnContext(ctx, "rsvp: cancelling an abandoned request failed", "queue", m.Queue, "id", m.ID,
+			"correlation_id", m.CorrelationID, "err", cerr)
+	}
 }
 
 // expire stores the final reply of m, whose deadline passed with no reply
@@ -474,7 +482,8 @@ func (w *waiters) len() int {
 // responder sends later is discarded. For a tracked request (Message.Track)
 // the cancellation also reaches the responders: one that has not started
 // the request never does, and a running handler's ctx is cancelled with
-// cause ErrCancelled.
+// cause ErrCancelled (at once; within a second if the responder could not
+// watch for it and looks instead).
 //
 // Cancel returns the request's final reply: the cancellation, or the reply
 // it already had, which stands (check its Status). A requester of another

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"sync/atomic"
 	"testing"
@@ -433,7 +434,9 @@ func TestProgressOutsideTrackedHandler(t *testing.T) {
 // TestCancelOnAbandon: a Request whose ctx ends first cancels its request;
 // the running handler sees ErrCancelled.
 func TestCancelOnAbandon(t *testing.T) {
-	tc := setup(t, rsvp.Config{CancelOnAbandon: true})
+	// Warnings (a watch or a cancellation that failed) explain a failure.
+	log := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
+	tc := setup(t, rsvp.Config{CancelOnAbandon: true, Logger: log})
 	started, cause := make(chan struct{}), make(chan error, 1)
 	handle(t, tc, "abandon", rsvp.HandleOptions{}, func(ctx context.Context, m *rsvp.Message) (*rsvp.Reply, error) {
 		close(started)
@@ -505,5 +508,42 @@ func TestCancelWithoutWatch(t *testing.T) {
 	}
 	if got := receive(t, cause, "handler cancellation"); got != rsvp.ErrCancelled {
 		t.Fatalf("handler's context.Cause is %v, want ErrCancelled", got)
+	}
+}
+
+// ackLost is the engine with Enqueue's acknowledgement lost to the
+// caller's ctx: the request is stored, and the call ends with the ctx.
+type ackLost struct {
+	backend.Backend
+	giveUp context.CancelFunc
+}
+
+func (a ackLost) Enqueue(ctx context.Context, m *backend.Message) error {
+	if err := a.Backend.Enqueue(context.WithoutCancel(ctx), m); err != nil {
+		return err
+	}
+	a.giveUp() // before the acknowledgement arrives
+	<-ctx.Done()
+	return fmt.Errorf("waiting for the acknowledgement: %w", ctx.Err())
+}
+
+// TestCancelOnAbandonDuringSend: a Request whose ctx ends while its
+// request is being stored cancels it too: it may be stored all the same.
+func TestCancelOnAbandonDuringSend(t *testing.T) {
+	t.Parallel()
+	c := setup(t, rsvp.Config{})
+	ctx, giveUp := context.WithCancel(ctxWithin(t, 10*time.Second))
+	requester, err := rsvp.New(ctx, ackLost{c.be, giveUp}, rsvp.Config{CancelOnAbandon: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { closeWithin(t, "close requester", requester.Close) })
+	msg := &rsvp.Message{ID: rsvp.NewID(), Track: true, Body: []byte("x")}
+	if _, err := requester.Request(ctx, "abandon-send", msg); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Request: %v, want context.Canceled", err)
+	}
+	r, err := c.be.GetReply(ctxWithin(t, 5*time.Second), msg.ID)
+	if err != nil || r.Status != backend.StatusCancelled {
+		t.Fatalf("stored reply %+v, %v; want the request cancelled", r, err)
 	}
 }

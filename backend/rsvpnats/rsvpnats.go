@@ -420,15 +420,15 @@ func (b *Backend) withTimeout(ctx context.Context) (context.Context, context.Can
 
 // SubscribeReplies implements backend.Backend.
 func (b *Backend) SubscribeReplies(ctx context.Context, inbox string, fn func(*backend.Reply)) (backend.Subscription, error) {
-	return b.subscribeNotify(ctx, subjNotify+"*."+inbox, fn)
+	return b.subscribeNotify(subjNotify+"*."+inbox, fn)
 }
 
 // WatchReply implements backend.Backend.
 func (b *Backend) WatchReply(ctx context.Context, correlationID string, fn func(*backend.Reply)) (backend.Subscription, error) {
-	return b.subscribeNotify(ctx, subjNotify+correlationID+".*", fn)
+	return b.subscribeNotify(subjNotify+correlationID+".*", fn)
 }
 
-func (b *Backend) subscribeNotify(ctx context.Context, subject string, fn func(*backend.Reply)) (backend.Subscription, error) {
+func (b *Backend) subscribeNotify(subject string, fn func(*backend.Reply)) (backend.Subscription, error) {
 	sub, err := b.nc.Subscribe(subject, func(m *nats.Msg) {
 		fn(decodeReply(m.Subject, m.Header, m.Data))
 	})
@@ -437,9 +437,7 @@ func (b *Backend) subscribeNotify(ctx context.Context, subject string, fn func(*
 	}
 	// Make sure the server has the interest before any caller looks for a
 	// stored reply, so nothing falls between the look and the subscription.
-	ctx, cancel := b.withTimeout(ctx)
-	defer cancel()
-	if err := b.nc.FlushWithContext(ctx); err != nil {
+	if err := b.nc.Flush(); err != nil {
 		_ = sub.Unsubscribe()
 		return nil, fmt.Errorf("rsvpnats: subscribe %s: %w", subject, err)
 	}
@@ -613,9 +611,7 @@ func (b *Backend) SubscribeEvents(ctx context.Context, fn func(*backend.Event)) 
 	if err != nil {
 		return nil, fmt.Errorf("rsvpnats: subscribe to events: %w", err)
 	}
-	ctx, cancel := b.withTimeout(ctx)
-	defer cancel()
-	if err := b.nc.FlushWithContext(ctx); err != nil {
+	if err := b.nc.Flush(); err != nil {
 		_ = sub.Unsubscribe()
 		return nil, fmt.Errorf("rsvpnats: subscribe to events: %w", err)
 	}

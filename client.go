@@ -136,7 +136,9 @@ func New(ctx context.Context, b backend.Backend, cfg Config) (*Client, error) {
 func (c *Client) Backend() backend.Backend { return c.b }
 
 // Close stops the client's responders (see Responder.Stop) and its reply
-// subscription. Waiting calls return when their contexts end.
+// subscription. Waiting calls return when their contexts end. A responder
+// already being stopped is waited for, but the outcome of that Stop went
+// to its caller: Close reports it only if its own ctx ends first.
 func (c *Client) Close(ctx context.Context) error {
 	c.mu.Lock()
 	if c.closed {
@@ -151,7 +153,10 @@ func (c *Client) Close(ctx context.Context) error {
 	c.mu.Unlock()
 	var errs []error
 	for _, r := range rs {
-		errs = append(errs, r.Stop(ctx))
+		earlier := r.stopAsked.Load()
+		if err := r.Stop(ctx); !earlier || ctx.Err() != nil {
+			errs = append(errs, err)
+		}
 	}
 	errs = append(errs, c.sub.Close(), c.tel.close())
 	return errors.Join(errs...)

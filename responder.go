@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rsvp-go/rsvp/backend"
@@ -98,7 +99,8 @@ type Responder struct {
 	wg          sync.WaitGroup
 	stopped     chan struct{}
 	stopOnce    sync.Once
-	stopErr     error // the outcome of Stop, set before stopped closes
+	stopErr     error       // the outcome of Stop, set before stopped closes
+	stopAsked   atomic.Bool // Stop was called
 }
 
 // Handle starts a responder for queue. It runs until Stop or Client.Close.
@@ -143,6 +145,7 @@ func (c *Client) handle(queue string, h Handler, opts HandleOptions) (*Responder
 // (the stop then completes in the background). A Stop while another runs
 // waits for that one, or for its own ctx.
 func (r *Responder) Stop(ctx context.Context) error {
+	r.stopAsked.Store(true)
 	go r.stopOnce.Do(func() { r.stop(ctx) })
 	select {
 	case <-r.stopped:

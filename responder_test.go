@@ -602,3 +602,37 @@ func TestHeaderKeysValidated(t *testing.T) {
 		}
 	}
 }
+
+// TestCloseAfterHardStop: Close waits for a responder whose hard stop is
+// still under way, without reporting that Stop's outcome: it went to the
+// caller of Stop.
+func TestCloseAfterHardStop(t *testing.T) {
+	t.Parallel()
+	c := setup(t, rsvp.Config{})
+	started, release := make(chan struct{}), make(chan struct{})
+	r := handle(t, c, "hardclose", rsvp.HandleOptions{}, func(ctx context.Context, m *rsvp.Message) (*rsvp.Reply, error) {
+		close(started)
+		<-release // ignores ctx: the hard stop stays under way
+		return nil, nil
+	})
+	if _, err := c.Send(ctxWithin(t, 5*time.Second), "hardclose", &rsvp.Message{}); err != nil {
+		t.Fatal(err)
+	}
+	receive(t, started, "handler start")
+	expired, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := r.Stop(expired); !errors.Is(err, context.Canceled) {
+		t.Fatalf("stop: %v, want context.Canceled", err)
+	}
+	closed := make(chan error, 1)
+	go func() { closed <- c.Close(ctxWithin(t, 10*time.Second)) }()
+	close(release)
+	if err := receive(t, closed, "Close"); err != nil {
+		t.Fatalf("Close: %v, want nil: the hard stop's outcome went to its caller", err)
+	}
+	select {
+	case <-r.Stopped():
+	default:
+		t.Fatal("Close returned before the responder stopped")
+	}
+}

@@ -30,11 +30,17 @@ const (
 // own: a responder's reply, setting up and tearing down.
 const rawTimeout = 10 * time.Second
 
+// rawRecheck is how long a request waits for its reply's notification
+// before it looks for the stored reply, and then again: a notification is
+// best effort (core NATS), as in rsvp's own wait (Config.RecheckInterval).
+const rawRecheck = time.Second
+
 // LimitJetStream measures the engine under rsvp's round trip: a
 // hand-written request → consumer → reply loop with plain nats.go calls on
 // rsvp's streams, with none of rsvp's work (no validation, deadlines,
 // leases, retries, dead letters). A requester publishes a LimitMessageSize
-// request to a queue and waits for its reply's notification; responders
+// request to a queue and waits for its reply's notification (or, if that
+// is lost, finds the stored reply a second later); responders
 // (max(concurrency, 8) of them, as for rsvp's round trip) pull it from a
 // durable consumer, publish the reply, then ack.
 //
@@ -76,6 +82,7 @@ type rawLoop struct {
 	label        string
 	b            *rsvpnats.Backend // nil: publish and take the acknowledgement
 	js           jetstream.JetStream
+	replies      jetstream.Stream
 	queue, inbox string
 	body         []byte
 
@@ -87,6 +94,12 @@ func (l *rawLoop) run(ctx context.Context, cfg Config, nc *nats.Conn) (res Resul
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return Result{}, fmt.Errorf("bench: jetstream: %w", err)
+	}
+	sctx, cancel := context.WithTimeout(ctx, rawTimeout)
+	l.replies, err = js.Stream(sctx, wireReplies)
+	cancel()
+	if err != nil {
+		return Result{}, fmt.Errorf("bench: replies stream: %w", err)
 	}
 	l.js, l.queue, l.inbox = js, "bench_"+token(), "bench"+token()
 	l.body, l.waiting = make([]byte, LimitMessageSize), map[string]chan string{}
@@ -122,11 +135,19 @@ func (l *rawLoop) request(ctx context.Context, id string) (string, error) {
 	if err := l.publish(ctx, m); err != nil {
 		return "", fmt.Errorf("publish request: %w", err)
 	}
-	select {
-	case got := <-ch:
-		return got, nil
-	case <-ctx.Done():
-		return "", ctx.Err()
+	recheck := time.NewTicker(rawRecheck)
+	defer recheck.Stop()
+	for {
+		select {
+		case got := <-ch:
+			return got, nil
+		case <-ctx.Done():
+			return "", ctx.Err()
+		case <-recheck.C:
+			if _, err := l.replies.GetLastMsgForSubject(ctx, wireSubjReplies+id+"."+l.inbox); err == nil {
+				return id, nil // stored; its notification was lost
+			}
+		}
 	}
 }
 

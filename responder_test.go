@@ -306,11 +306,7 @@ func TestHardStopRedelivers(t *testing.T) {
 		t.Fatal(err)
 	}
 	receive(t, started, "handler start")
-	expired, cancel := context.WithCancel(context.Background())
-	cancel()
-	if err := r.Stop(expired); !errors.Is(err, context.Canceled) {
-		t.Fatalf("stop: %v, want context.Canceled", err)
-	}
+	hardStop(t, r)
 	// Another responder gets it at once, as attempt 2.
 	attempt := make(chan int, 1)
 	handle(t, c, "hard", rsvp.HandleOptions{}, func(ctx context.Context, m *rsvp.Message) (*rsvp.Reply, error) {
@@ -619,11 +615,7 @@ func TestCloseAfterHardStop(t *testing.T) {
 		t.Fatal(err)
 	}
 	receive(t, started, "handler start")
-	expired, cancel := context.WithCancel(context.Background())
-	cancel()
-	if err := r.Stop(expired); !errors.Is(err, context.Canceled) {
-		t.Fatalf("stop: %v, want context.Canceled", err)
-	}
+	hardStop(t, r)
 	closed := make(chan error, 1)
 	go func() { closed <- c.Close(ctxWithin(t, 10*time.Second)) }()
 	close(release)
@@ -634,5 +626,16 @@ func TestCloseAfterHardStop(t *testing.T) {
 	case <-r.Stopped():
 	default:
 		t.Fatal("Close returned before the responder stopped")
+	}
+}
+
+// hardStop stops r with a context that has ended: Stop returns at once,
+// and the contexts of r's running handlers are cancelled.
+func hardStop(t *testing.T, r *rsvp.Responder) {
+	t.Helper()
+	expired, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := r.Stop(expired); !errors.Is(err, context.Canceled) {
+		t.Fatalf("stop: %v, want context.Canceled", err)
 	}
 }

@@ -247,18 +247,8 @@ func (r *Responder) run(spanCtx context.Context, d backend.Delivery, m *Message)
 	// reply is watched for; if the watch cannot be set up, it is looked
 	// for every cancelPoll instead, so that a cancellation is never lost.
 	var poll <-chan time.Time
-	onReply := func(rep *Reply) {
-		if rep.Status == backend.StatusCancelled {
-			cancelCause(ErrCancelled)
-		}
-	}
-	checkCancelled := func() {
-		if rep, err := r.c.b.GetReply(ctx, m.CorrelationID); err == nil {
-			onReply(rep)
-		}
-	}
 	if m.Track && m.ReplyTo != "" {
-		sub, err := r.c.b.WatchReply(ctx, m.CorrelationID, onReply)
+		sub, err := r.c.b.WatchReply(ctx, m.CorrelationID, func(rep *Reply) { cancelIfCancelled(rep, cancelCause) })
 		if err != nil {
 			r.log.Warn("rsvp: cannot watch for cancellation; looking for it every second instead", "id", m.ID, "err", err)
 			t := time.NewTicker(cancelPoll)
@@ -267,7 +257,7 @@ func (r *Responder) run(spanCtx context.Context, d backend.Delivery, m *Message)
 		} else {
 			defer sub.Close()
 		}
-		checkCancelled() // stored before the watch began
+		r.checkCancelled(ctx, m, cancelCause) // stored before the watch began
 	}
 	if !m.Deadline.IsZero() {
 		var cancelDeadline context.CancelFunc
@@ -289,7 +279,7 @@ func (r *Responder) run(spanCtx context.Context, d backend.Delivery, m *Message)
 					r.log.Warn("rsvp: lease extension failed", "id", m.ID, "err", err)
 				}
 			case <-poll:
-				checkCancelled()
+				r.checkCancelled(ctx, m, cancelCause)
 			}
 		}
 	}()
@@ -306,6 +296,20 @@ func (r *Responder) run(spanCtx context.Context, d backend.Delivery, m *Message)
 	}()
 	reply, err = r.h.ServeRequest(ctx, m)
 	return reply, false, err
+}
+
+// checkCancelled cancels a handler's ctx with cause ErrCancelled if m's
+// stored reply is a cancellation.
+func (r *Responder) checkCancelled(ctx context.Context, m *Message, cancel context.CancelCauseFunc) {
+	if rep, err := r.c.b.GetReply(ctx, m.CorrelationID); err == nil {
+		cancelIfCancelled(rep, cancel)
+	}
+}
+
+func cancelIfCancelled(rep *Reply, cancel context.CancelCauseFunc) {
+	if rep.Status == backend.StatusCancelled {
+		cancel(ErrCancelled)
+	}
 }
 
 // failure returns the code and message a failed request replies with: those

@@ -135,7 +135,7 @@ func TestMetricsOfClientsSharingAProvider(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c2.Close(context.Background())
+	t.Cleanup(func() { closeWithin(t, "close second client", c2.Close) }) // bounded: its handler may be held
 	ctx := ctxWithin(t, 10*time.Second)
 	const q = "metrics-shared"
 	var holding atomic.Bool

@@ -62,6 +62,11 @@ type queueTel struct {
 	labels                  metric.MeasurementOption // the queue alone
 	byStatus                [len(statuses)]metric.MeasurementOption
 	inFlight                atomic.Int64 // handler attempts running now
+
+	// Requests stored, and final replies stored by status, not yet added
+	// to their counters: see flush.
+	sent      atomic.Int64
+	completed [len(statuses)]atomic.Int64
 }
 
 // statuses are the final statuses a reply (and a final event) can have,
@@ -115,7 +120,9 @@ func newTelemetry(tp trace.TracerProvider, mp metric.MeterProvider, w *waiters) 
 	// The gauges are counted here and observed at collection time: an
 	// instrument call per attempt costs more than the count. Each client
 	// registers its own callback, so clients sharing a MeterProvider add up
-	// (these are up-down counters, whose observations are summed).
+	// (these are up-down counters, whose observations are summed). The
+	// same callback hands the counts of sent and completed to their
+	// counters (flush).
 	t.inFlight, e = m.Int64ObservableUpDownCounter("rsvp.handler.in_flight", metric.WithDescription("Handler attempts running now."))
 	must(e)
 	t.waiters, e = m.Int64ObservableUpDownCounter("rsvp.waiters", metric.WithDescription("Calls waiting for a reply."))
@@ -123,11 +130,12 @@ func newTelemetry(tp trace.TracerProvider, mp metric.MeterProvider, w *waiters) 
 	if err != nil {
 		return nil, err
 	}
-	t.observing, err = m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+	t.observing, err = m.RegisterCallback(func(ctx context.Context, o metric.Observer) error {
 		o.ObserveInt64(t.waiters, int64(w.len()))
 		t.queues.Range(func(_, v any) bool {
 			q := v.(*queueTel)
 			o.ObserveInt64(t.inFlight, q.inFlight.Load(), q.labels)
+			t.flush(ctx, q)
 			return true
 		})
 		return nil
@@ -135,9 +143,43 @@ func newTelemetry(tp trace.TracerProvider, mp metric.MeterProvider, w *waiters) 
 	return t, err
 }
 
-// close stops the observation of this client's gauges.
+// close stops the observation of this client's gauges, and adds its last
+// counts to the counters.
 func (t *telemetry) close() error {
-	return t.observing.Unregister()
+	err := t.observing.Unregister()
+	t.queues.Range(func(_, v any) bool {
+		t.flush(context.Background(), v.(*queueTel))
+		return true
+	})
+	return err
+}
+
+// sentOne counts a request stored on q.
+func (t *telemetry) sentOne(q *queueTel) { q.sent.Add(1) }
+
+// completedOne counts a final reply stored for a request of q.
+func (t *telemetry) completedOne(q *queueTel, status backend.Status) {
+	if i := slices.Index(statuses[:], status); i >= 0 {
+		q.completed[i].Add(1)
+		return
+	}
+	t.completed.Add(context.Background(), 1, t.onQueue(q.name, "outcome", string(status)))
+}
+
+// flush adds q's counts of sent and completed requests to their counters.
+// Counting in rsvp and adding the counts when metrics are collected (the
+// SDK runs callbacks, flush among them, before it reads the counters) and
+// on close keeps the counters exact where they are read, at a fraction of
+// the cost of a counter call per request.
+func (t *telemetry) flush(ctx context.Context, q *queueTel) {
+	if n := q.sent.Swap(0); n > 0 {
+		t.sent.Add(ctx, n, q.labels)
+	}
+	for i := range q.completed {
+		if n := q.completed[i].Swap(0); n > 0 {
+			t.completed.Add(ctx, n, q.byStatus[i])
+		}
+	}
 }
 
 // latencyBuckets are histogram bounds in seconds, from 0.5 ms to 1 min.
@@ -208,18 +250,14 @@ func (t *telemetry) endRequest(ctx context.Context, span trace.Span, q *queueTel
 func (t *telemetry) endRequestSpan(span trace.Span, q *queueTel, m *Message, r *Reply, outcome string) {
 	if span.IsRecording() {
 		span.SetAttributes(messageAttrs(q, m, attribute.String("rsvp.outcome", outcome))...)
-		if r != nil { // link to the responder's attempt that replied
+		if r != nil && !sameTrace(r.TraceParent, m.TraceParent) {
+			// The reply came from another trace (a workflow's, say): link to
+			// the span that replied. Within the trace, the attempts are
+			// this span's children already.
 			span.AddLink(trace.Link{SpanContext: t.remote(r.TraceParent, r.TraceState)})
 		}
 	}
 	span.End()
-}
-
-// completedOne counts a final reply stored for a request of q. Counters
-// are recorded without the context: an exemplar per count is not worth its
-// cost.
-func (t *telemetry) completedOne(q *queueTel, status backend.Status) {
-	t.completed.Add(context.Background(), 1, t.outcome(q, string(status)))
 }
 
 // outcome returns the metric labels of q with outcome.
@@ -237,6 +275,12 @@ func putTraceContext(ctx context.Context, parent, state *string) {
 	if sc := trace.SpanContextFromContext(ctx); sc.IsValid() {
 		*parent, *state = traceparent(sc), sc.TraceState().String()
 	}
+}
+
+// sameTrace reports whether two W3C traceparents (version 00) have the same
+// trace id; traceparents of other versions are never the same.
+func sameTrace(a, b string) bool {
+	return len(a) == 55 && len(b) == 55 && a[:3] == "00-" && a[:35] == b[:35]
 }
 
 // traceFlags are the trace flags W3C Trace Context defines, the ones

@@ -584,10 +584,10 @@ func TestWireTraceContext(t *testing.T) {
 	if !regexp.MustCompile(`^00-[0-9a-f]{32}-[0-9a-f]{16}-01$`).MatchString(tp1) || len(h.Values("traceparent")) != 0 {
 		t.Fatalf("request trace headers: Rsvp-Traceparent %q, traceparent %q", tp1, h.Values("traceparent"))
 	}
-	// The raw responder answers with a span of its own in the same trace.
+	// The raw responder answers from a trace of its own (a batch job's, say).
 	const responderSpan = "00f067aa0ba902b7"
 	reply := wireReply(h.Get("Rsvp-Reply-To"), h.Get("Rsvp-Correlation-Id"), "succeeded", "pong")
-	reply.Header.Set("Rsvp-Traceparent", "00-"+tp1[3:35]+"-"+responderSpan+"-01")
+	reply.Header.Set("Rsvp-Traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-"+responderSpan+"-01")
 	if _, err := js.PublishMsg(ctx, reply); err != nil {
 		t.Fatal(err)
 	}
@@ -601,6 +601,6 @@ func TestWireTraceContext(t *testing.T) {
 	}
 	links := ended[0].Links()
 	if len(links) != 1 || links[0].SpanContext.SpanID().String() != responderSpan {
-		t.Fatalf("request span links %+v, want the responder's span %s", links, responderSpan)
+		t.Fatalf("request span links %+v, want the responder's span %s in its other trace", links, responderSpan)
 	}
 }

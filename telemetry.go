@@ -50,6 +50,7 @@ type telemetry struct {
 	// collected; unregistered by close.
 	inFlight, waiters metric.Int64ObservableUpDownCounter
 	observing         metric.Registration
+	closed            atomic.Bool // counts made after close are added at once
 }
 
 // queueTel is what telemetry keeps per queue, made once: span names and
@@ -147,6 +148,7 @@ func newTelemetry(tp trace.TracerProvider, mp metric.MeterProvider, w *waiters) 
 // counts to the counters.
 func (t *telemetry) close() error {
 	err := t.observing.Unregister()
+	t.closed.Store(true)
 	t.queues.Range(func(_, v any) bool {
 		t.flush(context.Background(), v.(*queueTel))
 		return true
@@ -155,15 +157,27 @@ func (t *telemetry) close() error {
 }
 
 // sentOne counts a request stored on q.
-func (t *telemetry) sentOne(q *queueTel) { q.sent.Add(1) }
+func (t *telemetry) sentOne(q *queueTel) {
+	q.sent.Add(1)
+	t.flushIfClosed(q)
+}
 
 // completedOne counts a final reply stored for a request of q.
 func (t *telemetry) completedOne(q *queueTel, status backend.Status) {
 	if i := slices.Index(statuses[:], status); i >= 0 {
 		q.completed[i].Add(1)
+		t.flushIfClosed(q)
 		return
 	}
 	t.completed.Add(context.Background(), 1, t.onQueue(q.name, "outcome", string(status)))
+}
+
+// flushIfClosed flushes q once close has begun: a count made then (by a
+// Send racing Close) may have missed close's flush.
+func (t *telemetry) flushIfClosed(q *queueTel) {
+	if t.closed.Load() {
+		t.flush(context.Background(), q)
+	}
 }
 
 // flush adds q's counts of sent and completed requests to their counters.
@@ -251,9 +265,9 @@ func (t *telemetry) endRequestSpan(span trace.Span, q *queueTel, m *Message, r *
 	if span.IsRecording() {
 		span.SetAttributes(messageAttrs(q, m, attribute.String("rsvp.outcome", outcome))...)
 		if r != nil && !sameTrace(r.TraceParent, m.TraceParent) {
-			// The reply came from another trace (a workflow's, say): link to
-			// the span that replied. Within the trace, the attempts are
-			// this span's children already.
+			// The reply came from another trace (a responder that started
+			// one of its own): link to the span that replied. Within the
+			// trace, the attempts are this span's children already.
 			span.AddLink(trace.Link{SpanContext: t.remote(r.TraceParent, r.TraceState)})
 		}
 	}

@@ -63,7 +63,7 @@ func BenchmarkTelemetryOverhead(b *testing.B) {
 // taken fairly on a noisy machine: two clients, each on its own durable
 // engine, one with telemetry off and one with traces (SDK, everything
 // sampled, discarding exporter), metrics (SDK, manual reader), both, or
-// both with 1 % of the traces sampled ("sampled") on,
+// both with 1 % or 10 % of the traces sampled ("sampled", "sampled10") on,
 // take turns of 250ms of round trips at concurrency 64: 24 pairs of turns,
 // in the order off-on, on-off, off-on, ... so that a drift of the machine
 // weighs on both. It reports each one's round trips/s over all turns, their
@@ -71,10 +71,13 @@ func BenchmarkTelemetryOverhead(b *testing.B) {
 // (median-on/off), which a burst of noise in one turn cannot move. Run it
 // with -benchtime 1x.
 func BenchmarkTelemetryInterleaved(b *testing.B) {
-	for _, mode := range []string{"traces", "metrics", "both", "sampled"} {
+	for _, mode := range []string{"traces", "metrics", "both", "sampled", "sampled10"} {
 		sample := 1.0
-		if mode == "sampled" {
+		switch mode {
+		case "sampled":
 			sample = 0.01
+		case "sampled10":
+			sample = 0.1
 		}
 		b.Run(mode, func(b *testing.B) { telemetryInterleaved(b, mode != "metrics", mode != "traces", sample) })
 	}

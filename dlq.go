@@ -154,8 +154,10 @@ func attemptOf(ev *backend.Event) (Attempt, bool) {
 // that reply first (the backend must be a backend.ReplyDeleter), and
 // records the replay in the request's event log (event type "replayed").
 // If the request succeeded meanwhile (a replay that went through before),
-// Replay only deletes the dead letter. If sending fails after the reply
-// was deleted, the dead letter stays: replay it again.
+// Replay only deletes the dead letter; so it does if another replay of the
+// same dead letter, running at the same time, has replaced the failure
+// reply, and returns that replay's ticket. If sending fails after the
+// reply was deleted, the dead letter stays: replay it again.
 //
 // Replay returns an error matching ErrNoDeadLetter if there is no dead
 // letter key on queue.
@@ -219,7 +221,13 @@ func (c *Client) replay(ctx context.Context, dl *DeadLetter) (Ticket, error) {
 			if !ok {
 				return fail(fmt.Errorf("the %T backend cannot take back the failure reply of %s", c.b, m.CorrelationID))
 			}
-			if err := rd.DeleteReply(ctx, m.CorrelationID); err != nil {
+			err := rd.DeleteReply(ctx, r)
+			if errors.Is(err, backend.ErrReplyExists) {
+				// A concurrent replay of this dead letter took the failure
+				// back and its run has replied: it is replayed.
+				return t, c.deleteReplayed(ctx, dl, t)
+			}
+			if err != nil {
 				return fail(err)
 			}
 		case !errors.Is(err, backend.ErrNotFound):

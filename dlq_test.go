@@ -10,6 +10,7 @@ import (
 
 	"github.com/rsvp-go/rsvp"
 	"github.com/rsvp-go/rsvp/backend"
+	"github.com/rsvp-go/rsvp/backend/rsvpnats"
 )
 
 // TestReplayAfterFix fails a request for good, fixes the handler, replays
@@ -74,6 +75,83 @@ func TestReplayAfterFix(t *testing.T) {
 		t.Fatalf("handler ran %d times, want 2", n)
 	}
 }
+
+// TestConcurrentReplays: of two replays of one dead letter, the one that
+// read the failure reply before the other's run replied does not take that
+// new reply back (which would leave the request with no reply, its new
+// run deduplicated): it finds the dead letter replayed.
+func TestConcurrentReplays(t *testing.T) {
+	t.Parallel()
+	c := setup(t, rsvp.Config{})
+	ctx := ctxWithin(t, 20*time.Second)
+	const q = "dlq-concurrent"
+	var fixed atomic.Bool
+	var runs atomic.Int32
+	handle(t, c, q, rsvp.HandleOptions{}, func(ctx context.Context, m *rsvp.Message) (*rsvp.Reply, error) {
+		runs.Add(1)
+		if !fixed.Load() {
+			return nil, rsvp.Permanent(errors.New("broken"))
+		}
+		return &rsvp.Reply{Body: []byte("fixed")}, nil
+	})
+	failed, err := c.Request(ctx, q, &rsvp.Message{})
+	var re *rsvp.RemoteError
+	if !errors.As(err, &re) || failed == nil {
+		t.Fatalf("first request: %v, %v", failed, err)
+	}
+	id := failed.CorrelationID
+	// The second replayer reads the dead letter and the failure now, and
+	// acts on them after the first replay is done.
+	dls := deadLetters(t, c, q)
+	if len(dls) != 1 {
+		t.Fatalf("%d dead letters, want 1", len(dls))
+	}
+	failure, err := c.be.GetReply(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	late, err := rsvp.New(ctx, staleRead{Backend: c.be, dls: dls, reply: failure}, rsvp.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { closeWithin(t, "close the late replayer", late.Close) })
+
+	fixed.Store(true)
+	first, err := c.Replay(ctx, q, dls[0].Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r, err := c.Await(ctx, id); err != nil || string(r.Body) != "fixed" {
+		t.Fatalf("reply of the first replay: %v, %v", r, err)
+	}
+	second, err := late.Replay(ctx, q, dls[0].Key)
+	if err != nil || second != first {
+		t.Fatalf("late replay: %+v, %v; want the first replay's ticket %+v", second, err, first)
+	}
+	if r, err := c.be.GetReply(ctx, id); err != nil || string(r.Body) != "fixed" {
+		t.Fatalf("reply after the late replay: %+v, %v; want the first replay's", r, err)
+	}
+	if n := runs.Load(); n != 2 {
+		t.Fatalf("handler ran %d times, want 2 (the failure, one replay)", n)
+	}
+	if dls := deadLetters(t, c, q); len(dls) != 0 {
+		t.Fatalf("%d dead letters left", len(dls))
+	}
+}
+
+// staleRead is an engine as a replayer saw it a moment ago: dls are its
+// dead letters and reply the stored reply. Writes go to the engine.
+type staleRead struct {
+	*rsvpnats.Backend
+	dls   []*backend.DeadLetter
+	reply *backend.Reply
+}
+
+func (s staleRead) DeadLetters(context.Context, backend.DeadLetterQuery) ([]*backend.DeadLetter, error) {
+	return s.dls, nil
+}
+
+func (s staleRead) GetReply(context.Context, string) (*backend.Reply, error) { return s.reply, nil }
 
 // TestReplayRightAfterFailure: a replay made between a responder's storing
 // the failure reply and its recording the final event still comes after

@@ -264,10 +264,13 @@ type Backend interface {
 // back, so that a dead-lettered request can be replayed under its own
 // correlation id (rsvp's Client.Replay).
 type ReplyDeleter interface {
-	// DeleteReply removes the stored reply of correlationID, whatever its
-	// inbox, so that PutReply can store another. Deleting a reply that is
-	// not stored is not an error.
-	DeleteReply(ctx context.Context, correlationID string) error
+	// DeleteReply removes the stored reply of r.CorrelationID, whatever
+	// its inbox, so that PutReply can store another, if it is still r: the
+	// reply GetReply returned, with the same Status and CreatedAt. If
+	// another reply has taken its place (a concurrent replay's), that one
+	// stays and DeleteReply returns ErrReplyExists. Deleting a reply that
+	// is not stored is not an error.
+	DeleteReply(ctx context.Context, r *Reply) error
 }
 
 // ActivityReporter is implemented by backends that can tell whether

@@ -161,10 +161,11 @@ var replayCases = []testCase{
 		}
 		ctx := ctxFor(t, 10*time.Second)
 		id := uniq("id-")
-		if err := rd.DeleteReply(ctx, id); err != nil {
+		if err := rd.DeleteReply(ctx, &backend.Reply{CorrelationID: id, Status: backend.StatusFailed}); err != nil {
 			t.Fatalf("deleting a reply that is not stored: %v", err)
 		}
-		failed := &backend.Reply{CorrelationID: id, Status: backend.StatusFailed, ErrorCode: "failed", ErrorMessage: "boom"}
+		failed := &backend.Reply{CorrelationID: id, Status: backend.StatusFailed, ErrorCode: "failed", ErrorMessage: "boom",
+			CreatedAt: time.Now()}
 		if err := b.PutReply(ctx, b.ReplyAddress("inboxA", id), failed); err != nil {
 			t.Fatal(err)
 		}
@@ -172,7 +173,11 @@ var replayCases = []testCase{
 		if err := b.PutReply(ctx, b.ReplyAddress("inboxA", other.CorrelationID), other); err != nil {
 			t.Fatal(err)
 		}
-		if err := rd.DeleteReply(ctx, id); err != nil {
+		read, err := b.GetReply(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := rd.DeleteReply(ctx, read); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := b.GetReply(ctx, id); !errors.Is(err, backend.ErrNotFound) {
@@ -188,7 +193,7 @@ var replayCases = []testCase{
 			t.Fatal(err)
 		}
 		defer sub.Close()
-		ok2 := &backend.Reply{CorrelationID: id, Status: backend.StatusSucceeded, Body: []byte("second time")}
+		ok2 := &backend.Reply{CorrelationID: id, Status: backend.StatusSucceeded, Body: []byte("second time"), CreatedAt: time.Now()}
 		if err := b.PutReply(ctx, b.ReplyAddress("inboxB", id), ok2); err != nil {
 			t.Fatalf("PutReply after DeleteReply: %v", err)
 		}
@@ -205,6 +210,20 @@ var replayCases = []testCase{
 		}
 		if err := b.PutReply(ctx, b.ReplyAddress("inboxA", id), failed); !errors.Is(err, backend.ErrReplyExists) {
 			t.Fatalf("third reply: %v, want ErrReplyExists", err)
+		}
+		// Deleting the reply read before (a concurrent replay that read the
+		// failure) leaves the one that took its place.
+		if err := rd.DeleteReply(ctx, read); !errors.Is(err, backend.ErrReplyExists) {
+			t.Fatalf("deleting a reply another has replaced: %v, want ErrReplyExists", err)
+		}
+		if got, err := b.GetReply(ctx, id); err != nil || string(got.Body) != "second time" {
+			t.Fatalf("GetReply after deleting a replaced reply: %+v, %v; want the second reply", got, err)
+		}
+		// A reply like the one read in all but its creation time is another.
+		sameStatus := *read
+		sameStatus.Status = backend.StatusSucceeded
+		if err := rd.DeleteReply(ctx, &sameStatus); !errors.Is(err, backend.ErrReplyExists) {
+			t.Fatalf("deleting by the status alone: %v, want ErrReplyExists", err)
 		}
 	}},
 }

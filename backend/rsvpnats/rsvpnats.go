@@ -382,16 +382,33 @@ func isReplyConflict(err error) bool {
 }
 
 // DeleteReply implements backend.ReplyDeleter.
-func (b *Backend) DeleteReply(ctx context.Context, correlationID string) error {
-	if err := backend.ValidateName("correlation id", correlationID); err != nil {
+func (b *Backend) DeleteReply(ctx context.Context, r *backend.Reply) error {
+	if err := backend.ValidateName("correlation id", r.CorrelationID); err != nil {
 		return fmt.Errorf("rsvpnats: delete reply: %w", err)
 	}
 	ctx, cancel := b.withTimeout(ctx)
 	defer cancel()
-	if err := b.replies.Purge(ctx, jetstream.WithPurgeSubject(subjReplies+correlationID+".*")); err != nil {
-		return fmt.Errorf("rsvpnats: delete reply %s: %w", correlationID, err)
+	subject := subjReplies + r.CorrelationID + ".*"
+	raw, err := b.replies.GetLastMsgForSubject(ctx, subject)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("rsvpnats: delete reply %s: %w", r.CorrelationID, err)
+	}
+	if !sameReply(decodeReply(raw.Subject, raw.Header, raw.Data), r) {
+		return fmt.Errorf("rsvpnats: delete reply %s: another reply took its place: %w", r.CorrelationID, backend.ErrReplyExists)
+	}
+	// Up to the reply read, never a later one.
+	if err := b.replies.Purge(ctx, jetstream.WithPurgeSubject(subject), jetstream.WithPurgeSequence(raw.Sequence+1)); err != nil {
+		return fmt.Errorf("rsvpnats: delete reply %s: %w", r.CorrelationID, err)
 	}
 	return nil
+}
+
+// sameReply reports whether stored is the reply r was read as.
+func sameReply(stored, r *backend.Reply) bool {
+	return stored.Status == r.Status && stored.CreatedAt.Equal(r.CreatedAt)
 }
 
 // GetReply implements backend.Backend.

@@ -148,8 +148,8 @@ func (b *Backend) GetReply(ctx context.Context, correlationID string) (*backend.
 }
 
 // DeleteReply implements backend.ReplyDeleter.
-func (b *Backend) DeleteReply(ctx context.Context, correlationID string) error {
-	if err := backend.ValidateName("correlation id", correlationID); err != nil {
+func (b *Backend) DeleteReply(ctx context.Context, r *backend.Reply) error {
+	if err := backend.ValidateName("correlation id", r.CorrelationID); err != nil {
 		return fmt.Errorf("rsvppg: delete reply: %w", err)
 	}
 	ctx, cancel, err := b.callCtx(ctx)
@@ -157,13 +157,25 @@ func (b *Backend) DeleteReply(ctx context.Context, correlationID string) error {
 		return err
 	}
 	defer cancel()
-	if _, err := b.durable.Exec(ctx, b.schemaSQL(deleteReplySQL), correlationID); err != nil {
-		return fmt.Errorf("rsvppg: delete reply %s: %w", correlationID, err)
+	var deleted, stored bool
+	err = b.durable.QueryRow(ctx, b.schemaSQL(deleteReplySQL), r.CorrelationID,
+		string(cmp.Or(r.Status, backend.StatusSucceeded)), timeOrNil(r.CreatedAt)).Scan(&deleted, &stored)
+	if err != nil {
+		return fmt.Errorf("rsvppg: delete reply %s: %w", r.CorrelationID, err)
+	}
+	if !deleted && stored {
+		return fmt.Errorf("rsvppg: delete reply %s: another reply took its place: %w", r.CorrelationID, backend.ErrReplyExists)
 	}
 	return nil
 }
 
-const deleteReplySQL = `DELETE FROM {s}.replies WHERE correlation_id = $1`
+// deleteReplySQL deletes the reply $1 if it is still the one read (status
+// $2, created at $3), and says whether it did and whether one was stored
+// (the outer query sees the table as it was before the delete).
+const deleteReplySQL = `WITH gone AS (
+	DELETE FROM {s}.replies WHERE correlation_id = $1 AND status = $2 AND created_at IS NOT DISTINCT FROM $3 RETURNING 1
+)
+SELECT EXISTS (SELECT 1 FROM gone), EXISTS (SELECT 1 FROM {s}.replies WHERE correlation_id = $1)`
 
 var _ backend.ReplyDeleter = (*Backend)(nil)
 

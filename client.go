@@ -182,8 +182,7 @@ func (c *Client) Send(ctx context.Context, queue string, msg *Message) (Ticket, 
 	// Store the request and its expiry task side by side.
 	expiry := make(chan error, 1)
 	go func() {
-		expiry <- c.scheduleExpiry(ctx, expiryTask{CorrelationID: m.CorrelationID, ReplyTo: m.ReplyTo, Queue: m.Queue,
-			Deadline: m.Deadline, Track: m.Track, Channel: m.Channel, ReplySession: m.ReplySession})
+		expiry <- c.scheduleExpiry(ctx, expiryOf(m))
 	}()
 	t, err := c.send(ctx, m, true)
 	return t, errors.Join(err, <-expiry)
@@ -313,7 +312,9 @@ func (c *Client) isClosed() bool {
 // stored reply and a *RemoteError. When that deadline passes with no reply,
 // Request stores the expired reply itself (unless a reply just came) and
 // returns ErrExpired: Await in any process then knows, even if no responder
-// ever took the request.
+// ever took the request. As a responder does with the replies it stores,
+// it records the final event of a tracked request and lists the reply
+// under its reply session.
 func (c *Client) Request(ctx context.Context, queue string, msg *Message) (*Reply, error) {
 	m, err := c.prepare(queue, msg)
 	if err != nil {
@@ -341,7 +342,7 @@ func (c *Client) Request(ctx context.Context, queue string, msg *Message) (*Repl
 	if r == nil && errors.Is(err, context.DeadlineExceeded) && !m.Deadline.IsZero() && !time.Now().Before(m.Deadline) {
 		// The request's own deadline passed without a reply: it expired (a
 		// responder that reaches it dead-letters it as expired).
-		r, err = c.expire(ctx, m, err)
+		r, err = c.expireRequest(ctx, m, err)
 	}
 	c.abandon(ctx, m, err)
 	c.tel.endRequest(ctx, span, tq, m, r, err, time.Since(start))
@@ -362,14 +363,14 @@ func (c *Client) abandon(ctx context.Context, m *Message, err error) {
 	}
 }
 
-// expire stores the final reply of m, whose deadline passed with no reply
-// (waitErr): expired, so that Await finds it in any process even if no
-// responder ever takes m. A reply stored just before wins, and is returned
-// as Request returns replies.
-func (c *Client) expire(ctx context.Context, m *Message, waitErr error) (*Reply, error) {
+// expireRequest stores the final reply of m, whose deadline passed with no
+// reply (waitErr): expired, so that Await finds it in any process even if
+// no responder ever takes m (see expire). A reply stored just before wins,
+// and is returned as Request returns replies.
+func (c *Client) expireRequest(ctx context.Context, m *Message, waitErr error) (*Reply, error) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	r, err := c.storeExpired(ctx, m.CorrelationID, m.ReplyTo)
+	r, err := c.expire(ctx, expiryOf(m))
 	if r != nil {
 		return r, replyError(r)
 	}

@@ -38,6 +38,12 @@ type expiryTask struct {
 	ReplySession  string    `json:"reply_session,omitempty"`
 }
 
+// expiryOf is the expiry task of request m.
+func expiryOf(m *Message) expiryTask {
+	return expiryTask{CorrelationID: m.CorrelationID, ReplyTo: m.ReplyTo, Queue: m.Queue,
+		Deadline: m.Deadline, Track: m.Track, Channel: m.Channel, ReplySession: m.ReplySession}
+}
+
 // scheduleExpiry stores the expiry task of m. A deadline further ahead than
 // Config.MaxDelay is reached in hops: the task comes due earlier and is
 // scheduled again.
@@ -97,12 +103,26 @@ func (c *Client) handleExpiry(ctx context.Context, req *Message) (*Reply, error)
 	if replayed, err := c.replayed(ctx, t.CorrelationID); err != nil || replayed {
 		return &Reply{}, err // a replay has no deadline (Replay)
 	}
-	_, err := c.storeExpired(ctx, t.CorrelationID, t.ReplyTo)
+	_, err := c.expire(ctx, t)
 	if errors.Is(err, backend.ErrReplyExists) {
 		return &Reply{}, nil // answered just now
 	}
 	if err != nil {
 		return nil, err
+	}
+	return &Reply{}, nil
+}
+
+const expiredText = "the deadline passed before a reply"
+
+// expire stores the expired reply of the request t describes, whose
+// deadline passed with no reply, and then does what a responder does with
+// a reply it stores: records the final event of a tracked request, and
+// lists the reply under its reply session. If a reply was stored before,
+// it returns that reply and ErrReplyExists (see storeExpired).
+func (c *Client) expire(ctx context.Context, t expiryTask) (*Reply, error) {
+	if r, err := c.storeExpired(ctx, t.CorrelationID, t.ReplyTo); err != nil {
+		return r, err
 	}
 	m := &Message{CorrelationID: t.CorrelationID, Queue: t.Queue, Track: t.Track, Channel: t.Channel, ReplySession: t.ReplySession}
 	rep := &Reply{Status: backend.StatusExpired, ErrorCode: CodeExpired, ErrorMessage: expiredText}
@@ -110,10 +130,8 @@ func (c *Client) handleExpiry(ctx context.Context, req *Message) (*Reply, error)
 	s := &settler{c: c}
 	s.endEvent(ctx, m, rep, false, log)
 	s.listReply(ctx, m, log)
-	return &Reply{}, nil
+	return nil, nil
 }
-
-const expiredText = "the deadline passed before a reply"
 
 // replayed reports whether the request correlationID was replayed from its
 // dead letter (its event log has a replayed event).

@@ -52,3 +52,28 @@ func TestSentRequestExpires(t *testing.T) {
 		})
 	})
 }
+
+// TestRequestExpiresOnItsOwn: a Request whose deadline passes with no reply
+// stores the expired reply itself, and does what a responder does with the
+// replies it stores: a tracked request's event log ends with its expiry,
+// and the reply is listed under its reply session.
+func TestRequestExpiresOnItsOwn(t *testing.T) {
+	t.Parallel()
+	c := setup(t, rsvp.Config{})
+	session := "rs-expired-" + rsvp.NewID()
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	m := &rsvp.Message{ID: rsvp.NewID(), Track: true, ReplySession: session}
+	if _, err := c.Request(ctx, "nobody-at-all", m); !errors.Is(err, rsvp.ErrExpired) {
+		t.Fatalf("Request: %v, want ErrExpired", err)
+	}
+	wctx := ctxWithin(t, 10*time.Second)
+	evs, err := c.be.Events(wctx, backend.EventQuery{CorrelationID: m.ID})
+	if err != nil || len(evs) == 0 || evs[len(evs)-1].Type != string(backend.StatusExpired) {
+		t.Fatalf("events %v, %v; want the last one expired", evs, err)
+	}
+	listed, err := c.SessionReplies(wctx, session, 0)
+	if err != nil || len(listed) != 1 || listed[0].Reply.CorrelationID != m.ID || listed[0].Reply.Status != backend.StatusExpired {
+		t.Fatalf("reply session lists %+v, %v; want the expired reply", listed, err)
+	}
+}

@@ -23,7 +23,8 @@ import (
 // session goes on. A session request cannot be scheduled.
 //
 // A request sent with Message.ReplySession has its reply listed under
-// that reply session once a responder stored it. SessionReplies reads the
+// that reply session once it is stored: by a responder, or as expired when
+// its deadline passed. SessionReplies reads the
 // list in order, from any process: a requester can consume the replies of
 // one session in the order they were made.
 

@@ -55,11 +55,8 @@ type Config struct {
 	// stops the work too. Set Message.Track for the cancellation to reach a
 	// running handler. Default false: the request stays, for Await.
 	CancelOnAbandon bool
-	// MeterProvider makes rsvp's metrics (rsvp.requests.sent, ...). The
-	// client counts sent and completed requests itself and adds its counts
-	// to those counters when metrics are collected, and on Close: they are
-	// exact wherever they are read. Default: the global provider
-	// (otel.GetMeterProvider).
+	// MeterProvider makes rsvp's metrics (rsvp.requests.sent, ...).
+	// Default: the global provider (otel.GetMeterProvider).
 	MeterProvider metric.MeterProvider
 	// NoExpiryTasks keeps this client from running the expiry tasks of
 	// requests sent with deadlines (ExpiryQueue); other clients on the
@@ -205,7 +202,7 @@ func (c *Client) send(ctx context.Context, m *Message, ownSpan bool) (Ticket, er
 		}
 		return Ticket{}, fmt.Errorf("rsvp: send to %s: %w", m.Queue, err)
 	}
-	c.tel.sentOne(c.tel.queue(m.Queue))
+	c.tel.sent.Add(context.Background(), 1, c.tel.queue(m.Queue).labels)
 	c.cfg.Logger.DebugContext(ctx, "rsvp: sent", "queue", m.Queue, "id", m.ID, "correlation_id", m.CorrelationID)
 	return Ticket{ID: m.ID, CorrelationID: m.CorrelationID, Queue: m.Queue}, nil
 }

@@ -50,7 +50,6 @@ type telemetry struct {
 	// collected; unregistered by close.
 	inFlight, waiters metric.Int64ObservableUpDownCounter
 	observing         metric.Registration
-	closed            atomic.Bool // counts made after close are added at once
 }
 
 // queueTel is what telemetry keeps per queue, made once: span names and
@@ -63,11 +62,6 @@ type queueTel struct {
 	labels                  metric.MeasurementOption // the queue alone
 	byStatus                [len(statuses)]metric.MeasurementOption
 	inFlight                atomic.Int64 // handler attempts running now
-
-	// Requests stored, and final replies stored by status, not yet added
-	// to their counters: see flush.
-	sent      atomic.Int64
-	completed [len(statuses)]atomic.Int64
 }
 
 // statuses are the final statuses a reply (and a final event) can have,
@@ -121,9 +115,7 @@ func newTelemetry(tp trace.TracerProvider, mp metric.MeterProvider, w *waiters) 
 	// The gauges are counted here and observed at collection time: an
 	// instrument call per attempt costs more than the count. Each client
 	// registers its own callback, so clients sharing a MeterProvider add up
-	// (these are up-down counters, whose observations are summed). The
-	// same callback hands the counts of sent and completed to their
-	// counters (flush).
+	// (these are up-down counters, whose observations are summed).
 	t.inFlight, e = m.Int64ObservableUpDownCounter("rsvp.handler.in_flight", metric.WithDescription("Handler attempts running now."))
 	must(e)
 	t.waiters, e = m.Int64ObservableUpDownCounter("rsvp.waiters", metric.WithDescription("Calls waiting for a reply."))
@@ -131,12 +123,11 @@ func newTelemetry(tp trace.TracerProvider, mp metric.MeterProvider, w *waiters) 
 	if err != nil {
 		return nil, err
 	}
-	t.observing, err = m.RegisterCallback(func(ctx context.Context, o metric.Observer) error {
+	t.observing, err = m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
 		o.ObserveInt64(t.waiters, int64(w.len()))
 		t.queues.Range(func(_, v any) bool {
 			q := v.(*queueTel)
 			o.ObserveInt64(t.inFlight, q.inFlight.Load(), q.labels)
-			t.flush(ctx, q)
 			return true
 		})
 		return nil
@@ -144,56 +135,9 @@ func newTelemetry(tp trace.TracerProvider, mp metric.MeterProvider, w *waiters) 
 	return t, err
 }
 
-// close stops the observation of this client's gauges, and adds its last
-// counts to the counters.
+// close stops the observation of this client's gauges.
 func (t *telemetry) close() error {
-	err := t.observing.Unregister()
-	t.closed.Store(true)
-	t.queues.Range(func(_, v any) bool {
-		t.flush(context.Background(), v.(*queueTel))
-		return true
-	})
-	return err
-}
-
-// sentOne counts a request stored on q.
-func (t *telemetry) sentOne(q *queueTel) {
-	q.sent.Add(1)
-	t.flushIfClosed(q)
-}
-
-// completedOne counts a final reply stored for a request of q.
-func (t *telemetry) completedOne(q *queueTel, status backend.Status) {
-	if i := slices.Index(statuses[:], status); i >= 0 {
-		q.completed[i].Add(1)
-		t.flushIfClosed(q)
-		return
-	}
-	t.completed.Add(context.Background(), 1, t.onQueue(q.name, "outcome", string(status)))
-}
-
-// flushIfClosed flushes q once close has begun: a count made then (by a
-// Send racing Close) may have missed close's flush.
-func (t *telemetry) flushIfClosed(q *queueTel) {
-	if t.closed.Load() {
-		t.flush(context.Background(), q)
-	}
-}
-
-// flush adds q's counts of sent and completed requests to their counters.
-// Counting in rsvp and adding the counts when metrics are collected (the
-// SDK runs callbacks, flush among them, before it reads the counters) and
-// on close keeps the counters exact where they are read, at a fraction of
-// the cost of a counter call per request.
-func (t *telemetry) flush(ctx context.Context, q *queueTel) {
-	if n := q.sent.Swap(0); n > 0 {
-		t.sent.Add(ctx, n, q.labels)
-	}
-	for i := range q.completed {
-		if n := q.completed[i].Swap(0); n > 0 {
-			t.completed.Add(ctx, n, q.byStatus[i])
-		}
-	}
+	return t.observing.Unregister()
 }
 
 // latencyBuckets are histogram bounds in seconds, from 0.5 ms to 1 min.
@@ -272,6 +216,13 @@ func (t *telemetry) endRequestSpan(span trace.Span, q *queueTel, m *Message, r *
 		}
 	}
 	span.End()
+}
+
+// completedOne counts a final reply stored for a request of q. Counters
+// are recorded without the context: an exemplar per count is not worth its
+// cost.
+func (t *telemetry) completedOne(q *queueTel, status backend.Status) {
+	t.completed.Add(context.Background(), 1, t.outcome(q, string(status)))
 }
 
 // outcome returns the metric labels of q with outcome.

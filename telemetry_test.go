@@ -198,8 +198,7 @@ func TestMetricsOfClientsSharingAProvider(t *testing.T) {
 	}
 }
 
-// TestCountersOfEveryReader: the sent and completed counters, which a
-// client counts itself and adds when metrics are collected, are exact for
+// TestCountersOfEveryReader: the sent and completed counters are exact for
 // each of a provider's readers, cumulative or delta, at every collection
 // and after Close, and nothing is counted twice.
 func TestCountersOfEveryReader(t *testing.T) {

@@ -219,11 +219,23 @@ var replayCases = []testCase{
 		if got, err := b.GetReply(ctx, id); err != nil || string(got.Body) != "second time" {
 			t.Fatalf("GetReply after deleting a replaced reply: %+v, %v; want the second reply", got, err)
 		}
-		// A reply like the one read in all but its creation time is another.
-		sameStatus := *read
-		sameStatus.Status = backend.StatusSucceeded
-		if err := rd.DeleteReply(ctx, &sameStatus); !errors.Is(err, backend.ErrReplyExists) {
-			t.Fatalf("deleting by the status alone: %v, want ErrReplyExists", err)
+		// A reply like the stored one in all but its creation time, or in
+		// all but its status, is another.
+		current, err := b.GetReply(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		otherTime, otherStatus := *current, *current
+		otherTime.CreatedAt = current.CreatedAt.Add(-time.Second)
+		otherStatus.Status = backend.StatusFailed
+		for _, r := range []*backend.Reply{&otherTime, &otherStatus} {
+			if err := rd.DeleteReply(ctx, r); !errors.Is(err, backend.ErrReplyExists) {
+				t.Fatalf("deleting %s created at %s while %s created at %s is stored: %v, want ErrReplyExists",
+					r.Status, r.CreatedAt, current.Status, current.CreatedAt, err)
+			}
+		}
+		if _, err := b.GetReply(ctx, id); err != nil {
+			t.Fatalf("the stored reply went: %v", err)
 		}
 	}},
 }

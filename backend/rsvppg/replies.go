@@ -157,25 +157,33 @@ func (b *Backend) DeleteReply(ctx context.Context, r *backend.Reply) error {
 		return err
 	}
 	defer cancel()
-	var deleted, stored bool
-	err = b.durable.QueryRow(ctx, b.schemaSQL(deleteReplySQL), r.CorrelationID,
-		string(cmp.Or(r.Status, backend.StatusSucceeded)), timeOrNil(r.CreatedAt)).Scan(&deleted, &stored)
+	tag, err := b.durable.Exec(ctx, b.schemaSQL(deleteReplySQL), r.CorrelationID,
+		string(cmp.Or(r.Status, backend.StatusSucceeded)), timeOrNil(r.CreatedAt))
 	if err != nil {
 		return fmt.Errorf("rsvppg: delete reply %s: %w", r.CorrelationID, err)
 	}
-	if !deleted && stored {
+	if tag.RowsAffected() > 0 {
+		return nil
+	}
+	// Nothing deleted: the reply was gone already (taken back by a
+	// concurrent replay), or another took its place. A statement of its
+	// own sees the table as it is now, after any delete the one above
+	// waited for.
+	var stored bool
+	if err := b.durable.QueryRow(ctx, b.schemaSQL(replyStoredSQL), r.CorrelationID).Scan(&stored); err != nil {
+		return fmt.Errorf("rsvppg: delete reply %s: %w", r.CorrelationID, err)
+	}
+	if stored {
 		return fmt.Errorf("rsvppg: delete reply %s: another reply took its place: %w", r.CorrelationID, backend.ErrReplyExists)
 	}
 	return nil
 }
 
-// deleteReplySQL deletes the reply $1 if it is still the one read (status
-// $2, created at $3), and says whether it did and whether one was stored
-// (the outer query sees the table as it was before the delete).
-const deleteReplySQL = `WITH gone AS (
-	DELETE FROM {s}.replies WHERE correlation_id = $1 AND status = $2 AND created_at IS NOT DISTINCT FROM $3 RETURNING 1
-)
-SELECT EXISTS (SELECT 1 FROM gone), EXISTS (SELECT 1 FROM {s}.replies WHERE correlation_id = $1)`
+// deleteReplySQL deletes the reply $1 if it is still the one read: status
+// $2, created at $3.
+const deleteReplySQL = `DELETE FROM {s}.replies WHERE correlation_id = $1 AND status = $2 AND created_at IS NOT DISTINCT FROM $3`
+
+const replyStoredSQL = `SELECT EXISTS (SELECT 1 FROM {s}.replies WHERE correlation_id = $1)`
 
 var _ backend.ReplyDeleter = (*Backend)(nil)
 

@@ -103,11 +103,7 @@ func (c *Client) handleExpiry(ctx context.Context, req *Message) (*Reply, error)
 	if replayed, err := c.replayed(ctx, t.CorrelationID); err != nil || replayed {
 		return &Reply{}, err // a replay has no deadline (Replay)
 	}
-	_, err := c.expire(ctx, t)
-	if errors.Is(err, backend.ErrReplyExists) {
-		return &Reply{}, nil // answered just now
-	}
-	if err != nil {
+	if _, err := c.expire(ctx, t); err != nil && !errors.Is(err, backend.ErrReplyExists) { // exists: answered just now
 		return nil, err
 	}
 	return &Reply{}, nil

@@ -20,18 +20,7 @@ func TestReplayAfterFix(t *testing.T) {
 	c := setup(t, rsvp.Config{})
 	ctx := ctxWithin(t, 20*time.Second)
 	const q = "dlqreplay"
-	var fixed atomic.Bool
-	var runs atomic.Int32
-	handle(t, c, q, rsvp.HandleOptions{}, func(ctx context.Context, m *rsvp.Message) (*rsvp.Reply, error) {
-		runs.Add(1)
-		if !fixed.Load() {
-			return nil, rsvp.Permanent(errors.New("broken"))
-		}
-		if m.Attempt != 1 {
-			return nil, rsvp.Permanent(errors.New("attempt count not started again"))
-		}
-		return &rsvp.Reply{Body: append([]byte("fixed:"), m.Body...)}, nil
-	})
+	fixed, runs := fixLater(t, c, q)
 	_, err := c.Request(ctx, q, &rsvp.Message{Body: []byte("x"), Type: "t.v1", Headers: map[string]string{"k": "v"}})
 	var re *rsvp.RemoteError
 	if !errors.As(err, &re) || re.Code != rsvp.CodeFailed {
@@ -76,6 +65,24 @@ func TestReplayAfterFix(t *testing.T) {
 	}
 }
 
+// fixLater handles q with a handler that fails for good until fixed is
+// set, and then answers "fixed:" and the request's body, on a first attempt
+// only; runs counts its runs.
+func fixLater(t *testing.T, c *testClient, q string) (fixed *atomic.Bool, runs *atomic.Int32) {
+	fixed, runs = new(atomic.Bool), new(atomic.Int32)
+	handle(t, c, q, rsvp.HandleOptions{}, func(ctx context.Context, m *rsvp.Message) (*rsvp.Reply, error) {
+		runs.Add(1)
+		if !fixed.Load() {
+			return nil, rsvp.Permanent(errors.New("broken"))
+		}
+		if m.Attempt != 1 {
+			return nil, rsvp.Permanent(errors.New("attempt count not started again"))
+		}
+		return &rsvp.Reply{Body: append([]byte("fixed:"), m.Body...)}, nil
+	})
+	return fixed, runs
+}
+
 // TestConcurrentReplays: of two replays of one dead letter, the one that
 // read the failure reply before the other's run replied does not take that
 // new reply back (which would leave the request with no reply, its new
@@ -85,15 +92,7 @@ func TestConcurrentReplays(t *testing.T) {
 	c := setup(t, rsvp.Config{})
 	ctx := ctxWithin(t, 20*time.Second)
 	const q = "dlq-concurrent"
-	var fixed atomic.Bool
-	var runs atomic.Int32
-	handle(t, c, q, rsvp.HandleOptions{}, func(ctx context.Context, m *rsvp.Message) (*rsvp.Reply, error) {
-		runs.Add(1)
-		if !fixed.Load() {
-			return nil, rsvp.Permanent(errors.New("broken"))
-		}
-		return &rsvp.Reply{Body: []byte("fixed")}, nil
-	})
+	fixed, runs := fixLater(t, c, q)
 	failed, err := c.Request(ctx, q, &rsvp.Message{})
 	var re *rsvp.RemoteError
 	if !errors.As(err, &re) || failed == nil {
@@ -121,14 +120,14 @@ func TestConcurrentReplays(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r, err := c.Await(ctx, id); err != nil || string(r.Body) != "fixed" {
+	if r, err := c.Await(ctx, id); err != nil || string(r.Body) != "fixed:" {
 		t.Fatalf("reply of the first replay: %v, %v", r, err)
 	}
 	second, err := late.Replay(ctx, q, dls[0].Key)
 	if err != nil || second != first {
 		t.Fatalf("late replay: %+v, %v; want the first replay's ticket %+v", second, err, first)
 	}
-	if r, err := c.be.GetReply(ctx, id); err != nil || string(r.Body) != "fixed" {
+	if r, err := c.be.GetReply(ctx, id); err != nil || string(r.Body) != "fixed:" {
 		t.Fatalf("reply after the late replay: %+v, %v; want the first replay's", r, err)
 	}
 	if n := runs.Load(); n != 2 {

@@ -311,7 +311,9 @@ func (c *Client) isClosed() bool {
 // returns ErrExpired: Await in any process then knows, even if no responder
 // ever took the request. As a responder does with the replies it stores,
 // it records the final event of a tracked request and lists the reply
-// under its reply session.
+// under its reply session. A Request given up before its deadline (ctx
+// cancelled) leaves an expiry task instead, which stores the expired reply
+// at the deadline unless the request has a reply by then.
 func (c *Client) Request(ctx context.Context, queue string, msg *Message) (*Reply, error) {
 	m, err := c.prepare(queue, msg)
 	if err != nil {
@@ -336,10 +338,12 @@ func (c *Client) Request(ctx context.Context, queue string, msg *Message) (*Repl
 	// A caller-chosen id may have been answered before (dedupe).
 	lookNow := msg.ID != "" || msg.CorrelationID != ""
 	r, err := c.wait(ctx, m.CorrelationID, ch, lookNow)
-	if r == nil && errors.Is(err, context.DeadlineExceeded) && !m.Deadline.IsZero() && !time.Now().Before(m.Deadline) {
+	if r == nil && err != nil && errors.Is(ctx.Err(), context.DeadlineExceeded) && !m.Deadline.IsZero() && !time.Now().Before(m.Deadline) {
 		// The request's own deadline passed without a reply: it expired (a
 		// responder that reaches it dead-letters it as expired).
 		r, err = c.expireRequest(ctx, m, err)
+	} else if r == nil && err != nil && !m.Deadline.IsZero() && time.Now().Before(m.Deadline) {
+		c.leaveExpiry(ctx, m)
 	}
 	c.abandon(ctx, m, err)
 	c.tel.endRequest(ctx, span, tq, m, r, err, time.Since(start))
@@ -357,6 +361,18 @@ func (c *Client) abandon(ctx context.Context, m *Message, err error) {
 	if _, cerr := c.Cancel(cctx, m.CorrelationID); cerr != nil {
 		c.cfg.Logger.WarnContext(ctx, "rsvp: cancelling an abandoned request failed", "queue", m.Queue, "id", m.ID,
 			"correlation_id", m.CorrelationID, "err", cerr)
+	}
+}
+
+// leaveExpiry schedules the expiry task of m, whose Request stopped
+// waiting before its deadline (the caller gave up): whoever handles it
+// stores the expired reply then, unless m has a reply by then.
+func (c *Client) leaveExpiry(ctx context.Context, m *Message) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if err := c.scheduleExpiry(ctx, expiryOf(m)); err != nil {
+		c.cfg.Logger.WarnContext(ctx, "rsvp: leaving the expiry of an abandoned request failed", "queue", m.Queue, "id", m.ID,
+			"correlation_id", m.CorrelationID, "err", err)
 	}
 }
 

@@ -21,8 +21,9 @@ import (
 // reply by then, so that Await in any process returns ErrExpired even if no
 // responder ever takes the request. A client handles expiry tasks once it
 // has sent a request with a deadline, awaited a reply or started a
-// responder, until it is closed. (Request needs no task: it stores the
-// expired reply itself when its wait ends.)
+// responder, until it is closed. (Request stores the expired reply itself
+// when its wait ends at the deadline; it leaves a task only when its wait
+// ends before.)
 
 // ExpiryQueue is the internal queue of expiry tasks.
 const ExpiryQueue = "rsvp-expiry"
@@ -91,8 +92,19 @@ func (c *Client) handleExpiry(ctx context.Context, req *Message) (*Reply, error)
 	if err := json.Unmarshal(req.Body, &t); err != nil || t.CorrelationID == "" {
 		return nil, Permanent(fmt.Errorf("not an expiry task: %v", err))
 	}
-	if time.Now().Before(t.Deadline) {
+	if wait := time.Until(t.Deadline); wait > time.Minute {
 		return &Reply{}, c.scheduleExpiry(ctx, t) // a hop of a far deadline
+	} else if wait > 0 {
+		// Due a little early (the engine's clock runs ahead of ours). The
+		// task cannot be scheduled again for the same time (same id, so
+		// deduplicated): wait for the deadline.
+		timer := time.NewTimer(wait)
+		defer timer.Stop()
+		select {
+		case <-timer.C:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
 	}
 	switch _, err := c.b.GetReply(ctx, t.CorrelationID); {
 	case err == nil:

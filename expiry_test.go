@@ -8,6 +8,7 @@ import (
 
 	"github.com/rsvp-go/rsvp"
 	"github.com/rsvp-go/rsvp/backend"
+	"github.com/rsvp-go/rsvp/backend/rsvpnats"
 )
 
 // TestSentRequestExpires: a request sent with Send and a deadline that no
@@ -75,5 +76,86 @@ func TestRequestExpiresOnItsOwn(t *testing.T) {
 	listed, err := c.SessionReplies(wctx, session, 0)
 	if err != nil || len(listed) != 1 || listed[0].Reply.CorrelationID != m.ID || listed[0].Reply.Status != backend.StatusExpired {
 		t.Fatalf("reply session lists %+v, %v; want the expired reply", listed, err)
+	}
+}
+
+// TestRequestExpiresWithTimeoutCause: a Request whose ctx times out with a
+// cause of its own expires as any other: ErrExpired, and the expired reply
+// stored for Await elsewhere.
+func TestRequestExpiresWithTimeoutCause(t *testing.T) {
+	t.Parallel()
+	c := setup(t, rsvp.Config{})
+	cause := errors.New("the caller's own timeout")
+	ctx, cancel := context.WithTimeoutCause(context.Background(), 300*time.Millisecond, cause)
+	defer cancel()
+	m := &rsvp.Message{ID: rsvp.NewID()}
+	if _, err := c.Request(ctx, "nobody-at-all", m); !errors.Is(err, rsvp.ErrExpired) || !errors.Is(err, cause) {
+		t.Fatalf("Request: %v, want ErrExpired and the cause", err)
+	}
+	if r, err := c.be.GetReply(ctxWithin(t, 5*time.Second), m.ID); err != nil || r.Status != backend.StatusExpired {
+		t.Fatalf("stored reply %+v, %v; want the expired one", r, err)
+	}
+}
+
+// TestAbandonedRequestStillExpires: a Request with a Deadline whose caller
+// gives up before it leaves the request to expire at its deadline, for
+// whoever awaits it.
+func TestAbandonedRequestStillExpires(t *testing.T) {
+	t.Parallel()
+	c := setup(t, rsvp.Config{})
+	ctx, cancel := context.WithCancel(context.Background())
+	m := &rsvp.Message{ID: rsvp.NewID(), Deadline: time.Now().Add(500 * time.Millisecond)}
+	waiting := make(chan error, 1)
+	go func() {
+		_, err := c.Request(ctx, "nobody-at-all", m)
+		waiting <- err
+	}()
+	waitFor(t, func() bool { return rsvp.WaiterCount(c.Client) == 1 })
+	cancel()
+	if err := receive(t, waiting, "Request to return"); !errors.Is(err, context.Canceled) {
+		t.Fatalf("abandoned Request: %v, want context.Canceled", err)
+	}
+	r, err := c.Await(ctxWithin(t, 10*time.Second), m.ID)
+	if !errors.Is(err, rsvp.ErrExpired) || r == nil || r.Status != backend.StatusExpired {
+		t.Fatalf("Await: %+v, %v; want the expired reply", r, err)
+	}
+}
+
+// earlyClock is an engine whose clock runs 50ms ahead of the client's: it
+// delivers scheduled requests that much before their NotBefore (the
+// conformance suite allows up to 100ms).
+type earlyClock struct{ *rsvpnats.Backend }
+
+func (e earlyClock) Enqueue(ctx context.Context, m *backend.Message) error {
+	if !m.NotBefore.IsZero() {
+		early := *m
+		early.NotBefore = m.NotBefore.Add(-50 * time.Millisecond)
+		m = &early
+	}
+	return e.Backend.Enqueue(ctx, m)
+}
+
+// TestExpiryTaskDueEarly: an expiry task the engine delivers a little
+// before the deadline is not lost: the request still expires.
+func TestExpiryTaskDueEarly(t *testing.T) {
+	t.Parallel()
+	c := setup(t, rsvp.Config{})
+	ctx := ctxWithin(t, 20*time.Second)
+	early, err := rsvp.New(ctx, earlyClock{c.be}, rsvp.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { closeWithin(t, "close the early client", early.Close) })
+	deadline := time.Now().Add(time.Second)
+	tk, err := early.Send(ctx, "nobody-early", &rsvp.Message{Deadline: deadline})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := early.Await(ctx, tk.CorrelationID)
+	if !errors.Is(err, rsvp.ErrExpired) || r == nil || r.Status != backend.StatusExpired {
+		t.Fatalf("Await: %+v, %v; want the expired reply", r, err)
+	}
+	if r.CreatedAt.Before(deadline) {
+		t.Fatalf("expired at %s, before its deadline %s", r.CreatedAt, deadline)
 	}
 }

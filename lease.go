@@ -150,8 +150,8 @@ func (r *settler) finish(ctx context.Context, d backend.Delivery, reply *Reply, 
 			return
 		}
 		if errors.Is(err, backend.ErrBadAddress) {
-			log.Error("rsvp: the request's reply address is unusable; dead-lettering it", "reply_to", m.ReplyTo, "err", err)
-			err = r.c.b.DeadLetter(ctx, &backend.DeadLetter{Message: m, Reason: CodeBadReplyTo, LastError: err.Error(), At: time.Now()})
+			r.badReplyTo(ctx, d, err, log)
+			return
 		}
 		if errors.Is(err, backend.ErrReplyExists) {
 			// Cancelled, or answered by another attempt: that reply stands.
@@ -172,6 +172,27 @@ func (r *settler) finish(ctx context.Context, d backend.Delivery, reply *Reply, 
 	if err := d.Ack(ctx); err != nil {
 		log.Warn("rsvp: ack failed; the request may be handled again", "err", err)
 	}
+}
+
+// badReplyTo dead-letters the request of d, whose reply address is
+// unusable (cause): no reply can ever be stored, so its history ends with
+// that failure, whatever the handler answered. It reports whether the
+// request was dead-lettered; if not, it comes back.
+func (r *settler) badReplyTo(ctx context.Context, d backend.Delivery, cause error, log *slog.Logger) bool {
+	m := d.Message()
+	log.Error("rsvp: the request's reply address is unusable; dead-lettering it", "reply_to", m.ReplyTo, "err", cause)
+	if err := r.c.b.DeadLetter(ctx, &backend.DeadLetter{Message: m, Reason: CodeBadReplyTo, LastError: cause.Error(), At: time.Now()}); err != nil {
+		log.Error("rsvp: dead-lettering failed; the request will be handled again", "err", err)
+		_ = d.Nack(ctx, r.opts.Backoff(m.Attempt))
+		return false
+	}
+	r.c.tel.deadLettered.Add(ctx, 1, r.c.tel.onQueue(m.Queue, "reason", CodeBadReplyTo))
+	failure := &Reply{CorrelationID: m.CorrelationID, Status: failureStatus(CodeBadReplyTo), ErrorCode: CodeBadReplyTo, ErrorMessage: cut(cause.Error())}
+	r.endEvent(ctx, m, failure, true, log)
+	if err := d.Ack(ctx); err != nil {
+		log.Warn("rsvp: ack failed; the request may be handled again", "err", err)
+	}
+	return true
 }
 
 // maxErrorText bounds the error text kept when a full one does not fit.

@@ -382,6 +382,9 @@ func TestConcurrentResponders(t *testing.T) {
 	}
 }
 
+// TestBadReplyToIsDeadLetteredOnce: a request whose reply address is
+// unusable is dead-lettered once, and its history (tracked) ends failed,
+// not with the handler's success that could not be stored.
 func TestBadReplyToIsDeadLetteredOnce(t *testing.T) {
 	t.Parallel()
 	c := setup(t, rsvp.Config{})
@@ -390,7 +393,8 @@ func TestBadReplyToIsDeadLetteredOnce(t *testing.T) {
 		calls.Add(1)
 		return &rsvp.Reply{Body: []byte("lost")}, nil
 	})
-	if _, err := c.Send(ctxWithin(t, 5*time.Second), "misaddressed", &rsvp.Message{ReplyTo: "nowhere"}); err != nil {
+	bad, err := c.Send(ctxWithin(t, 5*time.Second), "misaddressed", &rsvp.Message{ReplyTo: "nowhere", Track: true})
+	if err != nil {
 		t.Fatal(err)
 	}
 	// The queue keeps working, and the bad request is dead-lettered once.
@@ -404,6 +408,10 @@ func TestBadReplyToIsDeadLetteredOnce(t *testing.T) {
 	}
 	if n := calls.Load(); n != 2 {
 		t.Fatalf("handler ran %d times for 2 requests", n)
+	}
+	evs := waitForFinalEvent(t, c, bad.CorrelationID)
+	if last := evs[len(evs)-1]; last.Type != string(backend.StatusFailed) || !strings.Contains(string(last.Data), rsvp.CodeBadReplyTo) {
+		t.Fatalf("events %v, the last %s; want it failed with %s", eventTypes(evs), last.Data, rsvp.CodeBadReplyTo)
 	}
 }
 

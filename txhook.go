@@ -87,16 +87,10 @@ func (l *Lease) Settled(ctx context.Context, reply *Reply, commitErr error) erro
 		r.fail(ctx, d, CodeFailed, "the reply does not fit the engine: "+commitErr.Error(), log)
 		outcome = outcomeFailed
 	case errors.Is(commitErr, backend.ErrBadAddress):
-		log.Error("rsvp: the request's reply address is unusable; dead-lettering it", "reply_to", m.ReplyTo, "err", commitErr)
-		r.c.tel.deadLettered.Add(ctx, 1, r.c.tel.onQueue(m.Queue, "reason", CodeBadReplyTo))
-		dl := &backend.DeadLetter{Message: m, Reason: CodeBadReplyTo, LastError: commitErr.Error(), At: time.Now()}
-		if err := r.c.b.DeadLetter(ctx, dl); err != nil {
-			log.Error("rsvp: dead-lettering failed; the request will be handled again", "err", err)
-			_ = d.Nack(ctx, r.opts.Backoff(m.Attempt))
-		} else if err := d.Ack(ctx); err != nil {
-			log.Warn("rsvp: ack failed; the request may be handled again", "err", err)
+		outcome = outcomeRetry
+		if r.badReplyTo(ctx, d, commitErr, log) {
+			outcome = outcomeFailed
 		}
-		outcome = outcomeFailed
 	default:
 		log.Error("rsvp: committing the outcome failed; the request will be handled again", "err", commitErr)
 		r.c.tel.retries.Add(ctx, 1, r.tel.labels)

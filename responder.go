@@ -118,14 +118,19 @@ func (c *Client) handle(queue string, h Handler, opts HandleOptions) (*Responder
 	if err := errors.Join(backend.ValidateName("queue", queue), opts.validate()); err != nil {
 		return nil, fmt.Errorf("%w: handle: %w", ErrInvalid, err)
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.closed {
+	if c.isClosed() {
 		return nil, ErrClosed
 	}
+	// Consume may wait on the engine: not under c.mu, which every call of
+	// the client takes.
 	cons, err := c.b.Consume(context.Background(), queue, backend.ConsumeParams{Lease: opts.Lease})
 	if err != nil {
 		return nil, fmt.Errorf("rsvp: handle %s: %w", queue, err)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed { // closed meanwhile
+		return nil, errors.Join(ErrClosed, cons.Close())
 	}
 	r := &Responder{settler: settler{c: c, opts: opts, log: c.cfg.Logger.With("queue", queue), tel: c.tel.queue(queue)},
 		queue: queue, h: h, cons: cons, stopped: make(chan struct{})}

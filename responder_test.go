@@ -14,6 +14,7 @@ import (
 
 	"github.com/rsvp-go/rsvp"
 	"github.com/rsvp-go/rsvp/backend"
+	"github.com/rsvp-go/rsvp/backend/rsvpnats"
 )
 
 func ctxWithin(t *testing.T, d time.Duration) context.Context {
@@ -645,5 +646,59 @@ func hardStop(t *testing.T, r *rsvp.Responder) {
 	cancel()
 	if err := r.Stop(expired); !errors.Is(err, context.Canceled) {
 		t.Fatalf("stop: %v, want context.Canceled", err)
+	}
+}
+
+// slowConsume is an engine whose Consume of queue waits until release is
+// closed, after it has signalled entered.
+type slowConsume struct {
+	*rsvpnats.Backend
+	queue            string
+	entered, release chan struct{}
+}
+
+func (s slowConsume) Consume(ctx context.Context, queue string, p backend.ConsumeParams) (backend.Consumer, error) {
+	if queue == s.queue {
+		close(s.entered)
+		<-s.release
+	}
+	return s.Backend.Consume(ctx, queue, p)
+}
+
+// TestHandleWaitingOnTheEngineBlocksNothing: while Handle waits for the
+// engine to set up its consumer, the client's other calls go on.
+func TestHandleWaitingOnTheEngineBlocksNothing(t *testing.T) {
+	t.Parallel()
+	c := setup(t, rsvp.Config{})
+	ctx := ctxWithin(t, 20*time.Second)
+	slow := slowConsume{Backend: c.be, queue: "slow-consumer", entered: make(chan struct{}), release: make(chan struct{})}
+	sc, err := rsvp.New(ctx, slow, rsvp.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { closeWithin(t, "close the slow client", sc.Close) })
+	handled := make(chan error, 1)
+	go func() {
+		_, err := sc.Handle("slow-consumer", rsvp.HandlerFunc(echoHandler), rsvp.HandleOptions{})
+		handled <- err
+	}()
+	receive(t, slow.entered, "Consume to be called")
+	sent := make(chan error, 1)
+	go func() {
+		_, err := sc.Send(ctx, "elsewhere", &rsvp.Message{Body: []byte("x")})
+		sent <- err
+	}()
+	select {
+	case err := <-sent:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second): // a bound on a call that should not wait at all
+		close(slow.release)
+		t.Fatal("Send waited for another queue's Handle")
+	}
+	close(slow.release)
+	if err := receive(t, handled, "Handle to return"); err != nil {
+		t.Fatal(err)
 	}
 }

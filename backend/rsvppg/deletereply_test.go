@@ -47,12 +47,19 @@ func TestDeleteReplyAfterAnothersDelete(t *testing.T) {
 	if _, err := first.Exec(ctx, "DELETE FROM "+pgx.Identifier{schema, "replies"}.Sanitize()+" WHERE correlation_id = $1", id); err != nil {
 		t.Fatal(err)
 	}
+	// A connection of its own watches for the wait: inside first's
+	// transaction, pg_stat_activity would stay as it was first read.
+	watch, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer watch.Close(context.Background())
 	second := make(chan error, 1)
 	go func() { second <- b.DeleteReply(ctx, read) }()
 	// The second delete waits on the first's row lock.
 	for {
 		var waiting bool
-		err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_stat_activity
+		err := watch.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_stat_activity
 			WHERE wait_event_type = 'Lock' AND query LIKE $1)`, "%DELETE FROM %"+schema+"%replies%").Scan(&waiting)
 		if err != nil {
 			t.Fatal(err)

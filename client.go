@@ -338,12 +338,15 @@ func (c *Client) Request(ctx context.Context, queue string, msg *Message) (*Repl
 	// A caller-chosen id may have been answered before (dedupe).
 	lookNow := msg.ID != "" || msg.CorrelationID != ""
 	r, err := c.wait(ctx, m.CorrelationID, ch, lookNow)
-	if r == nil && err != nil && errors.Is(ctx.Err(), context.DeadlineExceeded) && !m.Deadline.IsZero() && !time.Now().Before(m.Deadline) {
-		// The request's own deadline passed without a reply: it expired (a
-		// responder that reaches it dead-letters it as expired).
-		r, err = c.expireRequest(ctx, m, err)
-	} else if r == nil && err != nil && !m.Deadline.IsZero() && time.Now().Before(m.Deadline) {
-		c.leaveExpiry(ctx, m)
+	if r == nil && err != nil && !m.Deadline.IsZero() {
+		switch {
+		case time.Now().Before(m.Deadline): // the caller gave up first
+			c.leaveExpiry(ctx, m)
+		case errors.Is(ctx.Err(), context.DeadlineExceeded):
+			// The request's own deadline passed without a reply: it expired
+			// (a responder that reaches it dead-letters it as expired).
+			r, err = c.expireRequest(ctx, m, err)
+		}
 	}
 	c.abandon(ctx, m, err)
 	c.tel.endRequest(ctx, span, tq, m, r, err, time.Since(start))

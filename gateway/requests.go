@@ -432,6 +432,18 @@ var errConflict = errors.New("idempotency key reused for another request")
 // Idempotency-Key used again) it returns that request's record, and
 // errConflict if the submission differs.
 func (g *Gateway) store(ctx context.Context, rec *record, body []byte) (*record, error) {
+	if strings.HasPrefix(rec.ID, idempotentPrefix) {
+		// A key used before has its record: check against it, and add
+		// nothing to its log (the record event's dedupe lasts only the
+		// engine's dedupe window).
+		prev, _, reply, err := g.load(ctx, rec.ID)
+		if err == nil {
+			return g.again(ctx, prev, rec, reply, body)
+		}
+		if !errors.Is(err, errUnknown) {
+			return nil, err
+		}
+	}
 	data, err := json.Marshal(rec)
 	if err != nil {
 		return nil, err
@@ -448,17 +460,30 @@ func (g *Gateway) store(ctx context.Context, rec *record, body []byte) (*record,
 			return nil, err
 		}
 		if len(evs) > 0 && evs[0].Seq != ev.Seq {
-			if prev.Digest != rec.Digest || prev.Tenant != rec.Tenant {
-				return nil, errConflict
-			}
-			rec = prev
-			if reply != nil {
-				return rec, nil // done; nothing to send again
-			}
-			// Sending again is harmless within the dedupe window, and makes
-			// sure a submission cut off between record and send is queued.
+			return g.again(ctx, prev, rec, reply, body)
 		}
 	}
+	return g.send(ctx, rec, body)
+}
+
+// again answers a submission rec of an id recorded before as prev, with
+// reply if it has one: a conflict if rec differs, prev if it is done, and
+// otherwise prev sent again. Sending again is harmless within the engine's
+// dedupe window, and makes sure a submission cut off between record and
+// send is queued.
+func (g *Gateway) again(ctx context.Context, prev, rec *record, reply *backend.Reply, body []byte) (*record, error) {
+	if prev.Digest != rec.Digest || prev.Tenant != rec.Tenant {
+		return nil, errConflict
+	}
+	if reply != nil {
+		return prev, nil // done; nothing to send again
+	}
+	return g.send(ctx, prev, body)
+}
+
+// send enqueues the request of rec, recorded already, and schedules its
+// webhook.
+func (g *Gateway) send(ctx context.Context, rec *record, body []byte) (*record, error) {
 	msg := &rsvp.Message{ID: rec.ID, ContentType: rec.ContentType, Body: body, CreatedAt: rec.CreatedAt,
 		Deadline: rec.Deadline, NotBefore: rec.NotBefore, Track: true, Channel: scopedChannel(rec.Tenant, rec.Channel),
 		SessionKey: rec.SessionKey}

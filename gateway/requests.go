@@ -453,8 +453,9 @@ func (g *Gateway) store(ctx context.Context, rec *record, body []byte) (*record,
 	if err := g.b.AppendEvent(ctx, ev); err != nil {
 		return nil, err
 	}
-	if ev.Seq == 0 || strings.HasPrefix(rec.ID, idempotentPrefix) {
-		// Maybe seen before: the first record of the id is the one that counts.
+	if ev.Seq == 0 {
+		// Recorded just now by another submission (a keyed id was looked
+		// up above): the first record of the id is the one that counts.
 		prev, evs, reply, err := g.load(ctx, rec.ID)
 		if err != nil {
 			return nil, err

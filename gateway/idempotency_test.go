@@ -1,7 +1,11 @@
 package gateway_test
 
 import (
+	"context"
+	"errors"
 	"net/http"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -12,9 +16,10 @@ import (
 )
 
 // TestKeyReusedAfterTheDedupeWindow: a submission that reuses an
-// Idempotency-Key after the engine's dedupe window (shrunk to 1s here) adds
-// nothing to the first request's event log: one refused for a different
-// request (422), and a retry of the same one (202, the same id).
+// Idempotency-Key after the engine's dedupe window (shrunk to 1s here),
+// while the first request is still queued, adds nothing to the first
+// request's event log and does not queue it again: one refused for a
+// different request (422), and a retry of the same one (202, the same id).
 func TestKeyReusedAfterTheDedupeWindow(t *testing.T) {
 	b, err := rsvpnats.Embedded("", rsvpnats.Options{Memory: true, DedupeWindow: time.Second})
 	if err != nil {
@@ -45,6 +50,53 @@ func TestKeyReusedAfterTheDedupeWindow(t *testing.T) {
 	if queued != 1 {
 		t.Fatalf("%d queued events in the request's log, want 1 (the first record)", queued)
 	}
+	qs, err := b.Queues(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	depth := uint64(0)
+	for _, q := range qs {
+		if q.Queue == "reused" {
+			depth = q.Depth
+		}
+	}
+	if depth != 1 {
+		t.Fatalf("queue reused holds %d requests, want 1 (2: the retry sent the request again)", depth)
+	}
 	e.respond("reused", rsvp.HandleOptions{}, echo)
+	e.waitState(id, "succeeded")
+}
+
+// failEnqueues is an engine whose next fail enqueues fail, as when the
+// engine becomes unreachable between a submission's record and its send.
+type failEnqueues struct {
+	backend.Backend
+	fail atomic.Int32
+}
+
+func (f *failEnqueues) Enqueue(ctx context.Context, msg *backend.Message) error {
+	if f.fail.Add(-1) >= 0 {
+		return errors.New("engine unreachable (test)")
+	}
+	return f.Backend.Enqueue(ctx, msg)
+}
+
+// TestKeyRetryAfterAFailedSend: a keyed submission recorded but not sent
+// (503) is sent by its retry with the same Idempotency-Key, and runs.
+func TestKeyRetryAfterAFailedSend(t *testing.T) {
+	b, err := rsvpnats.Embedded("", rsvpnats.Options{Memory: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fb := &failEnqueues{Backend: b}
+	e := newEnvWith(t, fb, gateway.Config{}, nil)
+	h := map[string]string{"Idempotency-Key": "order-8"}
+	fb.fail.Store(1)
+	resp, data := e.do("POST", "/v1/queues/cutoff/requests", h, "a")
+	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(data), "engine unreachable (test)") {
+		t.Fatalf("submission with the engine failing: %d %s, want 503 with the cause", resp.StatusCode, data)
+	}
+	id := e.submit("cutoff", h, "a")
+	e.respond("cutoff", rsvp.HandleOptions{}, echo)
 	e.waitState(id, "succeeded")
 }

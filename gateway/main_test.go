@@ -13,6 +13,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/rsvp-go/rsvp"
+	"github.com/rsvp-go/rsvp/backend"
 	"github.com/rsvp-go/rsvp/backend/rsvpnats"
 	"github.com/rsvp-go/rsvp/gateway"
 	"github.com/rsvp-go/rsvp/workflow"
@@ -49,8 +50,9 @@ func newEnvOn(t *testing.T, b *rsvpnats.Backend, cfg gateway.Config) *env {
 
 // newEnvWith is newEnvOn with, if workflows is not nil, the workflow
 // engine it makes on the gateway's client: it is started, served by the
-// gateway, and stopped after the gateway closes.
-func newEnvWith(t *testing.T, b *rsvpnats.Backend, cfg gateway.Config, workflows func(c *rsvp.Client) (*workflow.Engine, error)) *env {
+// gateway, and stopped after the gateway closes. b may wrap the engine (a
+// test's fault injection); env.Engine is then nil.
+func newEnvWith(t *testing.T, b backend.Backend, cfg gateway.Config, workflows func(c *rsvp.Client) (*workflow.Engine, error)) *env {
 	t.Helper()
 	ctx := context.Background()
 	c, err := rsvp.New(ctx, b, rsvp.Config{RecheckInterval: 200 * time.Millisecond})
@@ -90,7 +92,8 @@ func newEnvWith(t *testing.T, b *rsvpnats.Backend, cfg gateway.Config, workflows
 		}
 		_ = b.Close()
 	})
-	return &env{t: t, URL: srv.URL, Client: c, GW: gw, Engine: b}
+	engine, _ := b.(*rsvpnats.Backend)
+	return &env{t: t, URL: srv.URL, Client: c, GW: gw, Engine: engine}
 }
 
 // respond runs h on queue with the given options until the test ends.

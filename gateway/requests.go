@@ -468,10 +468,11 @@ func (g *Gateway) store(ctx context.Context, rec *record, body []byte) (*record,
 }
 
 // again answers a submission rec of an id recorded before as prev, with
-// reply if it has one: a conflict if rec differs, prev if it is done, and
-// otherwise prev sent again. Sending again is harmless within the engine's
-// dedupe window, and makes sure a submission cut off between record and
-// send is queued.
+// reply if it has one: a conflict if rec differs, prev if it is done or
+// known to be sent, and otherwise prev sent again. That makes sure a
+// submission cut off between record and send is queued; it is harmless
+// within the engine's dedupe window, and happens only without the sent
+// mark (sentMark), so not after it either.
 func (g *Gateway) again(ctx context.Context, prev, rec *record, reply *backend.Reply, body []byte) (*record, error) {
 	if prev.Digest != rec.Digest || prev.Tenant != rec.Tenant {
 		return nil, errConflict
@@ -479,8 +480,23 @@ func (g *Gateway) again(ctx context.Context, prev, rec *record, reply *backend.R
 	if reply != nil {
 		return prev, nil // done; nothing to send again
 	}
+	marks, err := g.b.Events(ctx, backend.EventQuery{CorrelationID: sentMark(prev.ID), Limit: 1})
+	if err != nil {
+		return nil, err
+	}
+	if len(marks) > 0 {
+		return prev, nil // queued or running
+	}
 	return g.send(ctx, prev, body)
 }
+
+// sentMark is the correlation id of the log where the gateway marks that
+// the request of a keyed id (Idempotency-Key) was sent and its webhook
+// scheduled. A retry with the key after the engine's dedupe window, while
+// the request is queued or running, finds the mark and does not run the
+// work a second time. The mark is a log of its own, so the request's log,
+// status and streams do not show it; it is kept as long as they are.
+func sentMark(id string) string { return id + ":sent" }
 
 // send enqueues the request of rec, recorded already, and schedules its
 // webhook.
@@ -499,6 +515,12 @@ func (g *Gateway) send(ctx context.Context, rec *record, body []byte) (*record, 
 	if rec.Callback != "" {
 		if err := g.scheduleWebhook(ctx, rec); err != nil {
 			return nil, err
+		}
+	}
+	if strings.HasPrefix(rec.ID, idempotentPrefix) {
+		mark := sentMark(rec.ID)
+		if err := g.b.AppendEvent(ctx, &backend.Event{CorrelationID: mark, Type: "sent", At: time.Now(), DedupeKey: mark}); err != nil {
+			return nil, err // a retry with the key sends again, and marks
 		}
 	}
 	return rec, nil

@@ -407,7 +407,8 @@ func (g *Gateway) submit(w http.ResponseWriter, r *http.Request) {
 	g.log.Info("gateway: accepted", "queue", queue, "id", stored.ID, "correlation_id", stored.ID, "tenant", c.tenant)
 	if wait > 0 {
 		if reply, err := g.waitFinal(r.Context(), stored.ID, wait); err == nil && reply != nil {
-			w.Header().Set("Preference-Applied", "wait="+strconv.Itoa(int(wait.Seconds())))
+			// Whole seconds, as RFC 7240 has it: a wait of 500ms is wait=1.
+			w.Header().Set("Preference-Applied", "wait="+strconv.Itoa(int((wait+time.Second-1)/time.Second)))
 			w.Header().Set("Content-Location", links(stored.ID).Result)
 			writeResult(w, stored.ID, reply)
 			return

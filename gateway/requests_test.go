@@ -162,6 +162,12 @@ func TestPreferWait(t *testing.T) {
 	if resp.StatusCode != 200 || string(data) != "echo:hi" || resp.Header.Get("Preference-Applied") != "wait=10" {
 		t.Fatalf("Prefer wait: %d %q %v", resp.StatusCode, data, resp.Header)
 	}
+	// A wait of a part of a second is applied in whole seconds, rounded
+	// up (so that 500ms is not wait=0).
+	resp, data = e.do("POST", "/v1/queues/fast/requests", map[string]string{"Prefer": "wait=9500ms"}, "hi")
+	if resp.StatusCode != 200 || resp.Header.Get("Preference-Applied") != "wait=10" {
+		t.Fatalf("Prefer wait=9500ms: %d %q Preference-Applied %q, want 200 and wait=10", resp.StatusCode, data, resp.Header.Get("Preference-Applied"))
+	}
 	// Nobody answers "slow": the normal 202 after the wait.
 	start := time.Now()
 	resp, data = e.do("POST", "/v1/queues/slow/requests", map[string]string{"Prefer": "respond-async, wait=1"}, "hi")

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -67,15 +68,17 @@ func TestKeyReusedAfterTheDedupeWindow(t *testing.T) {
 	e.waitState(id, "succeeded")
 }
 
-// failEnqueues is an engine whose next fail enqueues fail, as when the
-// engine becomes unreachable between a submission's record and its send.
+// failEnqueues is an engine whose next fail enqueues (on queue only, if
+// set) fail, as when the engine becomes unreachable between a submission's
+// record and its send.
 type failEnqueues struct {
 	backend.Backend
-	fail atomic.Int32
+	queue string
+	fail  atomic.Int32
 }
 
 func (f *failEnqueues) Enqueue(ctx context.Context, msg *backend.Message) error {
-	if f.fail.Add(-1) >= 0 {
+	if (f.queue == "" || msg.Queue == f.queue) && f.fail.Add(-1) >= 0 {
 		return errors.New("engine unreachable (test)")
 	}
 	return f.Backend.Enqueue(ctx, msg)
@@ -99,4 +102,52 @@ func TestKeyRetryAfterAFailedSend(t *testing.T) {
 	id := e.submit("cutoff", h, "a")
 	e.respond("cutoff", rsvp.HandleOptions{}, echo)
 	e.waitState(id, "succeeded")
+}
+
+// TestWebhookOfARefusedSubmission: a submission whose webhook job cannot
+// be queued is answered 503, and its request is not queued either (it
+// would run for a client told it was not accepted). One whose request
+// cannot be queued after its webhook job was is answered 503, and the job
+// POSTs nothing.
+func TestWebhookOfARefusedSubmission(t *testing.T) {
+	b, err := rsvpnats.Embedded("", rsvpnats.Options{Memory: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var posts atomic.Int32
+	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		posts.Add(1)
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	defer hook.Close()
+	fb := &failEnqueues{Backend: b, queue: "rsvp-webhooks"}
+	e := newEnvWith(t, fb, gateway.Config{Webhooks: gateway.WebhookConfig{Secrets: []string{gateway.NewTestSecret(t)}, AllowPrivate: true}}, nil)
+	h := map[string]string{"Callback-URL": hook.URL + "/done"}
+	fb.fail.Store(1)
+	resp, data := e.do("POST", "/v1/queues/hooked/requests", h, "a")
+	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(data), "engine unreachable (test)") {
+		t.Fatalf("submission with its webhook failing to schedule: %d %s, want 503 with the cause", resp.StatusCode, data)
+	}
+	e.nothingQueued("hooked")
+
+	fb.queue = "refused"
+	fb.fail.Store(1)
+	if resp, data := e.do("POST", "/v1/queues/refused/requests", h, "b"); resp.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("submission failing to enqueue: %d %s, want 503", resp.StatusCode, data)
+	}
+	eventually(t, 10*time.Second, "the webhook job to finish", func() bool {
+		qs, err := b.Queues(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, q := range qs {
+			if q.Queue == "rsvp-webhooks" {
+				return q.Depth == 0 && q.Consumer
+			}
+		}
+		return false
+	})
+	if n := posts.Load(); n != 0 {
+		t.Fatalf("%d webhook POSTs for a submission answered 503, want none", n)
+	}
 }

@@ -499,26 +499,31 @@ func (g *Gateway) again(ctx context.Context, prev, rec *record, reply *backend.R
 // status and streams do not show it; it is kept as long as they are.
 func sentMark(id string) string { return id + ":sent" }
 
-// send enqueues the request of rec, recorded already, and schedules its
-// webhook.
+// send schedules the webhook of the request of rec, recorded already, and
+// enqueues the request: in this order, so that an error means the request
+// was not queued. (A webhook job of a request that was not accepted sends
+// nothing.)
 func (g *Gateway) send(ctx context.Context, rec *record, body []byte) (*record, error) {
+	keyed := strings.HasPrefix(rec.ID, idempotentPrefix)
 	msg := &rsvp.Message{ID: rec.ID, ContentType: rec.ContentType, Body: body, CreatedAt: rec.CreatedAt,
 		Deadline: rec.Deadline, NotBefore: rec.NotBefore, Track: true, Channel: scopedChannel(rec.Tenant, rec.Channel),
 		SessionKey: rec.SessionKey}
-	if _, err := g.c.Send(ctx, rec.Queue, msg); err != nil {
-		if !strings.HasPrefix(rec.ID, idempotentPrefix) {
+	var err error
+	if rec.Callback != "" {
+		err = g.scheduleWebhook(ctx, rec)
+	}
+	if err == nil {
+		_, err = g.c.Send(ctx, rec.Queue, msg)
+	}
+	if err != nil {
+		if !keyed {
 			// The record stays, so end it: the request was not accepted.
 			// (A retry with the same Idempotency-Key sends it again instead.)
 			g.reject(rec, err)
 		}
 		return nil, err
 	}
-	if rec.Callback != "" {
-		if err := g.scheduleWebhook(ctx, rec); err != nil {
-			return nil, err
-		}
-	}
-	if strings.HasPrefix(rec.ID, idempotentPrefix) {
+	if keyed {
 		mark := sentMark(rec.ID)
 		if err := g.b.AppendEvent(ctx, &backend.Event{CorrelationID: mark, Type: "sent", At: time.Now(), DedupeKey: mark}); err != nil {
 			return nil, err // a retry with the key sends again, and marks
@@ -531,12 +536,16 @@ func (g *Gateway) send(ctx context.Context, rec *record, body []byte) (*record, 
 func (g *Gateway) reject(rec *record, cause error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	r := &backend.Reply{CorrelationID: rec.ID, Status: backend.StatusFailed, ErrorCode: "not_accepted",
+	r := &backend.Reply{CorrelationID: rec.ID, Status: backend.StatusFailed, ErrorCode: codeNotAccepted,
 		ErrorMessage: "the gateway could not enqueue the request: " + cause.Error(), CreatedAt: time.Now()}
 	if err := g.b.PutReply(ctx, g.b.ReplyAddress(gatewayInbox, rec.ID), r); err != nil && !errors.Is(err, backend.ErrReplyExists) {
 		g.log.Warn("gateway: could not mark a request that failed to enqueue", "queue", rec.Queue, "id", rec.ID, "correlation_id", rec.ID, "err", err)
 	}
 }
+
+// codeNotAccepted is the error code of the reply that ends the record of a
+// request that could not be enqueued (the submission was answered 503).
+const codeNotAccepted = "not_accepted"
 
 // gatewayInbox is the reply inbox name the gateway stores its own final
 // replies (rejections) under.

@@ -89,6 +89,9 @@ func (g *Gateway) deliverWebhook(ctx context.Context, m *rsvp.Message) (*rsvp.Re
 		}
 	}
 	st := g.fold(rec, evs, reply)
+	if reply.ErrorCode == codeNotAccepted && st.StartedAt == nil {
+		return nil, nil // never queued: its submission was answered 503, so nothing to tell
+	}
 	n := len(st.Webhooks)
 	if n > 0 {
 		last := st.Webhooks[n-1]

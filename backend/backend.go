@@ -178,7 +178,15 @@ type EventQuery struct {
 	CorrelationID string // exactly one of CorrelationID and Channel is set
 	Channel       string
 	After         uint64 // only events with Seq > After
-	Limit         int    // at most this many, oldest first; default 100
+	Limit         int    // at most this many, oldest first; 0 or less: 100
+}
+
+// DefaultLimit is q.Limit, or 100 if that is 0 or less.
+func (q EventQuery) DefaultLimit() int {
+	if q.Limit <= 0 {
+		return 100
+	}
+	return q.Limit
 }
 
 // ConsumeParams configures a consumer. Zero values take the defaults given.

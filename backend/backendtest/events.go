@@ -2,6 +2,7 @@ package backendtest
 
 import (
 	"errors"
+	"math"
 	"sync"
 	"testing"
 	"time"
@@ -79,6 +80,16 @@ var eventCases = []testCase{
 			t.Fatal(err)
 		}
 		sameEvents(t, evs, want[1:2])
+		// A limit of 0 or less is the default; a cursor past every seq
+		// finds nothing.
+		evs, err = b.Events(ctx, backend.EventQuery{CorrelationID: a, Limit: -1})
+		if err != nil {
+			t.Fatalf("Limit -1: %v", err)
+		}
+		sameEvents(t, evs, want)
+		if evs, err = b.Events(ctx, backend.EventQuery{CorrelationID: a, After: math.MaxUint64}); err != nil || len(evs) != 0 {
+			t.Fatalf("After MaxUint64: %d events, %v; want none", len(evs), err)
+		}
 		// The channel's log: the same events, numbered in its own order.
 		byChannel, err := b.Events(ctx, backend.EventQuery{Channel: ch})
 		if err != nil {

@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -601,7 +602,10 @@ func (b *Backend) Events(ctx context.Context, q backend.EventQuery) ([]*backend.
 	default:
 		return nil, errors.New("rsvpnats: events: set exactly one of CorrelationID and Channel")
 	}
-	limit := cmp.Or(q.Limit, 100)
+	limit := q.DefaultLimit()
+	if q.After == math.MaxUint64 {
+		return nil, nil // nothing is after it (and After+1 would wrap to 0)
+	}
 	ctx, cancel := b.withTimeout(ctx)
 	defer cancel()
 	var out []*backend.Event

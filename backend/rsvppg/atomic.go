@@ -59,7 +59,7 @@ func (d *Delivery) Lock(ctx context.Context, tx pgx.Tx) error {
 }
 
 func (b *Backend) lockSQL() string {
-	return "SELECT 1 FROM " + ident(b.opts.Schema) + ".requests WHERE seq = $1 AND attempt = $2 FOR KEY SHARE"
+	return "SELECT 1 FROM " + ident(b.opts.Schema) + ".requests WHERE seq = $1 AND attempt = $2 AND lease_until IS NOT NULL FOR KEY SHARE"
 }
 
 // CommitWith settles the delivery in tx (from Begin, or locked with Lock):

@@ -346,16 +346,13 @@ func (b *Backend) execAcks(ctx context.Context, refs []leaseRef) ([]bool, []erro
 	if err != nil {
 		return nil, nil, err
 	}
-	ok := make([]bool, len(refs))
-	for i, r := range refs {
-		ok[i] = deleted[r.seq]
-	}
-	return ok, make([]error, len(refs)), nil
+	return deleted, make([]error, len(refs)), nil
 }
 
 // ack deletes the requests of leases, in one round trip and transaction,
-// and returns the seqs of those whose lease was still theirs.
-func (b *Backend) ack(ctx context.Context, q batchSender, refs []leaseRef) (map[int64]bool, error) {
+// and reports for each lease whether it was still theirs. (A batch may
+// hold two leases of one request: a lost one and the current one.)
+func (b *Backend) ack(ctx context.Context, q batchSender, refs []leaseRef) ([]bool, error) {
 	batch := &pgx.Batch{}
 	for _, r := range refs {
 		if r.session {
@@ -366,15 +363,13 @@ func (b *Backend) ack(ctx context.Context, q batchSender, refs []leaseRef) (map[
 	}
 	br := q.SendBatch(ctx, batch)
 	defer br.Close()
-	deleted := make(map[int64]bool, len(refs))
-	for _, r := range refs {
+	deleted := make([]bool, len(refs))
+	for i := range refs {
 		tag, err := br.Exec()
 		if err != nil {
 			return nil, err
 		}
-		if tag.RowsAffected() > 0 {
-			deleted[r.seq] = true
-		}
+		deleted[i] = tag.RowsAffected() > 0
 	}
 	return deleted, br.Close()
 }

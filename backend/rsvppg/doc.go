@@ -47,8 +47,9 @@
 //     lease; so a lease that runs out makes the row due again by itself.
 //     Ack deletes the row, Nack sets not_before = now() + delay and clears
 //     lease_until, Extend pushes both. attempt is the delivery count; a
-//     settlement names its lease by (seq, attempt) and does nothing (the
-//     Delivery returns ErrLeaseLost) once the row was delivered again.
+//     settlement names its lease by (seq, attempt), with lease_until set,
+//     and does nothing (the Delivery returns ErrLeaseLost) once the row was
+//     nacked or delivered again.
 //     session_key (NULL: none) puts a row in a session of its queue: such a
 //     row is leased only while no row of the same queue and session_key
 //     with a lower seq exists, so a session's requests go one at a time, in

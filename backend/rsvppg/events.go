@@ -1,10 +1,10 @@
 package rsvppg
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -122,7 +122,10 @@ func (b *Backend) Events(ctx context.Context, q backend.EventQuery) ([]*backend.
 		return nil, err
 	}
 	defer cancel()
-	rows, err := b.fast.Query(ctx, sql, key, int64(q.After), cmp.Or(q.Limit, 100))
+	if q.After > math.MaxInt64 {
+		return nil, nil // after every seq the table can hold
+	}
+	rows, err := b.fast.Query(ctx, sql, key, int64(q.After), q.DefaultLimit())
 	if err != nil {
 		return nil, fmt.Errorf("rsvppg: events of %s: %w", key, err)
 	}

@@ -157,25 +157,27 @@ SELECT pg_notify($3, 'q:' || queue) FROM u`),
 
 		// Deletes one leased request. Acks are batched as a pipeline of these:
 		// the statement's plan is cached, where one over arrays of leases is
-		// planned again on every call.
-		ack: sub(`DELETE FROM {s}.requests WHERE seq = $1 AND attempt = $2`),
+		// planned again on every call. Like ackSession, nack and extend, it
+		// matches the lease ($1, $2) only while it is not settled: a Nack
+		// clears lease_until, and a later claim makes another attempt.
+		ack: sub(`DELETE FROM {s}.requests WHERE seq = $1 AND attempt = $2 AND lease_until IS NOT NULL`),
 
 		// ack for a request of a session: the session's next request is due
 		// now, so the queue's consumers are told ($3 the channel).
 		ackSession: sub(`
-WITH d AS (DELETE FROM {s}.requests WHERE seq = $1 AND attempt = $2 RETURNING queue)
+WITH d AS (DELETE FROM {s}.requests WHERE seq = $1 AND attempt = $2 AND lease_until IS NOT NULL RETURNING queue)
 SELECT pg_notify($3, 'q:' || queue) FROM d`),
 
 		nack: sub(`
 WITH u AS (
 	UPDATE {s}.requests SET not_before = now() + $3::bigint {us}, lease_until = NULL
-	WHERE seq = $1 AND attempt = $2 RETURNING queue
+	WHERE seq = $1 AND attempt = $2 AND lease_until IS NOT NULL RETURNING queue
 )
 SELECT pg_notify($4, 'q:' || queue) FROM u`),
 
 		extend: sub(`
 UPDATE {s}.requests SET not_before = now() + $3::bigint {us}, lease_until = now() + $3::bigint {us}
-WHERE seq = $1 AND attempt = $2`),
+WHERE seq = $1 AND attempt = $2 AND lease_until IS NOT NULL`),
 
 		// Stores the first reply to each correlation id of a batch (they are
 		// distinct) and returns the stored ones.

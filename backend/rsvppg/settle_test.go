@@ -1,0 +1,110 @@
+package rsvppg_test
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/rsvp-go/rsvp/backend"
+	"github.com/rsvp-go/rsvp/backend/rsvppg"
+)
+
+// TestSettledByNack: a delivery settled by Nack is settled. An Ack of it
+// afterwards returns ErrLeaseLost and leaves the request to come back; an
+// Extend returns ErrLeaseLost and leaves the Nack's delay as it was.
+func TestSettledByNack(t *testing.T) {
+	t.Parallel()
+	s := newSetup(t)
+	q := uniq("q")
+	for _, m := range []*backend.Message{newMsg(q), newMsg(q)} {
+		if err := s.b.Enqueue(s.ctx, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c := consume(t, s.b, q, 300*time.Millisecond)
+	now, later := nextWithin(t, c, 5*time.Second), nextWithin(t, c, 5*time.Second)
+	if err := now.Nack(s.ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := now.Ack(s.ctx); !errors.Is(err, rsvppg.ErrLeaseLost) {
+		t.Errorf("Ack after Nack: %v, want ErrLeaseLost", err)
+	}
+	if err := later.Nack(s.ctx, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	if err := later.Extend(s.ctx); !errors.Is(err, rsvppg.ErrLeaseLost) {
+		t.Errorf("Extend after Nack: %v, want ErrLeaseLost", err)
+	}
+	again := nextWithin(t, c, 5*time.Second)
+	if again.Message().ID != now.Message().ID {
+		t.Fatalf("delivered %s again, want %s (nacked with no delay); the other was nacked for an hour", again.Message().ID, now.Message().ID)
+	}
+	if err := again.Ack(s.ctx); err != nil {
+		t.Fatal(err)
+	}
+	// The one nacked for an hour stays away past its lease.
+	ctx, cancel := context.WithTimeout(s.ctx, time.Second)
+	defer cancel()
+	if d, err := c.Next(ctx); err == nil {
+		t.Fatalf("%s (attempt %d) came back after a lease: Extend replaced the Nack's delay of an hour", d.Message().ID, d.Message().Attempt)
+	}
+}
+
+// TestStaleAckBesideTheCurrentOne: acks of a lease that ran out and of
+// the request's current lease, made at once so that they share ack
+// batches: each stale one returns ErrLeaseLost, each current one nil.
+func TestStaleAckBesideTheCurrentOne(t *testing.T) {
+	t.Parallel()
+	s := newSetup(t)
+	q := uniq("q")
+	const n = 50
+	for range n {
+		if err := s.b.Enqueue(s.ctx, newMsg(q)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c := consume(t, s.b, q, 500*time.Millisecond)
+	// Take every request, let the leases run out, take each again.
+	stale, fresh := map[string]backend.Delivery{}, map[string]backend.Delivery{}
+	for len(fresh) < n {
+		d := nextWithin(t, c, 10*time.Second)
+		id := d.Message().ID
+		switch d.Message().Attempt {
+		case 1:
+			stale[id] = d
+		case 2:
+			fresh[id] = d
+		}
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var staleOK, freshLost int
+	for id, d := range fresh {
+		if stale[id] == nil {
+			continue
+		}
+		wg.Go(func() {
+			if err := stale[id].Ack(s.ctx); err == nil {
+				mu.Lock()
+				staleOK++
+				mu.Unlock()
+			}
+		})
+		wg.Go(func() {
+			if err := d.Ack(s.ctx); err != nil {
+				mu.Lock()
+				freshLost++
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	if staleOK > 0 {
+		t.Fatalf("%d acks of leases lost to a redelivery returned nil, want ErrLeaseLost", staleOK)
+	}
+	if freshLost > 0 {
+		t.Logf("%d current leases ran out too before their ack (a slow machine)", freshLost)
+	}
+}

@@ -68,7 +68,9 @@
 //   - dedupe: request ids ('r'), event dedupe keys ('e') and dead letters
 //     ('d', id:attempt) seen within the dedupe window. A request whose id is
 //     there and younger than the window is not stored again; acknowledging
-//     a request leaves its marker.
+//     a request leaves its marker. A marker's at is clock_timestamp() when
+//     it is written, not now(), so that a long transaction does not start
+//     the window early.
 //   - replies: one row per correlation id (the primary key), inserted with ON
 //     CONFLICT DO NOTHING: the first reply wins, whatever inbox it is
 //     addressed to. Reply addresses read rsvp.reply.<correlation id>.<inbox>,

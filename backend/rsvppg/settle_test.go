@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/rsvp-go/rsvp/backend"
 	"github.com/rsvp-go/rsvp/backend/rsvppg"
 )
@@ -106,5 +108,50 @@ func TestStaleAckBesideTheCurrentOne(t *testing.T) {
 	}
 	if freshLost > 0 {
 		t.Logf("%d current leases ran out too before their ack (a slow machine)", freshLost)
+	}
+}
+
+// TestEnqueueTxDedupeWindowFromTheWrite: a request stored by EnqueueTx in
+// a transaction that was open longer than the dedupe window before it
+// (now() is the transaction's start) is still deduplicated right after the
+// commit: the window starts when the marker is written.
+func TestEnqueueTxDedupeWindowFromTheWrite(t *testing.T) {
+	t.Parallel()
+	url := serverURL(t)
+	schema := freshSchema(t, url)
+	b := open(t, url, rsvppg.Options{Schema: schema, DedupeWindow: time.Second})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	m := newMsg(uniq("q"))
+	tx, err := b.Pool().Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	for { // business work in the transaction that outlasts the window
+		var past bool
+		if err := tx.QueryRow(ctx, "SELECT clock_timestamp() > now() + interval '1200 milliseconds'").Scan(&past); err != nil {
+			t.Fatal(err)
+		}
+		if past {
+			break
+		}
+		time.Sleep(50 * time.Millisecond) // polling a condition, bounded by ctx
+	}
+	if err := b.EnqueueTx(ctx, tx, m); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Enqueue(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	if err := connect(t, url).QueryRow(ctx, "SELECT count(*) FROM "+pgx.Identifier{schema, "requests"}.Sanitize()+" WHERE id = $1", m.ID).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	if n != 1 {
+		t.Fatalf("id %s enqueued again right after its EnqueueTx committed (window 1s): stored %d times, want once", m.ID, n)
 	}
 }

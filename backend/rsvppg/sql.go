@@ -90,8 +90,8 @@ WITH {gate}input AS (
 		AS m(queue, id, correlation_id, reply_to, type, content_type, headers, body, created_at, deadline, track, channel,
 			session_key, reply_session, not_before, ord){gated}
 ), fresh AS (
-	INSERT INTO {s}.dedupe AS d (kind, key) SELECT 'r', id FROM input
-	ON CONFLICT (kind, key) DO UPDATE SET at = now() WHERE d.at < now() - $16::bigint {us}
+	INSERT INTO {s}.dedupe AS d (kind, key, at) SELECT 'r', id, clock_timestamp() FROM input
+	ON CONFLICT (kind, key) DO UPDATE SET at = clock_timestamp() WHERE d.at < clock_timestamp() - $16::bigint {us}
 	RETURNING key
 ), stored AS (
 	INSERT INTO {s}.requests (queue, id, correlation_id, reply_to, type, content_type, headers, body, created_at, deadline, track, channel,
@@ -209,8 +209,8 @@ WHERE stored_at >= $1 AND (inbox = ANY($2::text[]) OR correlation_id = ANY($3::t
 		// was stored within the dedupe window.
 		deadLetter: sub(`
 WITH fresh AS (
-	INSERT INTO {s}.dedupe AS d (kind, key) VALUES ('d', $1)
-	ON CONFLICT (kind, key) DO UPDATE SET at = now() WHERE d.at < now() - $2::bigint {us}
+	INSERT INTO {s}.dedupe AS d (kind, key, at) VALUES ('d', $1, clock_timestamp())
+	ON CONFLICT (kind, key) DO UPDATE SET at = clock_timestamp() WHERE d.at < clock_timestamp() - $2::bigint {us}
 	RETURNING key
 )
 INSERT INTO {s}.dead_letters ({msg}, reason, last_error, at)
@@ -228,8 +228,8 @@ WITH input AS (
 	SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::bytea[], $6::text[]) WITH ORDINALITY
 		AS e(correlation_id, channel, type, at, data, dedupe_key, ord)
 ), fresh AS (
-	INSERT INTO {s}.dedupe AS d (kind, key) SELECT 'e', dedupe_key FROM input WHERE dedupe_key <> ''
-	ON CONFLICT (kind, key) DO UPDATE SET at = now() WHERE d.at < now() - $7::bigint {us}
+	INSERT INTO {s}.dedupe AS d (kind, key, at) SELECT 'e', dedupe_key, clock_timestamp() FROM input WHERE dedupe_key <> ''
+	ON CONFLICT (kind, key) DO UPDATE SET at = clock_timestamp() WHERE d.at < clock_timestamp() - $7::bigint {us}
 	RETURNING key
 ), stored AS (
 	INSERT INTO {s}.events (correlation_id, channel, type, at, data, dedupe_key)

@@ -192,7 +192,10 @@ func (q EventQuery) DefaultLimit() int {
 // ConsumeParams configures a consumer. Zero values take the defaults given.
 type ConsumeParams struct {
 	// Lease is how long a delivery stays invisible to other consumers before
-	// it is redelivered, unless extended or settled. Default 30s.
+	// it is redelivered, unless extended or settled. Default 30s. An engine
+	// may keep it longer, never shorter: another consumer of the queue
+	// asking for a shorter lease does not cut it (rsvpnats keeps the
+	// longest lease asked for on a queue).
 	Lease time.Duration
 }
 

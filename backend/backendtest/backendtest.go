@@ -238,6 +238,21 @@ var cases = []testCase{
 		}
 		_ = d.Ack(ctxFor(t, 5*time.Second))
 	}},
+	{name: "LeaseOfEachConsumer", run: func(t *testing.T, open Opener, f Features) {
+		// A consumer of the queue opened later with a shorter lease does
+		// not cut the lease of a delivery the first one holds: it would be
+		// handed to a second worker while the first still runs it.
+		b := opened(t, open)
+		q := uniq("q")
+		mustEnqueue(t, b, newMsg(b, q))
+		long := consume(t, b, q, backend.ConsumeParams{Lease: 5 * time.Second})
+		d := next(t, long, 10*time.Second)
+		short := consume(t, b, q, backend.ConsumeParams{Lease: 300 * time.Millisecond})
+		nothingWithin(t, short, 1500*time.Millisecond)
+		if err := d.Ack(ctxFor(t, 5*time.Second)); err != nil {
+			t.Fatalf("ack within the 5s lease: %v", err)
+		}
+	}},
 	{name: "CloseGivesBackAtOnce", run: func(t *testing.T, open Opener, f Features) {
 		b := opened(t, open)
 		q := uniq("q")

@@ -17,7 +17,9 @@ import (
 )
 
 // Consume implements backend.Backend. All consumers of a queue share one
-// durable JetStream consumer, so they compete for its messages.
+// durable JetStream consumer, so they compete for its messages. Its lease
+// (AckWait) is the longest any of them asked for since it was made: a
+// delivery may stay leased longer than p.Lease, never shorter.
 //
 // Each Next sends one pull request for one message when its caller is ready
 // for it, to the consumer's one inbox subscription: nothing is fetched ahead
@@ -43,6 +45,17 @@ func (b *Backend) Consume(ctx context.Context, queue string, p backend.ConsumePa
 	c.open = func(ctx context.Context) error {
 		ctx, cancel := b.withTimeout(ctx)
 		defer cancel()
+		// The lease (AckWait) is the consumer's, shared by every process
+		// consuming the queue: keep the longest asked for, so that none
+		// cuts short the leases of another's deliveries.
+		cfg := cfg
+		cur, err := b.js.Consumer(ctx, streamRequests, durable)
+		switch {
+		case err == nil:
+			cfg.AckWait = max(cfg.AckWait, cur.CachedInfo().Config.AckWait)
+		case !errors.Is(err, jetstream.ErrConsumerNotFound):
+			return fmt.Errorf("rsvpnats: consumer for %s: %w", queue, err)
+		}
 		if _, err := b.js.CreateOrUpdateConsumer(ctx, streamRequests, cfg); err != nil {
 			return fmt.Errorf("rsvpnats: consumer for %s: %w", queue, err)
 		}

@@ -198,7 +198,7 @@ func TestWorkerShutdownTimeoutRedelivers(t *testing.T) {
 	t.Parallel()
 	engine := tempEngine(t)
 	started := filepath.Join(t.TempDir(), "started")
-	w := startWorker(t, engine, "stuck", "--shutdown-timeout", "100ms", "--exec", "touch "+started+"; sleep 60")
+	w := startWorker(t, engine, "stuck", "--shutdown-timeout", "100ms", "--lease", "1s", "--exec", "touch "+started+"; sleep 60")
 	r := run(t, nil, "send", "stuck", "--data", "second chance", "--engine", engine)
 	r.want(t, 0)
 	id := strings.TrimSpace(r.stdout)
@@ -212,7 +212,8 @@ func TestWorkerShutdownTimeoutRedelivers(t *testing.T) {
 	// The stopped worker owned the engine, so this one opens it again. The
 	// engine does not keep the "deliver again now" of the abandoned request
 	// over its restart: the request comes back when its lease runs out,
-	// which --lease makes short.
+	// which --lease made short. (The queue keeps the longest lease its
+	// workers asked for, so the first one asked for it too.)
 	startWorker(t, engine, "stuck", "--exec", "cat", "--lease", "1s")
 	r = run(t, nil, "await", id, "--engine", engine, "--timeout", "20s")
 	r.want(t, 0)

@@ -54,7 +54,7 @@ func (f *workerFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.command, "exec", "", "shell `command` that answers a request (required)")
 	fs.IntVar(&f.concurrency, "concurrency", 1, "how many requests are handled at once")
 	fs.IntVar(&f.attempts, "attempts", 5, "how many times a failing request is tried in all")
-	fs.DurationVar(&f.lease, "lease", 30*time.Second, "how long a request stays reserved for a worker that stopped renewing it (it died)")
+	fs.DurationVar(&f.lease, "lease", 30*time.Second, "how long a request stays reserved for a worker that stopped renewing it (it died); on NATS the queue keeps the longest lease any of its workers asked for")
 	fs.DurationVar(&f.backoff, "backoff", time.Second, "delay before the first retry; it doubles on each retry, up to 60 times this")
 	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", 30*time.Second, "on SIGINT or SIGTERM, how long running requests may take to finish")
 }

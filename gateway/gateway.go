@@ -351,6 +351,12 @@ func (c caller) sees(tenant, queue string) bool {
 	return c.may(RightAdmin, queue) || c.tenant == tenant && c.may(RightSend, queue)
 }
 
+// seesEveryQueue reports whether the caller may read the requests of its
+// tenant on every queue.
+func (c caller) seesEveryQueue() bool {
+	return c.may(RightSend, "*") || c.may(RightAdmin, "*")
+}
+
 // authenticate finds the caller, or writes 401 and returns false.
 func (g *Gateway) authenticate(w http.ResponseWriter, r *http.Request) (caller, bool) {
 	if len(g.keys) == 0 {

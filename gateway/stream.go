@@ -140,6 +140,10 @@ type feed struct {
 	rec     *record // the request's record (request feeds)
 	replied bool    // the request's reply is known to be stored
 	after   uint64  // the cursor: the last event sent or skipped
+	// Channel feeds of a caller whose rights depend on the queue: who
+	// the caller is, and whether it sees each request met so far.
+	c    *caller
+	sees map[string]bool
 }
 
 // requestFeed makes the feed of request id for caller c from cursor after.
@@ -161,9 +165,49 @@ func (g *Gateway) requestFeed(ctx context.Context, c caller, id string, after ui
 	return &feed{id: id, rec: rec, replied: reply != nil, after: after}, false, nil
 }
 
-// channelFeed makes the feed of a caller's channel from cursor after.
+// channelFeed makes the feed of a caller's channel from cursor after. It
+// shows only the requests the caller may read, as their status URLs do.
 func channelFeed(c caller, channel string, after uint64) *feed {
-	return &feed{ch: scopedChannel(c.tenant, channel), after: after}
+	f := &feed{ch: scopedChannel(c.tenant, channel), after: after}
+	if !c.seesEveryQueue() {
+		f.c, f.sees = &c, map[string]bool{}
+	}
+	return f
+}
+
+// maxSeesCache bounds the requests a channel feed remembers the caller's
+// right to see.
+const maxSeesCache = 4096
+
+// shows reports whether f's caller may see the request of ev, an event
+// of f's channel: only requests of the gateway (with a record) on queues
+// it may read.
+func (g *Gateway) shows(ctx context.Context, f *feed, ev *backend.Event) (bool, error) {
+	if f.c == nil {
+		return true, nil
+	}
+	if ok, known := f.sees[ev.CorrelationID]; known {
+		return ok, nil
+	}
+	first := ev
+	if ev.Type != backend.EventQueued {
+		evs, err := g.b.Events(ctx, backend.EventQuery{CorrelationID: ev.CorrelationID, Limit: 1})
+		if err != nil {
+			return false, err
+		}
+		if len(evs) == 0 {
+			return false, nil
+		}
+		first = evs[0]
+	}
+	var rec record
+	ok := first.Type == backend.EventQueued && json.Unmarshal(first.Data, &rec) == nil && rec.ID == ev.CorrelationID &&
+		f.c.sees(rec.Tenant, rec.Queue)
+	if len(f.sees) >= maxSeesCache {
+		clear(f.sees)
+	}
+	f.sees[ev.CorrelationID] = ok
+	return ok, nil
 }
 
 // checkChannel validates a channel name from a client.
@@ -256,7 +300,13 @@ func (g *Gateway) catchUp(ctx context.Context, f *feed, emit func(*StreamEvent) 
 			return false, err
 		}
 		for _, ev := range evs {
-			if streamed(ev.Type) {
+			show := streamed(ev.Type)
+			if show && f.id == "" {
+				if show, err = g.shows(ctx, f, ev); err != nil {
+					return false, err
+				}
+			}
+			if show {
 				se, err := g.streamEvent(ctx, ev)
 				if err != nil {
 					return false, err

@@ -705,3 +705,54 @@ func TestWebSocketSubscriptions(t *testing.T) {
 		t.Errorf("b's channel shows %v, want only b's request %s", ev, idB)
 	}
 }
+
+// TestChannelStreamFollowsQueueGrants: a channel stream shows a key only
+// the requests it may read. Keys of one tenant: ky sends on queue y, kx
+// on x, kw sends on x and may consume y, kall sends on every queue. A
+// request on y is on channel c: kx and kw, which get 404 for its status,
+// do not see its events on c either; kall does.
+func TestChannelStreamFollowsQueueGrants(t *testing.T) {
+	grant := func(key, queue, right string) gateway.APIKey {
+		return gateway.APIKey{Tenant: "a", SHA256: gateway.HashKey(key), Grants: []gateway.Grant{{Queue: queue, Rights: []string{right}}}}
+	}
+	e := newEnv(t, gateway.Config{Keys: []gateway.APIKey{grant("kx", "x", gateway.RightSend), grant("ky", "y", gateway.RightSend),
+		{Tenant: "a", SHA256: gateway.HashKey("kw"), Grants: []gateway.Grant{{Queue: "x", Rights: []string{gateway.RightSend}},
+			{Queue: "y", Rights: []string{gateway.RightConsume}}}},
+		grant("kall", "*", gateway.RightSend)}})
+	e.respond("y", rsvp.HandleOptions{}, func(ctx context.Context, m *rsvp.Message) (*rsvp.Reply, error) {
+		return &rsvp.Reply{ContentType: "text/plain", Body: []byte("result of y")}, nil
+	})
+	auth := func(k string) map[string]string { return map[string]string{"Authorization": "Bearer " + k} }
+	onC := map[string]string{"Notify-Channel": "c"}
+	idY := streamSubmit(e, "y", mergeHdr(auth("ky"), onC), "payload")
+	eventually(t, 10*time.Second, "the request on y succeeds", func() bool {
+		resp, _ := e.do("GET", "/v1/requests/"+idY+"/result", auth("ky"), "")
+		return resp.StatusCode == http.StatusOK
+	})
+	if resp, _ := e.do("GET", "/v1/requests/"+idY, auth("kx"), ""); resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("kx reads the status of the request on y: %d, want 404", resp.StatusCode)
+	}
+	for _, key := range []string{"kx", "kw", "kall"} {
+		s := openSSE(e, "/v1/channels/c/events", auth(key))
+		// A request on x, which each of these keys may read, marks where the
+		// stream has caught up: what comes before it is of the request on y.
+		idX := streamSubmit(e, "x", mergeHdr(auth("kx"), onC), "mine")
+		var ofY []string
+		for {
+			ev := s.must()
+			if ev.Data["id"] == idX {
+				break
+			}
+			if ev.Data["id"] == idY {
+				ofY = append(ofY, ev.Type)
+			}
+		}
+		s.close()
+		switch {
+		case key == "kall" && !slices.Equal(ofY, []string{"queued", "running", "succeeded"}):
+			t.Errorf("kall, which may read every queue, got events %v of the request on y, want queued running succeeded", ofY)
+		case key != "kall" && len(ofY) > 0:
+			t.Errorf("%s streams channel c and gets events %v of the request on y, which it may not read", key, ofY)
+		}
+	}
+}

@@ -36,7 +36,9 @@ type Config struct {
 	// MaxWait caps the wait of long-polls and of "Prefer: wait". Default 60s.
 	MaxWait time.Duration
 	// MaxStreams caps the long-lived connections (long-polls, event
-	// streams, WebSockets) open at once; more get 429. Default 10000.
+	// streams, WebSockets) open at once; more get 429, but for a
+	// submission with "Prefer: wait", which is answered 202 without
+	// waiting. Default 10000.
 	MaxStreams int
 	// RetryAfter is the polling interval suggested to clients of pending
 	// requests. Default 1s.
@@ -415,6 +417,17 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 
 // acquireStream takes a slot for a long-lived connection, or writes 429.
 func (g *Gateway) acquireStream(w http.ResponseWriter) (release func(), ok bool) {
+	if release, ok := g.tryStream(); ok {
+		return release, true
+	}
+	w.Header().Set("Retry-After", strconv.Itoa(int(g.cfg.RetryAfter.Seconds())*5))
+	problem(w, http.StatusTooManyRequests, "too-many-streams", "Too many open streams",
+		fmt.Sprintf("this gateway holds %d long-polls and streams, its limit; retry later", g.cfg.MaxStreams))
+	return nil, false
+}
+
+// tryStream takes a slot for a long-lived connection if one is free.
+func (g *Gateway) tryStream() (release func(), ok bool) {
 	select {
 	case g.streams <- struct{}{}:
 		g.tel.streams.Add(context.Background(), 1)
@@ -423,9 +436,6 @@ func (g *Gateway) acquireStream(w http.ResponseWriter) (release func(), ok bool)
 			<-g.streams
 		}, true
 	default:
-		w.Header().Set("Retry-After", strconv.Itoa(int(g.cfg.RetryAfter.Seconds())*5))
-		problem(w, http.StatusTooManyRequests, "too-many-streams", "Too many open streams",
-			fmt.Sprintf("this gateway holds %d long-polls and streams, its limit; retry later", g.cfg.MaxStreams))
 		return nil, false
 	}
 }

@@ -406,7 +406,7 @@ func (g *Gateway) submit(w http.ResponseWriter, r *http.Request) {
 	}
 	g.log.Info("gateway: accepted", "queue", queue, "id", stored.ID, "correlation_id", stored.ID, "tenant", c.tenant)
 	if wait > 0 {
-		if reply, err := g.waitFinal(r.Context(), stored.ID, wait); err == nil && reply != nil {
+		if reply := g.submitWait(r, stored.ID, wait); reply != nil {
 			// Whole seconds, as RFC 7240 has it: a wait of 500ms is wait=1.
 			w.Header().Set("Preference-Applied", "wait="+strconv.Itoa(int((wait+time.Second-1)/time.Second)))
 			w.Header().Set("Content-Location", links(stored.ID).Result)
@@ -425,6 +425,25 @@ func (g *Gateway) submit(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Retry-After", strconv.Itoa(int(g.cfg.RetryAfter.Seconds())))
 	g.setExpires(w, st)
 	writeJSON(w, http.StatusAccepted, st)
+}
+
+// submitWait waits up to d for the reply to id, a submission's, as a
+// long-poll does: it takes a stream slot (if none is free it does not
+// wait), and ends when the client leaves or the gateway closes. nil: no
+// reply (yet).
+func (g *Gateway) submitWait(r *http.Request, id string, d time.Duration) *backend.Reply {
+	release, ok := g.tryStream()
+	if !ok {
+		return nil
+	}
+	defer release()
+	ctx, cancel := g.streamCtx(r)
+	defer cancel()
+	reply, err := g.waitFinal(ctx, id, d)
+	if err != nil {
+		return nil
+	}
+	return reply
 }
 
 var errConflict = errors.New("idempotency key reused for another request")

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/rsvp-go/rsvp"
+	"github.com/rsvp-go/rsvp/backend"
 	"github.com/rsvp-go/rsvp/gateway"
 )
 
@@ -377,6 +378,43 @@ func TestStreamLimit(t *testing.T) {
 	if first == nil || second == nil || first.StatusCode != http.StatusTooManyRequests || second.StatusCode != http.StatusOK ||
 		first.Header.Get("Retry-After") == "" {
 		t.Fatalf("two long-polls with one slot: %v, %v; want 429 with Retry-After, then 200", first, second)
+	}
+}
+
+// TestPreferWaitIsALongPoll: a submission with "Prefer: wait" takes a
+// stream slot like a long-poll (with none free it is answered 202 at
+// once, not refused), and its wait ends when the gateway closes.
+func TestPreferWaitIsALongPoll(t *testing.T) {
+	e := newEnv(t, gateway.Config{MaxStreams: 1, MaxWait: time.Minute})
+	s := openSSE(e, "/v1/channels/c/events", nil) // holds the only slot
+	start := time.Now()
+	resp, data := e.do("POST", "/v1/queues/nobody/requests", map[string]string{"Prefer": "wait=60"}, "x")
+	if resp.StatusCode != http.StatusAccepted || time.Since(start) > 30*time.Second {
+		t.Fatalf("Prefer: wait with no stream slot free: %d after %s: %s; want 202 at once", resp.StatusCode, time.Since(start), data)
+	}
+	s.close()
+
+	done := make(chan int, 1)
+	go func() {
+		resp, _ := e.do("POST", "/v1/queues/nobody/requests", map[string]string{"Prefer": "wait=60", "Notify-Channel": "w"}, "y")
+		done <- resp.StatusCode
+	}()
+	eventually(t, 10*time.Second, "the submission is stored and waits", func() bool {
+		evs, err := e.Client.Backend().Events(t.Context(), backend.EventQuery{Channel: "w"})
+		return err == nil && len(evs) > 0
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := e.GW.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case status := <-done:
+		if status != http.StatusAccepted {
+			t.Fatalf("the waiting submission, at Close: %d, want 202", status)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("a Prefer: wait submission still waits 20s after the gateway closed")
 	}
 }
 

@@ -584,6 +584,14 @@ func (g *Gateway) leaseFail(w http.ResponseWriter, r *http.Request) {
 			fmt.Sprintf("code must be at most %d printable ASCII characters without spaces", maxCodeLen))
 		return
 	}
+	switch f.Code {
+	case rsvp.CodeExpired, rsvp.CodeCancelled, rsvp.CodeAttemptsExhausted, codeNotAccepted:
+		// An expired or cancelled code would end the request in that state
+		// (504, 410) rather than failed; the others are rsvp's own verdicts.
+		problem(w, http.StatusBadRequest, "invalid-request", "Invalid request",
+			fmt.Sprintf("code %q names an outcome only rsvp decides; use failed or a code of your own", f.Code))
+		return
+	}
 	f.Error = cmp.Or(f.Error, "the worker reported a failure")
 	var err error = errors.New(f.Error)
 	if f.Code != "" {

@@ -336,6 +336,13 @@ func TestWorkerBadInput(t *testing.T) {
 	e.workerSettle(l.Lease, "reply", map[string]string{"Content-Type": "text/"}, "x", http.StatusBadRequest)
 	e.workerSettle(l.Lease, "fail", nil, `{"error":`, http.StatusBadRequest)
 	e.workerSettle(l.Lease, "fail", nil, `{"error":"x","code":"has space"}`, http.StatusBadRequest)
+	for _, code := range []string{"expired", "cancelled", "attempts_exhausted", "not_accepted"} {
+		// Not for a worker to claim: expired would end the request expired (504), not failed.
+		data := e.workerSettle(l.Lease, "fail", nil, `{"error":"upstream timed out","code":"`+code+`","permanent":true}`, http.StatusBadRequest)
+		if !strings.Contains(string(data), "names an outcome only rsvp decides") {
+			t.Errorf("fail with code %s: %s", code, data)
+		}
+	}
 	e.workerSettle(l.Lease, "extend?lease=1h", nil, "", http.StatusBadRequest)
 	// None of that settled the lease.
 	e.workerSettle(l.Lease, "reply", map[string]string{"Content-Type": "text/plain"}, strings.Repeat("y", 16), http.StatusNoContent)

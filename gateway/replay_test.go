@@ -2,8 +2,11 @@ package gateway_test
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"net/http"
+	"slices"
+	"strconv"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -59,5 +62,73 @@ func TestReplayedRequestRunsAgain(t *testing.T) {
 	resp, data = e.do("GET", "/v1/requests/"+id+"/result", nil, "")
 	if resp.StatusCode != http.StatusOK || string(data) != "echo:again" {
 		t.Fatalf("result after replay: %d %s", resp.StatusCode, data)
+	}
+}
+
+// TestReplayedRequestStream: the event stream of a request replayed from
+// its dead letter goes on past the first run's failed event, through a
+// replayed event, to the replay's outcome; a client that saw the failed
+// event and reconnects gets the replay's events, not 204.
+func TestReplayedRequestStream(t *testing.T) {
+	e := newEnv(t, gateway.Config{})
+	var fixed atomic.Bool
+	e.respond("fragile", rsvp.HandleOptions{}, func(ctx context.Context, m *rsvp.Message) (*rsvp.Reply, error) {
+		if !fixed.Load() {
+			return nil, rsvp.Permanent(errors.New("broken"))
+		}
+		return echo(ctx, m)
+	})
+	id := streamSubmit(e, "fragile", nil, "again")
+	e.waitState(id, "failed")
+	first := openSSE(e, "/v1/requests/"+id+"/events", nil)
+	var failed uint64
+	for ev := first.must(); ; ev = first.must() {
+		if ev.Type == "failed" {
+			failed = ev.ID
+			break
+		}
+	}
+	first.ended()
+	first.close()
+
+	dls, err := e.Client.DeadLetters(t.Context(), rsvp.DeadLetterQuery{Queue: "fragile"})
+	if err != nil || len(dls) != 1 {
+		t.Fatalf("dead letters %v, %v", dls, err)
+	}
+	fixed.Store(true)
+	if _, err := e.Client.Replay(t.Context(), "fragile", dls[0].Key); err != nil {
+		t.Fatal(err)
+	}
+	e.waitState(id, "succeeded")
+	resumed := openSSE(e, "/v1/requests/"+id+"/events", map[string]string{"Last-Event-ID": strconv.FormatUint(failed, 10)})
+	var evs []sseEvent
+	for {
+		ev, err := resumed.next()
+		if err != nil {
+			break // the stream ended
+		}
+		evs = append(evs, ev)
+	}
+	resumed.close()
+	types := sseTypes(evs)
+	if !slices.Equal(types, []string{"replayed", "running", "succeeded"}) {
+		t.Fatalf("resumed after the failed event: %v, want replayed running succeeded", types)
+	}
+	if evs[2].Data["result"] != base64.StdEncoding.EncodeToString([]byte("echo:again")) { // no content type: bytes
+		t.Fatalf("the replay's succeeded event: %v", evs[2].Data)
+	}
+	// From the start: both runs, and the end.
+	all := openSSE(e, "/v1/requests/"+id+"/events", nil)
+	evs = evs[:0]
+	for {
+		ev, err := all.next()
+		if err != nil {
+			break
+		}
+		evs = append(evs, ev)
+	}
+	all.close()
+	if types := sseTypes(evs); !slices.Equal(types, []string{"queued", "running", "failed", "replayed", "running", "succeeded"}) {
+		t.Fatalf("from the start: %v", types)
 	}
 }

@@ -88,7 +88,7 @@ type PublicRecord struct {
 // unknown to the API.
 func streamed(typ string) bool {
 	switch typ {
-	case backend.EventQueued, backend.EventRunning, backend.EventRetrying, backend.EventProgress:
+	case backend.EventQueued, backend.EventRunning, backend.EventRetrying, backend.EventProgress, backend.EventReplayed:
 		return true
 	}
 	return finalState(typ)
@@ -106,6 +106,8 @@ func (g *Gateway) streamEvent(ctx context.Context, ev *backend.Event) (*StreamEv
 		se.Data = ev.Data
 	}
 	switch {
+	case ev.Type == backend.EventReplayed:
+		se.Data = nil // the dead letter's key and the new message's id: internal
 	case ev.Type == backend.EventQueued:
 		var rec record
 		if json.Unmarshal(ev.Data, &rec) == nil {
@@ -140,6 +142,11 @@ type feed struct {
 	rec     *record // the request's record (request feeds)
 	replied bool    // the request's reply is known to be stored
 	after   uint64  // the cursor: the last event sent or skipped
+	// Request feeds: ended, a final event was read and no replay came
+	// after it; run, the message id of the replay the events are of
+	// (empty: the original request's).
+	ended bool
+	run   string
 	// Channel feeds of a caller whose rights depend on the queue: who
 	// the caller is, and whether it sees each request met so far.
 	c    *caller
@@ -157,10 +164,18 @@ func (g *Gateway) requestFeed(ctx context.Context, c caller, id string, after ui
 	if err != nil {
 		return nil, false, err
 	}
+	// The last final event ends the feed, unless a replay came after it.
+	var final, replayed uint64
 	for _, ev := range evs {
-		if finalState(ev.Type) && ev.Seq <= after {
-			return nil, true, nil
+		switch {
+		case finalState(ev.Type):
+			final = ev.Seq
+		case ev.Type == backend.EventReplayed:
+			replayed = ev.Seq
 		}
+	}
+	if final > replayed && final <= after {
+		return nil, true, nil
 	}
 	return &feed{id: id, rec: rec, replied: reply != nil, after: after}, false, nil
 }
@@ -316,12 +331,18 @@ func (g *Gateway) catchUp(ctx context.Context, f *feed, emit func(*StreamEvent) 
 				}
 			}
 			f.after = ev.Seq
-			if f.id != "" && finalState(ev.Type) {
-				return true, nil
+			switch {
+			case f.id == "":
+			case finalState(ev.Type):
+				f.ended = true
+			case ev.Type == backend.EventReplayed: // what came before is over
+				var d struct{ ID string }
+				_ = json.Unmarshal(ev.Data, &d)
+				f.ended, f.run, f.replied = false, d.ID, false
 			}
 		}
 		if len(evs) < eventPage {
-			return false, nil
+			return f.ended, nil
 		}
 	}
 }
@@ -335,7 +356,7 @@ func (g *Gateway) appendFinal(ctx context.Context, f *feed) error {
 		return err
 	}
 	ev := &backend.Event{CorrelationID: f.id, Channel: scopedChannel(f.rec.Tenant, f.rec.Channel), Type: string(reply.Status),
-		At: time.Now(), DedupeKey: f.id + ":final"}
+		At: time.Now(), DedupeKey: cmp.Or(f.run, f.id) + ":final"} // the key its responder uses
 	if reply.Status != backend.StatusSucceeded {
 		ev.Data, _ = json.Marshal(map[string]string{"code": reply.ErrorCode, "message": reply.ErrorMessage})
 	}

@@ -122,6 +122,16 @@ func (r *settler) failed(ctx context.Context, d backend.Delivery, err error, log
 	}
 }
 
+// release gives d's request back unfinished, at once, for another worker.
+// Its attempt is recorded as failed, to retry now, for the attempt history
+// and, for a tracked request, its status: queued again, no longer running.
+func (r *settler) release(ctx context.Context, d backend.Delivery, log *slog.Logger) error {
+	m := d.Message()
+	r.appendEvent(ctx, m, backend.EventRetrying, map[string]any{"attempt": m.Attempt,
+		"error": "given back unfinished: its worker stopped, or its lease ran out", "retry_at": time.Now().UTC()}, log)
+	return d.Nack(ctx, 0)
+}
+
 // checkReply reports what in a handler's reply cannot be sent.
 func (r *settler) checkReply(reply *Reply) error {
 	if len(reply.Body) > r.c.cfg.MaxBodySize {
@@ -405,13 +415,14 @@ func (l *Lease) Fail(ctx context.Context, err error) error {
 }
 
 // Release gives the request back at once, for another worker; the attempt
-// still counts.
+// still counts, and is recorded as one to retry (a tracked request shows
+// as queued again).
 func (l *Lease) Release(ctx context.Context) error {
 	if err := l.settle(); err != nil {
 		return err
 	}
 	l.s.end(l.a, l.d.Message(), outcomeReleased, nil)
-	return l.d.Nack(ctx, 0)
+	return l.s.release(ctx, l.d, l.a.log)
 }
 
 // Extend renews the lease for another HandleOptions.Lease.

@@ -230,7 +230,7 @@ func (r *Responder) handle(d backend.Delivery) {
 		outcome = outcomeCancelled
 	case r.handleCtx.Err() != nil:
 		// Stopped without time to finish: someone else gets it now.
-		_ = d.Nack(ctx, 0)
+		_ = r.release(ctx, d, a.log)
 		outcome = outcomeReleased
 	default:
 		outcome = r.failed(ctx, d, err, a.log)

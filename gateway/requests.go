@@ -149,6 +149,9 @@ func (g *Gateway) fold(rec *record, evs []*backend.Event, reply *backend.Reply) 
 				s.StartedAt = &at
 			}
 		case backend.EventRetrying:
+			if d.Attempt < s.Attempts {
+				continue // of an attempt given back late, after the next one began
+			}
 			s.State = StateQueued
 			s.RetryAt = &d.RetryAt
 			s.Error = &Problem{Type: problemType + "attempt-failed", Title: "Attempt failed, will retry", Status: http.StatusOK,

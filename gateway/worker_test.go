@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/rsvp-go/rsvp"
+	"github.com/rsvp-go/rsvp/backend"
 	"github.com/rsvp-go/rsvp/gateway"
 )
 
@@ -176,7 +177,14 @@ func TestWorkerLeaseExpiry(t *testing.T) {
 	if d := time.Until(l.ExpiresAt); d > time.Second {
 		t.Fatalf("a 1s lease expires in %s", d)
 	}
-	// The worker went quiet: the next lease call gets the request again.
+	if st := e.workerStatus(id); st["state"] != gateway.StateRunning {
+		t.Fatalf("while leased: %v", st["state"])
+	}
+	// The worker went quiet: the request is queued again (not shown as
+	// running with no worker), and the next lease call gets it.
+	eventually(t, 10*time.Second, "the request is queued again", func() bool {
+		return e.workerStatus(id)["state"] == gateway.StateQueued
+	})
 	l2 := e.workerLease("q", "", nil)
 	if l2.ID != id || l2.Attempt != 2 {
 		t.Fatalf("after expiry: %+v, want attempt 2 of %s", l2, id)
@@ -412,4 +420,27 @@ func TestWorkerLeaseCarriesTrace(t *testing.T) {
 	if len(l.TraceParent) != 55 || l.TraceParent[3:35] != caller[3:35] || l.Headers["traceparent"] != "" {
 		t.Fatalf("lease traceparent %q, headers %v; want the caller's trace %s", l.TraceParent, l.Headers, caller[3:35])
 	}
+}
+
+// TestLateReleaseOfAnEarlierAttempt: an attempt given back after the next
+// attempt began (its retrying event comes after that one's running event)
+// does not make the status queued while the next attempt runs.
+func TestLateReleaseOfAnEarlierAttempt(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, gateway.Config{})
+	id := e.workerSubmit("q", nil, "x")
+	l := e.workerLease("q", "", nil)
+	b := e.Client.Backend()
+	for _, ev := range []*backend.Event{
+		{CorrelationID: id, Type: backend.EventRunning, At: time.Now(), Data: []byte(`{"attempt":2}`)},
+		{CorrelationID: id, Type: backend.EventRetrying, At: time.Now(), Data: []byte(`{"attempt":1,"error":"given back unfinished"}`)},
+	} {
+		if err := b.AppendEvent(t.Context(), ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if st := e.workerStatus(id); st["state"] != gateway.StateRunning || st["attempts"] != float64(2) {
+		t.Fatalf("status %v attempts %v, want running attempt 2", st["state"], st["attempts"])
+	}
+	e.workerSettle(l.Lease, "reply", nil, "ok", http.StatusNoContent)
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strings"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -143,7 +144,8 @@ func isConnErr(err error) bool {
 	if errors.As(err, &pgErr) {
 		return pgErr.Severity == "FATAL" || pgErr.Severity == "PANIC" || strings.HasPrefix(pgErr.Code, "08") || strings.HasPrefix(pgErr.Code, "57P")
 	}
-	return true
+	var scanErr pgx.ScanArgError
+	return !errors.As(err, &scanErr) // a value that did not fit: the connection is fine
 }
 
 // retryOnce runs f, and once more if it failed with a connection error.

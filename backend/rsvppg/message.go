@@ -10,6 +10,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/rsvp-go/rsvp/backend"
 )
@@ -131,9 +132,11 @@ func timeOrZero(t *time.Time) time.Time {
 
 // messageRow receives the msgCols of a row.
 type messageRow struct {
-	m                 backend.Message
-	headers           []byte
-	created, deadline *time.Time
+	m       backend.Message
+	headers []byte
+	// Scanned as pgtype values, which take 'infinity' (that another
+	// program may have written) where a time.Time fails the whole scan.
+	created, deadline pgtype.Timestamptz
 	sessionKey        *string // NULL: none
 }
 
@@ -147,13 +150,27 @@ func (r *messageRow) dest() []any {
 // message finishes the scanned message.
 func (r *messageRow) message() (*backend.Message, error) {
 	m := r.m
-	m.CreatedAt, m.Deadline = timeOrZero(r.created), timeOrZero(r.deadline)
+	var errs []error
+	m.CreatedAt, errs = finiteTime("created_at", r.created, errs)
+	m.Deadline, errs = finiteTime("deadline", r.deadline, errs)
 	if r.sessionKey != nil {
 		m.SessionKey = *r.sessionKey
 	}
 	var err error
 	m.Headers, m.TraceParent, m.TraceState, err = parseHeaders(r.headers)
-	return &m, err
+	return &m, errors.Join(append(errs, err)...)
+}
+
+// finiteTime is the time of column col (zero for NULL), with an error
+// appended to errs if it is infinite.
+func finiteTime(col string, t pgtype.Timestamptz, errs []error) (time.Time, []error) {
+	switch {
+	case !t.Valid:
+		return time.Time{}, errs
+	case t.InfinityModifier != pgtype.Finite:
+		return time.Time{}, append(errs, fmt.Errorf("%s is %s, not a time", col, t.InfinityModifier))
+	}
+	return t.Time, errs
 }
 
 // scanMessage reads a row of msgCols followed by the destinations in

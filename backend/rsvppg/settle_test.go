@@ -3,6 +3,7 @@ package rsvppg_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -154,4 +155,66 @@ func TestEnqueueTxDedupeWindowFromTheWrite(t *testing.T) {
 	if n != 1 {
 		t.Fatalf("id %s enqueued again right after its EnqueueTx committed (window 1s): stored %d times, want once", m.ID, n)
 	}
+}
+
+// TestInfiniteTimeIsUnreadable: a request row another program wrote with a
+// deadline of 'infinity' (a valid timestamptz, but no time) is
+// dead-lettered as bad_request with the reason; it does not fail the
+// claim that took it, which would leave that claim's rows leased for
+// nobody.
+func TestInfiniteTimeIsUnreadable(t *testing.T) {
+	t.Parallel()
+	s := newSetup(t)
+	q := uniq("q")
+	table := pgx.Identifier{s.schema, "requests"}.Sanitize()
+	conn := connect(t, s.url)
+	if _, err := conn.Exec(s.ctx, "INSERT INTO "+table+" (queue, id, correlation_id, deadline) VALUES ($1, 'infinite', 'infinite', 'infinity')", q); err != nil {
+		t.Fatal(err)
+	}
+	good := newMsg(q)
+	if err := s.b.Enqueue(s.ctx, good); err != nil {
+		t.Fatal(err)
+	}
+	c := consume(t, s.b, q, 30*time.Second)
+	// Two waiters, so that one claim may take both rows.
+	got := make(chan backend.Delivery, 2)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	ctx, cancel := context.WithTimeout(s.ctx, 10*time.Second)
+	defer cancel()
+	for range 2 {
+		wg.Go(func() {
+			if d, err := c.Next(ctx); err == nil {
+				got <- d
+			}
+		})
+	}
+	select {
+	case d := <-got:
+		if d.Message().ID != good.ID {
+			t.Fatalf("delivered %q, want %s", d.Message().ID, good.ID)
+		}
+		if err := d.Ack(s.ctx); err != nil {
+			t.Fatal(err)
+		}
+	case <-ctx.Done():
+		t.Fatal("the readable request was not delivered within 10s")
+	}
+	for {
+		dls, err := s.b.DeadLetters(s.ctx, backend.DeadLetterQuery{Queue: q})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(dls) == 1 {
+			if dls[0].Reason != "bad_request" || dls[0].Message.ID != "infinite" || !strings.Contains(dls[0].LastError, "deadline is infinity") {
+				t.Fatalf("dead letter %+v: %s", dls[0], dls[0].LastError)
+			}
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("the unreadable row was not dead-lettered within 10s (%d dead letters)", len(dls))
+		}
+		time.Sleep(20 * time.Millisecond) // polling a condition, bounded by ctx
+	}
+	cancel() // the other waiter
 }

@@ -22,8 +22,9 @@ type batcher[T, R any] struct {
 	stop  <-chan struct{}
 	max   int
 	// exec runs a batch and returns one result and error per item, or an
-	// error for the whole batch.
-	exec func(ctx context.Context, items []T) ([]R, []error, error)
+	// error for the whole batch. again: the batch runs again after a
+	// connection error, so what its first run did may have committed.
+	exec func(ctx context.Context, items []T, again bool) ([]R, []error, error)
 	// retry reports whether a batch that failed with a connection error may
 	// run again: true where running it twice does no harm.
 	retry func(error) bool
@@ -49,7 +50,7 @@ func (b *Backend) startBatchers() {
 	b.sessions.init(b)
 }
 
-func newBatcher[T, R any](b *Backend, workers, max int, exec func(context.Context, []T) ([]R, []error, error),
+func newBatcher[T, R any](b *Backend, workers, max int, exec func(context.Context, []T, bool) ([]R, []error, error),
 	pool *pgxpool.Pool, retry func(error) bool) *batcher[T, R] {
 	bt := &batcher[T, R]{calls: make(chan *call[T, R]), stop: b.life.Done(), max: max, exec: exec, retry: retry, pool: pool}
 	for range workers {
@@ -109,10 +110,10 @@ func (bt *batcher[T, R]) run(b *Backend, batch []*call[T, R]) {
 	for i, c := range batch {
 		items[i] = c.item
 	}
-	res, errs, err := bt.exec(ctx, items)
+	res, errs, err := bt.exec(ctx, items, false)
 	if err != nil && bt.retry(err) && ctx.Err() == nil {
 		b.dropConns(bt.pool, err)
-		res, errs, err = bt.exec(ctx, items)
+		res, errs, err = bt.exec(ctx, items, true)
 	}
 	if err != nil && len(batch) > 1 && !isConnErr(err) && !errors.Is(err, context.DeadlineExceeded) {
 		for _, c := range batch {

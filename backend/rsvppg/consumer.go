@@ -341,12 +341,45 @@ func (d *Delivery) Ack(ctx context.Context) error {
 }
 
 // execAcks deletes a batch of leased requests.
-func (b *Backend) execAcks(ctx context.Context, refs []leaseRef) ([]bool, []error, error) {
+func (b *Backend) execAcks(ctx context.Context, refs []leaseRef, again bool) ([]bool, []error, error) {
 	deleted, err := b.ack(ctx, b.fast, refs)
 	if err != nil {
 		return nil, nil, err
 	}
+	if again {
+		// The first run may have deleted some: an ack whose request is
+		// gone is taken as done (a stale one would have got ErrLeaseLost).
+		if err := b.goneAcks(ctx, refs, deleted); err != nil {
+			return nil, nil, err
+		}
+	}
 	return deleted, make([]error, len(refs)), nil
+}
+
+// goneAcks sets deleted[i] for the leases of refs whose request rows are
+// gone.
+func (b *Backend) goneAcks(ctx context.Context, refs []leaseRef, deleted []bool) error {
+	var seqs []int64
+	for i, r := range refs {
+		if !deleted[i] {
+			seqs = append(seqs, r.seq)
+		}
+	}
+	if len(seqs) == 0 {
+		return nil
+	}
+	rows, err := b.fast.Query(ctx, b.sql.existing, seqs)
+	if err != nil {
+		return err
+	}
+	left, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil {
+		return err
+	}
+	for i, r := range refs {
+		deleted[i] = deleted[i] || !slices.Contains(left, r.seq)
+	}
+	return nil
 }
 
 // ack deletes the requests of leases, in one round trip and transaction,

@@ -143,15 +143,27 @@ func sessionLockKey(schema, queue, key string) int64 {
 // execEnqueues stores a batch of requests without a session. An id twice
 // in one batch is a duplicate within the dedupe window: only its first
 // message is passed on.
-func (b *Backend) execEnqueues(ctx context.Context, msgs []*backend.Message) ([]struct{}, []error, error) {
-	queues, err := b.enqueue(ctx, b.durable, distinctIDs(msgs))
-	if err != nil {
+func (b *Backend) execEnqueues(ctx context.Context, msgs []*backend.Message, _ bool) ([]struct{}, []error, error) {
+	if _, err := b.enqueue(ctx, b.durable, distinctIDs(msgs)); err != nil {
 		return nil, nil, err
 	}
-	for _, q := range queues {
-		b.notifyLater(queueNote(q))
-	}
+	b.notifyQueues(msgs)
 	return make([]struct{}, len(msgs)), make([]error, len(msgs)), nil
+}
+
+// notifyQueues tells the consumers of the queues of msgs, stored just now,
+// that they have requests. Every queue of the batch is told, whether its
+// requests were stored or deduplicated: a batch run again after its answer
+// was lost finds its own requests stored, and its consumers must still
+// hear of them.
+func (b *Backend) notifyQueues(msgs []*backend.Message) {
+	told := make(map[string]bool, 1)
+	for _, m := range msgs {
+		if !told[m.Queue] {
+			told[m.Queue] = true
+			b.notifyLater(queueNote(m.Queue))
+		}
+	}
 }
 
 // enqueueArgs are the arguments of the enqueue statement: one array per

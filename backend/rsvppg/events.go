@@ -52,7 +52,7 @@ func (b *Backend) checkEvent(ev *backend.Event) error {
 // duplicate). The statement returns the seqs of the stored events in
 // ascending order, which is the order of the batch: the events are
 // inserted in that order, under the lock.
-func (b *Backend) execEvents(ctx context.Context, evs []*backend.Event) ([]uint64, []error, error) {
+func (b *Backend) execEvents(ctx context.Context, evs []*backend.Event, _ bool) ([]uint64, []error, error) {
 	keys := make(map[string]bool, len(evs))
 	include := make([]bool, len(evs)) // not a repeated dedupe key of the batch
 	var cols columns

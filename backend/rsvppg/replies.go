@@ -1,6 +1,7 @@
 package rsvppg
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"errors"
@@ -76,7 +77,7 @@ func (b *Backend) checkReply(r *backend.Reply) error {
 
 // execReplies stores a batch of replies and reports which were stored. Of
 // two replies to one correlation id in a batch, the second is never stored.
-func (b *Backend) execReplies(ctx context.Context, items []replyItem) ([]bool, []error, error) {
+func (b *Backend) execReplies(ctx context.Context, items []replyItem, again bool) ([]bool, []error, error) {
 	first := make(map[string]bool, len(items))
 	distinct := items[:0:0]
 	for _, it := range items {
@@ -86,6 +87,9 @@ func (b *Backend) execReplies(ctx context.Context, items []replyItem) ([]bool, [
 		}
 	}
 	stored, err := b.putReplies(ctx, b.durable, distinct)
+	if err == nil && again {
+		err = b.ownReplies(ctx, distinct, stored)
+	}
 	if err != nil {
 		return nil, nil, err
 	}
@@ -98,6 +102,39 @@ func (b *Backend) execReplies(ctx context.Context, items []replyItem) ([]bool, [
 		}
 	}
 	return ok, make([]error, len(items)), nil
+}
+
+// ownReplies adds to stored (the inboxes by correlation id of the replies
+// of items that a batch run again stored) those of items found stored as
+// they are: by the batch's first run, whose answer was lost.
+func (b *Backend) ownReplies(ctx context.Context, items []replyItem, stored map[string]string) error {
+	var corrs []string
+	for _, it := range items {
+		if _, ok := stored[it.r.CorrelationID]; !ok {
+			corrs = append(corrs, it.r.CorrelationID)
+		}
+	}
+	if len(corrs) == 0 {
+		return nil
+	}
+	found, err := b.getReplies(ctx, corrs)
+	if err != nil {
+		return err
+	}
+	byID := make(map[string]storedReply, len(found))
+	for _, f := range found {
+		byID[f.reply.CorrelationID] = f
+	}
+	for _, it := range items {
+		f, ok := byID[it.r.CorrelationID]
+		r := it.r
+		if ok && f.inbox == it.inbox && f.reply.Status == cmp.Or(r.Status, backend.StatusSucceeded) &&
+			f.reply.ErrorCode == r.ErrorCode && f.reply.ErrorMessage == r.ErrorMessage && f.reply.ContentType == r.ContentType &&
+			bytes.Equal(f.reply.Body, r.Body) && f.reply.CreatedAt.Equal(r.CreatedAt.Truncate(time.Microsecond)) {
+			stored[r.CorrelationID] = it.inbox
+		}
+	}
+	return nil
 }
 
 // putReplies stores replies to distinct correlation ids, each unless one is

@@ -93,7 +93,7 @@ func (s *sessionQueues) run(b *Backend, key int64) {
 // key, as execEnqueues stores others: first trying the lock without
 // waiting, then, if it is busy, waiting for it on a connection of
 // lockWait.
-func (b *Backend) execSessionEnqueues(ctx context.Context, msgs []*backend.Message) ([]struct{}, []error, error) {
+func (b *Backend) execSessionEnqueues(ctx context.Context, msgs []*backend.Message, _ bool) ([]struct{}, []error, error) {
 	distinct := distinctIDs(msgs)
 	m := distinct[0]
 	key := sessionLockKey(b.opts.Schema, m.Queue, m.SessionKey)
@@ -106,16 +106,14 @@ func (b *Backend) execSessionEnqueues(ctx context.Context, msgs []*backend.Messa
 	})
 	if err == nil && !locked {
 		err = b.retryOnce(ctx, b.lockWait, func() (err error) {
-			queues, err = b.enqueue(ctx, b.lockWait, distinct)
+			_, err = b.enqueue(ctx, b.lockWait, distinct)
 			return err
 		})
 	}
 	if err != nil {
 		return nil, nil, err
 	}
-	for _, q := range queues {
-		b.notifyLater(queueNote(q))
-	}
+	b.notifyQueues(msgs)
 	return make([]struct{}, len(msgs)), make([]error, len(msgs)), nil
 }
 

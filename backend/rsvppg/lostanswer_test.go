@@ -1,0 +1,260 @@
+package rsvppg_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"net"
+	"net/url"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/rsvp-go/rsvp/backend"
+	"github.com/rsvp-go/rsvp/backend/rsvppg"
+)
+
+// cutProxy forwards TCP connections to a PostgreSQL server. Armed with a
+// marker, it watches for a connection that sends SQL containing the
+// marker (the Parse of a statement) and, once that connection's server
+// answers a statement with the command tag `tag` (which the server sends
+// only with ReadyForQuery, that is after the implicit transaction
+// committed), it cuts the connection instead of forwarding the answer:
+// the statement committed, the client sees a broken connection. It fires
+// once.
+type cutProxy struct {
+	ln     net.Listener
+	target string
+	marker []byte
+	tag    []byte
+	armed  atomic.Bool
+	fired  atomic.Bool
+	wg     sync.WaitGroup
+	mu     sync.Mutex
+	conns  []net.Conn
+}
+
+func newCutProxy(t *testing.T, target string) *cutProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &cutProxy{ln: ln, target: target}
+	p.wg.Add(1)
+	go p.accept()
+	t.Cleanup(func() {
+		_ = ln.Close()
+		p.mu.Lock()
+		for _, c := range p.conns {
+			_ = c.Close()
+		}
+		p.mu.Unlock()
+		p.wg.Wait()
+	})
+	return p
+}
+
+func (p *cutProxy) arm(marker, tag string) {
+	p.marker, p.tag = []byte(marker), []byte(tag)
+	p.armed.Store(true)
+}
+
+func (p *cutProxy) accept() {
+	defer p.wg.Done()
+	for {
+		c, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		s, err := net.Dial("tcp", p.target)
+		if err != nil {
+			_ = c.Close()
+			continue
+		}
+		p.mu.Lock()
+		p.conns = append(p.conns, c, s)
+		p.mu.Unlock()
+		var flagged atomic.Bool
+		p.wg.Add(2)
+		go func() { // client to server
+			defer p.wg.Done()
+			buf := make([]byte, 64<<10)
+			for {
+				n, err := c.Read(buf)
+				if n > 0 {
+					if p.armed.Load() && !p.fired.Load() && bytes.Contains(buf[:n], p.marker) {
+						flagged.Store(true)
+					}
+					if _, werr := s.Write(buf[:n]); werr != nil {
+						return
+					}
+				}
+				if err != nil {
+					_ = s.Close()
+					return
+				}
+			}
+		}()
+		go func() { // server to client
+			defer p.wg.Done()
+			buf := make([]byte, 64<<10)
+			for {
+				n, err := s.Read(buf)
+				if n > 0 {
+					if flagged.Load() && bytes.Contains(buf[:n], p.tag) && p.fired.CompareAndSwap(false, true) {
+						_ = c.Close()
+						_ = s.Close()
+						return
+					}
+					if _, werr := c.Write(buf[:n]); werr != nil {
+						return
+					}
+				}
+				if err != nil {
+					_ = c.Close()
+					return
+				}
+			}
+		}()
+	}
+}
+
+// viaProxy returns the test server's URL with its host replaced by a
+// cutProxy's, and the proxy.
+func viaProxy(t *testing.T) (string, *cutProxy) {
+	t.Helper()
+	u, err := url.Parse(serverURL(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := newCutProxy(t, u.Host)
+	u.Host = p.ln.Addr().String()
+	return u.String(), p
+}
+
+// TestPutReplyAnswerLost: PutReply runs its batch again after a
+// connection error. When the first run committed and only its answer was
+// lost, the second finds the reply stored: PutReply still returns nil for
+// the reply it stored itself, not ErrReplyExists.
+func TestPutReplyAnswerLost(t *testing.T) {
+	t.Parallel()
+	u, p := viaProxy(t)
+	schema := freshSchema(t, serverURL(t))
+	b := open(t, u, rsvppg.Options{Schema: schema})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	id := uniq("c")
+	rep := &backend.Reply{CorrelationID: id, Status: backend.StatusSucceeded, Body: []byte("mine")}
+	p.arm(".replies (correlation_id", "SELECT 1\x00")
+	err := b.PutReply(ctx, b.ReplyAddress("inbox1", id), rep)
+	if !p.fired.Load() {
+		t.Fatal("the proxy did not cut the connection; the test proves nothing")
+	}
+	got, gerr := b.GetReply(ctx, id)
+	if gerr != nil {
+		t.Fatalf("no reply stored: %v (PutReply: %v)", gerr, err)
+	}
+	if errors.Is(err, backend.ErrReplyExists) {
+		t.Fatalf("PutReply returned %v, but the stored reply is its own (body %q): nothing else was ever stored under %s", err, got.Body, id)
+	}
+	if err != nil {
+		t.Fatalf("PutReply: %v", err)
+	}
+}
+
+// TestEnqueueAnswerLost: Enqueue runs its batch again after a connection
+// error. When the first run committed, the second finds the id in the
+// dedupe window and stores nothing; the waiting consumer is still told,
+// and does not wait for its idle recheck a minute later.
+func TestEnqueueAnswerLost(t *testing.T) {
+	t.Parallel()
+	u, p := viaProxy(t)
+	schema := freshSchema(t, serverURL(t))
+	b := open(t, u, rsvppg.Options{Schema: schema})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	q := uniq("q")
+	c := consume(t, b, q, 30*time.Second)
+	got := make(chan backend.Delivery, 1)
+	nctx, ncancel := context.WithTimeout(ctx, 10*time.Second)
+	defer ncancel()
+	go func() {
+		if d, err := c.Next(nctx); err == nil {
+			got <- d
+		}
+		close(got)
+	}()
+	// Wait for the consumer's first look: it found the queue empty (its
+	// nextDue ran, the last statement of a look) and now waits for a
+	// notification.
+	conn := connect(t, serverURL(t))
+	for {
+		var idle bool
+		err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT FROM pg_stat_activity
+			WHERE state = 'idle' AND query LIKE '%min(not_before)%' AND query LIKE '%' || $1 || '%')`, schema).Scan(&idle)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if idle {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatal("the consumer never looked")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	m := newMsg(q)
+	p.arm(".requests (queue", "SELECT 1\x00")
+	if err := b.Enqueue(ctx, m); err != nil {
+		t.Fatalf("Enqueue: %v", err)
+	}
+	if !p.fired.Load() {
+		t.Fatal("the proxy did not cut the connection; the test proves nothing")
+	}
+	start := time.Now()
+	select {
+	case d, ok := <-got:
+		if ok {
+			_ = d.Ack(ctx)
+			return
+		}
+	case <-time.After(5 * time.Second):
+	}
+	var stored int
+	_ = conn.QueryRow(ctx, "SELECT count(*) FROM "+schema+".requests WHERE id = $1", m.ID).Scan(&stored)
+	t.Fatalf("the enqueued request (stored %d time) was not delivered to the waiting consumer within %s: the consumer was not notified",
+		stored, time.Since(start).Round(time.Millisecond))
+}
+
+// TestAckAnswerLost: the ack batch, too, runs again after a connection
+// error. When the first run committed, Ack returns nil for the ack that
+// removed the request, not ErrLeaseLost.
+func TestAckAnswerLost(t *testing.T) {
+	t.Parallel()
+	u, p := viaProxy(t)
+	schema := freshSchema(t, serverURL(t))
+	b := open(t, u, rsvppg.Options{Schema: schema})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	q := uniq("q")
+	m := newMsg(q)
+	if err := b.Enqueue(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	c := consume(t, b, q, 30*time.Second)
+	d := nextWithin(t, c, 5*time.Second)
+	p.arm(".requests WHERE seq = $1 AND attempt = $2", "DELETE 1\x00")
+	err := d.Ack(ctx)
+	if !p.fired.Load() {
+		t.Fatal("the proxy did not cut the connection; the test proves nothing")
+	}
+	var left int
+	if err := connect(t, serverURL(t)).QueryRow(ctx, "SELECT count(*) FROM "+schema+".requests WHERE id = $1", m.ID).Scan(&left); err != nil {
+		t.Fatal(err)
+	}
+	if left == 0 && err != nil {
+		t.Fatalf("Ack returned %v, but it deleted the request (no one else held a lease on it)", err)
+	}
+}

@@ -35,6 +35,11 @@ const rawTimeout = 10 * time.Second
 // best effort (core NATS), as in rsvp's own wait (Config.RecheckInterval).
 const rawRecheck = time.Second
 
+// rawPullExpiry is how long the responders' pulls wait at the server
+// before they are renewed: a pull lost under load is noticed (two missed
+// heartbeats, at half this) after this long, not after the 30s default.
+const rawPullExpiry = 5 * time.Second
+
 // LimitJetStream measures the engine under rsvp's round trip: a
 // hand-written request → consumer → reply loop with plain nats.go calls on
 // rsvp's streams, with none of rsvp's work (no validation, deadlines,
@@ -186,7 +191,7 @@ func (l *rawLoop) startResponders(ctx context.Context, n int) (func() error, err
 	if err != nil {
 		return nil, fmt.Errorf("bench: create consumer: %w", err)
 	}
-	it, err := cons.Messages(jetstream.PullMaxMessages(n))
+	it, err := cons.Messages(jetstream.PullMaxMessages(n), jetstream.PullExpiry(rawPullExpiry))
 	if err != nil {
 		return nil, errors.Join(fmt.Errorf("bench: consume: %w", err), l.deleteConsumer(name))
 	}
@@ -226,13 +231,17 @@ func (l *rawLoop) deleteConsumer(name string) error {
 	return nil
 }
 
-// respond answers requests until it stops: it publishes the reply (the
-// request's body), then acks. A request whose reply failed comes back.
+// respond answers requests until the iterator stops: it publishes the
+// reply (the request's body), then acks. A request whose reply failed
+// comes back.
 func (l *rawLoop) respond(it jetstream.MessagesContext) {
 	for {
 		m, err := it.Next()
-		if err != nil {
+		if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
 			return // stopped
+		}
+		if err != nil {
+			continue // a missed heartbeat, say: the iterator pulls again by itself
 		}
 		id := m.Headers().Get(wireID)
 		r := &nats.Msg{Subject: wireSubjReplies + id + "." + l.inbox, Header: nats.Header{wireCorrelationID: {id}}, Data: m.Data()}

@@ -33,6 +33,11 @@
 // registering a new version (RegisterVersion). A panic fails the instance
 // with the message and stack; the engine goes on.
 //
+// Replay leaves the function where it waits by unwinding its goroutine
+// (runtime.Goexit), so its deferred functions also run then, on every
+// replay, not only when it returns; a recover in them cannot stop the
+// unwind, and a panic in them is ignored.
+//
 // External events raised before the workflow waits are kept in its
 // history, in order, until a WaitForEvent consumes them; an event id makes
 // raising idempotent; a wait that timed out consumes nothing.

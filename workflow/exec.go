@@ -82,7 +82,8 @@ type activityCall struct {
 
 // unwind ends the workflow function's goroutine where it is blocked
 // (or where it made a call the history contradicts). runtime.Goexit runs
-// the function's deferred calls, but no recover in them can stop it.
+// the function's deferred calls, but no recover in them can stop it, and
+// a panic in them is dropped (see main).
 func (ex *execution) unwind() {
 	ex.unwinding = true
 	runtime.Goexit()
@@ -178,10 +179,13 @@ func (ex *execution) step() {
 
 func (ex *execution) main() {
 	defer func() {
+		// Recover in any case: a panic of deferred code run by an unwind is
+		// not the function's (it did not finish), and is dropped.
+		r := recover()
 		ex.exited = true
 		if !ex.unwinding { // (unwound while blocked: it did not finish)
 			ex.finished = true
-			if r := recover(); r != nil {
+			if r != nil {
 				ex.panicked = &Failure{Code: CodePanic, Message: fmt.Sprintf("panic: %v", r), Stack: string(debug.Stack())}
 			}
 		}

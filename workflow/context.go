@@ -232,13 +232,19 @@ func EventFuture[T any](ctx Context, name string, timeout time.Duration) Future[
 }
 
 // SetCustomStatus records v (encoded as JSON) as the instance's custom
-// status, shown by Status, for progress reports and the like.
+// status, shown by Status, for progress reports and the like. In deferred
+// code run while replay unwinds the function, it does nothing (see the
+// package doc).
 func SetCustomStatus(ctx Context, v any) error {
+	ex := ctx.exec()
+	if ex.unwinding {
+		return nil
+	}
 	b, err := json.Marshal(v)
 	if err != nil {
 		return fmt.Errorf("workflow: encode custom status: %w", err)
 	}
-	ctx.exec().status = b
+	ex.status = b
 	return nil
 }
 

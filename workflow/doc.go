@@ -35,8 +35,12 @@
 //
 // Replay leaves the function where it waits by unwinding its goroutine
 // (runtime.Goexit), so its deferred functions also run then, on every
-// replay, not only when it returns; a recover in them cannot stop the
-// unwind, and a panic in them is ignored.
+// replay, not only when it returns. During such an unwind a durable call
+// in them that would be recorded or wait (CallActivity, Sleep, the Get of
+// a future not ready, ...) ends the goroutine at once, SetCustomStatus
+// does nothing, a recover cannot stop the unwind, and a panic is ignored:
+// a deferred cleanup's calls are made only when the function returns (or
+// panics).
 //
 // External events raised before the workflow waits are kept in its
 // history, in order, until a WaitForEvent consumes them; an event id makes

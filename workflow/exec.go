@@ -198,10 +198,11 @@ func (ex *execution) main() {
 }
 
 // block returns once cond holds, handing control back to the replay loop
-// while it does not.
+// while it does not. While unwinding (in deferred code), nothing is
+// waited for: the goroutine ends.
 func (ex *execution) block(cond func() bool) {
 	for !cond() {
-		if ex.nondet != nil {
+		if ex.nondet != nil || ex.unwinding {
 			ex.unwind()
 		}
 		ex.yield <- struct{}{}
@@ -212,8 +213,13 @@ func (ex *execution) block(cond func() bool) {
 }
 
 // command registers the function's next durable call and checks it is the
-// call recorded at that position.
+// call recorded at that position. A call made while unwinding (by deferred
+// code) is not the function's yet: it ends the goroutine instead, and is
+// made when the function returns.
 func (ex *execution) command(kind, target string) *future {
+	if ex.unwinding {
+		ex.unwind()
+	}
 	ex.seq++
 	c := command{Seq: ex.seq, Kind: kind, Target: target}
 	if r, ok := ex.recorded[c.Seq]; ok && r != c {

@@ -585,7 +585,10 @@ func (e *Engine) perform(ctx context.Context, v *view, ef effect) error {
 // parent, if any.
 func (e *Engine) finish(ctx context.Context, v *view, kind string, r record) error {
 	if kind == recContinued {
-		if _, err := e.append(ctx, v.id, kind, r, "", false); err != nil {
+		// Another engine may have run the epoch at the same time: its
+		// record is stored once (and within the dedupe window only, so
+		// fold ignores a repeat too).
+		if _, err := e.append(ctx, v.id, kind, r, "wf:n:"+v.id+":"+v.run+":"+strconv.Itoa(r.Epoch), false); err != nil {
 			return err
 		}
 		return e.enqueue(ctx, taskID(v.id, v.run, "continued", strconv.Itoa(r.Epoch)), task{Instance: v.id}, time.Time{})

@@ -157,6 +157,9 @@ func fold(id string, es []entry) *view {
 			}
 			seenEvents[e.rec.EventID] = true
 		}
+		if e.kind == recContinued && e.rec.Epoch <= v.epoch {
+			continue // recorded again by a slower engine: the first one counts
+		}
 		if v.state.Final() && e.kind != recPurged {
 			continue // nothing changes a finished run but a purge
 		}

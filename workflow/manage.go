@@ -27,7 +27,9 @@ const MaxInstanceIDLen = 64
 type StartOptions struct {
 	// ID is the instance id: letters, digits, '-', '_' and ':', at most
 	// MaxInstanceIDLen bytes. Starting an id that exists returns that
-	// instance (running or finished) instead of starting a second one.
+	// instance (running or finished) instead of starting a second one, or
+	// ErrIDInUse if it runs another workflow (concurrent starts too: one
+	// wins).
 	// Default: a new random id.
 	ID string
 	// Version is the workflow version to run. Default: the newest
@@ -39,7 +41,8 @@ type StartOptions struct {
 // (encoded as JSON) and returns its status. The workflow must be
 // registered on this engine (so its input can be checked); some engine
 // with Start called runs it. Errors: ErrUnknownWorkflow, ErrBadInput
-// (input does not decode into the workflow's input type), ErrInvalid.
+// (input does not decode into the workflow's input type), ErrIDInUse,
+// ErrInvalid.
 func (e *Engine) StartInstance(ctx context.Context, name string, input any, opts StartOptions) (*Status, error) {
 	body, err := json.Marshal(input)
 	if err != nil {
@@ -87,9 +90,6 @@ func (e *Engine) startInstance(ctx context.Context, name string, version int, id
 	if err != nil {
 		return nil, err
 	}
-	if v != nil && v.name != name {
-		return nil, fmt.Errorf("%w: instance %s runs workflow %s, not %s", ErrIDInUse, id, v.name, name)
-	}
 	if v == nil {
 		r := record{Run: newRun(), Name: name, Version: version, Input: input, Parent: parent, Trace: map[string]string{}}
 		propagation.TraceContext{}.Inject(ctx, propagation.MapCarrier(r.Trace))
@@ -102,6 +102,11 @@ func (e *Engine) startInstance(ctx context.Context, name string, version int, id
 		if v == nil {
 			return nil, fmt.Errorf("workflow: start %s: the history does not show the start just recorded", id)
 		}
+	}
+	// (After the write too: a concurrent start of another workflow may
+	// have won.)
+	if v.name != name {
+		return nil, fmt.Errorf("%w: instance %s runs workflow %s, not %s", ErrIDInUse, id, v.name, name)
 	}
 	if !v.state.Final() { // (again, when a start is repeated: its first run may have been lost)
 		if err := e.runSoon(ctx, v, taskID(id, v.run, "start")); err != nil {

@@ -2,6 +2,7 @@ package workflow_test
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"sync"
 	"testing"
@@ -173,5 +174,53 @@ func TestContinueAsNewRecordedTwice(t *testing.T) {
 			t.Logf("%d %s %s", ev.Seq, ev.Type, ev.Data)
 		}
 		t.Fatalf("result %q, %v; want \"epoch 1: y\"", out, err)
+	}
+}
+
+// Two starts of one id with different workflows at once: the one whose
+// start record lost gets ErrIDInUse, not the other workflow's instance as
+// if it had started its own.
+func TestConcurrentStartOfOtherWorkflowIDInUse(t *testing.T) {
+	raw := rawBackend(t)
+	reg := func(e *workflow.Engine) {
+		_ = workflow.Register(e, "alpha", func(ctx workflow.Context, _ int) (string, error) {
+			return workflow.WaitForEvent[string](ctx, "x", 0)
+		})
+		_ = workflow.Register(e, "beta", func(ctx workflow.Context, _ int) (string, error) {
+			return workflow.WaitForEvent[string](ctx, "x", 0)
+		})
+	}
+	gated := newGated(raw, "wf.started")
+	a := engineOn(t, gated, "wf-a", false, reg)
+	b := engineOn(t, raw, "wf-b", false, reg)
+	ctx := ctxT(t, 20*time.Second)
+
+	gated.arm()
+	type res struct {
+		st  *workflow.Status
+		err error
+	}
+	done := make(chan res, 1)
+	go func() {
+		st, err := a.StartInstance(ctx, "alpha", 0, workflow.StartOptions{ID: "shared"})
+		done <- res{st, err}
+	}()
+	select { // alpha found the id free and is about to record its start
+	case <-gated.reached:
+	case <-ctx.Done():
+		t.Fatal("alpha's start never reached its write")
+	}
+	stB, err := b.StartInstance(ctx, "beta", 0, workflow.StartOptions{ID: "shared"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	close(gated.release)
+	r := <-done
+	if !errors.Is(r.err, workflow.ErrIDInUse) {
+		name := ""
+		if r.st != nil {
+			name = r.st.Name
+		}
+		t.Fatalf("StartInstance(alpha) on an id beta took first: error %v, status of workflow %q (beta's status: %s); want ErrIDInUse", r.err, name, stB.Name)
 	}
 }

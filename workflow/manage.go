@@ -32,8 +32,8 @@ type StartOptions struct {
 	// wins).
 	// Default: a new random id.
 	ID string
-	// Version is the workflow version to run. Default: the newest
-	// registered on this engine.
+	// Version is the workflow version to run, from 1 (a negative one is
+	// ErrInvalid). Default: the newest registered on this engine.
 	Version int
 }
 
@@ -62,6 +62,9 @@ func (e *Engine) StartJSON(ctx context.Context, name string, input []byte, opts 
 func (e *Engine) startInstance(ctx context.Context, name string, version int, id string, input []byte, parent *parentRef) (*Status, error) {
 	if len(input) == 0 {
 		input = []byte("null")
+	}
+	if version < 0 {
+		return nil, fmt.Errorf("%w: workflow %s: version %d; versions start at 1", ErrInvalid, name, version)
 	}
 	def, err := e.lookup(name, version)
 	switch {

@@ -453,6 +453,28 @@ func TestStartUnregistered(t *testing.T) {
 	}
 }
 
+// A version below 1 can never run: StartInstance refuses it at once
+// (ErrInvalid), also on an engine that starts workflows it does not run,
+// rather than store an instance that fails after every engine's task
+// retries.
+func TestStartNegativeVersion(t *testing.T) {
+	en := newEnv(t, func(e *workflow.Engine) {
+		_ = workflow.Register(e, "typed", func(ctx workflow.Context, n int) (int, error) { return n, nil })
+	})
+	ctx := ctxT(t, 20*time.Second)
+	front := must[*workflow.Engine](t)(workflow.New(en.Client, workflow.Config{StartUnregistered: true}))
+	defer front.Stop(context.Background())
+	for _, e := range []*workflow.Engine{front, en.E} {
+		st, err := e.StartJSON(ctx, "typed", []byte(`1`), workflow.StartOptions{ID: "neg", Version: -1})
+		if !errors.Is(err, workflow.ErrInvalid) {
+			t.Fatalf("StartOptions.Version -1: err %v, status %+v; want ErrInvalid", err, st)
+		}
+	}
+	if _, err := en.E.Status(ctx, "neg"); !errors.Is(err, workflow.ErrNotFound) {
+		t.Fatalf("status of the refused start: %v; want ErrNotFound", err)
+	}
+}
+
 // Events raised in one epoch and not consumed there wait for the next
 // (ContinueAsNew keeps them).
 func TestContinueAsNewKeepsUnconsumedEvents(t *testing.T) {

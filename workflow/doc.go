@@ -28,10 +28,12 @@
 // must make the same calls in the same order. It must not read the clock
 // (use Context.Now), random numbers, or anything else that can differ on
 // replay, and it must not block on anything but this package's calls.
-// Replay detects a changed sequence of calls and fails the instance with
-// code "nondeterministic" rather than go on wrongly; change a workflow by
-// registering a new version (RegisterVersion). A panic fails the instance
-// with the message and stack; the engine goes on.
+// Replay detects a changed sequence of calls (another call where one was
+// recorded, or a return before the recorded calls were all made) and
+// fails the instance with code "nondeterministic" rather than go on
+// wrongly; change a workflow by registering a new version
+// (RegisterVersion). A panic fails the instance with the message and
+// stack; the engine goes on.
 //
 // Replay leaves the function where it waits by unwinding its goroutine
 // (runtime.Goexit), so its deferred functions also run then, on every

@@ -147,8 +147,9 @@ func childKey(seq int) string                    { return fmt.Sprintf("c:%d", se
 func timerKey(seq, attempt int, k string) string { return fmt.Sprintf("t:%d:%d:%s", seq, attempt, k) }
 
 // replay runs the function through the epoch's entries. Afterwards either
-// finished is set (with output/outputErr or panicked), nondet is set, or the
-// function is blocked and newCmds/effects say what to do next.
+// nondet is set (finished may be too), or finished is (with
+// output/outputErr or panicked), or the function is blocked and
+// newCmds/effects say what to do next.
 func (ex *execution) replay(entries []entry) {
 	ex.resume, ex.yield = make(chan bool), make(chan struct{})
 	go ex.main()
@@ -166,6 +167,27 @@ func (ex *execution) replay(entries []entry) {
 	if !ex.exited {
 		ex.resume <- false // unwind the blocked function
 		<-ex.yield
+	}
+	if ex.finished {
+		ex.checkAllMade()
+	}
+}
+
+// checkAllMade sets nondet if the function finished without making every
+// call a former execution recorded: its code changed to make fewer calls.
+// (A deterministic function makes them all again before it gets as far as
+// a former execution did.)
+func (ex *execution) checkAllMade() {
+	next := 0
+	for seq := range ex.recorded {
+		if seq > ex.seq && (next == 0 || seq < next) {
+			next = seq
+		}
+	}
+	if next > 0 {
+		ex.nondet = fmt.Errorf("%w: workflow %s v%d finished after %d call(s), but the history recorded call %d, %s; "+
+			"the code changed for a running instance (register the change as a new version)",
+			ErrNonDeterministic, ex.def.name, ex.def.version, ex.seq, next, ex.recorded[next])
 	}
 }
 

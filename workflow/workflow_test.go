@@ -269,6 +269,44 @@ func TestNonDeterminismDetected(t *testing.T) {
 	}
 }
 
+// Code changed so that it makes fewer calls than the history recorded (it
+// returns before a recorded call) is a changed sequence of calls too: it
+// fails as nondeterministic, not complete with what the new code says.
+func TestNonDeterminismFewerCalls(t *testing.T) {
+	var changed atomic.Bool
+	en := newEnv(t, func(e *workflow.Engine) {
+		_ = workflow.Register(e, "shrinks", func(ctx workflow.Context, _ int) (string, error) {
+			if _, err := workflow.CallActivity[string](ctx, "first", 1, workflow.ActivityOptions{}).Get(ctx); err != nil {
+				return "", err
+			}
+			if changed.Load() {
+				return "skipped the recorded wait", nil
+			}
+			return workflow.WaitForEvent[string](ctx, "go", 0)
+		})
+	})
+	respond(t, en.Client, "first", rsvp.HandleOptions{}, func(ctx context.Context, n int) (string, error) { return "", nil })
+	ctx := ctxT(t, 20*time.Second)
+	st := must[*workflow.Status](t)(en.E.StartInstance(ctx, "shrinks", 0, workflow.StartOptions{ID: "s1"}))
+	for after := uint64(0); ; after = st.Position { // until the wait for "go" is recorded
+		st = must[*workflow.Status](t)(en.E.WaitChange(ctx, "s1", after))
+		h := must[[]workflow.HistoryEvent](t)(en.E.History(ctx, "s1"))
+		if last := h[len(h)-1]; last.Type == "wf.step" && strings.Contains(string(last.Data), `"kind":"event"`) {
+			break
+		}
+	}
+	changed.Store(true)
+	if err := en.E.RaiseEvent(ctx, "s1", "go", "now", ""); err != nil {
+		t.Fatal(err)
+	}
+	st = must[*workflow.Status](t)(en.E.Await(ctx, "s1"))
+	if st.State != workflow.StateFailed || st.Error == nil || st.Error.Code != workflow.CodeNonDeterministic ||
+		!strings.Contains(st.Error.Message, "history recorded call 2, event go") {
+		t.Fatalf("history recorded call 2 (event go), the changed code returned after call 1: state %s, output %s, error %+v; want failed, code nondeterministic",
+			st.State, st.Output, st.Error)
+	}
+}
+
 func TestPanicFailsInstanceEngineLives(t *testing.T) {
 	en := newEnv(t, func(e *workflow.Engine) {
 		_ = workflow.Register(e, "boom", func(ctx workflow.Context, n int) (int, error) {

@@ -500,6 +500,9 @@ func (e *Engine) executeOr(ctx context.Context, instance string, giveUp bool) (e
 		err = e.finish(ctx, v, recFailed, record{Run: v.run, Error: &Failure{Code: CodeNonDeterministic, Message: ex.nondet.Error()}})
 	case ex.finished:
 		kind, r := ex.outcome()
+		if string(ex.status) != string(v.status) { // set since the last step
+			r.Status = ex.status
+		}
 		err = e.finish(ctx, v, kind, r)
 	default:
 		err = e.recordStep(ctx, v, ex)

@@ -37,17 +37,19 @@ const (
 // record is the JSON body of one history entry. Which fields are set
 // depends on the kind.
 type record struct {
-	Run      string          `json:"run"`
-	Name     string          `json:"name,omitempty"`
-	Version  int             `json:"version,omitempty"`
-	Input    json.RawMessage `json:"input,omitempty"`
-	Parent   *parentRef      `json:"parent,omitempty"`
-	Epoch    int             `json:"epoch,omitempty"`
-	Seq      int             `json:"seq,omitempty"`
-	Attempt  int             `json:"attempt,omitempty"`
-	Kind     string          `json:"kind,omitempty"`
-	Cmds     []command       `json:"cmds,omitempty"`
-	Done     []string        `json:"done,omitempty"`
+	Run     string          `json:"run"`
+	Name    string          `json:"name,omitempty"`
+	Version int             `json:"version,omitempty"`
+	Input   json.RawMessage `json:"input,omitempty"`
+	Parent  *parentRef      `json:"parent,omitempty"`
+	Epoch   int             `json:"epoch,omitempty"`
+	Seq     int             `json:"seq,omitempty"`
+	Attempt int             `json:"attempt,omitempty"`
+	Kind    string          `json:"kind,omitempty"`
+	Cmds    []command       `json:"cmds,omitempty"`
+	Done    []string        `json:"done,omitempty"`
+	// Status, on a step, a final or a continued record, is the custom
+	// status the function set since the step before, if it did.
 	Status   json.RawMessage `json:"status,omitempty"`
 	Output   json.RawMessage `json:"output,omitempty"`
 	Error    *Failure        `json:"error,omitempty"`
@@ -165,13 +167,13 @@ func fold(id string, es []entry) *view {
 		}
 		v.updatedAt, v.lastSeq = e.at, e.seq
 		v.entries = append(v.entries, e)
+		if e.rec.Status != nil { // on a step, or on the record of how it ended
+			v.status = e.rec.Status
+		}
 		switch e.kind {
 		case recStep:
 			if v.version == 0 {
 				v.version = e.rec.Version // pinned by the first execution
-			}
-			if e.rec.Status != nil {
-				v.status = e.rec.Status
 			}
 		case recContinued:
 			v.epoch, v.epochAt, v.input = e.rec.Epoch, len(v.entries)-1, e.rec.Input

@@ -513,6 +513,45 @@ func TestStartNegativeVersion(t *testing.T) {
 	}
 }
 
+// A custom status set in the last step of a workflow, before it returns
+// or before ContinueAsNew, is the instance's custom status afterwards.
+func TestCustomStatusSetBeforeTheEnd(t *testing.T) {
+	en := newEnv(t, func(e *workflow.Engine) {
+		_ = workflow.Register(e, "progress", func(ctx workflow.Context, _ int) (string, error) {
+			if err := workflow.SetCustomStatus(ctx, "50%"); err != nil {
+				return "", err
+			}
+			if err := workflow.Sleep(ctx, 10*time.Millisecond); err != nil {
+				return "", err
+			}
+			if err := workflow.SetCustomStatus(ctx, "100%"); err != nil {
+				return "", err
+			}
+			return "ok", nil
+		})
+		_ = workflow.Register(e, "epochs", func(ctx workflow.Context, n int) (string, error) {
+			if n == 0 {
+				if err := workflow.SetCustomStatus(ctx, "epoch 0 done"); err != nil {
+					return "", err
+				}
+				return "", workflow.ContinueAsNew(ctx, 1)
+			}
+			return workflow.WaitForEvent[string](ctx, "x", 0)
+		})
+	})
+	ctx := ctxT(t, 20*time.Second)
+	must[*workflow.Status](t)(en.E.StartInstance(ctx, "progress", 0, workflow.StartOptions{ID: "p1"}))
+	st := must[*workflow.Status](t)(en.E.Await(ctx, "p1"))
+	if st.State != workflow.StateCompleted || string(st.CustomStatus) != `"100%"` {
+		t.Errorf("state %s, custom status %s; want completed with \"100%%\"", st.State, st.CustomStatus)
+	}
+	must[*workflow.Status](t)(en.E.StartInstance(ctx, "epochs", 0, workflow.StartOptions{ID: "e1"}))
+	waitStep(t, ctx, en.E, "e1", `"target":"x"`) // epoch 1 waits for its event
+	if st := must[*workflow.Status](t)(en.E.Status(ctx, "e1")); string(st.CustomStatus) != `"epoch 0 done"` {
+		t.Errorf("custom status after ContinueAsNew %s; want \"epoch 0 done\"", st.CustomStatus)
+	}
+}
+
 // Events raised in one epoch and not consumed there wait for the next
 // (ContinueAsNew keeps them).
 func TestContinueAsNewKeepsUnconsumedEvents(t *testing.T) {

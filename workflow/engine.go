@@ -37,7 +37,8 @@ type Config struct {
 	Concurrency int
 	// SweepInterval is how often the engine looks for instances whose
 	// notification was lost (an activity reply stored while no engine
-	// listened, a task lost to a crash) and resumes them. Default 10s.
+	// listened, a task lost to a crash, a sub-workflow's end its parent
+	// was not told) and resumes them. Default 10s.
 	SweepInterval time.Duration
 	// Lease is how long a task is reserved for this engine: a task of an
 	// engine that died is taken up by another after it. Default 30s.
@@ -585,7 +586,8 @@ func (e *Engine) perform(ctx context.Context, v *view, ef effect) error {
 }
 
 // finish records the end of v's run (or its ContinueAsNew) and tells the
-// parent, if any.
+// parent, if any. It returns errFinishedElsewhere if another end was
+// recorded first.
 func (e *Engine) finish(ctx context.Context, v *view, kind string, r record) error {
 	if kind == recContinued {
 		// Another engine may have run the epoch at the same time: its
@@ -595,17 +597,6 @@ func (e *Engine) finish(ctx context.Context, v *view, kind string, r record) err
 			return err
 		}
 		return e.enqueue(ctx, taskID(v.id, v.run, "continued", strconv.Itoa(r.Epoch)), task{Instance: v.id}, time.Time{})
-	}
-	// The parent first: once the final record is stored, nothing would
-	// run this instance again to tell it.
-	if p := v.parent; p != nil {
-		pr := record{Run: p.Run, Epoch: p.Epoch, Seq: p.Seq, Output: r.Output, Error: r.Error}
-		if kind == recTerminated {
-			pr.Error = &Failure{Code: CodeTerminated, Message: "sub-workflow " + v.id + " was terminated: " + r.Reason}
-		}
-		if err := e.recordResult(ctx, p.Instance, pr, "wf:c:"+v.id+":"+v.run); err != nil {
-			return err
-		}
 	}
 	r.Name = v.name
 	pos, err := e.append(ctx, v.id, kind, r, "wf:f:"+v.id+":"+v.run, true)
@@ -618,7 +609,50 @@ func (e *Engine) finish(ctx context.Context, v *view, kind string, r record) err
 	if r.Error != nil {
 		e.cfg.Logger.WarnContext(ctx, "workflow: instance failed", "instance", v.id, "workflow", v.name, "code", r.Error.Code, "error", r.Error.Message)
 	}
+	// The parent after the final record, so that it learns the end the
+	// history keeps (a Terminate and the instance's own end may race). If
+	// this fails, or the process dies first, the sweep tells it.
+	if v.parent != nil {
+		if err := e.tellParent(ctx, v.id, v.run, v.parent, kind, r); err != nil {
+			e.cfg.Logger.WarnContext(ctx, "workflow: tell the parent (the sweep retries)", "instance", v.id, "parent", v.parent.Instance, "error", err)
+		}
+	}
 	return nil
+}
+
+// tellParent records in the history of parent p how its sub-workflow id
+// (its run) ended: kind and r are the sub-workflow's final record.
+func (e *Engine) tellParent(ctx context.Context, id, run string, p *parentRef, kind string, r record) error {
+	pr := record{Run: p.Run, Epoch: p.Epoch, Seq: p.Seq, Output: r.Output, Error: r.Error}
+	if kind == recTerminated {
+		pr.Error = &Failure{Code: CodeTerminated, Message: "sub-workflow " + id + " was terminated: " + r.Reason}
+	}
+	return e.recordResult(ctx, p.Instance, pr, "wf:c:"+id+":"+run)
+}
+
+// remindParent tells the parent of finished instance v how it ended, if
+// the parent still waits for that and was not told (the engine that
+// finished v failed to, or died first).
+func (e *Engine) remindParent(ctx context.Context, v *view) error {
+	p := v.parent
+	if p == nil {
+		return nil
+	}
+	pv, err := e.view(ctx, p.Instance)
+	if err != nil {
+		return err
+	}
+	if pv == nil || pv.state.Final() || pv.run != p.Run || pv.epoch != p.Epoch {
+		return nil // the parent has moved on
+	}
+	for _, en := range pv.epochEntries() {
+		if en.kind == recResult && en.rec.Epoch == p.Epoch && en.rec.Seq == p.Seq {
+			return nil // told
+		}
+	}
+	final := v.entries[len(v.entries)-1] // (nothing is kept after it)
+	e.cfg.Logger.DebugContext(ctx, "workflow: sweep tells a parent how its sub-workflow ended", "instance", v.id, "parent", p.Instance)
+	return e.tellParent(ctx, v.id, v.run, p, final.kind, final.rec)
 }
 
 // errFinishedElsewhere: another engine recorded the instance's final
@@ -734,7 +768,8 @@ func (e *Engine) sweepLoop(w *worker) {
 
 // sweep resumes running instances whose notification was lost: an
 // activity reply that is stored but not in the history, or an entry no
-// execution has seen for a sweep interval.
+// execution has seen for a sweep interval. It tells a parent how its
+// sub-workflow ended, if that was lost.
 func (e *Engine) sweep(ctx context.Context) error {
 	list, err := e.List(ctx, ListQuery{})
 	if err != nil {
@@ -764,6 +799,9 @@ func (e *Engine) sweep(ctx context.Context) error {
 		}
 		if v == nil || v.state.Final() {
 			if v != nil && st.State.Final() {
+				if err := e.remindParent(ctx, v); err != nil {
+					return fmt.Errorf("workflow: sweep %s: %w", v.id, err)
+				}
 				e.index.check(st.ID)
 			}
 			continue

@@ -364,8 +364,11 @@ func (e *Engine) RaiseEvent(ctx context.Context, id, name string, payload any, e
 }
 
 // Terminate ends instance id at once, in state terminated with reason.
-// Activities it called and sub-workflows it started go on. Errors:
-// ErrNotFound, ErrFinished.
+// Activities it called and sub-workflows it started go on; the parent of
+// a sub-workflow gets a failure with code terminated. If the instance
+// ends by itself at the same moment, one of the two ends is kept (and
+// told to the parent): Terminate returns ErrFinished if it is not its
+// own. Errors: ErrNotFound, ErrFinished.
 func (e *Engine) Terminate(ctx context.Context, id, reason string) error {
 	defer e.lock(id)()
 	v, err := e.view(ctx, id)

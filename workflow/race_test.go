@@ -224,3 +224,133 @@ func TestConcurrentStartOfOtherWorkflowIDInUse(t *testing.T) {
 		t.Fatalf("StartInstance(alpha) on an id beta took first: error %v, status of workflow %q (beta's status: %s); want ErrIDInUse", r.err, name, stB.Name)
 	}
 }
+
+// Terminate of a sub-workflow that is finishing at that moment: either
+// the termination wins (Terminate returns nil, the instance is terminated
+// and its parent is told so) or the completion does (ErrFinished, and the
+// parent gets the result). Before, Terminate could return nil and the
+// sub-workflow end terminated while its parent had been given the
+// completed result: the parent was told before the final record decided
+// which end won.
+func TestTerminateChildRacesCompletion(t *testing.T) {
+	raw := rawBackend(t)
+	reg := func(e *workflow.Engine) {
+		_ = workflow.Register(e, "kid", func(ctx workflow.Context, _ int) (string, error) {
+			return workflow.WaitForEvent[string](ctx, "go", 0)
+		})
+		_ = workflow.Register(e, "par", func(ctx workflow.Context, _ int) (string, error) {
+			out, err := workflow.CallWorkflow[string](ctx, "kid", 0).Get(ctx)
+			var ae *workflow.ActivityError
+			if errors.As(err, &ae) {
+				return "child failed: " + ae.Code, nil
+			}
+			return "child said: " + out, err
+		})
+	}
+	gated := newGated(raw, "wf.completed")
+	a := engineOn(t, gated, "wf-a", true, reg)
+	admin := engineOn(t, raw, "wf-admin", false, nil)
+	ctx := ctxT(t, 20*time.Second)
+
+	must[*workflow.Status](t)(a.StartInstance(ctx, "par", 0, workflow.StartOptions{ID: "p1"}))
+	kid := waitListed(t, ctx, a, "kid")
+	waitStep(t, ctx, a, kid, `"target":"go"`)
+
+	gated.arm() // hold the sub-workflow's own final record
+	if err := a.RaiseEvent(ctx, kid, "go", "done", "go-1"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-gated.reached: // the sub-workflow is about to record its completion
+	case <-ctx.Done():
+		t.Fatal("the sub-workflow never finished")
+	}
+	termErr := admin.Terminate(ctx, kid, "stop it")
+	close(gated.release)
+
+	kidSt := must[*workflow.Status](t)(a.Await(ctx, kid))
+	parOut := must[string](t)(workflow.Result[string](ctx, a, "p1"))
+	t.Logf("Terminate: %v; sub-workflow: %s; parent: %q", termErr, kidSt.State, parOut)
+	if termErr == nil && (kidSt.State != workflow.StateTerminated || parOut != "child failed: terminated") {
+		t.Fatalf("Terminate succeeded and the sub-workflow is %s, but its parent got %q", kidSt.State, parOut)
+	}
+	if termErr != nil && (!errors.Is(termErr, workflow.ErrFinished) || kidSt.State != workflow.StateCompleted || parOut != "child said: done") {
+		t.Fatalf("Terminate: %v; the sub-workflow is %s and its parent got %q", termErr, kidSt.State, parOut)
+	}
+}
+
+// waitListed returns the id of the one instance of workflow name, once
+// it is listed.
+func waitListed(t *testing.T, ctx context.Context, e *workflow.Engine, name string) string {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		if l := must[[]*workflow.Status](t)(e.List(ctx, workflow.ListQuery{Name: name})); len(l) == 1 {
+			return l[0].ID
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no instance of %s listed", name)
+		}
+		time.Sleep(20 * time.Millisecond) // poll interval
+	}
+}
+
+// failingBackend fails the first append of an event of type kind to the
+// history of instance, once armed.
+type failingBackend struct {
+	backend.Backend
+	kind, instance string
+	mu             sync.Mutex
+	armed          bool
+	failed         chan struct{}
+}
+
+func (f *failingBackend) AppendEvent(ctx context.Context, ev *backend.Event) error {
+	f.mu.Lock()
+	fail := f.armed && ev.Type == f.kind && ev.CorrelationID == "wfh:"+f.instance
+	if fail {
+		f.armed = false
+		close(f.failed)
+	}
+	f.mu.Unlock()
+	if fail {
+		return errors.New("failingBackend: append failed")
+	}
+	return f.Backend.AppendEvent(ctx, ev)
+}
+
+// A sub-workflow that finished but could not tell its parent (the write
+// failed, or the process died after the final record) is found by the
+// sweep, which tells the parent.
+func TestSweepTellsParentOfFinishedChild(t *testing.T) {
+	raw := rawBackend(t)
+	reg := func(e *workflow.Engine) {
+		_ = workflow.Register(e, "kid", func(ctx workflow.Context, _ int) (string, error) {
+			return workflow.WaitForEvent[string](ctx, "go", 0)
+		})
+		_ = workflow.Register(e, "par", func(ctx workflow.Context, _ int) (string, error) {
+			out, err := workflow.CallWorkflow[string](ctx, "kid", 0).Get(ctx)
+			return "child said: " + out, err
+		})
+	}
+	failing := &failingBackend{Backend: raw, kind: "wf.result", instance: "p1", failed: make(chan struct{})}
+	a := engineOn(t, failing, "wf-a", true, reg)
+	ctx := ctxT(t, 20*time.Second)
+
+	must[*workflow.Status](t)(a.StartInstance(ctx, "par", 0, workflow.StartOptions{ID: "p1"}))
+	kid := waitListed(t, ctx, a, "kid")
+	waitStep(t, ctx, a, kid, `"target":"go"`)
+	failing.mu.Lock()
+	failing.armed = true // the sub-workflow's result fails to reach its parent
+	failing.mu.Unlock()
+	if err := a.RaiseEvent(ctx, kid, "go", "done", "go-1"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-failing.failed:
+	case <-ctx.Done():
+		t.Fatal("the sub-workflow never told its parent")
+	}
+	if out, err := workflow.Result[string](ctx, a, "p1"); err != nil || out != "child said: done" {
+		t.Fatalf("parent: %q, %v", out, err)
+	}
+}

@@ -769,7 +769,8 @@ func (e *Engine) sweepLoop(w *worker) {
 // sweep resumes running instances whose notification was lost: an
 // activity reply that is stored but not in the history, or an entry no
 // execution has seen for a sweep interval. It tells a parent how its
-// sub-workflow ended, if that was lost.
+// sub-workflow ended, if that was lost, and corrects the instance index
+// where it disagrees with a history.
 func (e *Engine) sweep(ctx context.Context) error {
 	list, err := e.List(ctx, ListQuery{})
 	if err != nil {
@@ -790,6 +791,15 @@ func (e *Engine) sweep(ctx context.Context) error {
 			return err
 		}
 		v := fold(st.ID, entries)
+		// The index may have kept another start or end than the history.
+		// It is corrected once the history's run is final (a correction
+		// of a running one could be read after the run's end). An index
+		// that merely lags behind has no other final state of that run.
+		if run, state := e.index.listing(st.ID); v != nil && v.state.Final() && (v.run != run || state.Final() && state != v.state) {
+			if err := e.relist(ctx, run, v); err != nil {
+				return err
+			}
+		}
 		if v == nil && time.Since(st.UpdatedAt) > e.cfg.SweepInterval {
 			// Listed, but no history: a start that died half-way, never
 			// acknowledged. Take it off the list.

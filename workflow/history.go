@@ -11,7 +11,9 @@ import (
 // An instance's history is the backend's event log under the correlation
 // id "wfh:<instance id>". Each entry is one record, its kind the event type.
 // Records of the instance's lifecycle (started, final, purged) are also
-// written to the channel indexChannel, which serves List.
+// written to the channel indexChannel, which serves List; the sweep adds
+// records under "wfi:<instance id>" there that correct the index to the
+// history.
 const (
 	recStarted    = "wf.started"    // a run began: name, version, input
 	recStep       = "wf.step"       // an execution's new commands, done effects, custom status
@@ -23,6 +25,7 @@ const (
 	recFailed     = "wf.failed"     // final: the function returned an error or panicked
 	recTerminated = "wf.terminated" // final: Terminate
 	recPurged     = "wf.purged"     // the instance is forgotten; its id may start again
+	recListed     = "wf.listed"     // index only: the sweep corrects an instance's listing to its history
 
 	indexChannel = "rsvp-workflows"
 )
@@ -58,6 +61,12 @@ type record struct {
 	Data     json.RawMessage `json:"data,omitempty"`
 	Consumed []string        `json:"consumed,omitempty"`
 	Reason   string          `json:"reason,omitempty"`
+	// From, State and Created, on a listed record, are the run the index
+	// listed, which the record replaces by Run, and the state and creation
+	// time of Run.
+	From    string    `json:"from,omitempty"`
+	State   State     `json:"state,omitempty"`
+	Created time.Time `json:"created,omitzero"`
 	// Upto, on a step, is the history position the execution had read:
 	// inputs after it may not have been seen by any execution.
 	Upto uint64 `json:"upto,omitempty"`

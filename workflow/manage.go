@@ -408,9 +408,7 @@ func (e *Engine) Purge(ctx context.Context, id string) error {
 
 // unlist marks the listed run of id purged in the instance index only.
 func (e *Engine) unlist(ctx context.Context, id string) error {
-	e.index.mu.Lock()
-	run := e.index.runs[id]
-	e.index.mu.Unlock()
+	run, _ := e.index.listing(id)
 	if run == "" {
 		return nil
 	}
@@ -418,6 +416,22 @@ func (e *Engine) unlist(ctx context.Context, id string) error {
 	ev := &backend.Event{CorrelationID: "wfi:" + id, Channel: indexChannel, Type: recPurged, At: time.Now(), Data: data}
 	if err := e.b.AppendEvent(ctx, ev); err != nil {
 		return fmt.Errorf("workflow: unlist %s: %w", id, err)
+	}
+	return nil
+}
+
+// relist corrects the instance index to the history v: the listing of
+// run (the run the index lists for v.id) becomes one of v's run in its
+// state. Concurrent starts, or a Terminate racing an instance's end,
+// reach the index and the history in different orders, so the index may
+// have kept another start or end than the history. The correction is
+// applied only if the index still lists run when it reads it, so one
+// written late changes nothing.
+func (e *Engine) relist(ctx context.Context, run string, v *view) error {
+	data, _ := json.Marshal(record{Run: v.run, From: run, Name: v.name, Version: v.version, State: v.state, Created: v.createdAt})
+	ev := &backend.Event{CorrelationID: "wfi:" + v.id, Channel: indexChannel, Type: recListed, At: time.Now(), Data: data}
+	if err := e.b.AppendEvent(ctx, ev); err != nil {
+		return fmt.Errorf("workflow: correct the listing of %s: %w", v.id, err)
 	}
 	return nil
 }
@@ -430,7 +444,11 @@ type ListQuery struct {
 }
 
 // List returns the instances q selects, newest first. Their status has no
-// input, output or custom status (Status has them).
+// input, output or custom status (Status has them). The list is an index
+// kept beside the histories: after concurrent starts of one id, or a
+// Terminate racing an instance's end, it may show another start or end
+// than Status does until the instance has finished and a started engine's
+// sweep (Config.SweepInterval) has corrected it.
 func (e *Engine) List(ctx context.Context, q ListQuery) ([]*Status, error) {
 	if err := e.index.update(ctx, e.b); err != nil {
 		return nil, err
@@ -463,6 +481,17 @@ type indexCache struct {
 	m       map[string]*Status
 	runs    map[string]string
 	checked map[string]bool // final in the index, and in the history too
+}
+
+// listing returns the run the index lists for id, and its state; "" if
+// none.
+func (ic *indexCache) listing(id string) (run string, state State) {
+	ic.mu.Lock()
+	defer ic.mu.Unlock()
+	if st := ic.m[id]; st != nil {
+		state = st.State
+	}
+	return ic.runs[id], state
 }
 
 func (ic *indexCache) isChecked(id string) bool {
@@ -509,6 +538,15 @@ func (ic *indexCache) update(ctx context.Context, b backend.Backend) error {
 
 func (ic *indexCache) apply(id string, en entry) {
 	st := ic.m[id]
+	if en.kind == recListed {
+		if st == nil || ic.runs[id] != en.rec.From {
+			return // the listing changed since the sweep read it
+		}
+		ic.runs[id] = en.rec.Run
+		delete(ic.checked, id)
+		ic.m[id] = &Status{ID: id, Name: en.rec.Name, Version: en.rec.Version, State: en.rec.State, CreatedAt: en.rec.Created, UpdatedAt: en.at}
+		return
+	}
 	if en.kind == recStarted {
 		if st != nil && st.State != statePurged {
 			return // a concurrent start that lost

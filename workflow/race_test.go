@@ -3,6 +3,7 @@ package workflow_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -352,5 +353,120 @@ func TestSweepTellsParentOfFinishedChild(t *testing.T) {
 	}
 	if out, err := workflow.Result[string](ctx, a, "p1"); err != nil || out != "child said: done" {
 		t.Fatalf("parent: %q, %v", out, err)
+	}
+}
+
+// Concurrent starts of one id give one instance: the instance index
+// (List, and the sweep) comes to agree with the history about which start
+// won, so an instance that completed is listed completed. The backend
+// writes a record's index copy and its history copy one after the other,
+// so concurrent starts may reach the two in different orders; the test
+// makes a few rounds of them. Before, such an instance was listed running
+// for good.
+func TestConcurrentStartsListedAsTheHistorySays(t *testing.T) {
+	en := newEnv(t, func(e *workflow.Engine) {
+		_ = workflow.Register(e, "quick", func(ctx workflow.Context, s string) (string, error) { return s, nil })
+	})
+	ctx := ctxT(t, 120*time.Second)
+	const rounds, ids, starts = 5, 200, 8
+	for round := range rounds {
+		var wg sync.WaitGroup
+		for i := range ids {
+			for j := range starts {
+				wg.Go(func() {
+					id := fmt.Sprintf("q-%d-%d", round, i)
+					if _, err := en.E.StartInstance(ctx, "quick", fmt.Sprint(j), workflow.StartOptions{ID: id}); err != nil {
+						t.Error(err)
+					}
+				})
+			}
+		}
+		wg.Wait()
+		for i := range ids {
+			if _, err := en.E.Await(ctx, fmt.Sprintf("q-%d-%d", round, i)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// Every instance has completed (its history says so); the list
+		// says so within a few sweep intervals.
+		bad := pollList(t, ctx, en.E, "quick", func(st *workflow.Status) bool { return st.State == workflow.StateCompleted })
+		if len(bad) == 0 {
+			continue
+		}
+		id := bad[0].ID
+		for _, ev := range must[[]*backend.Event](t)(en.B.Events(ctx, backend.EventQuery{Channel: "rsvp-workflows", Limit: 100000})) {
+			if strings.HasSuffix(ev.CorrelationID, ":"+id) {
+				t.Logf("index copy   %5d %s %s", ev.Seq, ev.Type, ev.Data)
+			}
+		}
+		for _, ev := range must[[]*backend.Event](t)(en.B.Events(ctx, backend.EventQuery{CorrelationID: "wfh:" + id, Limit: 1000})) {
+			if ev.Type == "wf.started" || ev.Type == "wf.completed" {
+				t.Logf("history copy %5d %s %s", ev.Seq, ev.Type, ev.Data)
+			}
+		}
+		st := must[*workflow.Status](t)(en.E.Status(ctx, id))
+		t.Fatalf("round %d: %d instance(s) completed but listed otherwise, e.g. %s listed %s (Status: %s, run of input %s)",
+			round, len(bad), id, bad[0].State, st.State, st.Input)
+	}
+}
+
+// Terminate racing an instance's completion: whichever end wins, List
+// (the instance index) comes to show the same one as Status (the
+// history). Before, the index could keep the end that lost.
+func TestTerminateRacingCompletionListedAsTheHistorySays(t *testing.T) {
+	raw := rawBackend(t)
+	reg := func(e *workflow.Engine) {
+		_ = workflow.Register(e, "racer", func(ctx workflow.Context, _ int) (string, error) {
+			return workflow.WaitForEvent[string](ctx, "go", 0)
+		})
+	}
+	a := engineOn(t, raw, "wf-a", true, reg)
+	admin := engineOn(t, raw, "wf-admin", false, nil)
+	ctx := ctxT(t, 120*time.Second)
+	const n = 300
+	for i := range n {
+		must[*workflow.Status](t)(a.StartInstance(ctx, "racer", 0, workflow.StartOptions{ID: fmt.Sprint("r-", i)}))
+	}
+	for i := range n {
+		waitStep(t, ctx, a, fmt.Sprint("r-", i), `"target":"go"`)
+	}
+	var wg sync.WaitGroup
+	for i := range n {
+		id := fmt.Sprint("r-", i)
+		wg.Go(func() { _ = a.RaiseEvent(ctx, id, "go", "done", "") })
+		wg.Go(func() { _ = admin.Terminate(ctx, id, "race") })
+	}
+	wg.Wait()
+	states := map[string]workflow.State{}
+	for i := range n {
+		id := fmt.Sprint("r-", i)
+		states[id] = must[*workflow.Status](t)(a.Await(ctx, id)).State
+	}
+	bad := pollList(t, ctx, admin, "racer", func(st *workflow.Status) bool { return st.State == states[st.ID] })
+	if len(bad) > 0 {
+		var s []string
+		for _, st := range bad {
+			s = append(s, fmt.Sprintf("%s listed %s, Status %s", st.ID, st.State, states[st.ID]))
+		}
+		t.Fatalf("%d of %d instances listed in another final state than their history's: %v", len(bad), n, s)
+	}
+}
+
+// pollList lists the instances of workflow name until ok holds for all
+// of them, or for 3 seconds (a few sweep intervals), and returns those it
+// does not hold for.
+func pollList(t *testing.T, ctx context.Context, e *workflow.Engine, name string, ok func(*workflow.Status) bool) []*workflow.Status {
+	t.Helper()
+	for deadline := time.Now().Add(3 * time.Second); ; {
+		var bad []*workflow.Status
+		for _, st := range must[[]*workflow.Status](t)(e.List(ctx, workflow.ListQuery{Name: name})) {
+			if !ok(st) {
+				bad = append(bad, st)
+			}
+		}
+		if len(bad) == 0 || time.Now().After(deadline) {
+			return bad
+		}
+		time.Sleep(50 * time.Millisecond) // poll interval
 	}
 }

@@ -121,9 +121,10 @@ func (p *cutProxy) accept() {
 	}
 }
 
-// viaProxy returns the test server's URL with its host replaced by a
-// cutProxy's, and the proxy.
-func viaProxy(t *testing.T) (string, *cutProxy) {
+// viaProxy opens a backend on a fresh schema of the test server, through
+// a cutProxy, and returns it with the proxy, the schema and a context for
+// the test.
+func viaProxy(t *testing.T) (*rsvppg.Backend, *cutProxy, string, context.Context) {
 	t.Helper()
 	u, err := url.Parse(serverURL(t))
 	if err != nil {
@@ -131,7 +132,11 @@ func viaProxy(t *testing.T) (string, *cutProxy) {
 	}
 	p := newCutProxy(t, u.Host)
 	u.Host = p.ln.Addr().String()
-	return u.String(), p
+	schema := freshSchema(t, serverURL(t))
+	b := open(t, u.String(), rsvppg.Options{Schema: schema})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return b, p, schema, ctx
 }
 
 // TestPutReplyAnswerLost: PutReply runs its batch again after a
@@ -140,11 +145,7 @@ func viaProxy(t *testing.T) (string, *cutProxy) {
 // the reply it stored itself, not ErrReplyExists.
 func TestPutReplyAnswerLost(t *testing.T) {
 	t.Parallel()
-	u, p := viaProxy(t)
-	schema := freshSchema(t, serverURL(t))
-	b := open(t, u, rsvppg.Options{Schema: schema})
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	b, p, _, ctx := viaProxy(t)
 	id := uniq("c")
 	rep := &backend.Reply{CorrelationID: id, Status: backend.StatusSucceeded, Body: []byte("mine")}
 	p.arm(".replies (correlation_id", "SELECT 1\x00")
@@ -170,11 +171,7 @@ func TestPutReplyAnswerLost(t *testing.T) {
 // and does not wait for its idle recheck a minute later.
 func TestEnqueueAnswerLost(t *testing.T) {
 	t.Parallel()
-	u, p := viaProxy(t)
-	schema := freshSchema(t, serverURL(t))
-	b := open(t, u, rsvppg.Options{Schema: schema})
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	b, p, schema, ctx := viaProxy(t)
 	q := uniq("q")
 	c := consume(t, b, q, 30*time.Second)
 	got := make(chan backend.Delivery, 1)
@@ -233,11 +230,7 @@ func TestEnqueueAnswerLost(t *testing.T) {
 // removed the request, not ErrLeaseLost.
 func TestAckAnswerLost(t *testing.T) {
 	t.Parallel()
-	u, p := viaProxy(t)
-	schema := freshSchema(t, serverURL(t))
-	b := open(t, u, rsvppg.Options{Schema: schema})
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	b, p, schema, ctx := viaProxy(t)
 	q := uniq("q")
 	m := newMsg(q)
 	if err := b.Enqueue(ctx, m); err != nil {

@@ -425,6 +425,30 @@ func (l *Lease) Release(ctx context.Context) error {
 	return l.s.release(ctx, l.d, l.a.log)
 }
 
+// Cancelled reports whether the request was cancelled (Client.Cancel, or a
+// DELETE over HTTP) while leased: a Handler's ctx would be cancelled. If
+// it was, the lease is settled, as a cancelled Handler's is: stop working
+// on the request; Reply and Fail then return ErrSettled. Call it now and
+// then during long work, with Extend say.
+func (l *Lease) Cancelled(ctx context.Context) (bool, error) {
+	m := l.d.Message()
+	rep, err := l.s.c.b.GetReply(ctx, m.CorrelationID)
+	switch {
+	case errors.Is(err, backend.ErrNotFound):
+		return false, nil
+	case err != nil:
+		return false, fmt.Errorf("rsvp: look for a cancellation of %s: %w", m.ID, err)
+	case rep.Status != backend.StatusCancelled:
+		return false, nil
+	}
+	if l.settle() == nil {
+		l.s.finish(ctx, l.d, &Reply{CorrelationID: m.CorrelationID, Status: backend.StatusCancelled, ErrorCode: CodeCancelled,
+			ErrorMessage: "cancelled while running"}, false, l.a.log)
+		l.s.end(l.a, m, outcomeCancelled, nil)
+	}
+	return true, nil
+}
+
 // Extend renews the lease for another HandleOptions.Lease.
 func (l *Lease) Extend(ctx context.Context) error {
 	if l.settled.Load() {

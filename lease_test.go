@@ -192,3 +192,40 @@ func TestLeaseSkipsCancelled(t *testing.T) {
 		t.Fatalf("events of the cancelled request %v, want only cancelled", types)
 	}
 }
+
+// TestLeaseCancelled: a pull consumer learns that the request it holds was
+// cancelled, and its lease is settled then as a cancelled Handler's is.
+func TestLeaseCancelled(t *testing.T) {
+	t.Parallel()
+	c := setup(t, rsvp.Config{})
+	cons := consumer(t, c, "pullcancelled", rsvp.HandleOptions{})
+	ctx := ctxWithin(t, 10*time.Second)
+	tk, err := c.Send(ctx, "pullcancelled", &rsvp.Message{Track: true, Body: []byte("long work")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := next(t, cons)
+	if gone, err := l.Cancelled(ctx); gone || err != nil {
+		t.Fatalf("Cancelled before any cancel: %v, %v", gone, err)
+	}
+	if _, err := c.Cancel(ctx, tk.CorrelationID); err != nil {
+		t.Fatal(err)
+	}
+	if gone, err := l.Cancelled(ctx); !gone || err != nil {
+		t.Fatalf("Cancelled after Client.Cancel: %v, %v; want true", gone, err)
+	}
+	if err := l.Reply(ctx, &rsvp.Reply{Body: []byte("too late")}); !errors.Is(err, rsvp.ErrSettled) {
+		t.Fatalf("Reply after the cancellation: %v, want ErrSettled", err)
+	}
+	if _, err := c.Await(ctx, tk.CorrelationID); !errors.Is(err, rsvp.ErrCancelled) {
+		t.Fatalf("Await: %v, want ErrCancelled", err)
+	}
+	evs := waitForFinalEvent(t, c, tk.CorrelationID)
+	if types := eventTypes(evs); types[len(types)-1] != string(backend.StatusCancelled) {
+		t.Fatalf("events %v, want the last cancelled", types)
+	}
+	// Settled: nothing comes back.
+	if _, err := cons.Next(ctxWithin(t, 500*time.Millisecond)); err == nil {
+		t.Fatal("the cancelled request was delivered again")
+	}
+}

@@ -316,10 +316,31 @@ func (e *leased) settle(fn func(*rsvp.Lease) error) error {
 		}
 		return err
 	}
+	e.settled()
+	return nil
+}
+
+// settled marks e's lease settled. Call with e.mu held.
+func (e *leased) settled() {
 	e.l = nil
 	e.forgetAt = time.Now().Add(tombstoneTTL)
 	e.timer.Reset(tombstoneTTL)
-	return nil
+}
+
+// cancelled reports whether e's request was cancelled; if it was, its
+// lease is settled (rsvp.Lease.Cancelled).
+func (e *leased) cancelled(ctx context.Context) (bool, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	l, err := e.live()
+	if err != nil {
+		return false, err
+	}
+	ok, err := l.Cancelled(ctx)
+	if ok {
+		e.settled()
+	}
+	return ok, err
 }
 
 // live returns e's lease if it can still be settled. Call with e.mu held.
@@ -648,6 +669,15 @@ func (g *Gateway) leaseExtend(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := settleContext(r)
 	defer cancel()
+	if gone, err := e.cancelled(ctx); err != nil || gone {
+		if gone {
+			problem(w, http.StatusGone, "request-cancelled", "The request was cancelled",
+				"stop working on it: the lease is settled, and a reply or fail now is 409")
+		} else {
+			g.settleProblem(w, r, err)
+		}
+		return
+	}
 	expires, err := e.extend(ctx, dur)
 	if err != nil {
 		g.settleProblem(w, r, err)

@@ -444,3 +444,25 @@ func TestLateReleaseOfAnEarlierAttempt(t *testing.T) {
 	}
 	e.workerSettle(l.Lease, "reply", nil, "ok", http.StatusNoContent)
 }
+
+// TestWorkerLearnsOfCancel: an HTTP worker that extends the lease of a
+// request cancelled meanwhile gets 410, and its lease is settled: a
+// reply then is 409, and the request stays cancelled.
+func TestWorkerLearnsOfCancel(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, gateway.Config{})
+	id := e.workerSubmit("q", nil, "x")
+	l := e.workerLease("q", "", nil)
+	e.workerSettle(l.Lease, "extend", nil, "", http.StatusOK)
+	if resp, data := e.do("DELETE", "/v1/requests/"+id, nil, ""); resp.StatusCode >= 300 {
+		t.Fatalf("cancel: %d %s", resp.StatusCode, data)
+	}
+	data := e.workerSettle(l.Lease, "extend", nil, "", http.StatusGone)
+	if !strings.Contains(string(data), "request-cancelled") {
+		t.Fatalf("extend after the cancel: %s", data)
+	}
+	e.workerSettle(l.Lease, "reply", nil, "too late", http.StatusConflict)
+	if st := e.workerStatus(id); st["state"] != gateway.StateCancelled {
+		t.Fatalf("status %v, want cancelled", st["state"])
+	}
+}

@@ -256,7 +256,9 @@ func runDLQ(ctx context.Context, e *env, cmd *command, args []string) error {
 		if err != nil {
 			return notFound(err)
 		}
-		fmt.Fprintln(e.stdout, t.CorrelationID)
+		if _, err := fmt.Fprintln(e.stdout, t.CorrelationID); err != nil {
+			return fmt.Errorf("dead letter replayed as request %s, but printing its id failed: %w", t.CorrelationID, err)
+		}
 		return nil
 	default: // purge
 		if *all {

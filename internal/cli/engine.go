@@ -46,7 +46,7 @@ func parseEngine(s string) (engineSpec, error) {
 	case strings.HasPrefix(s, "nats://"), strings.HasPrefix(s, "tls://"):
 		spec.url = s
 	case strings.HasPrefix(s, "postgres://"), strings.HasPrefix(s, "postgresql://"):
-		spec.pg = s
+		spec.pg, spec.raw = s, rsvppg.Redact(s) // also a password=... parameter
 	default:
 		return spec, usagef("engine %q is not one of embedded:DIR, embedded:mem, nats://HOST:PORT, tls://HOST:PORT, postgres://...", spec.raw)
 	}

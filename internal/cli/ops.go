@@ -96,6 +96,9 @@ func openForQuery(ctx context.Context, flags *flag.FlagSet) (*rsvpnats.Backend, 
 	if err != nil {
 		return nil, err
 	}
+	if spec.pg != "" { // refused before it is opened: opening migrates the database
+		return nil, usagef("engine %s: this command reads NATS engines only, for now", spec.raw)
+	}
 	if spec.dir != "" {
 		if _, err := os.Stat(spec.dir); errors.Is(err, fs.ErrNotExist) {
 			return nil, fmt.Errorf("no engine at %s: directory %s does not exist (name the engine with --engine or $RSVP_ENGINE)", spec.raw, spec.dir)

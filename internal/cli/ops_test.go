@@ -6,6 +6,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -205,5 +206,50 @@ func TestPreview(t *testing.T) {
 		if got := preview([]byte(tc.body), tc.n); got != tc.want {
 			t.Errorf("preview(%q, %d) = %q, want %q", tc.body, tc.n, got, tc.want)
 		}
+	}
+}
+
+// TestOpsRefusePostgresUnopened: the operator queries refuse a PostgreSQL
+// engine before they open it (opening migrates, and these commands change
+// nothing): the engine named here does not even listen.
+func TestOpsRefusePostgresUnopened(t *testing.T) {
+	t.Parallel()
+	for _, args := range [][]string{{"queues"}, {"requests", "get", "some-id"}} {
+		r := run(t, nil, append(args, "--engine", "postgres://u@127.0.0.1:1/db?sslmode=disable")...)
+		r.want(t, exitUsage, "reads NATS engines only")
+		if strings.Contains(r.stderr, "cannot open engine") {
+			t.Fatalf("%v opened the engine before refusing it: %s", args, r.stderr)
+		}
+	}
+}
+
+// failWriter is a stdout that cannot be written (a full disk, a closed
+// pipe).
+type failWriter struct{}
+
+func (failWriter) Write(p []byte) (int, error) { return 0, syscall.ENOSPC }
+
+// TestUnwritableStdout: a command whose output is what the caller needs
+// (the id of what it stored, a key) exits 1 when it cannot write it, and
+// says so on stderr, with the id.
+func TestUnwritableStdout(t *testing.T) {
+	t.Parallel()
+	for _, args := range [][]string{{"send", "q", "--data", "x", "--engine", "embedded:mem"}, {"key", "webhook-secret"}} {
+		var stderr strings.Builder
+		if code := Run(t.Context(), args, nil, failWriter{}, &stderr); code != exitFailure || !strings.Contains(stderr.String(), "no space left") {
+			t.Errorf("rsvp %v with an unwritable stdout: exit %d, stderr %q; want 1 and the error", args, code, stderr.String())
+		}
+	}
+}
+
+// TestEnginePasswordHidden: a PostgreSQL password given as a parameter of
+// the URL is not printed in errors.
+func TestEnginePasswordHidden(t *testing.T) {
+	t.Parallel()
+	const secret = "hunter2-secret"
+	r := run(t, nil, "request", "q", "--data", "x", "--engine", "postgres://u@127.0.0.1:1/db?sslmode=disable&password="+secret)
+	r.want(t, exitFailure, "cannot open engine")
+	if strings.Contains(r.stderr, secret) {
+		t.Fatalf("the password is printed:\n%s", r.stderr)
 	}
 }

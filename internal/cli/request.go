@@ -68,7 +68,9 @@ func runRequest(ctx context.Context, e *env, cmd *command, args []string) error 
 func runSend(ctx context.Context, e *env, cmd *command, args []string) error {
 	fs := e.newFlagSet(cmd)
 	return e.sendThen(ctx, fs, cmd, args, nil, func(s *session, t rsvp.Ticket) error {
-		fmt.Fprintln(e.stdout, t.CorrelationID)
+		if _, err := fmt.Fprintln(e.stdout, t.CorrelationID); err != nil {
+			return fmt.Errorf("request %s is stored, but printing its id failed: %w", t.CorrelationID, err)
+		}
 		return nil
 	})
 }

@@ -298,7 +298,9 @@ func runKey(ctx context.Context, e *env, cmd *command, args []string) error {
 		if err := exactArgs(pos); err != nil {
 			return err
 		}
-		fmt.Fprintln(e.stdout, webhookSecretPrefix+base64.StdEncoding.EncodeToString(randomBytes(32)))
+		if _, err := fmt.Fprintln(e.stdout, webhookSecretPrefix+base64.StdEncoding.EncodeToString(randomBytes(32))); err != nil {
+			return fmt.Errorf("write the secret: %w", err)
+		}
 		return nil
 	default:
 		if strings.HasPrefix(args[0], "-") {
@@ -362,7 +364,9 @@ func (e *env) runKeyNew(cmd *command, args []string) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(e.stdout, "%s\n%s\n", key, line)
+	if _, err := fmt.Fprintf(e.stdout, "%s\n%s\n", key, line); err != nil {
+		return fmt.Errorf("write the key: %w", err)
+	}
 	return nil
 }
 

@@ -415,7 +415,9 @@ func (e *env) workflowStart(ctx context.Context, wf *workflow.Engine, w *workflo
 		if w.output == "json" {
 			return writeJSON(e.stdout, newWorkflowStatusJSON(st))
 		}
-		fmt.Fprintln(e.stdout, st.ID)
+		if _, err := fmt.Fprintln(e.stdout, st.ID); err != nil {
+			return fmt.Errorf("instance %s is started, but printing its id failed: %w", st.ID, err)
+		}
 		return nil
 	}
 	st, err = e.workflowWait(ctx, wf, w)

@@ -2,14 +2,18 @@ package cli
 
 import (
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -210,5 +214,111 @@ func TestServeSecondSIGTERMExitsAtOnce(t *testing.T) {
 	}
 	if ws, ok := exit.Sys().(syscall.WaitStatus); !ok || !ws.Signaled() || ws.Signal() != syscall.SIGTERM {
 		t.Fatalf("rsvp serve: %v, want killed by SIGTERM", err)
+	}
+}
+
+// TestServeShutdownTimeoutZero: --shutdown-timeout 0 means no time to
+// finish, as for 'rsvp worker': a SIGTERM with a request still open ends
+// the server at once. (It waited the library's default, 30s.)
+func TestServeShutdownTimeoutZero(t *testing.T) {
+	t.Parallel()
+	p := startServeProc(t, "--engine", "embedded:"+t.TempDir(), "--shutdown-timeout", "0")
+
+	// A request whose body never completes holds the drain open.
+	conn, err := net.Dial("tcp", p.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := fmt.Fprint(conn, "POST /v1/queues/q/requests HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\npart"); err != nil {
+		t.Fatal(err)
+	}
+	p.signal(t, syscall.SIGTERM)
+	p.log.waitFor(t, `msg="shutting down"`)
+	// A shutdown timeout of 0 gives open requests no time; allow 10s for
+	// closing the engine.
+	if err := p.wait(t, 10*time.Second); err != nil {
+		t.Fatalf("rsvp serve: %v; its log:\n%s", err, p.log)
+	}
+}
+
+// slowListener accepts connections after a delay: a collector far away
+// (its TLS handshake takes that long).
+type slowListener struct {
+	net.Listener
+	delay time.Duration
+}
+
+func (l *slowListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err == nil {
+		time.Sleep(l.delay) // the simulated network latency, not synchronisation
+	}
+	return c, err
+}
+
+// TestServeFlushesTelemetryAfterATimedOutDrain: the spans of requests
+// served before SIGTERM are exported at shutdown even when an open request
+// held the drain for all of --shutdown-timeout: the flush has time of its
+// own. (It shared the drain's deadline, already passed, and exported
+// nothing.)
+func TestServeFlushesTelemetryAfterATimedOutDrain(t *testing.T) {
+	t.Parallel()
+	var exports atomic.Int32
+	col := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		if r.URL.Path == "/v1/traces" {
+			exports.Add(1)
+		}
+	}))
+	col.Listener = &slowListener{Listener: col.Listener, delay: 500 * time.Millisecond}
+	col.StartTLS()
+	defer col.Close()
+	caFile := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: col.Certificate().Raw}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	p := &serveProc{log: newLogBuffer(), exited: make(chan struct{})}
+	p.cmd = exec.Command(os.Args[0], "serve", "--addr", "127.0.0.1:0", "--engine", "embedded:"+t.TempDir(), "--shutdown-timeout", "1s")
+	p.cmd.Env = append(os.Environ(), childEnv+"=1",
+		"OTEL_EXPORTER_OTLP_ENDPOINT="+col.URL, "OTEL_EXPORTER_OTLP_CERTIFICATE="+caFile,
+		"OTEL_BSP_SCHEDULE_DELAY=600000") // spans leave only at the shutdown flush
+	p.cmd.Stderr, p.cmd.Stdout = p.log, io.Discard
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.err = p.cmd.Wait(); close(p.exited) }()
+	t.Cleanup(func() {
+		select {
+		case <-p.exited:
+		default:
+			_ = p.cmd.Process.Kill()
+			<-p.exited
+		}
+	})
+	p.log.waitFor(t, "listening on http://")
+	m := listeningRE.FindStringSubmatch(p.log.String())
+	p.url, p.addr = m[1], strings.TrimPrefix(m[1], "http://")
+
+	resp, data := call(t, "POST", p.url+"/v1/queues/q/requests", "traced", "Content-Type", "text/plain")
+	if resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("submit: %s %s", resp.Status, data)
+	}
+	// An upload that never completes holds the drain for the whole timeout.
+	conn, err := net.Dial("tcp", p.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := fmt.Fprint(conn, "POST /v1/queues/q/requests HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\npart"); err != nil {
+		t.Fatal(err)
+	}
+	p.signal(t, syscall.SIGTERM)
+	if err := p.wait(t, waitTimeout); err != nil {
+		t.Fatalf("rsvp serve: %v; log:\n%s", err, p.log)
+	}
+	if exports.Load() == 0 {
+		t.Fatalf("rsvp serve exited without exporting the spans of the request it served; log:\n%s", p.log)
 	}
 }

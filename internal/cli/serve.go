@@ -2,6 +2,7 @@ package cli
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/base64"
@@ -90,7 +91,7 @@ func (f *serveFlags) register(fs *flag.FlagSet) {
 	fs.Var(&f.webhookSecrets, "webhook-secret", "`whsec_...` secret that signs webhooks; repeat it or separate with commas (default $RSVP_WEBHOOK_SECRET); none: no webhooks")
 	fs.BoolVar(&f.allowPrivate, "webhook-allow-private", false, "allow callback URLs on loopback, private and link-local addresses")
 	fs.IntVar(&f.maxBody, "max-body", maxBody, "largest request and reply body, in `bytes`")
-	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", 30*time.Second, "on SIGINT or SIGTERM, how long open requests and running handlers may take to finish")
+	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", 30*time.Second, "on SIGINT or SIGTERM, how long open requests and running handlers may take to finish (0: no wait); telemetry is then flushed within 5s")
 	fs.StringVar(&f.logFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&f.logLevel, "log-level", "info", "least important log level shown: debug, info, warn or error")
 	fs.BoolVar(&f.demo, "demo", false, `also run the demo responders (queues "thumbnail", "flaky") and workflows ("approval", "thumbnails")`)
@@ -191,7 +192,7 @@ func runServe(ctx context.Context, e *env, cmd *command, args []string) error {
 			Webhooks:    gateway.WebhookConfig{Secrets: sf.webhookSecrets, AllowPrivate: sf.allowPrivate},
 		},
 		Demo:            sf.demo,
-		ShutdownTimeout: sf.shutdownTimeout,
+		ShutdownTimeout: cmp.Or(sf.shutdownTimeout, -1), // 0 on the command line: no wait
 		Logger:          log,
 	}
 	if sf.demo {

@@ -65,7 +65,8 @@ type Config struct {
 	// ShutdownTimeout bounds the graceful shutdown once ctx ends: open
 	// requests may finish, responders drain. Then connections are closed
 	// and running handlers cancelled (their requests are delivered again).
-	// Default 30s.
+	// Default (0) 30s; negative: no wait. Telemetry is flushed afterwards,
+	// within flushTimeout of its own.
 	ShutdownTimeout time.Duration
 	// ReadHeaderTimeout and IdleTimeout are those of the http.Server.
 	// Defaults 10s and 2m. There is no write timeout: event streams and
@@ -81,10 +82,13 @@ type Config struct {
 	streamStarted func() // test hook: a long-lived request reached the handler
 }
 
+// flushTimeout bounds the export of the telemetry still buffered at exit.
+const flushTimeout = 5 * time.Second
+
 func (c Config) withDefaults() Config {
 	c.Addr = cmp.Or(c.Addr, DefaultAddr)
 	c.Gateway.MaxBodySize = cmp.Or(c.Gateway.MaxBodySize, 1<<20)
-	c.ShutdownTimeout = cmp.Or(c.ShutdownTimeout, 30*time.Second)
+	c.ShutdownTimeout = max(cmp.Or(c.ShutdownTimeout, 30*time.Second), 0)
 	c.ReadHeaderTimeout = cmp.Or(c.ReadHeaderTimeout, 10*time.Second)
 	c.IdleTimeout = cmp.Or(c.IdleTimeout, 2*time.Minute)
 	if c.Logger == nil {
@@ -107,8 +111,8 @@ func (c Config) validate() error {
 	if c.Gateway.MaxBodySize < 1 {
 		errs = append(errs, fmt.Errorf("Gateway.MaxBodySize %d is below 1", c.Gateway.MaxBodySize))
 	}
-	if c.ShutdownTimeout < 0 || c.ReadHeaderTimeout < 0 || c.IdleTimeout < 0 {
-		errs = append(errs, errors.New("ShutdownTimeout, ReadHeaderTimeout and IdleTimeout must not be negative"))
+	if c.ReadHeaderTimeout < 0 || c.IdleTimeout < 0 {
+		errs = append(errs, errors.New("ReadHeaderTimeout and IdleTimeout must not be negative"))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("%w: %w", ErrInvalid, err)
@@ -143,7 +147,9 @@ func Run(ctx context.Context, cfg Config) error {
 	})
 	defer func() { _, cancel := closeCtx(); cancel() }()
 	defer func() {
-		ctx, _ := closeCtx()
+		// Last, with time of its own: the drain may have used up closeCtx.
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), flushTimeout)
+		defer cancel()
 		if err := tel.shutdown(ctx); err != nil {
 			log.Warn("server: flushing telemetry", "err", err)
 		}

@@ -1,6 +1,7 @@
 package rsvp
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -30,6 +31,7 @@ const ExpiryQueue = "rsvp-expiry"
 
 // expiryTask is the body of an expiry task.
 type expiryTask struct {
+	ID            string    `json:"id,omitempty"` // the request's, so that its reply is listed once
 	CorrelationID string    `json:"correlation_id"`
 	ReplyTo       string    `json:"reply_to"`
 	Queue         string    `json:"queue"`
@@ -41,7 +43,7 @@ type expiryTask struct {
 
 // expiryOf is the expiry task of request m.
 func expiryOf(m *Message) expiryTask {
-	return expiryTask{CorrelationID: m.CorrelationID, ReplyTo: m.ReplyTo, Queue: m.Queue,
+	return expiryTask{ID: m.ID, CorrelationID: m.CorrelationID, ReplyTo: m.ReplyTo, Queue: m.Queue,
 		Deadline: m.Deadline, Track: m.Track, Channel: m.Channel, ReplySession: m.ReplySession}
 }
 
@@ -132,7 +134,7 @@ func (c *Client) expire(ctx context.Context, t expiryTask) (*Reply, error) {
 	if r, err := c.storeExpired(ctx, t.CorrelationID, t.ReplyTo); err != nil {
 		return r, err
 	}
-	m := &Message{CorrelationID: t.CorrelationID, Queue: t.Queue, Track: t.Track, Channel: t.Channel, ReplySession: t.ReplySession}
+	m := &Message{ID: cmp.Or(t.ID, t.CorrelationID), CorrelationID: t.CorrelationID, Queue: t.Queue, Track: t.Track, Channel: t.Channel, ReplySession: t.ReplySession}
 	rep := &Reply{Status: backend.StatusExpired, ErrorCode: CodeExpired, ErrorMessage: expiredText}
 	log := c.cfg.Logger.With("queue", t.Queue, "correlation_id", t.CorrelationID)
 	s := &settler{c: c}

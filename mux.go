@@ -2,6 +2,7 @@ package rsvp
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -69,6 +70,9 @@ func (m *Mux) ServeRequest(ctx context.Context, req *Message) (*Reply, error) {
 			break
 		}
 		next, err := up.fn(ctx, req)
+		if err == nil && next == nil {
+			err = errors.New("the upgrade function returned no message")
+		}
 		if err != nil {
 			return nil, Permanent(&RemoteError{Code: CodeBadPayload, Message: fmt.Sprintf("upgrade %s to %s: %v", req.Type, up.to, err)})
 		}

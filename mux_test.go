@@ -85,3 +85,22 @@ func TestMuxUpgradeCycleEnds(t *testing.T) {
 }
 
 func itoa(n int) string { return strconv.Itoa(n) }
+
+// panicking in the Mux on every attempt.
+func TestMuxUpgradeReturningNothing(t *testing.T) {
+	t.Parallel()
+	c := setup(t, rsvp.Config{})
+	mux := rsvp.NewMux()
+	mux.Handle("v2", rsvp.HandlerFunc(func(ctx context.Context, m *rsvp.Message) (*rsvp.Reply, error) { return nil, nil }))
+	mux.Upgrade("v1", "v2", func(ctx context.Context, m *rsvp.Message) (*rsvp.Message, error) { return nil, nil })
+	handle(t, c, "up", rsvp.HandleOptions{MaxAttempts: 3, Backoff: fastRetry}, mux.ServeRequest)
+	_, err := c.Request(ctxWithin(t, 10*time.Second), "up", &rsvp.Message{Type: "v1", Body: []byte("{}")})
+	var re *rsvp.RemoteError
+	if !errors.As(err, &re) {
+		t.Fatalf("Request: %v", err)
+	}
+	dls := deadLetters(t, c, "up")
+	if len(dls) != 1 || dls[0].Message.Attempt != 1 || re.Code != rsvp.CodeBadPayload {
+		t.Fatalf("got code %q %q after %d attempt(s); want a permanent bad_payload naming the upgrade", re.Code, re.Message, dls[0].Message.Attempt)
+	}
+}

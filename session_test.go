@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/rsvp-go/rsvp"
 	"github.com/rsvp-go/rsvp/backend"
 )
@@ -274,5 +276,142 @@ func nothingQueued(t *testing.T, c *testClient, queue string) {
 	defer cancel()
 	if l, err := cons.Next(ctx); err == nil {
 		t.Fatalf("queue %s has request %s", queue, l.Message().ID)
+	}
+}
+
+// the engine's dedupe window.
+func TestExpiredRepliesListedInTheirReplySessions(t *testing.T) {
+	t.Parallel()
+	c := setup(t, rsvp.Config{})
+	ctx := ctxWithin(t, 30*time.Second)
+	q := "nobody-" + rsvp.NewID()[24:]
+	for _, session := range []string{"cart A", "cart B"} {
+		rctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+		_, err := c.Request(rctx, q, &rsvp.Message{Body: []byte("x"), ReplySession: session})
+		cancel()
+		if !errors.Is(err, rsvp.ErrExpired) {
+			t.Fatalf("%s: Request got %v, want ErrExpired", session, err)
+		}
+	}
+	for _, session := range []string{"cart A", "cart B"} {
+		sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		rs, err := c.SessionReplies(sctx, session, 0)
+		cancel()
+		if err != nil {
+			t.Errorf("reply session %q: %v; its expired reply is not listed", session, err)
+			continue
+		}
+		if len(rs) != 1 || rs[0].Reply.Status != "expired" {
+			t.Errorf("reply session %q lists %+v, want one expired reply", session, rs)
+		}
+	}
+}
+
+// and dead-letters it as expired.
+func TestExpiredReplyListedOnce(t *testing.T) {
+	t.Parallel()
+	c := setup(t, rsvp.Config{})
+	ctx := ctxWithin(t, 30*time.Second)
+	q := "later-" + rsvp.NewID()[24:]
+	const session = "cart C"
+	rctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	_, err := c.Request(rctx, q, &rsvp.Message{Body: []byte("x"), ReplySession: session})
+	cancel()
+	if !errors.Is(err, rsvp.ErrExpired) {
+		t.Fatalf("Request got %v, want ErrExpired", err)
+	}
+	rs, err := c.SessionReplies(ctx, session, 0)
+	if err != nil || len(rs) != 1 {
+		t.Fatalf("before a responder: %+v, %v; want the expired reply", rs, err)
+	}
+	// A responder starts and reaches the request: it dead-letters it as expired.
+	handle(t, c, q, rsvp.HandleOptions{}, func(ctx context.Context, m *rsvp.Message) (*rsvp.Reply, error) {
+		return nil, nil
+	})
+	for deadline := time.Now().Add(10 * time.Second); len(deadLetters(t, c, q)) == 0; {
+		if time.Now().After(deadline) {
+			t.Fatal("not dead-lettered")
+		}
+		time.Sleep(20 * time.Millisecond) // polling a condition, with a deadline
+	}
+	// Anything listed after the first reply?
+	sctx, scancel := context.WithTimeout(ctx, 2*time.Second)
+	defer scancel()
+	more, err := c.SessionReplies(sctx, session, rs[0].Seq)
+	if err == nil {
+		t.Fatalf("the reply of %s is listed again at %d (first at %d): %d entries for one request",
+			rs[0].Reply.CorrelationID, more[0].Seq, rs[0].Seq, 1+len(more))
+	}
+}
+
+// consumer gets it before then.
+func TestHeldSessionLeaseLastsUntilExpires(t *testing.T) {
+	t.Parallel()
+	c := setup(t, rsvp.Config{})
+	ctx := ctxWithin(t, 30*time.Second)
+	q := "held-" + rsvp.NewID()[24:]
+	for _, body := range []string{"1", "2"} {
+		if _, err := c.Send(ctx, q, &rsvp.Message{SessionKey: "k", Body: []byte(body)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const lease = 3 * time.Second
+	cons := consumer(t, c, q, rsvp.HandleOptions{Lease: lease})
+	l1 := next(t, cons)
+	if string(l1.Message().Body) != "1" {
+		t.Fatalf("first lease: %q", l1.Message().Body)
+	}
+	got2 := make(chan *rsvp.Lease, 1)
+	go func() {
+		l, err := cons.Next(ctx)
+		if err != nil {
+			t.Errorf("Next: %v", err)
+		}
+		got2 <- l
+	}()
+	// Wait until request 2 was pulled (and held: its turn has not come).
+	js, err := jetstream.New(c.be.Conn())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		jc, err := js.Consumer(ctx, "RSVP_REQUESTS", "rsvp_"+q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info, err := jc.Info(ctx); err == nil && info.NumAckPending == 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("request 2 not pulled")
+		}
+		time.Sleep(10 * time.Millisecond) // polling a condition, with a deadline
+	}
+	// Request 1 is worked on for a while (less than a third of the lease),
+	// then answered: request 2's turn comes.
+	time.Sleep(900 * time.Millisecond) // the work on request 1, not a synchronisation
+	if err := l1.Reply(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	var l2 *rsvp.Lease
+	select {
+	case l2 = <-got2:
+	case <-ctx.Done():
+		t.Fatal("request 2 not handed out")
+	}
+	if l2 == nil || string(l2.Message().Body) != "2" {
+		t.Fatalf("second lease: %+v", l2)
+	}
+	expires := l2.Expires()
+	// Another worker of the queue must not get request 2 before l2 expires.
+	other := consumer(t, c, q, rsvp.HandleOptions{Lease: lease})
+	octx, cancel := context.WithDeadline(ctx, expires.Add(-300*time.Millisecond))
+	defer cancel()
+	if l, err := other.Next(octx); err == nil {
+		t.Fatalf("another consumer leased request %q (attempt %d) %s before the first lease's Expires (%s after it was handed out)",
+			l.Message().Body, l.Message().Attempt, time.Until(expires).Round(time.Millisecond), lease)
+	}
+	if err := l2.Reply(ctx, nil); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -198,7 +198,12 @@ func (c *Client) sendCopies(ctx context.Context, pub Publication, msgs []*Messag
 	errs := make([]error, len(msgs))
 	var wg sync.WaitGroup
 	for i, m := range msgs { // at once, so that the engine stores them in one write
-		wg.Go(func() { _, errs[i] = c.send(ctx, m, true) })
+		wg.Go(func() {
+			_, errs[i] = c.send(ctx, m, true)
+			if errs[i] == nil && !m.Deadline.IsZero() && m.ReplyTo != "" {
+				errs[i] = c.scheduleExpiry(ctx, expiryOf(m)) // as Send does
+			}
+		})
 	}
 	wg.Wait()
 	failed := 0

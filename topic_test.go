@@ -555,3 +555,44 @@ func TestTopicRegistryRefresh(t *testing.T) {
 		}
 	})
 }
+
+// with Send and that Deadline does, so that Gather and Await end.
+func TestPublishDeadlineExpiresCopies(t *testing.T) {
+	t.Parallel()
+	c := setup(t, rsvp.Config{})
+	ctx := ctxWithin(t, 30*time.Second)
+	topic := "exp-" + rsvp.NewID()[24:]
+	subscribeAll(t, ctx, c.Client, topic, "served", "idle")
+	serve(t, c.Client, rsvp.SubscriptionQueue(topic, "served"), replyWith("ok"))
+	deadline := time.Now().Add(time.Second)
+
+	// Send with that deadline, to a queue nobody serves: expired at the deadline.
+	tk, err := c.Send(ctx, "nobody-"+rsvp.NewID()[24:], &rsvp.Message{Body: []byte("x"), Deadline: deadline})
+	if err != nil {
+		t.Fatal(err)
+	}
+	actx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if _, err := c.Await(actx, tk.CorrelationID); !errors.Is(err, rsvp.ErrExpired) {
+		t.Fatalf("Send: Await got %v, want ErrExpired", err)
+	}
+
+	deadline = time.Now().Add(time.Second)
+	pub, err := c.Publish(ctx, topic, &rsvp.Message{Body: []byte("x"), Deadline: deadline})
+	if err != nil {
+		t.Fatal(err)
+	}
+	gctx, gcancel := context.WithTimeout(ctx, 10*time.Second)
+	defer gcancel()
+	g, err := c.Gather(gctx, pub, rsvp.GatherOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g.Reason != rsvp.GatherAll {
+		t.Fatalf("Publish: gather ended %s %s after the copies' deadline, pending %v; want every copy answered (the idle one expired)",
+			g.Reason, time.Since(deadline).Round(time.Second), g.Pending())
+	}
+	if r := g.Results[0]; r.Subscription != "idle" || !errors.Is(r.Err, rsvp.ErrExpired) {
+		t.Fatalf("idle copy: %+v, want expired", r)
+	}
+}

@@ -65,6 +65,7 @@ func (l *Lease) Settled(ctx context.Context, reply *Reply, commitErr error) erro
 	case commitErr == nil:
 		if m.ReplyTo != "" {
 			r.finalEvent(ctx, m, reply, log)
+			r.listReply(ctx, m, log)
 			r.c.tel.completedOne(r.tel, reply.Status)
 		}
 	case errors.Is(commitErr, backend.ErrReplyExists):
@@ -79,6 +80,9 @@ func (l *Lease) Settled(ctx context.Context, reply *Reply, commitErr error) erro
 			outcome = outcomeCancelled
 		}
 		r.finalEvent(ctx, m, stored, log)
+		if m.ReplyTo != "" {
+			r.listReply(ctx, m, log)
+		}
 		r.c.tel.completedOne(r.tel, stored.Status)
 		if err := d.Ack(ctx); err != nil {
 			log.Warn("rsvp: ack failed; the request may be handled again", "err", err)

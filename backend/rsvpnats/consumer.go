@@ -122,6 +122,9 @@ func (c *consumer) Next(ctx context.Context) (backend.Delivery, error) {
 			return nil, err
 		}
 		if d := c.ses.promote(ctx); d != nil {
+			// Its lease was last renewed while held: start it afresh, so
+			// that it lasts the full lease from now, as the caller expects.
+			_ = d.m.InProgress()
 			c.ses.countAttempt(ctx, d)
 			return d, nil
 		}

@@ -410,3 +410,27 @@ func TestSendTx(t *testing.T) {
 		t.Fatalf("%d more requests handled", n)
 	}
 }
+
+// listed under the request's reply session, as a Handle responder's is.
+func TestHandleTxListsReplySession(t *testing.T) {
+	t.Parallel()
+	s := newSetup(t)
+	c := newClient(t, s)
+	q := uniq("q")
+	handleTx(t, c, q, func(ctx context.Context, tx pgx.Tx, m *rsvp.Message) (*rsvp.Reply, error) {
+		return &rsvp.Reply{Body: []byte("ok")}, nil
+	}, rsvp.HandleOptions{})
+	rep, err := c.Request(s.ctx, q, &rsvp.Message{Body: []byte("x"), ReplySession: "rs-1"})
+	if err != nil || string(rep.Body) != "ok" {
+		t.Fatalf("request: %v, %v", rep, err)
+	}
+	ctx, cancel := context.WithTimeout(s.ctx, 5*time.Second)
+	defer cancel()
+	got, err := c.SessionReplies(ctx, "rs-1", 0)
+	if err != nil {
+		t.Fatalf("SessionReplies: %v (the reply of %s was stored, but not listed under its reply session)", err, rep.CorrelationID)
+	}
+	if len(got) != 1 || got[0].Reply.CorrelationID != rep.CorrelationID {
+		t.Fatalf("listed %v, want the reply of %s", got, rep.CorrelationID)
+	}
+}

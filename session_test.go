@@ -415,3 +415,88 @@ func TestHeldSessionLeaseLastsUntilExpires(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestAbandonedPullLeaseLastsUntilExpires: a request pulled for a Next
+// call whose ctx ended before it arrived waits in the consumer with its
+// lease running. Taken later, it is handed out with a lease that lasts
+// until Lease.Expires: renewed if it had half of it left (a quarter of the
+// lease later: attempt 1 again), else left to run out and taken when
+// delivered again (past the lease: attempt 2). No other Next gets it
+// before Expires.
+func TestAbandonedPullLeaseLastsUntilExpires(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name    string
+		lease   time.Duration
+		after   time.Duration // taken this long after it arrived
+		attempt int
+	}{{"renewed", 3 * time.Second, 500 * time.Millisecond, 1}, {"ran out", time.Second, 1100 * time.Millisecond, 2}} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			abandonedPull(t, tc.lease, tc.after, tc.attempt)
+		})
+	}
+}
+
+func abandonedPull(t *testing.T, lease, after time.Duration, attempt int) {
+	c := setup(t, rsvp.Config{})
+	ctx := ctxWithin(t, 30*time.Second)
+	q := "abandoned-" + rsvp.NewID()[24:]
+	cons := consumer(t, c, q, rsvp.HandleOptions{Lease: lease})
+	js, err := jetstream.New(c.be.Conn())
+	if err != nil {
+		t.Fatal(err)
+	}
+	info := func() *jetstream.ConsumerInfo {
+		jc, err := js.Consumer(ctx, "RSVP_REQUESTS", "rsvp_"+q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		i, err := jc.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return i
+	}
+	waitFor := func(what string, cond func() bool) {
+		t.Helper()
+		for deadline := time.Now().Add(5 * time.Second); !cond(); {
+			if time.Now().After(deadline) {
+				t.Fatalf("not %s", what)
+			}
+			time.Sleep(10 * time.Millisecond) // polling a condition, with a deadline
+		}
+	}
+	// A worker waits for a request, then gives up (an HTTP long-poll whose
+	// client went away, say).
+	nctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		_, err := cons.Next(nctx)
+		done <- err
+	}()
+	waitFor("pulling", func() bool { return info().NumWaiting == 1 })
+	cancel()
+	if err := <-done; err == nil {
+		t.Fatal("Next returned a lease")
+	}
+	// A request comes while the pull is still open at the server.
+	if _, err := c.Send(ctx, q, &rsvp.Message{Body: []byte("x")}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor("delivered", func() bool { return info().NumAckPending == 1 })
+	deliveredAt := time.Now()
+	waitFor("the time to take it", func() bool { return time.Since(deliveredAt) > after })
+	// The next Next call, later, and another worker's after it.
+	l := next(t, cons)
+	if l.Message().Attempt != attempt {
+		t.Fatalf("taken %s after it arrived: attempt %d, want %d", after, l.Message().Attempt, attempt)
+	}
+	expires := l.Expires()
+	octx, ocancel := context.WithDeadline(ctx, expires.Add(-300*time.Millisecond))
+	defer ocancel()
+	if l2, err := cons.Next(octx); err == nil {
+		t.Fatalf("request %s leased twice at once: attempt %d, then attempt %d %s before the first lease's Expires",
+			l.Message().ID, l.Message().Attempt, l2.Message().Attempt, time.Until(expires).Round(time.Millisecond))
+	}
+}

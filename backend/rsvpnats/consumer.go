@@ -38,7 +38,7 @@ func (b *Backend) Consume(ctx context.Context, queue string, p backend.ConsumePa
 		MaxDeliver:     -1,
 		MaxAckPending:  100_000,
 	}
-	c := &consumer{b: b, queue: queue, log: b.opts.Logger.With("queue", queue), msgs: make(chan *nats.Msg, 256),
+	c := &consumer{b: b, queue: queue, log: b.opts.Logger.With("queue", queue), msgs: make(chan arrived, 256), lease: cfg.AckWait,
 		next: fmt.Sprintf("$JS.API.CONSUMER.MSG.NEXT.%s.%s", streamRequests, durable)}
 	c.ses = newSessions(c, cfg.AckWait)
 	c.ctx, c.cancel = context.WithCancel(b.life)
@@ -68,7 +68,7 @@ func (b *Backend) Consume(ctx context.Context, queue string, p backend.ConsumePa
 	c.inbox = nats.NewInbox()
 	sub, err := b.nc.Subscribe(c.inbox, func(m *nats.Msg) {
 		select {
-		case c.msgs <- m:
+		case c.msgs <- arrived{m, time.Now()}:
 		case <-c.ctx.Done():
 			if m.Reply != "" {
 				_ = m.Nak() // pulled for a worker that is gone
@@ -97,7 +97,8 @@ type consumer struct {
 	next    string // the pull request subject
 	inbox   string // where pulled messages and pull statuses arrive
 	sub     *nats.Subscription
-	msgs    chan *nats.Msg
+	msgs    chan arrived
+	lease   time.Duration // asked for: the consumer's may be longer
 	ses     *sessions
 	waiting atomic.Int32 // Next calls under way
 	lastOut atomic.Int64 // when a Next call last returned (Unix ns)
@@ -183,8 +184,8 @@ func (c *consumer) pull(ctx context.Context) *nats.Msg {
 	timeout := time.NewTimer(wait + c.b.opts.Timeout) // a pull lost on the way
 	defer timeout.Stop()
 	select {
-	case m := <-c.msgs:
-		return c.pulled(ctx, m)
+	case a := <-c.msgs:
+		return c.pulled(ctx, a)
 	case <-timeout.C:
 		return nil
 	case <-ctx.Done():
@@ -194,14 +195,31 @@ func (c *consumer) pull(ctx context.Context) *nats.Msg {
 	}
 }
 
+// arrived is a message pulled, with when it arrived.
+type arrived struct {
+	m  *nats.Msg
+	at time.Time
+}
+
 // pulled returns the message a pull brought, or nil for a status that
-// ended it.
-func (c *consumer) pulled(ctx context.Context, m *nats.Msg) *nats.Msg {
+// ended it. A message that arrived for a pull whose caller had left waited
+// here with its lease running: its lease starts again if it has at least
+// half of it left, and else it is left to run out (the request may be
+// with another worker by now), so that no lease is handed out shorter
+// than the caller expects.
+func (c *consumer) pulled(ctx context.Context, a arrived) *nats.Msg {
+	m := a.m
 	if status := m.Header.Get("Status"); status != "" && len(m.Data) == 0 {
 		if status != "404" && status != "408" && status != "100" {
 			// 409: the consumer was deleted, or similar. 503: no consumer.
 			c.pause(ctx, fmt.Errorf("pull ended with status %s %s", status, m.Header.Get("Description")))
 		}
+		return nil
+	}
+	switch waited := time.Since(a.at); {
+	case waited < c.lease/10: // taken as it came: the usual case
+	case waited < c.lease/2 && m.InProgress() == nil:
+	default:
 		return nil
 	}
 	return m
@@ -235,9 +253,9 @@ func (c *consumer) Close() error {
 		c.ses.release()
 		for {
 			select {
-			case m := <-c.msgs:
-				if m.Reply != "" {
-					_ = m.Nak()
+			case a := <-c.msgs:
+				if a.m.Reply != "" && time.Since(a.at) < c.lease/2 {
+					_ = a.m.Nak()
 				}
 			default:
 				return

@@ -63,6 +63,14 @@ func (h *execHandler) run(ctx context.Context, m *rsvp.Message) ([]byte, error) 
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	cmd.WaitDelay = waitDelay
 	err := cmd.Run()
+	if cmd.Process != nil {
+		// What the command left running in its group (a background child
+		// holding its output, say) ends with the attempt.
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+	}
+	if errors.Is(err, exec.ErrWaitDelay) && cmd.ProcessState.Success() {
+		err = nil // it exited 0; a child it left held its output open
+	}
 	if err := commandError(ctx, err, stdout, stderr); err != nil {
 		return nil, err
 	}

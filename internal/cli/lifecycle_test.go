@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -321,4 +322,90 @@ func TestServeFlushesTelemetryAfterATimedOutDrain(t *testing.T) {
 	if exports.Load() == 0 {
 		t.Fatalf("rsvp serve exited without exporting the spans of the request it served; log:\n%s", p.log)
 	}
+}
+
+// TestWorkerBackgroundChild: a command that exits 0 after writing its
+// reply, but leaves a background child holding stdout, succeeded: its
+// stdout is the reply. The child is killed with the attempt. (The worker
+// reported "WaitDelay expired" as a failure, and left the child running.)
+func TestWorkerBackgroundChild(t *testing.T) {
+	t.Parallel()
+	engine := tempEngine(t)
+	pgidFile := filepath.Join(t.TempDir(), "pgid")
+	w := startWorker(t, engine, "bg", "--attempts", "1", "--exec", `echo $$ > `+pgidFile+`; printf HELLO; sleep 20 &`)
+	r := run(t, nil, "request", "bg", "--data", "x", "--engine", engine)
+	b, err := os.ReadFile(pgidFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pgid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = syscall.Kill(-pgid, syscall.SIGKILL) })
+	if r.code != 0 || r.stdout != "HELLO" {
+		t.Errorf("request: exit %d, stdout %q, stderr %q; want 0 and HELLO\nworker log:\n%s", r.code, r.stdout, r.stderr, w.log)
+	}
+	// (Killed, it is gone once reaped.)
+	waitUntil(t, "the command's background child is gone with its attempt", func() bool {
+		return syscall.Kill(-pgid, 0) != nil
+	})
+}
+
+// TestWorkerSecondSignalKillsCommands: a second SIGTERM ends 'rsvp
+// worker' at once, and kills the commands it was running (each in a
+// process group of its own): they were left running, orphaned, and their
+// requests were delivered again after the lease, to run a second time
+// beside them.
+func TestWorkerSecondSignalKillsCommands(t *testing.T) {
+	t.Parallel()
+	engine := tempEngine(t)
+	pgidFile := filepath.Join(t.TempDir(), "pgid")
+	child := exec.Command(os.Args[0], "worker", "slow", "--engine", engine, "--shutdown-timeout", "2m",
+		"--exec", `echo $$ > `+pgidFile+`.tmp; mv `+pgidFile+`.tmp `+pgidFile+`; sleep 60`)
+	child.Env = append(os.Environ(), childEnv+"=1")
+	log := newLogBuffer()
+	child.Stderr = log
+	if err := child.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { _ = child.Wait(); close(exited) }()
+	t.Cleanup(func() {
+		_ = child.Process.Kill()
+		<-exited
+	})
+	log.waitFor(t, "rsvp worker: ready")
+
+	r := run(t, nil, "send", "slow", "--data", "x", "--engine", engine)
+	r.want(t, 0)
+	var pgid int
+	waitUntil(t, "the command runs", func() bool {
+		b, err := os.ReadFile(pgidFile)
+		if err != nil {
+			return false
+		}
+		pgid, err = strconv.Atoi(strings.TrimSpace(string(b)))
+		return err == nil
+	})
+	t.Cleanup(func() { _ = syscall.Kill(-pgid, syscall.SIGKILL) })
+
+	_ = child.Process.Signal(syscall.SIGTERM)
+	log.waitFor(t, "rsvp worker: stopping")
+	deadline := time.After(10 * time.Second)
+	for tick := time.Tick(50 * time.Millisecond); ; {
+		_ = child.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-tick:
+			continue
+		case <-deadline:
+			t.Fatalf("worker did not exit on a second SIGTERM; log:\n%s", log)
+		}
+		break
+	}
+	// The worker is gone; its command should be too.
+	waitUntil(t, "the orphaned command is gone", func() bool {
+		return syscall.Kill(-pgid, 0) != nil
+	})
 }

@@ -2,13 +2,18 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"os"
+	"os/signal"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/rsvp-go/rsvp"
@@ -27,12 +32,14 @@ A failure's message carries the end of CMD's stderr (up to 2 KiB).
 
 CMD inherits the environment, plus RSVP_ID, RSVP_CORRELATION_ID, RSVP_QUEUE,
 RSVP_ATTEMPT (1 on the first try), RSVP_TYPE and RSVP_CONTENT_TYPE. It is
-killed, with its process group, when the request's deadline passes.
+killed, with its process group, when the request's deadline passes; what
+it leaves running in its group is killed when it exits.
 
 Workers of one queue, in this or other processes on the same engine, share
 its requests. On SIGINT or SIGTERM the worker stops taking requests, lets
 the running ones finish for up to --shutdown-timeout (then kills them: they
-will be delivered again) and exits 0. It logs one line per attempt to
+will be delivered again) and exits 0; a second signal kills them at once
+and exits 1. It logs one line per attempt to
 stderr.
 
 Example:
@@ -126,15 +133,48 @@ func runWorker(ctx context.Context, e *env, cmd *command, args []string) error {
 		_ = r.Stop(stopCtx) // nothing more can be settled: the engine is gone
 		return fmt.Errorf("lost the engine %s (the process that ran it exited?); its requests are kept there: start the worker again", spec.raw)
 	}
+	// A second signal ends the stop at once. It is caught here (once the
+	// first has started the stop), so that the running commands, each in a
+	// process group of its own, are killed rather than left running when
+	// the process exits.
+	again := make(chan os.Signal, 1)
+	signal.Notify(again, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(again)
 	fmt.Fprintf(out, "rsvp worker: stopping; running requests have %s to finish\n", wf.shutdownTimeout)
 	stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), wf.shutdownTimeout)
 	defer cancel()
-	if err := r.Stop(stopCtx); err != nil {
+	var forced atomic.Bool
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		select {
+		case <-again:
+			forced.Store(true)
+			cancel()
+		case <-stopCtx.Done():
+		}
+	}()
+	err = r.Stop(stopCtx)
+	cancel()
+	<-watched
+	if err != nil {
+		// The commands were killed: wait until they are gone.
+		select {
+		case <-r.Stopped():
+		case <-time.After(killWait):
+		}
 		fmt.Fprintf(out, "rsvp worker: running requests were killed; they will be delivered again: %v\n", err)
 	}
 	fmt.Fprintln(out, "rsvp worker: stopped")
+	if forced.Load() {
+		return errors.New("stopped at once by a second signal")
+	}
 	return nil
 }
+
+// killWait bounds the wait for killed commands to end, beyond their
+// WaitDelay.
+const killWait = 5 * time.Second
 
 // syncWriter serialises writes to w from concurrent goroutines.
 type syncWriter struct {

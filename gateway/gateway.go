@@ -359,6 +359,23 @@ func (c caller) seesEveryQueue() bool {
 	return c.may(RightSend, "*") || c.may(RightAdmin, "*")
 }
 
+// Admin serves h only to callers whose API key has the admin right on
+// every queue ("*"), when the gateway has keys (without keys, to anyone):
+// for what spans tenants and queues, such as the server's metrics.
+func (g *Gateway) Admin(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, ok := g.authenticate(w, r)
+		if !ok {
+			return
+		}
+		if !c.may(RightAdmin, "*") {
+			forbidden(w, RightAdmin, "*")
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
 // authenticate finds the caller, or writes 401 and returns false.
 func (g *Gateway) authenticate(w http.ResponseWriter, r *http.Request) (caller, bool) {
 	if len(g.keys) == 0 {

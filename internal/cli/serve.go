@@ -34,7 +34,8 @@ API keys: --keys names a JSON file of keys, as made by 'rsvp key new':
              "grants": [{"queue": "*", "rights": ["send", "consume"]}]}]}
 Clients send "Authorization: Bearer KEY". Rights: send (submit, and read
 and cancel the tenant's own requests), consume (the worker API), admin
-(read and cancel any tenant's requests); queue "*" is every queue. Without
+(read and cancel any tenant's requests; on "*", also GET /metrics); queue
+"*" is every queue. /healthz and /readyz need no key. Without
 keys anyone who can connect can use every queue, so rsvp serve then listens
 only on a loopback address (127.0.0.1, ::1, localhost) and refuses others.
 

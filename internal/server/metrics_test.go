@@ -8,6 +8,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
+	"github.com/rsvp-go/rsvp/gateway"
 	"github.com/rsvp-go/rsvp/internal/server"
 )
 
@@ -110,5 +111,31 @@ func TestTracesWantedFromEnvironment(t *testing.T) {
 		if got := server.TracesWanted(func(k string) string { return c.env[k] }); got != c.want {
 			t.Errorf("%v: traces %v, want %v", c.env, got, c.want)
 		}
+	}
+}
+
+// TestMetricsNeedAdminKey: with API keys, /metrics (which names every
+// queue, of every tenant) needs a key with the admin right on every
+// queue: 401 without a key, 403 with a narrower one, 200 with it.
+func TestMetricsNeedAdminKey(t *testing.T) {
+	t.Parallel()
+	key := func(k, queue, right string) gateway.APIKey {
+		return gateway.APIKey{Tenant: "t", SHA256: gateway.HashKey(k), Grants: []gateway.Grant{{Queue: queue, Rights: []string{right}}}}
+	}
+	r := start(t, server.Config{Gateway: gateway.Config{Keys: []gateway.APIKey{
+		key("sender", "*", gateway.RightSend), key("admin-q", "q", gateway.RightAdmin), key("admin", "*", gateway.RightAdmin)}}})
+	for k, want := range map[string]int{"": http.StatusUnauthorized, "sender": http.StatusForbidden,
+		"admin-q": http.StatusForbidden, "admin": http.StatusOK} {
+		hdr := map[string]string{}
+		if k != "" {
+			hdr["Authorization"] = "Bearer " + k
+		}
+		if resp, body := do(t, "GET", r.url+"/metrics", hdr, ""); resp.StatusCode != want {
+			t.Errorf("/metrics with key %q: %s %.200s, want %d", k, resp.Status, body, want)
+		}
+	}
+	// Health stays open.
+	if resp, _ := do(t, "GET", r.url+"/healthz", nil, ""); resp.StatusCode != http.StatusOK {
+		t.Errorf("/healthz without a key: %s", resp.Status)
 	}
 }

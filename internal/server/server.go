@@ -236,7 +236,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	streams := newStreamCanceller(cfg.streamStarted)
 	srv := &http.Server{
-		Handler:           streams.wrap(withMetrics(gw, tel.metrics)),
+		Handler:           streams.wrap(withMetrics(gw, gw.Admin(tel.metrics))),
 		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
 		IdleTimeout:       cfg.IdleTimeout,
 		MaxHeaderBytes:    64 << 10,
@@ -286,6 +286,8 @@ func Run(ctx context.Context, cfg Config) error {
 }
 
 // withMetrics serves GET /metrics (Prometheus text format) beside h.
+// With API keys, metrics needs a key with the admin right on "*"
+// (Gateway.Admin): it names every queue.
 func withMetrics(h, metrics http.Handler) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", metrics)

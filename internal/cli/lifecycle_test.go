@@ -178,16 +178,7 @@ func TestServeSecondSIGTERMExitsAtOnce(t *testing.T) {
 	// Not embedded:mem: its temporary directory would outlive the kill.
 	p := startServeProc(t, "--engine", "embedded:"+t.TempDir(), "--shutdown-timeout", "2m")
 
-	// A request whose body never completes holds the drain open: the
-	// server waits for it until the shutdown timeout.
-	conn, err := net.Dial("tcp", p.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	if _, err := fmt.Fprint(conn, "POST /v1/queues/q/requests HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\npart"); err != nil {
-		t.Fatal(err)
-	}
+	holdDrain(t, p.addr) // the server waits for it until the shutdown timeout
 
 	p.signal(t, syscall.SIGTERM)
 	p.log.waitFor(t, `msg="shutting down"`)
@@ -208,7 +199,7 @@ func TestServeSecondSIGTERMExitsAtOnce(t *testing.T) {
 			t.Fatalf("rsvp serve did not exit within 10s of a second SIGTERM; its log:\n%s", p.log)
 		}
 	}
-	err = p.err
+	err := p.err
 	var exit *exec.ExitError
 	if !errors.As(err, &exit) {
 		t.Fatalf("rsvp serve: %v, want killed by SIGTERM; its log:\n%s", err, p.log)
@@ -225,15 +216,7 @@ func TestServeShutdownTimeoutZero(t *testing.T) {
 	t.Parallel()
 	p := startServeProc(t, "--engine", "embedded:"+t.TempDir(), "--shutdown-timeout", "0")
 
-	// A request whose body never completes holds the drain open.
-	conn, err := net.Dial("tcp", p.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	if _, err := fmt.Fprint(conn, "POST /v1/queues/q/requests HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\npart"); err != nil {
-		t.Fatal(err)
-	}
+	holdDrain(t, p.addr)
 	p.signal(t, syscall.SIGTERM)
 	p.log.waitFor(t, `msg="shutting down"`)
 	// A shutdown timeout of 0 gives open requests no time; allow 10s for
@@ -306,15 +289,7 @@ func TestServeFlushesTelemetryAfterATimedOutDrain(t *testing.T) {
 	if resp.StatusCode != http.StatusAccepted {
 		t.Fatalf("submit: %s %s", resp.Status, data)
 	}
-	// An upload that never completes holds the drain for the whole timeout.
-	conn, err := net.Dial("tcp", p.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	if _, err := fmt.Fprint(conn, "POST /v1/queues/q/requests HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\npart"); err != nil {
-		t.Fatal(err)
-	}
+	holdDrain(t, p.addr) // for the whole timeout
 	p.signal(t, syscall.SIGTERM)
 	if err := p.wait(t, waitTimeout); err != nil {
 		t.Fatalf("rsvp serve: %v; log:\n%s", err, p.log)
@@ -408,4 +383,19 @@ func TestWorkerSecondSignalKillsCommands(t *testing.T) {
 	waitUntil(t, "the orphaned command is gone", func() bool {
 		return syscall.Kill(-pgid, 0) != nil
 	})
+}
+
+// holdDrain opens a request to the server at addr whose body never
+// completes: it holds a graceful shutdown open until its timeout. The
+// connection closes with the test.
+func holdDrain(t *testing.T, addr string) {
+	t.Helper()
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	if _, err := fmt.Fprint(conn, "POST /v1/queues/q/requests HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\npart"); err != nil {
+		t.Fatal(err)
+	}
 }

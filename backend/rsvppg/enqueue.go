@@ -53,6 +53,11 @@ func (b *Backend) Enqueue(ctx context.Context, msg *backend.Message) error {
 // deadlock, and PostgreSQL then aborts one of them (SQLSTATE 40P01): enqueue
 // the sessions of a transaction in one order everywhere (say, sorted by
 // queue and session key) to avoid it.
+//
+// Keep such transactions short. Until tx ends, an Enqueue elsewhere of a
+// request with the same id waits for it (to learn whether it is a
+// duplicate), inside this backend's shared enqueue batches: two such
+// waits hold up every Enqueue of the backend, up to Options.Timeout.
 func (b *Backend) EnqueueTx(ctx context.Context, tx pgx.Tx, msg *backend.Message) error {
 	m, err := b.prepare(msg)
 	if err != nil {

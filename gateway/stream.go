@@ -165,6 +165,8 @@ func (g *Gateway) requestFeed(ctx context.Context, c caller, id string, after ui
 		return nil, false, err
 	}
 	// The last final event ends the feed, unless a replay came after it.
+	// A replay at or before the cursor names the run the feed resumes in.
+	f = &feed{id: id, rec: rec, replied: reply != nil, after: after}
 	var final, replayed uint64
 	for _, ev := range evs {
 		switch {
@@ -172,12 +174,15 @@ func (g *Gateway) requestFeed(ctx context.Context, c caller, id string, after ui
 			final = ev.Seq
 		case ev.Type == backend.EventReplayed:
 			replayed = ev.Seq
+			if ev.Seq <= after {
+				f.run = replayedRun(ev)
+			}
 		}
 	}
 	if final > replayed && final <= after {
 		return nil, true, nil
 	}
-	return &feed{id: id, rec: rec, replied: reply != nil, after: after}, false, nil
+	return f, false, nil
 }
 
 // channelFeed makes the feed of a caller's channel from cursor after. It
@@ -336,15 +341,20 @@ func (g *Gateway) catchUp(ctx context.Context, f *feed, emit func(*StreamEvent) 
 			case finalState(ev.Type):
 				f.ended = true
 			case ev.Type == backend.EventReplayed: // what came before is over
-				var d struct{ ID string }
-				_ = json.Unmarshal(ev.Data, &d)
-				f.ended, f.run, f.replied = false, d.ID, false
+				f.ended, f.run, f.replied = false, replayedRun(ev), false
 			}
 		}
 		if len(evs) < eventPage {
 			return f.ended, nil
 		}
 	}
+}
+
+// replayedRun is the message id of the replay a replayed event started.
+func replayedRun(ev *backend.Event) string {
+	var d struct{ ID string }
+	_ = json.Unmarshal(ev.Data, &d) // tolerate what a foreign writer stored
+	return d.ID
 }
 
 // appendFinal ends the event log of f's request with its stored reply's

@@ -1,10 +1,7 @@
 package cli
 
 import (
-	"context"
 	"os"
-	"os/signal"
-	"syscall"
 	"testing"
 
 	"go.uber.org/goleak"
@@ -17,11 +14,7 @@ const childEnv = "RSVP_CLI_TEST_CHILD"
 
 func TestMain(m *testing.M) {
 	if os.Getenv(childEnv) == "1" {
-		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-		context.AfterFunc(ctx, stop) // as cmd/rsvp does: a second signal ends the process
-		code := Run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
-		stop()
-		os.Exit(code)
+		os.Exit(Main(os.Args[1:], os.Stdin, os.Stdout, os.Stderr)) // as cmd/rsvp does
 	}
 	// A test that forgets --engine must not create ./rsvp-data here.
 	os.Setenv("RSVP_ENGINE", "embedded:mem")

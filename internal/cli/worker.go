@@ -8,12 +8,9 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
-	"os"
-	"os/signal"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/rsvp-go/rsvp"
@@ -133,13 +130,9 @@ func runWorker(ctx context.Context, e *env, cmd *command, args []string) error {
 		_ = r.Stop(stopCtx) // nothing more can be settled: the engine is gone
 		return fmt.Errorf("lost the engine %s (the process that ran it exited?); its requests are kept there: start the worker again", spec.raw)
 	}
-	// A second signal ends the stop at once. It is caught here (once the
-	// first has started the stop), so that the running commands, each in a
-	// process group of its own, are killed rather than left running when
-	// the process exits.
-	again := make(chan os.Signal, 1)
-	signal.Notify(again, os.Interrupt, syscall.SIGTERM)
-	defer signal.Stop(again)
+	// A second signal ends the stop at once (hardStop): the running
+	// commands, each in a process group of its own, are killed rather than
+	// left running when the process exits.
 	fmt.Fprintf(out, "rsvp worker: stopping; running requests have %s to finish\n", wf.shutdownTimeout)
 	stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), wf.shutdownTimeout)
 	defer cancel()
@@ -148,7 +141,7 @@ func runWorker(ctx context.Context, e *env, cmd *command, args []string) error {
 	go func() {
 		defer close(watched)
 		select {
-		case <-again:
+		case <-hardStop(ctx):
 			forced.Store(true)
 			cancel()
 		case <-stopCtx.Done():

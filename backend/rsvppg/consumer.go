@@ -415,7 +415,7 @@ type batchSender interface {
 // Nack implements backend.Delivery: the request comes due again after
 // delay, and the queue's consumers are told.
 func (d *Delivery) Nack(ctx context.Context, delay time.Duration) error {
-	if err := d.update(ctx, d.b.sql.nack, micros(max(delay, 0)), d.b.channel); err != nil {
+	if err := d.update(ctx, d.b.sql.nack, true, micros(max(delay, 0)), d.b.channel); err != nil {
 		return fmt.Errorf("rsvppg: nack %s: %w", d.msg.ID, err)
 	}
 	return nil
@@ -424,7 +424,7 @@ func (d *Delivery) Nack(ctx context.Context, delay time.Duration) error {
 // Extend implements backend.Delivery: the lease runs for another lease
 // period from now.
 func (d *Delivery) Extend(ctx context.Context) error {
-	if err := d.update(ctx, d.b.sql.extend, micros(d.lease)); err != nil {
+	if err := d.update(ctx, d.b.sql.extend, false, micros(d.lease)); err != nil {
 		return fmt.Errorf("rsvppg: extend lease of %s: %w", d.msg.ID, err)
 	}
 	return nil
@@ -432,19 +432,32 @@ func (d *Delivery) Extend(ctx context.Context) error {
 
 // update runs a statement on the delivery's lease ($1, $2; args follow),
 // and returns ErrLeaseLost if it matched no row.
-func (d *Delivery) update(ctx context.Context, sql string, args ...any) error {
+func (d *Delivery) update(ctx context.Context, sql string, settles bool, args ...any) error {
 	ctx, cancel, err := d.b.callCtx(ctx)
 	if err != nil {
 		return err
 	}
 	defer cancel()
 	var tag pgconn.CommandTag
+	runs := 0
 	err = d.b.retryOnce(ctx, d.b.fast, func() (err error) {
+		runs++
 		tag, err = d.b.fast.Exec(ctx, sql, append([]any{d.seq, d.msg.Attempt}, args...)...)
 		return err
 	})
 	if err != nil {
 		return err
+	}
+	if tag.RowsAffected() == 0 && settles && runs > 1 {
+		// Run again after its answer was lost: the first run may have
+		// settled the lease (its row is still this attempt's, unleased).
+		var done bool
+		if err := d.b.fast.QueryRow(ctx, d.b.sql.settled, d.seq, d.msg.Attempt).Scan(&done); err != nil {
+			return err
+		}
+		if done {
+			return nil
+		}
 	}
 	if tag.RowsAffected() == 0 {
 		return ErrLeaseLost

@@ -251,3 +251,32 @@ func TestAckAnswerLost(t *testing.T) {
 		t.Fatalf("Ack returned %v, but it deleted the request (no one else held a lease on it)", err)
 	}
 }
+
+// TestNackAnswerLost: Nack runs its statement again after a connection
+// error. When the first run committed and only its answer was lost, the
+// second finds the lease settled by the first: Nack returns nil, not
+// ErrLeaseLost.
+func TestNackAnswerLost(t *testing.T) {
+	t.Parallel()
+	b, p, schema, ctx := viaProxy(t)
+	q := uniq("q")
+	m := newMsg(q)
+	if err := b.Enqueue(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	c := consume(t, b, q, 30*time.Second)
+	d := nextWithin(t, c, 5*time.Second)
+	p.arm("lease_until = NULL\n\tWHERE seq = $1 AND attempt = $2", "SELECT 1\x00")
+	err := d.Nack(ctx, time.Hour)
+	if !p.fired.Load() {
+		t.Fatal("the proxy did not cut the connection; the test proves nothing")
+	}
+	var leased bool
+	var attempt int
+	if err := connect(t, serverURL(t)).QueryRow(ctx, "SELECT lease_until IS NOT NULL, attempt FROM "+schema+".requests WHERE id = $1", m.ID).Scan(&leased, &attempt); err != nil {
+		t.Fatal(err)
+	}
+	if !leased && attempt == d.Message().Attempt && err != nil {
+		t.Fatalf("Nack returned %v, but its own first run nacked the request (lease cleared, attempt %d unchanged, nobody else touched it)", err, attempt)
+	}
+}

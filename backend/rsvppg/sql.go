@@ -11,7 +11,8 @@ import (
 type queries struct {
 	enqueue, enqueueSession, lockSessions        string
 	claim, nextDue, unclaim                      string
-	ack, ackSession, existing, nack, extend      string
+	ack, ackSession, existing, settled           string
+	nack, extend                                 string
 	putReplies, getReplies, notify, repliesSince string
 	deadLetter                                   string
 	lockEvents, appendEvents                     string
@@ -167,6 +168,10 @@ SELECT pg_notify($3, 'q:' || queue) FROM u`),
 		ackSession: sub(`
 WITH d AS (DELETE FROM {s}.requests WHERE seq = $1 AND attempt = $2 AND lease_until IS NOT NULL RETURNING queue)
 SELECT pg_notify($3, 'q:' || queue) FROM d`),
+
+		// Whether the row of lease ($1, $2) is there, unleased: settled by
+		// a Nack of that lease.
+		settled: sub(`SELECT EXISTS (SELECT 1 FROM {s}.requests WHERE seq = $1 AND attempt = $2 AND lease_until IS NULL)`),
 
 		// The seqs of $1 whose request rows exist.
 		existing: sub(`SELECT seq FROM {s}.requests WHERE seq = ANY($1::bigint[])`),

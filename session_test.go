@@ -419,10 +419,10 @@ func TestHeldSessionLeaseLastsUntilExpires(t *testing.T) {
 // TestAbandonedPullLeaseLastsUntilExpires: a request pulled for a Next
 // call whose ctx ended before it arrived waits in the consumer with its
 // lease running. Taken later, it is handed out with a lease that lasts
-// until Lease.Expires: renewed if it had half of it left (a quarter of the
-// lease later: attempt 1 again), else left to run out and taken when
-// delivered again (past the lease: attempt 2). No other Next gets it
-// before Expires.
+// until Lease.Expires: renewed while its lease may still run (0.6 of the
+// lease later: attempt 1, no attempt used up), else left to run out and
+// taken when delivered again (past the lease: attempt 2). No other Next
+// gets it before Expires.
 func TestAbandonedPullLeaseLastsUntilExpires(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
@@ -430,7 +430,7 @@ func TestAbandonedPullLeaseLastsUntilExpires(t *testing.T) {
 		lease   time.Duration
 		after   time.Duration // taken this long after it arrived
 		attempt int
-	}{{"renewed", 3 * time.Second, 500 * time.Millisecond, 1}, {"ran out", time.Second, 1100 * time.Millisecond, 2}} {
+	}{{"renewed", 3 * time.Second, 1800 * time.Millisecond, 1}, {"ran out", time.Second, 1100 * time.Millisecond, 2}} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			abandonedPull(t, tc.lease, tc.after, tc.attempt)

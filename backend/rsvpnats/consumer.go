@@ -203,10 +203,10 @@ type arrived struct {
 
 // pulled returns the message a pull brought, or nil for a status that
 // ended it. A message that arrived for a pull whose caller had left waited
-// here with its lease running: its lease starts again if it has at least
-// half of it left, and else it is left to run out (the request may be
-// with another worker by now), so that no lease is handed out shorter
-// than the caller expects.
+// here with its lease running: its lease starts again, unless it may have
+// run out (the request may be with another worker by now: it is left to
+// come back), so that no lease is handed out shorter than the caller
+// expects.
 func (c *consumer) pulled(ctx context.Context, a arrived) *nats.Msg {
 	m := a.m
 	if status := m.Header.Get("Status"); status != "" && len(m.Data) == 0 {
@@ -217,8 +217,8 @@ func (c *consumer) pulled(ctx context.Context, a arrived) *nats.Msg {
 		return nil
 	}
 	switch waited := time.Since(a.at); {
-	case waited < c.lease/10: // taken as it came: the usual case
-	case waited < c.lease/2 && m.InProgress() == nil:
+	case waited < c.lease/20: // taken as it came: the usual case
+	case waited < c.lease*9/10 && m.InProgress() == nil:
 	default:
 		return nil
 	}
@@ -254,7 +254,7 @@ func (c *consumer) Close() error {
 		for {
 			select {
 			case a := <-c.msgs:
-				if a.m.Reply != "" && time.Since(a.at) < c.lease/2 {
+				if a.m.Reply != "" && time.Since(a.at) < c.lease*9/10 {
 					_ = a.m.Nak()
 				}
 			default:

@@ -151,3 +151,65 @@ func TestWebhookOfARefusedSubmission(t *testing.T) {
 		t.Fatalf("%d webhook POSTs for a submission answered 503, want none", n)
 	}
 }
+
+// TestKeyedRetryAfterRefusedSendPostsOnce: a keyed submission with a
+// callback whose request fails to enqueue after its webhook job was queued
+// is answered 503 (and, keyed, not rejected). Its client retries with the
+// key after the engine's dedupe window: the request is sent, but no second
+// webhook job is queued (the first is marked), so the callback is POSTed
+// once.
+func TestKeyedRetryAfterRefusedSendPostsOnce(t *testing.T) {
+	b, err := rsvpnats.Embedded("", rsvpnats.Options{Memory: true, DedupeWindow: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var posts atomic.Int32
+	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		posts.Add(1)
+		// Hold each POST a while, so that a concurrent second one is seen.
+		deadline := time.Now().Add(3 * time.Second)
+		for posts.Load() < 2 && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond) // polling a condition, with a deadline
+		}
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	defer hook.Close()
+	fb := &failEnqueues{Backend: b, queue: "hooked"}
+	e := newEnvWith(t, fb, gateway.Config{Webhooks: gateway.WebhookConfig{Secrets: []string{gateway.NewTestSecret(t)}, AllowPrivate: true}}, nil)
+	h := map[string]string{"Callback-URL": hook.URL + "/done", "Idempotency-Key": "order-9"}
+	fb.fail.Store(1)
+	if resp, data := e.do("POST", "/v1/queues/hooked/requests", h, "a"); resp.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("submission failing to enqueue: %d %s, want 503", resp.StatusCode, data)
+	}
+	past := time.Now().Add(1500 * time.Millisecond)
+	eventually(t, 5*time.Second, "the dedupe window to pass", func() bool { return time.Now().After(past) })
+	id := e.submit("hooked", h, "a")
+	e.respond("hooked", rsvp.HandleOptions{}, echo)
+	e.waitState(id, "succeeded")
+	eventually(t, 15*time.Second, "the webhook to be delivered", func() bool {
+		_, data := e.do("GET", "/v1/requests/"+id+"?redirect=false", nil, "")
+		hooks, _ := decode(t, data)["webhooks"].([]any)
+		for _, h := range hooks {
+			if h.(map[string]any)["delivered"] == true {
+				return true
+			}
+		}
+		return false
+	})
+	eventually(t, 10*time.Second, "the webhook jobs to finish", func() bool {
+		qs, err := b.Queues(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, q := range qs {
+			if q.Queue == "rsvp-webhooks" {
+				return q.Depth == 0
+			}
+		}
+		return false
+	})
+	if n := posts.Load(); n != 1 {
+		_, data := e.do("GET", "/v1/requests/"+id+"?redirect=false", nil, "")
+		t.Fatalf("callback POSTed %d times, want 1; status %s", n, data)
+	}
+}

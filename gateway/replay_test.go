@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/rsvp-go/rsvp"
+	"github.com/rsvp-go/rsvp/backend"
 	"github.com/rsvp-go/rsvp/gateway"
 )
 
@@ -130,5 +131,97 @@ func TestReplayedRequestStream(t *testing.T) {
 	all.close()
 	if types := sseTypes(evs); !slices.Equal(types, []string{"queued", "running", "failed", "replayed", "running", "succeeded"}) {
 		t.Fatalf("from the start: %v", types)
+	}
+}
+
+// TestResumedAfterReplayedFinalMissing: a client resumes the event
+// stream of a replayed request from the replayed event (the last one it
+// saw). The replay's responder stored its reply but died before the final
+// event. After finalGrace the gateway appends the final event, under the
+// replay's key (the first run's is taken), and ends the stream.
+func TestResumedAfterReplayedFinalMissing(t *testing.T) {
+	e := newEnv(t, gateway.Config{})
+	ctx := t.Context()
+	r, err := e.Client.Handle("fragile", rsvp.HandlerFunc(func(ctx context.Context, m *rsvp.Message) (*rsvp.Reply, error) {
+		return nil, rsvp.Permanent(errors.New("broken"))
+	}), rsvp.HandleOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := streamSubmit(e, "fragile", nil, "again")
+	e.waitState(id, "failed")
+	if err := r.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	dls, err := e.Client.DeadLetters(ctx, rsvp.DeadLetterQuery{Queue: "fragile"})
+	if err != nil || len(dls) != 1 {
+		t.Fatalf("dead letters %v, %v", dls, err)
+	}
+	if _, err := e.Client.Replay(ctx, "fragile", dls[0].Key); err != nil {
+		t.Fatal(err)
+	}
+	// The replay's worker: takes it (running), stores its reply, and dies
+	// before the final event.
+	cons, err := e.Client.Consume(ctx, "fragile", rsvp.HandleOptions{Lease: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cons.Close() })
+	nctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	l, err := cons.Next(nctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := l.Message()
+	b := e.Client.Backend()
+	if err := b.PutReply(ctx, m.ReplyTo, &backend.Reply{CorrelationID: id, Status: backend.StatusSucceeded,
+		ContentType: "text/plain", Body: []byte("late"), CreatedAt: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	evs, err := b.Events(ctx, backend.EventQuery{CorrelationID: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var replayed uint64
+	for _, ev := range evs {
+		if ev.Type == backend.EventReplayed {
+			replayed = ev.Seq
+		}
+	}
+	if replayed == 0 {
+		t.Fatalf("no replayed event in %d events", len(evs))
+	}
+	s := openSSE(e, "/v1/requests/"+id+"/events", map[string]string{"Last-Event-ID": strconv.FormatUint(replayed, 10)})
+	type got struct {
+		ev  sseEvent
+		err error
+	}
+	ch := make(chan got, 16)
+	go func() {
+		for {
+			ev, err := s.next()
+			ch <- got{ev, err}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	var types []string
+	deadline := time.After(10 * time.Second) // finalGrace is 2s
+	for {
+		select {
+		case g := <-ch:
+			if g.err != nil {
+				t.Logf("stream ended after %v", types)
+				if len(types) == 0 || types[len(types)-1] != "succeeded" {
+					t.Fatalf("stream ended without the final event: %v", types)
+				}
+				return
+			}
+			types = append(types, g.ev.Type)
+		case <-deadline:
+			t.Fatalf("resumed after the replayed event (seq %d): got %v and then nothing for 10s; want running, succeeded and the end", replayed, types)
+		}
 	}
 }

@@ -487,15 +487,15 @@ func (g *Gateway) store(ctx context.Context, rec *record, body []byte) (*record,
 			return g.again(ctx, prev, rec, reply, body)
 		}
 	}
-	return g.send(ctx, rec, body)
+	return g.send(ctx, rec, body, false)
 }
 
 // again answers a submission rec of an id recorded before as prev, with
 // reply if it has one: a conflict if rec differs, prev if it is done or
-// known to be sent, and otherwise prev sent again. That makes sure a
-// submission cut off between record and send is queued; it is harmless
-// within the engine's dedupe window, and happens only without the sent
-// mark (sentMark), so not after it either.
+// marked sent, and otherwise prev sent again (its webhook job too, unless
+// marked queued). That makes sure a submission cut off before its send is
+// queued; it is harmless within the engine's dedupe window, and the marks
+// (markLog) keep it so after the window too.
 func (g *Gateway) again(ctx context.Context, prev, rec *record, reply *backend.Reply, body []byte) (*record, error) {
 	if prev.Digest != rec.Digest || prev.Tenant != rec.Tenant {
 		return nil, errConflict
@@ -503,36 +503,59 @@ func (g *Gateway) again(ctx context.Context, prev, rec *record, reply *backend.R
 	if reply != nil {
 		return prev, nil // done; nothing to send again
 	}
-	marks, err := g.b.Events(ctx, backend.EventQuery{CorrelationID: sentMark(prev.ID), Limit: 1})
+	marks, err := g.b.Events(ctx, backend.EventQuery{CorrelationID: markLog(prev.ID), Limit: 2})
 	if err != nil {
 		return nil, err
 	}
-	if len(marks) > 0 {
-		return prev, nil // queued or running
+	hooked := false
+	for _, m := range marks {
+		switch m.Type {
+		case markSent:
+			return prev, nil // queued or running
+		case markHooked:
+			hooked = true
+		}
 	}
-	return g.send(ctx, prev, body)
+	return g.send(ctx, prev, body, hooked)
 }
 
-// sentMark is the correlation id of the log where the gateway marks that
-// the request of a keyed id (Idempotency-Key) was sent and its webhook
-// scheduled. A retry with the key after the engine's dedupe window, while
-// the request is queued or running, finds the mark and does not run the
-// work a second time. The mark is a log of its own, so the request's log,
-// status and streams do not show it; it is kept as long as they are.
-func sentMark(id string) string { return id + ":sent" }
+// markLog is the correlation id of the log where the gateway marks the
+// steps of a keyed submission (Idempotency-Key) done: markHooked once its
+// webhook job is queued, markSent once its request is. A retry with the
+// key after the engine's dedupe window does again only the steps not
+// marked, so that neither the work nor the webhook is done twice. The log
+// is one of its own, so the request's log, status and streams do not show
+// it; it is kept as long as they are.
+func markLog(id string) string { return id + ":sent" }
 
-// send schedules the webhook of the request of rec, recorded already, and
-// enqueues the request: in this order, so that an error means the request
-// was not queued. (A webhook job of a request that was not accepted sends
-// nothing.)
-func (g *Gateway) send(ctx context.Context, rec *record, body []byte) (*record, error) {
+// The marks of markLog.
+const (
+	markHooked = "hooked"
+	markSent   = "sent"
+)
+
+// send schedules the webhook of the request of rec (recorded already)
+// unless hooked, and enqueues the request: in this order, so that an
+// error means the request was not queued. (A webhook job of a request
+// that was not accepted sends nothing.) A keyed request's steps are
+// marked in markLog.
+func (g *Gateway) send(ctx context.Context, rec *record, body []byte, hooked bool) (*record, error) {
 	keyed := strings.HasPrefix(rec.ID, idempotentPrefix)
+	mark := func(typ string) error {
+		if !keyed {
+			return nil
+		}
+		log := markLog(rec.ID)
+		return g.b.AppendEvent(ctx, &backend.Event{CorrelationID: log, Type: typ, At: time.Now(), DedupeKey: log + ":" + typ})
+	}
 	msg := &rsvp.Message{ID: rec.ID, ContentType: rec.ContentType, Body: body, CreatedAt: rec.CreatedAt,
 		Deadline: rec.Deadline, NotBefore: rec.NotBefore, Track: true, Channel: scopedChannel(rec.Tenant, rec.Channel),
 		SessionKey: rec.SessionKey}
 	var err error
-	if rec.Callback != "" {
-		err = g.scheduleWebhook(ctx, rec)
+	if rec.Callback != "" && !hooked {
+		if err = g.scheduleWebhook(ctx, rec); err == nil {
+			err = mark(markHooked)
+		}
 	}
 	if err == nil {
 		_, err = g.c.Send(ctx, rec.Queue, msg)
@@ -545,11 +568,8 @@ func (g *Gateway) send(ctx context.Context, rec *record, body []byte) (*record, 
 		}
 		return nil, err
 	}
-	if keyed {
-		mark := sentMark(rec.ID)
-		if err := g.b.AppendEvent(ctx, &backend.Event{CorrelationID: mark, Type: "sent", At: time.Now(), DedupeKey: mark}); err != nil {
-			return nil, err // a retry with the key sends again, and marks
-		}
+	if err := mark(markSent); err != nil {
+		return nil, err // a retry with the key sends again (harmless within the dedupe window), and marks
 	}
 	return rec, nil
 }

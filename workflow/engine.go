@@ -810,7 +810,10 @@ func (e *Engine) sweep(ctx context.Context) error {
 		if v == nil || v.state.Final() {
 			if v != nil && st.State.Final() {
 				if err := e.remindParent(ctx, v); err != nil {
-					return fmt.Errorf("workflow: sweep %s: %w", v.id, err)
+					// Not checked: the next sweep tries again. The others
+					// are swept meanwhile.
+					e.cfg.Logger.WarnContext(ctx, "workflow: sweep: telling a parent how its sub-workflow ended failed", "instance", v.id, "parent", v.parent.Instance, "error", err)
+					continue
 				}
 				e.index.check(st.ID)
 			}

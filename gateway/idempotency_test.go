@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -132,8 +133,17 @@ func TestWebhookOfARefusedSubmission(t *testing.T) {
 
 	fb.queue = "refused"
 	fb.fail.Store(1)
-	if resp, data := e.do("POST", "/v1/queues/refused/requests", h, "b"); resp.StatusCode != http.StatusServiceUnavailable {
+	if resp, data := e.do("POST", "/v1/queues/refused/requests", mergeHdr(h, map[string]string{"Notify-Channel": "refusals"}), "b"); resp.StatusCode != http.StatusServiceUnavailable {
 		t.Fatalf("submission failing to enqueue: %d %s, want 503", resp.StatusCode, data)
+	}
+	// Its record ends with a final event, as a responder's would, which
+	// wakes its watchers (the webhook job among them).
+	evs, err := b.Events(t.Context(), backend.EventQuery{Channel: "refusals"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if types := eventTypes(evs); !slices.Equal(types, []string{"queued", "failed"}) || !strings.Contains(string(evs[1].Data), "not_accepted") {
+		t.Fatalf("events of the refused submission %v, want queued then failed (not_accepted)", types)
 	}
 	eventually(t, 10*time.Second, "the webhook job to finish", func() bool {
 		qs, err := b.Queues(t.Context())
@@ -212,4 +222,13 @@ func TestKeyedRetryAfterRefusedSendPostsOnce(t *testing.T) {
 		_, data := e.do("GET", "/v1/requests/"+id+"?redirect=false", nil, "")
 		t.Fatalf("callback POSTed %d times, want 1; status %s", n, data)
 	}
+}
+
+// eventTypes lists the types of evs.
+func eventTypes(evs []*backend.Event) []string {
+	types := make([]string, len(evs))
+	for i, ev := range evs {
+		types[i] = ev.Type
+	}
+	return types
 }

@@ -580,7 +580,15 @@ func (g *Gateway) reject(rec *record, cause error) {
 	defer cancel()
 	r := &backend.Reply{CorrelationID: rec.ID, Status: backend.StatusFailed, ErrorCode: codeNotAccepted,
 		ErrorMessage: "the gateway could not enqueue the request: " + cause.Error(), CreatedAt: time.Now()}
-	if err := g.b.PutReply(ctx, g.b.ReplyAddress(gatewayInbox, rec.ID), r); err != nil && !errors.Is(err, backend.ErrReplyExists) {
+	err := g.b.PutReply(ctx, g.b.ReplyAddress(gatewayInbox, rec.ID), r)
+	if err == nil {
+		// Its final event too, as a responder's: it wakes the watchers (the
+		// webhook job, streams, long-polls).
+		data, _ := json.Marshal(map[string]string{"code": r.ErrorCode, "message": r.ErrorMessage})
+		err = g.b.AppendEvent(ctx, &backend.Event{CorrelationID: rec.ID, Channel: scopedChannel(rec.Tenant, rec.Channel),
+			Type: string(r.Status), At: r.CreatedAt, Data: data, DedupeKey: rec.ID + ":final"})
+	}
+	if err != nil && !errors.Is(err, backend.ErrReplyExists) {
 		g.log.Warn("gateway: could not mark a request that failed to enqueue", "queue", rec.Queue, "id", rec.ID, "correlation_id", rec.ID, "err", err)
 	}
 }

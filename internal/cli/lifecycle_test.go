@@ -35,9 +35,16 @@ type serveProc struct {
 // the test if it is still running.
 func startServeProc(t *testing.T, args ...string) *serveProc {
 	t.Helper()
+	return startServeProcEnv(t, nil, args...)
+}
+
+// startServeProcEnv is startServeProc with env added to the child's
+// environment.
+func startServeProcEnv(t *testing.T, env []string, args ...string) *serveProc {
+	t.Helper()
 	p := &serveProc{log: newLogBuffer(), exited: make(chan struct{})}
 	p.cmd = exec.Command(os.Args[0], append([]string{"serve", "--addr", "127.0.0.1:0"}, args...)...)
-	p.cmd.Env = append(os.Environ(), childEnv+"=1")
+	p.cmd.Env = append(append(os.Environ(), childEnv+"=1"), env...)
 	p.cmd.Stderr, p.cmd.Stdout = p.log, io.Discard
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -261,27 +268,9 @@ func TestServeFlushesTelemetryAfterATimedOutDrain(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	p := &serveProc{log: newLogBuffer(), exited: make(chan struct{})}
-	p.cmd = exec.Command(os.Args[0], "serve", "--addr", "127.0.0.1:0", "--engine", "embedded:"+t.TempDir(), "--shutdown-timeout", "1s")
-	p.cmd.Env = append(os.Environ(), childEnv+"=1",
-		"OTEL_EXPORTER_OTLP_ENDPOINT="+col.URL, "OTEL_EXPORTER_OTLP_CERTIFICATE="+caFile,
-		"OTEL_BSP_SCHEDULE_DELAY=600000") // spans leave only at the shutdown flush
-	p.cmd.Stderr, p.cmd.Stdout = p.log, io.Discard
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { p.err = p.cmd.Wait(); close(p.exited) }()
-	t.Cleanup(func() {
-		select {
-		case <-p.exited:
-		default:
-			_ = p.cmd.Process.Kill()
-			<-p.exited
-		}
-	})
-	p.log.waitFor(t, "listening on http://")
-	m := listeningRE.FindStringSubmatch(p.log.String())
-	p.url, p.addr = m[1], strings.TrimPrefix(m[1], "http://")
+	p := startServeProcEnv(t, []string{"OTEL_EXPORTER_OTLP_ENDPOINT=" + col.URL, "OTEL_EXPORTER_OTLP_CERTIFICATE=" + caFile,
+		"OTEL_BSP_SCHEDULE_DELAY=600000"}, // spans leave only at the shutdown flush
+		"--engine", "embedded:"+t.TempDir(), "--shutdown-timeout", "1s")
 
 	resp, data := call(t, "POST", p.url+"/v1/queues/q/requests", "traced", "Content-Type", "text/plain")
 	if resp.StatusCode != http.StatusAccepted {

@@ -9,6 +9,8 @@ import (
 	"runtime/debug"
 	"slices"
 	"time"
+
+	"github.com/rsvp-go/rsvp"
 )
 
 // An execution replays one epoch of an instance's history through the
@@ -375,10 +377,23 @@ func (ex *execution) applyResult(f *future, e entry) {
 		return // a late reply of an attempt that timed out
 	}
 	if r.Error != nil {
-		ex.failAttempt(f, a, *r.Error)
+		fail := *r.Error
+		if fail.Code == rsvp.CodeExpired && a.opts.Timeout > 0 {
+			// The attempt's request expired at its deadline, which is the
+			// attempt's timeout: the same end as the timeout timer's, which
+			// it may beat.
+			fail = timeoutFailure(a)
+		}
+		ex.failAttempt(f, a, fail)
 		return
 	}
 	f.finish(e.seq, r.Output, nil)
+}
+
+// timeoutFailure is the failure of activity attempt a that got no reply
+// within its timeout.
+func timeoutFailure(a *activityCall) Failure {
+	return Failure{Code: CodeTimeout, Message: fmt.Sprintf("attempt %d got no reply within %s", a.attempt, a.opts.Timeout)}
 }
 
 func (ex *execution) applyTimer(f *future, e entry) {
@@ -402,8 +417,7 @@ func (ex *execution) applyTimer(f *future, e entry) {
 		}
 	case timerTimeout:
 		if a := ex.acts[r.Seq]; a != nil && r.Attempt == a.attempt {
-			ex.failAttempt(f, a, Failure{Code: CodeTimeout,
-				Message: fmt.Sprintf("attempt %d got no reply within %s", a.attempt, a.opts.Timeout)})
+			ex.failAttempt(f, a, timeoutFailure(a))
 		}
 	}
 }

@@ -633,3 +633,28 @@ func TestRecoverInWorkflowDoesNotStopReplay(t *testing.T) {
 		t.Errorf("workflow with recover wrapper: %q %v", out, err)
 	}
 }
+
+// TestActivityExpiredIsATimeout: an attempt whose request expires (its
+// deadline is the attempt's timeout) fails with CodeTimeout, as when the
+// engine's timeout timer comes first: the two race. Here the expired
+// reply comes long before the timer.
+func TestActivityExpiredIsATimeout(t *testing.T) {
+	en := newEnv(t, func(e *workflow.Engine) {
+		_ = workflow.Register(e, "expiring", func(ctx workflow.Context, _ int) (string, error) {
+			_, err := workflow.CallActivity[string](ctx, "expires", "x", workflow.ActivityOptions{Timeout: time.Minute}).Get(ctx)
+			var ae *workflow.ActivityError
+			if errors.As(err, &ae) && ae.Code == workflow.CodeTimeout {
+				return "timed out", nil
+			}
+			return "", fmt.Errorf("want a timeout, got %v", err)
+		})
+	})
+	respond(t, en.Client, "expires", rsvp.HandleOptions{}, func(ctx context.Context, s string) (string, error) {
+		return "", rsvp.Permanent(&rsvp.RemoteError{Code: rsvp.CodeExpired, Message: "the deadline passed before a reply"})
+	})
+	ctx := ctxT(t, 20*time.Second)
+	st := must[*workflow.Status](t)(en.E.StartInstance(ctx, "expiring", 0, workflow.StartOptions{}))
+	if out, err := workflow.Result[string](ctx, en.E, st.ID); err != nil || out != "timed out" {
+		t.Fatalf("%q, %v", out, err)
+	}
+}

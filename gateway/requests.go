@@ -279,17 +279,33 @@ func (g *Gateway) lookup(w http.ResponseWriter, r *http.Request, c caller) (*rec
 func (g *Gateway) expire(ctx context.Context, rec *record) (*backend.Reply, error) {
 	reply := &backend.Reply{CorrelationID: rec.ID, Status: backend.StatusExpired, ErrorCode: rsvp.CodeExpired,
 		ErrorMessage: "deadline passed before the request was started", CreatedAt: time.Now()}
-	err := g.b.PutReply(ctx, g.b.ReplyAddress(gatewayInbox, rec.ID), reply)
+	err := g.storeFinal(ctx, rec, reply)
 	if errors.Is(err, backend.ErrReplyExists) {
 		return g.b.GetReply(ctx, rec.ID)
 	}
-	if err != nil {
-		return nil, err
-	}
-	data, _ := json.Marshal(map[string]string{"code": reply.ErrorCode, "message": reply.ErrorMessage})
-	err = g.b.AppendEvent(ctx, &backend.Event{CorrelationID: rec.ID, Channel: scopedChannel(rec.Tenant, rec.Channel),
-		Type: string(backend.StatusExpired), At: reply.CreatedAt, Data: data, DedupeKey: rec.ID + ":final"})
 	return reply, err
+}
+
+// storeFinal stores reply, an outcome the gateway decided for rec's
+// request, then the final event that ends its log, as a responder would:
+// it wakes the watchers (webhook job, streams, long-polls). It returns
+// backend.ErrReplyExists if a reply was stored first.
+func (g *Gateway) storeFinal(ctx context.Context, rec *record, reply *backend.Reply) error {
+	if err := g.b.PutReply(ctx, g.b.ReplyAddress(gatewayInbox, rec.ID), reply); err != nil {
+		return err
+	}
+	return g.b.AppendEvent(ctx, finalEvent(rec, reply, reply.CreatedAt, rec.ID+":final"))
+}
+
+// finalEvent is the final event of rec's request for its reply, at at,
+// with dedupe key key.
+func finalEvent(rec *record, reply *backend.Reply, at time.Time, key string) *backend.Event {
+	ev := &backend.Event{CorrelationID: rec.ID, Channel: scopedChannel(rec.Tenant, rec.Channel), Type: string(reply.Status),
+		At: at, DedupeKey: key}
+	if reply.Status != backend.StatusSucceeded {
+		ev.Data, _ = json.Marshal(map[string]string{"code": reply.ErrorCode, "message": reply.ErrorMessage}) // plain strings always encode
+	}
+	return ev
 }
 
 func (g *Gateway) engineDown(w http.ResponseWriter, r *http.Request, err error) {
@@ -580,15 +596,7 @@ func (g *Gateway) reject(rec *record, cause error) {
 	defer cancel()
 	r := &backend.Reply{CorrelationID: rec.ID, Status: backend.StatusFailed, ErrorCode: codeNotAccepted,
 		ErrorMessage: "the gateway could not enqueue the request: " + cause.Error(), CreatedAt: time.Now()}
-	err := g.b.PutReply(ctx, g.b.ReplyAddress(gatewayInbox, rec.ID), r)
-	if err == nil {
-		// Its final event too, as a responder's: it wakes the watchers (the
-		// webhook job, streams, long-polls).
-		data, _ := json.Marshal(map[string]string{"code": r.ErrorCode, "message": r.ErrorMessage})
-		err = g.b.AppendEvent(ctx, &backend.Event{CorrelationID: rec.ID, Channel: scopedChannel(rec.Tenant, rec.Channel),
-			Type: string(r.Status), At: r.CreatedAt, Data: data, DedupeKey: rec.ID + ":final"})
-	}
-	if err != nil && !errors.Is(err, backend.ErrReplyExists) {
+	if err := g.storeFinal(ctx, rec, r); err != nil && !errors.Is(err, backend.ErrReplyExists) {
 		g.log.Warn("gateway: could not mark a request that failed to enqueue", "queue", rec.Queue, "id", rec.ID, "correlation_id", rec.ID, "err", err)
 	}
 }

@@ -365,11 +365,7 @@ func (g *Gateway) appendFinal(ctx context.Context, f *feed) error {
 	if err != nil {
 		return err
 	}
-	ev := &backend.Event{CorrelationID: f.id, Channel: scopedChannel(f.rec.Tenant, f.rec.Channel), Type: string(reply.Status),
-		At: time.Now(), DedupeKey: cmp.Or(f.run, f.id) + ":final"} // the key its responder uses
-	if reply.Status != backend.StatusSucceeded {
-		ev.Data, _ = json.Marshal(map[string]string{"code": reply.ErrorCode, "message": reply.ErrorMessage})
-	}
+	ev := finalEvent(f.rec, reply, time.Now(), cmp.Or(f.run, f.id)+":final") // the key its responder uses
 	g.log.Warn("gateway: a finished request had no final event; appending it", "queue", f.rec.Queue, "id", f.id, "correlation_id", f.id, "status", reply.Status)
 	return g.b.AppendEvent(ctx, ev)
 }

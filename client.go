@@ -202,7 +202,7 @@ func (c *Client) send(ctx context.Context, m *Message, ownSpan bool) (Ticket, er
 		}
 		return Ticket{}, fmt.Errorf("rsvp: send to %s: %w", m.Queue, err)
 	}
-	c.tel.sent.Add(context.Background(), 1, c.tel.queue(m.Queue).labels)
+	c.tel.sentOne(c.tel.queue(m.Queue))
 	c.cfg.Logger.DebugContext(ctx, "rsvp: sent", "queue", m.Queue, "id", m.ID, "correlation_id", m.CorrelationID)
 	return Ticket{ID: m.ID, CorrelationID: m.CorrelationID, Queue: m.Queue}, nil
 }

@@ -107,7 +107,7 @@ func (r *settler) failed(ctx context.Context, d backend.Delivery, err error, log
 		r.fail(ctx, d, code, msg, log)
 		return outcomeFailed
 	default:
-		r.c.tel.retries.Add(ctx, 1, r.tel.labels)
+		r.c.tel.retryOne(r.tel)
 		delay := r.opts.Backoff(m.Attempt)
 		log.Info("rsvp: attempt failed, will retry", "err", err, "retry_in", delay)
 		// Recorded for every request, tracked or not: the attempt history
@@ -196,7 +196,7 @@ func (r *settler) badReplyTo(ctx context.Context, d backend.Delivery, cause erro
 		_ = d.Nack(ctx, r.opts.Backoff(m.Attempt))
 		return false
 	}
-	r.c.tel.deadLettered.Add(ctx, 1, r.c.tel.onQueue(m.Queue, "reason", CodeBadReplyTo))
+	r.c.tel.deadLetteredOne(r.tel, CodeBadReplyTo)
 	failure := &Reply{CorrelationID: m.CorrelationID, Status: failureStatus(CodeBadReplyTo), ErrorCode: CodeBadReplyTo, ErrorMessage: cut(cause.Error())}
 	r.endEvent(ctx, m, failure, true, log)
 	if err := d.Ack(ctx); err != nil {
@@ -212,7 +212,7 @@ const maxErrorText = 1024
 func (r *settler) fail(ctx context.Context, d backend.Delivery, code, msg string, log *slog.Logger) {
 	m := d.Message()
 	log.Warn("rsvp: request dead-lettered", "reason", code, "err", msg)
-	r.c.tel.deadLettered.Add(ctx, 1, r.c.tel.onQueue(m.Queue, "reason", code))
+	r.c.tel.deadLetteredOne(r.tel, code)
 	dl := &backend.DeadLetter{Message: m, Reason: code, LastError: msg, At: time.Now()}
 	err := r.c.b.DeadLetter(ctx, dl)
 	if errors.Is(err, backend.ErrTooLarge) && len(msg) > maxErrorText {

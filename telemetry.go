@@ -37,14 +37,16 @@ type telemetry struct {
 	tracer trace.Tracer
 	prop   propagation.TextMapPropagator
 	queues sync.Map // queue name → *queueTel
-	labels sync.Map // label values → metric.MeasurementOption, built once
+	labels sync.Map // labelKey → metric.MeasurementOption, built once
+	counts sync.Map // labelKey → *count: completed (key outcome) and dead-lettered (key reason) counts queueTel has no place for
 
-	sent         metric.Int64Counter
-	completed    metric.Int64Counter
-	roundTrip    metric.Float64Histogram
-	handlerTime  metric.Float64Histogram
-	retries      metric.Int64Counter
-	deadLettered metric.Int64Counter
+	roundTrip   metric.Float64Histogram
+	handlerTime metric.Float64Histogram
+
+	// The counters get their counts when metrics are collected (see
+	// count), and at close; after close, at once.
+	sent, completed, retries, deadLettered metric.Int64Counter
+	closed                                 atomic.Bool
 
 	// The gauges, observed from this client's counts when metrics are
 	// collected; unregistered by close.
@@ -52,9 +54,27 @@ type telemetry struct {
 	observing         metric.Registration
 }
 
+// count is a number of events not yet added to its counter instrument.
+// Events are counted with an atomic add, and the counter gets the sum when
+// metrics are collected: an instrument call per event is a noticeable
+// share of a round trip's CPU. Counters added to while metrics are
+// collected are in that collection, for every reader of the provider.
+type count struct {
+	n       atomic.Int64
+	counter metric.Int64Counter
+	labels  metric.MeasurementOption
+}
+
+// flush adds what was counted since the last flush to the counter.
+func (c *count) flush() {
+	if n := c.n.Swap(0); n != 0 {
+		c.counter.Add(context.Background(), n, c.labels)
+	}
+}
+
 // queueTel is what telemetry keeps per queue, made once: span names and
-// attributes, and metric labels. Making them per call is a noticeable
-// share of a round trip's CPU.
+// attributes, metric labels, and counts. Making them per call is a
+// noticeable share of a round trip's CPU.
 type queueTel struct {
 	name                    string
 	requestSpan, handleSpan string
@@ -62,6 +82,8 @@ type queueTel struct {
 	labels                  metric.MeasurementOption // the queue alone
 	byStatus                [len(statuses)]metric.MeasurementOption
 	inFlight                atomic.Int64 // handler attempts running now
+	sent, retries           count
+	completed               [len(statuses)]count
 }
 
 // statuses are the final statuses a reply (and a final event) can have,
@@ -75,8 +97,11 @@ func (t *telemetry) queue(name string) *queueTel {
 	}
 	q := &queueTel{name: name, requestSpan: "rsvp.request " + name, handleSpan: "rsvp.handle " + name, attr: queueAttr(name)}
 	q.labels = metric.WithAttributeSet(attribute.NewSet(q.attr))
+	q.sent.counter, q.sent.labels = t.sent, q.labels
+	q.retries.counter, q.retries.labels = t.retries, q.labels
 	for i, st := range statuses {
 		q.byStatus[i] = metric.WithAttributeSet(attribute.NewSet(q.attr, attribute.String("outcome", string(st))))
+		q.completed[i].counter, q.completed[i].labels = t.completed, q.byStatus[i]
 	}
 	got, _ := t.queues.LoadOrStore(name, q)
 	return got.(*queueTel)
@@ -130,14 +155,65 @@ func newTelemetry(tp trace.TracerProvider, mp metric.MeterProvider, w *waiters) 
 			o.ObserveInt64(t.inFlight, q.inFlight.Load(), q.labels)
 			return true
 		})
+		t.flush()
 		return nil
 	}, t.inFlight, t.waiters)
 	return t, err
 }
 
-// close stops the observation of this client's gauges.
+// add counts an event on c.
+func (t *telemetry) add(c *count) {
+	c.n.Add(1)
+	if t.closed.Load() { // no collection flushes it now
+		c.flush()
+	}
+}
+
+// flush adds every count to its counter.
+func (t *telemetry) flush() {
+	t.queues.Range(func(_, v any) bool {
+		q := v.(*queueTel)
+		q.sent.flush()
+		q.retries.flush()
+		for i := range q.completed {
+			q.completed[i].flush()
+		}
+		return true
+	})
+	t.counts.Range(func(_, c any) bool {
+		c.(*count).flush()
+		return true
+	})
+}
+
+// close adds the counts to their counters, from now on at once, and stops
+// the observation of this client's gauges.
 func (t *telemetry) close() error {
+	t.closed.Store(true)
+	t.flush()
 	return t.observing.Unregister()
+}
+
+// countOf returns the count of counter on q with the label key=value, in
+// telemetry.counts.
+func (t *telemetry) countOf(counter metric.Int64Counter, q *queueTel, key, value string) *count {
+	k := labelKey{q.name, key, value}
+	if c, ok := t.counts.Load(k); ok {
+		return c.(*count)
+	}
+	c, _ := t.counts.LoadOrStore(k, &count{counter: counter, labels: t.onQueue(q.name, key, value)})
+	return c.(*count)
+}
+
+// sentOne counts a request stored on q.
+func (t *telemetry) sentOne(q *queueTel) { t.add(&q.sent) }
+
+// retryOne counts a failed attempt on q that will be retried.
+func (t *telemetry) retryOne(q *queueTel) { t.add(&q.retries) }
+
+// deadLetteredOne counts a request of q dead-lettered for reason.
+func (t *telemetry) deadLetteredOne(q *queueTel, reason string) {
+	t.add(t.countOf(t.deadLettered, q, "reason", reason))
 }
 
 // latencyBuckets are histogram bounds in seconds, from 0.5 ms to 1 min.
@@ -218,11 +294,13 @@ func (t *telemetry) endRequestSpan(span trace.Span, q *queueTel, m *Message, r *
 	span.End()
 }
 
-// completedOne counts a final reply stored for a request of q. Counters
-// are recorded without the context: an exemplar per count is not worth its
-// cost.
+// completedOne counts a final reply stored for a request of q.
 func (t *telemetry) completedOne(q *queueTel, status backend.Status) {
-	t.completed.Add(context.Background(), 1, t.outcome(q, string(status)))
+	if i := slices.Index(statuses[:], status); i >= 0 {
+		t.add(&q.completed[i])
+		return
+	}
+	t.add(t.countOf(t.completed, q, "outcome", string(status)))
 }
 
 // outcome returns the metric labels of q with outcome.

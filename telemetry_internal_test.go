@@ -43,7 +43,7 @@ func BenchmarkTelemetryCalls(b *testing.B) {
 			q := tel.queue(m.Queue)
 			rctx, span := tel.startRequest(ctx, q)
 			putTraceContext(rctx, &m.TraceParent, &m.TraceState)
-			tel.sent.Add(ctx, 1, q.labels)
+			tel.sentOne(q)
 
 			m.Attempt = 1
 			actx, aspan := tel.startAttempt(tel.queue(m.Queue), m)

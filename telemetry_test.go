@@ -245,6 +245,75 @@ func TestCountersOfEveryReader(t *testing.T) {
 	check("rsvp.requests.completed/succeeded", 6)
 }
 
+// TestCountsOfFailures: retries, dead letters by reason and failed
+// completions reach the counters of every reader; and a lease settled after
+// the client closed (no collection of its counts follows) is counted at
+// once.
+func TestCountsOfFailures(t *testing.T) {
+	t.Parallel()
+	cumulative := sdkmetric.NewManualReader()
+	delta := sdkmetric.NewManualReader(sdkmetric.WithTemporalitySelector(func(sdkmetric.InstrumentKind) metricdata.Temporality {
+		return metricdata.DeltaTemporality
+	}))
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(cumulative), sdkmetric.WithReader(delta))
+	c := setup(t, rsvp.Config{MeterProvider: mp})
+	ctx := ctxWithin(t, 10*time.Second)
+	const q = "metrics-failures"
+	r := handle(t, c, q, rsvp.HandleOptions{Backoff: func(int) time.Duration { return 0 }}, func(ctx context.Context, m *rsvp.Message) (*rsvp.Reply, error) {
+		switch {
+		case string(m.Body) == "gone":
+			return nil, rsvp.Permanent(&rsvp.RemoteError{Code: "out_of_stock", Message: "none left"})
+		case string(m.Body) == "flaky" && m.Attempt == 1:
+			return nil, errors.New("try again")
+		}
+		return nil, nil
+	})
+	deltaTotal := map[string]int64{}
+	check := func(want map[string]int64) {
+		t.Helper()
+		for k, v := range metricSums(t, delta) {
+			deltaTotal[k] += v
+		}
+		got := metricSums(t, cumulative)
+		for name, n := range want {
+			if got[name] != n || deltaTotal[name] != n {
+				t.Errorf("%s: %d cumulative, %d in deltas; want %d", name, got[name], deltaTotal[name], n)
+			}
+		}
+	}
+	for _, body := range []string{"gone", "flaky", "gone", "ok"} {
+		_, err := c.Request(ctx, q, &rsvp.Message{Body: []byte(body)})
+		if want := body == "gone"; (err != nil) != want {
+			t.Fatalf("Request %s: %v", body, err)
+		}
+	}
+	stop(t, r) // the last completion is counted
+	want := map[string]int64{"rsvp.requests.sent": 4, "rsvp.requests.dead_lettered/out_of_stock": 2,
+		"rsvp.requests.completed/failed": 2, "rsvp.requests.completed/succeeded": 2, "rsvp.handler.retries": 1}
+	check(want)
+
+	if _, err := c.Send(ctx, q, &rsvp.Message{}); err != nil {
+		t.Fatal(err)
+	}
+	cons, err := c.Consume(ctx, q, rsvp.HandleOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cons.Close()
+	lease, err := cons.Next(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := lease.Reply(ctx, &rsvp.Reply{}); err != nil {
+		t.Fatal(err)
+	}
+	want["rsvp.requests.sent"], want["rsvp.requests.completed/succeeded"] = 5, 3
+	check(want)
+}
+
 func attemptOf(s sdktrace.ReadOnlySpan) int64 {
 	for _, kv := range s.Attributes() {
 		if kv.Key == "rsvp.attempt" {
@@ -255,7 +324,7 @@ func attemptOf(s sdktrace.ReadOnlySpan) int64 {
 }
 
 // metricSums collects reader and returns the sums of the int64 sum
-// metrics by name, and by "/outcome" where they have one.
+// metrics by name, and by "/outcome" or "/reason" where they have one.
 func metricSums(t *testing.T, reader *sdkmetric.ManualReader) map[string]int64 {
 	t.Helper()
 	var rm metricdata.ResourceMetrics
@@ -275,9 +344,12 @@ func metricSums(t *testing.T, reader *sdkmetric.ManualReader) map[string]int64 {
 	return sums
 }
 
+// outcomeOf returns "/" and the outcome or reason label of set, if any.
 func outcomeOf(set attribute.Set) string {
-	if v, ok := set.Value("outcome"); ok {
-		return "/" + v.AsString()
+	for _, key := range []attribute.Key{"outcome", "reason"} {
+		if v, ok := set.Value(key); ok {
+			return "/" + v.AsString()
+		}
 	}
 	return ""
 }

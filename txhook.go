@@ -97,7 +97,7 @@ func (l *Lease) Settled(ctx context.Context, reply *Reply, commitErr error) erro
 		}
 	default:
 		log.Error("rsvp: committing the outcome failed; the request will be handled again", "err", commitErr)
-		r.c.tel.retries.Add(ctx, 1, r.tel.labels)
+		r.c.tel.retryOne(r.tel)
 		if err := d.Nack(ctx, r.opts.Backoff(m.Attempt)); err != nil {
 			log.Warn("rsvp: nack failed; the request comes back after its lease", "err", err)
 		}

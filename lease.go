@@ -59,8 +59,11 @@ func (r *settler) check(ctx context.Context, d backend.Delivery) (log *slog.Logg
 	if (m.Attempt > 1 || m.Track) && m.ReplyTo != "" {
 		// Answered already (only the acknowledgement was lost), or cancelled
 		// before it started: settle it without running or failing it again.
+		// A cancelled reply is listed under its reply session here, as the
+		// canceller does not know the session.
 		if stored, err := r.c.b.GetReply(ctx, m.CorrelationID); err == nil {
 			r.finalEvent(ctx, m, stored, log)
+			r.listReply(ctx, m, log)
 			_ = d.Ack(ctx)
 			return log, false
 		}

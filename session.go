@@ -24,7 +24,9 @@ import (
 //
 // A request sent with Message.ReplySession has its reply listed under
 // that reply session once it is stored: by a responder, or as expired when
-// its deadline passed. SessionReplies reads the
+// its deadline passed. A request cancelled (Client.Cancel) before it started
+// has its cancelled reply listed when a responder takes it (the canceller
+// does not know the reply session). SessionReplies reads the
 // list in order, from any process: a requester can consume the replies of
 // one session in the order they were made.
 

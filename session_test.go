@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -499,4 +500,47 @@ func abandonedPull(t *testing.T, lease, after time.Duration, attempt int) {
 		t.Fatalf("request %s leased twice at once: attempt %d, then attempt %d %s before the first lease's Expires",
 			l.Message().ID, l.Message().Attempt, l2.Message().Attempt, time.Until(expires).Round(time.Millisecond))
 	}
+}
+
+// TestCancelledBeforeStartListedInReplySession: a tracked request cancelled
+// before any responder started it has its cancelled reply listed under its
+// reply session, in order with the session's other replies, on every engine.
+func TestCancelledBeforeStartListedInReplySession(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, e *topicEngine) {
+		c := e.client()
+		q := "rs-cancel-" + rsvp.NewID()[24:]
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		session := "cart " + rsvp.NewID()
+		first, err := c.Send(ctx, q, &rsvp.Message{Track: true, ReplySession: session, Body: []byte("cancelled")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Cancel(ctx, first.CorrelationID); err != nil {
+			t.Fatal(err)
+		}
+		serve(t, c, q, replyWith("done"))
+		second, err := c.Send(ctx, q, &rsvp.Message{Track: true, ReplySession: session, Body: []byte("answered")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Await(ctx, second.CorrelationID); err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		var after uint64
+		for !slices.Contains(got, second.CorrelationID) {
+			rs, err := c.SessionReplies(ctx, session, after)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, r := range rs {
+				after = r.Seq
+				got = append(got, r.Reply.CorrelationID)
+			}
+		}
+		if want := []string{first.CorrelationID, second.CorrelationID}; !slices.Equal(got, want) {
+			t.Fatalf("reply session lists %v, want %v (the cancelled request, then the answered one)", got, want)
+		}
+	})
 }

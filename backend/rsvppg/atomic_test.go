@@ -434,3 +434,38 @@ func TestHandleTxListsReplySession(t *testing.T) {
 		t.Fatalf("listed %v, want the reply of %s", got, rep.CorrelationID)
 	}
 }
+
+// TestHandleTxReplyStoredAtItsWrite: a reply that HandleTx commits with
+// the handler's writes is stored at the time it is written, not when the
+// handler's transaction began: the clean-up (ReplyRetention) and the
+// catch-up after the listening connection was down go by stored_at, and a
+// long handler would have its reply look older than it is.
+func TestHandleTxReplyStoredAtItsWrite(t *testing.T) {
+	t.Parallel()
+	s := newSetup(t)
+	c := newClient(t, s)
+	q := uniq("q")
+	var handlerDone atomic.Pointer[time.Time]
+	handleTx(t, c, q, func(ctx context.Context, tx pgx.Tx, m *rsvp.Message) (*rsvp.Reply, error) {
+		// The server's clock at the end of a handler that took a while.
+		var at time.Time
+		if err := tx.QueryRow(ctx, "SELECT clock_timestamp() FROM (SELECT pg_sleep(0.05)) s").Scan(&at); err != nil {
+			return nil, err
+		}
+		handlerDone.Store(&at)
+		return &rsvp.Reply{Body: []byte("ok")}, nil
+	}, rsvp.HandleOptions{})
+	rep, err := c.Request(s.ctx, q, &rsvp.Message{Body: []byte("x")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stored time.Time
+	if err := s.b.Pool().QueryRow(s.ctx, "SELECT stored_at FROM "+pgx.Identifier{s.schema, "replies"}.Sanitize()+
+		" WHERE correlation_id = $1", rep.CorrelationID).Scan(&stored); err != nil {
+		t.Fatal(err)
+	}
+	if done := *handlerDone.Load(); stored.Before(done) {
+		t.Fatalf("reply stored_at %s is %s before the handler ended (%s): the transaction's start, not the write",
+			stored.Format(time.RFC3339Nano), done.Sub(stored), done.Format(time.RFC3339Nano))
+	}
+}

@@ -74,7 +74,10 @@
 //   - replies: one row per correlation id (the primary key), inserted with ON
 //     CONFLICT DO NOTHING: the first reply wins, whatever inbox it is
 //     addressed to. Reply addresses read rsvp.reply.<correlation id>.<inbox>,
-//     as on NATS.
+//     as on NATS. stored_at is clock_timestamp() when the row is written, so
+//     that a reply written at the end of a long transaction (CommitWith)
+//     does not look older than it is to the clean-up and to the catch-up
+//     after the listening connection was down.
 //   - dead_letters, by queue in seq order, with the request's columns
 //     (session_key and reply_session too) and why it was dead-lettered.
 //   - events: the event log, seq from an identity column. Appends take a

@@ -188,15 +188,18 @@ UPDATE {s}.requests SET not_before = now() + $3::bigint {us}, lease_until = now(
 WHERE seq = $1 AND attempt = $2 AND lease_until IS NOT NULL`),
 
 		// Stores the first reply to each correlation id of a batch (they are
-		// distinct) and returns the stored ones.
+		// distinct) and returns the stored ones. stored_at is the time of the
+		// write, not of the transaction's start: CommitWith writes at the end
+		// of a handler's transaction.
 		putReplies: sub(`
 WITH input AS (
 	SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
 		$8::bytea[], $9::timestamptz[]) WITH ORDINALITY
 		AS r(correlation_id, inbox, status, error_code, error_message, content_type, headers, body, created_at, ord)
 ), stored AS (
-	INSERT INTO {s}.replies ({reply})
-	SELECT correlation_id, inbox, status, error_code, error_message, content_type, nullif(headers, '')::jsonb, body, created_at
+	INSERT INTO {s}.replies ({reply}, stored_at)
+	SELECT correlation_id, inbox, status, error_code, error_message, content_type, nullif(headers, '')::jsonb, body, created_at,
+		clock_timestamp()
 	FROM input ORDER BY ord
 	ON CONFLICT (correlation_id) DO NOTHING
 	RETURNING correlation_id, inbox

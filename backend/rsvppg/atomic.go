@@ -29,8 +29,11 @@ import (
 // Begin starts a transaction on the backend's durable pool (see Pool) and
 // locks the delivery's request row in it (see Lock). Do the business writes
 // in it, then settle with CommitWith, or roll it back and settle the
-// delivery as usual (Nack, or rsvp.Lease.Fail): a settlement from the pool
-// waits for the transaction to end.
+// delivery as usual (Nack, or rsvp.Lease.Fail). Settle from the pool only
+// after the transaction ended: an Ack from the pool waits for it, but a
+// Nack (like Extend) does not, and settles the lease at once; CommitWith
+// then returns ErrLeaseLost and commits nothing, and the request is
+// delivered again once the transaction ended.
 func (d *Delivery) Begin(ctx context.Context) (pgx.Tx, error) {
 	tx, err := d.b.durable.Begin(ctx)
 	if err != nil {

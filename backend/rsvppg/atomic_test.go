@@ -469,3 +469,51 @@ func TestHandleTxReplyStoredAtItsWrite(t *testing.T) {
 			stored.Format(time.RFC3339Nano), done.Sub(stored), done.Format(time.RFC3339Nano))
 	}
 }
+
+// TestNackBesideOpenTx: a Nack from the pool while the delivery's
+// transaction is open does not wait for it (nor does Extend: both update
+// only non-key columns, which the transaction's FOR KEY SHARE lock allows),
+// but it settles the lease: the transaction's CommitWith then finds the
+// lease lost and commits nothing, a later Extend finds it lost too, and
+// the request is delivered again only once the transaction ended.
+func TestNackBesideOpenTx(t *testing.T) {
+	t.Parallel()
+	s := newSetup(t)
+	table := pgx.Identifier{s.schema, "orders"}.Sanitize()
+	if _, err := s.b.Pool().Exec(s.ctx, "CREATE TABLE "+table+" (id text PRIMARY KEY)"); err != nil {
+		t.Fatal(err)
+	}
+	q := uniq("q")
+	c := consume(t, s.b, q, 30*time.Second)
+	m := newMsg(q)
+	if err := s.b.Enqueue(s.ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	d := nextWithin(t, c, 5*time.Second).(*rsvppg.Delivery)
+	tx, err := d.Begin(s.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = tx.Rollback(context.Background()) })
+	if _, err := tx.Exec(s.ctx, "INSERT INTO "+table+" VALUES ($1)", m.ID); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(s.ctx, 5*time.Second)
+	defer cancel()
+	if err := d.Nack(ctx, 0); err != nil {
+		t.Fatalf("nack beside the transaction: %v", err)
+	}
+	if err := d.Extend(ctx); !errors.Is(err, rsvppg.ErrLeaseLost) {
+		t.Fatalf("extend after the nack: %v, want ErrLeaseLost", err)
+	}
+	nothingWithin(t, c, 300*time.Millisecond) // due, but locked by the transaction
+	if err := d.CommitWith(s.ctx, tx, nil); !errors.Is(err, rsvppg.ErrLeaseLost) {
+		t.Fatalf("commit after the nack: %v, want ErrLeaseLost", err)
+	}
+	if n := countRows(t, s, "SELECT count(*) FROM "+table); n != 0 {
+		t.Fatalf("%d business rows committed after the nack, want 0", n)
+	}
+	if again := nextWithin(t, c, 5*time.Second); again.Message().ID != m.ID {
+		t.Fatalf("got %s, want %s again", again.Message().ID, m.ID)
+	}
+}

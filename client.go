@@ -531,14 +531,23 @@ func (c *Client) Cancel(ctx context.Context, correlationID string) (*Reply, erro
 	if err != nil {
 		return nil, fmt.Errorf("rsvp: cancel %s: %w", correlationID, err)
 	}
-	// End the request's event log, under its channel if it has one.
-	evs, err := c.b.Events(ctx, backend.EventQuery{CorrelationID: correlationID, Limit: 1})
-	if err == nil {
-		ev := &backend.Event{CorrelationID: correlationID, Type: string(backend.StatusCancelled), At: r.CreatedAt,
-			DedupeKey: correlationID + ":final", Data: []byte(`{"code":"cancelled","message":"cancelled by the requester"}`)}
-		if len(evs) > 0 {
-			ev.Channel = evs[0].Channel
+	// End the request's event log, under its channel if it has one. The
+	// final event's dedupe key is that of the current run, as its responder
+	// would use (finalKey): a replay's own, not the first run's, whose final
+	// event is in the log already.
+	ev := &backend.Event{CorrelationID: correlationID, Type: string(backend.StatusCancelled), At: r.CreatedAt,
+		DedupeKey: correlationID + ":final", Data: []byte(`{"code":"cancelled","message":"cancelled by the requester"}`)}
+	first := true
+	err = c.eachEvent(ctx, correlationID, func(e *backend.Event) bool {
+		if first {
+			ev.Channel, first = e.Channel, false
 		}
+		if id := replayedID(e); e.Type == backend.EventReplayed && id != "" {
+			ev.DedupeKey = id + ":final"
+		}
+		return true
+	})
+	if err == nil {
 		err = c.b.AppendEvent(ctx, ev)
 	}
 	if err != nil {

@@ -377,3 +377,58 @@ func TestReplayNotExpiredByOriginalDeadline(t *testing.T) {
 		t.Fatalf("replay outcome in the reply session: %+v, %v", more, err)
 	}
 }
+
+// TestCancelOfReplayedRequest: cancelling a replayed request that no
+// responder took yet ends its event log (and its channel's) with a
+// cancelled event after the replayed one. The replay's final event is its
+// own (the replay has an id of its own), not a duplicate of the first
+// run's, and a responder that comes later records no second one.
+func TestCancelOfReplayedRequest(t *testing.T) {
+	t.Parallel()
+	c := setup(t, rsvp.Config{})
+	ctx := ctxWithin(t, 20*time.Second)
+	const q = "dlq-cancel"
+	var runs atomic.Int32
+	broken := handle(t, c, q, rsvp.HandleOptions{}, func(context.Context, *rsvp.Message) (*rsvp.Reply, error) {
+		runs.Add(1)
+		return nil, rsvp.Permanent(errors.New("broken"))
+	})
+	failed, err := c.Request(ctx, q, &rsvp.Message{Track: true, Channel: "dlq-cancel-ch"})
+	var re *rsvp.RemoteError
+	if !errors.As(err, &re) || failed == nil {
+		t.Fatalf("first request: %v, %v", failed, err)
+	}
+	id := failed.CorrelationID
+	waitForFinalEvent(t, c, id)
+	stop(t, broken)
+
+	if _, err := c.Replay(ctx, q, deadLetters(t, c, q)[0].Key); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := c.Cancel(ctx, id); err != nil || r.Status != backend.StatusCancelled {
+		t.Fatalf("Cancel: %+v, %v; want the cancelled reply", r, err)
+	}
+	want := []string{backend.EventRunning, string(backend.StatusFailed), backend.EventReplayed, string(backend.StatusCancelled)}
+	if types := eventTypes(eventsOf(t, c, id)); !slices.Equal(types, want) {
+		t.Fatalf("events %v; want %v", types, want)
+	}
+	if types := eventTypes(events(t, c, backend.EventQuery{Channel: "dlq-cancel-ch"})); !slices.Equal(types, want) {
+		t.Fatalf("channel events %v; want %v", types, want)
+	}
+
+	// A responder that takes the replay now does not run it, and records
+	// no second final event.
+	handle(t, c, q, rsvp.HandleOptions{}, func(context.Context, *rsvp.Message) (*rsvp.Reply, error) {
+		runs.Add(1)
+		return nil, nil
+	})
+	if _, err := c.Request(ctx, q, &rsvp.Message{Body: []byte("marker")}); err != nil {
+		t.Fatal(err)
+	}
+	if n := runs.Load(); n != 2 {
+		t.Fatalf("handler ran %d times, want 2 (the first run, the marker)", n)
+	}
+	if types := eventTypes(eventsOf(t, c, id)); !slices.Equal(types, want) {
+		t.Fatalf("events after the responder came %v; want %v", types, want)
+	}
+}

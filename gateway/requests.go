@@ -75,8 +75,9 @@ type Status struct {
 	SessionKey string           `json:"session_key,omitempty"`
 	Webhooks   []WebhookAttempt `json:"webhooks,omitempty"`
 	Links      Links            `json:"links"`
-	// Seq is the position of the last event folded in; a long-poll returns
-	// once a later one exists.
+	// Seq is the position of the last event that changed the status; a
+	// long-poll returns once a later one exists. Events that change nothing
+	// shown (handed_back, a stale attempt's) do not count.
 	Seq uint64 `json:"-"`
 	// replayed: sent again from its dead letter, without the deadline of
 	// the submission.
@@ -127,7 +128,6 @@ func (g *Gateway) fold(rec *record, evs []*backend.Event, reply *backend.Reply) 
 		s.NotBefore = &rec.NotBefore
 	}
 	for _, ev := range evs {
-		s.Seq = max(s.Seq, ev.Seq)
 		if finalState(s.State) && ev.Type != backend.EventWebhook && ev.Type != backend.EventReplayed {
 			continue // a late event of a stale attempt
 		}
@@ -160,6 +160,7 @@ func (g *Gateway) fold(rec *record, evs []*backend.Event, reply *backend.Reply) 
 			s.Progress = json.RawMessage(ev.Data)
 		case backend.EventWebhook:
 			s.Webhooks = append(s.Webhooks, WebhookAttempt{Attempt: d.Attempt, At: at, Delivered: d.Delivered, Status: d.Status, Error: d.Error})
+			s.Seq = ev.Seq
 			continue // not a change of the request's own state
 		default: // a final status
 			s.State = ev.Type
@@ -170,7 +171,7 @@ func (g *Gateway) fold(rec *record, evs []*backend.Event, reply *backend.Reply) 
 				s.Error = failureProblem(rec.ID, ev.Type, d.Code, d.Message)
 			}
 		}
-		s.UpdatedAt = at
+		s.UpdatedAt, s.Seq = at, ev.Seq
 	}
 	if reply != nil && (!finalState(s.State) || s.State != string(reply.Status)) {
 		// The reply is stored before its event: it is the truth.

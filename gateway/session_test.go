@@ -4,12 +4,14 @@ import (
 	"context"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/rsvp-go/rsvp"
+	"github.com/rsvp-go/rsvp/backend"
 	"github.com/rsvp-go/rsvp/gateway"
 )
 
@@ -183,4 +185,85 @@ func TestSessionKeyIdempotency(t *testing.T) {
 	// And the other way round: a key first used without a session.
 	e.submit("pay", map[string]string{"Idempotency-Key": "pay-8"}, "x")
 	s.call(t, e, 422, "POST", "/v1/queues/pay/requests", map[string]string{"Idempotency-Key": "pay-8", "Session-Key": "account-1"}, "x")
+}
+
+// TestLongPollIgnoresHandBack: a session request held by one gateway's
+// worker consumer and handed back unrun (the gateway closes) gets a
+// handed_back event, which changes nothing in its status: a long-poll on
+// it goes on waiting until the wait ends.
+func TestLongPollIgnoresHandBack(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, gateway.Config{MaxStreams: 1}) // one slot: the long-poll's
+	workers, err := gateway.New(context.Background(), e.Client, gateway.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(workers)
+	t.Cleanup(srv.Close)
+	e2 := &env{t: t, URL: srv.URL, Client: e.Client, GW: workers, Engine: e.Engine}
+
+	key := map[string]string{"Session-Key": "k"}
+	first := e.submit("handback", key, "1")
+	second := e.submit("handback", key, "2")
+	if l := e2.workerLease("handback", "lease=10m", nil); l.ID != first {
+		t.Fatalf("leased %s, want the first of the session %s", l.ID, first)
+	}
+	// The other gateway's consumer pulls the second and holds it: its
+	// session's turn is taken.
+	if ls := e2.workerLeases("handback", "wait=1s", nil); len(ls) != 0 {
+		t.Fatalf("leased %+v while the first of its session is out", ls)
+	}
+
+	const wait = 3 * time.Second
+	type answer struct {
+		status int
+		state  any
+		after  time.Duration
+		end    time.Time
+	}
+	done := make(chan answer, 1)
+	go func() {
+		for {
+			start := time.Now()
+			resp, data := e.do("GET", "/v1/requests/"+second+"?wait=3s&redirect=false", nil, "")
+			if resp.StatusCode == http.StatusTooManyRequests {
+				continue // the probe below had the slot
+			}
+			done <- answer{resp.StatusCode, decode(t, data)["state"], time.Since(start), time.Now()}
+			return
+		}
+	}()
+	// The long-poll holds the only stream slot once it has read the status
+	// it waits to change.
+	eventually(t, 10*time.Second, "the long-poll waits", func() bool {
+		resp, _ := e.do("GET", "/v1/requests/"+first+"?wait=1ms&redirect=false", nil, "")
+		return resp.StatusCode == http.StatusTooManyRequests
+	})
+	srv.CloseClientConnections()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := workers.Close(ctx); err != nil { // hands the held request back
+		t.Fatal(err)
+	}
+	var handedBack time.Time
+	var types []string
+	eventually(t, 10*time.Second, "the hand-back is recorded", func() bool {
+		evs, err := e.Client.Backend().Events(ctx, backend.EventQuery{CorrelationID: second})
+		types = types[:0]
+		for _, ev := range evs {
+			types = append(types, ev.Type)
+			if ev.Type == backend.EventHandedBack {
+				handedBack = ev.At
+			}
+		}
+		return err == nil && !handedBack.IsZero()
+	})
+	a := <-done
+	if a.status != http.StatusOK || a.state != "queued" || a.after < wait {
+		t.Fatalf("long-poll answered %d, state %v, after %s (events %v); want 200, queued, after the whole wait of %s",
+			a.status, a.state, a.after.Round(time.Millisecond), types, wait)
+	}
+	if !handedBack.Before(a.end) {
+		t.Fatal("the hand-back came after the long-poll: nothing tested")
+	}
 }

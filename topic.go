@@ -352,9 +352,16 @@ func (g *Gathered) Pending() []Copy {
 // ending once the copies are stored. Unlike Request, ctx's deadline bounds
 // the gathering only: it does not travel with the copies, so that replies
 // that come later are kept for Await (per copy) or Gather; set
-// Message.Deadline to bound the work. RequestAll returns an error if the
-// copies could not be stored, and ErrNoSubscriptions if the topic has
-// none.
+// Message.Deadline to bound the work. RequestAll returns
+// ErrNoSubscriptions if the topic has none.
+//
+// If storing the copies fails, some of them may be stored all the same
+// (they run, and their replies are kept): RequestAll then returns the
+// error together with a Gathered that has only its Publication set (no
+// Reason, no Results). Call RequestAll again with Message.ID (and
+// CorrelationID, if it was set) set to the Publication's to complete it:
+// copies stored already are not stored again (within the dedupe window),
+// and their replies count. Other errors come with a nil Gathered.
 func (c *Client) RequestAll(ctx context.Context, topic string, msg *Message, opts GatherOptions) (*Gathered, error) {
 	if err := opts.validate(); err != nil {
 		return nil, err
@@ -368,7 +375,7 @@ func (c *Client) RequestAll(ctx context.Context, topic string, msg *Message, opt
 	g := c.newGathering(pub)
 	defer g.close()
 	if err := c.sendCopies(ctx, pub, msgs); err != nil {
-		return nil, err
+		return &Gathered{Publication: pub}, err // to complete and gather what was stored
 	}
 	// A caller-chosen id may have been answered before (dedupe).
 	lookNow := msg.ID != "" || msg.CorrelationID != ""

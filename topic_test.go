@@ -596,3 +596,78 @@ func TestPublishDeadlineExpiresCopies(t *testing.T) {
 		t.Fatalf("idle copy: %+v, want expired", r)
 	}
 }
+
+// refuseQueue is the engine refusing to store requests on one queue.
+type refuseQueue struct {
+	backend.Backend
+	queue string
+}
+
+func (r refuseQueue) Enqueue(ctx context.Context, m *backend.Message) error {
+	if m.Queue == r.queue {
+		return errors.New("stream unavailable")
+	}
+	return r.Backend.Enqueue(ctx, m)
+}
+
+// TestRequestAllFailsPartWay: when some copies of a RequestAll could not be
+// stored, the error comes with the publication, whose stored copies run
+// all the same; RequestAll again with its ID completes it (the stored
+// copies are not stored twice) and gathers every reply.
+func TestRequestAllFailsPartWay(t *testing.T) {
+	t.Parallel()
+	c := setup(t, rsvp.Config{})
+	ctx := ctxWithin(t, 30*time.Second)
+	topic := "partway-" + rsvp.NewID()[24:]
+	subscribeAll(t, ctx, c.Client, topic, "down", "up")
+	var mu sync.Mutex
+	runs := map[string]int{}
+	for _, sub := range []string{"down", "up"} {
+		serve(t, c.Client, rsvp.SubscriptionQueue(topic, sub), func(ctx context.Context, req *rsvp.Message) (*rsvp.Reply, error) {
+			mu.Lock()
+			runs[sub]++
+			mu.Unlock()
+			return replyWith(sub)(ctx, req)
+		})
+	}
+	requester, err := rsvp.New(ctx, refuseQueue{c.be, rsvp.SubscriptionQueue(topic, "down")}, rsvp.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { closeWithin(t, "close the requester", requester.Close) })
+
+	g, err := requester.RequestAll(ctx, topic, &rsvp.Message{Body: []byte("x")}, rsvp.GatherOptions{})
+	if err == nil || !strings.Contains(err.Error(), "1 of 2 copies stored") {
+		t.Fatalf("RequestAll with a copy refused: %v, want the error of a part-way publication", err)
+	}
+	if g == nil || g.Publication.ID == "" || len(g.Publication.Copies) != 2 || g.Reason != "" || g.Results != nil {
+		t.Fatalf("RequestAll with a copy refused returned %+v; want the publication only", g)
+	}
+	pub := g.Publication
+	if r, err := c.Await(ctx, pub.Copies[1].CorrelationID); err != nil || string(r.Body) != "up:x" {
+		t.Fatalf("the stored copy: %v, %v", r, err)
+	}
+
+	g, err = c.RequestAll(ctx, topic, &rsvp.Message{ID: pub.ID, Body: []byte("x")}, rsvp.GatherOptions{})
+	if err != nil || g.Reason != rsvp.GatherAll || !slices.Equal(copyIDs(g.Publication), copyIDs(pub)) {
+		t.Fatalf("RequestAll again: %+v, %v", g, err)
+	}
+	for _, r := range g.Results {
+		if want := r.Subscription + ":x"; r.Reply == nil || string(r.Reply.Body) != want {
+			t.Errorf("%s: %+v, want %q", r.Subscription, r.Reply, want)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if runs["down"] != 1 || runs["up"] != 1 {
+		t.Fatalf("handler runs %v, want one per subscription", runs)
+	}
+}
+
+func copyIDs(pub rsvp.Publication) []string {
+	var ids []string
+	for _, cp := range pub.Copies {
+		ids = append(ids, cp.ID)
+	}
+	return ids
+}

@@ -18,8 +18,9 @@ import (
 
 // Consume implements backend.Backend. All consumers of a queue share one
 // durable JetStream consumer, so they compete for its messages. Its lease
-// (AckWait) is the longest any of them asked for since it was made: a
-// delivery may stay leased longer than p.Lease, never shorter.
+// (AckWait) is the longest any of them asked for since it was made, also
+// when they open at the same moment (see shareLease): a delivery may stay
+// leased longer than p.Lease, never shorter.
 //
 // Each Next sends one pull request for one message when its caller is ready
 // for it, to the consumer's one inbox subscription: nothing is fetched ahead
@@ -46,17 +47,9 @@ func (b *Backend) Consume(ctx context.Context, queue string, p backend.ConsumePa
 		ctx, cancel := b.withTimeout(ctx)
 		defer cancel()
 		// The lease (AckWait) is the consumer's, shared by every process
-		// consuming the queue: keep the longest asked for, so that none
-		// cuts short the leases of another's deliveries.
-		cfg := cfg
-		cur, err := b.js.Consumer(ctx, streamRequests, durable)
-		switch {
-		case err == nil:
-			cfg.AckWait = max(cfg.AckWait, cur.CachedInfo().Config.AckWait)
-		case !errors.Is(err, jetstream.ErrConsumerNotFound):
-			return fmt.Errorf("rsvpnats: consumer for %s: %w", queue, err)
-		}
-		if _, err := b.js.CreateOrUpdateConsumer(ctx, streamRequests, cfg); err != nil {
+		// consuming the queue: it ends as the longest asked for, so that
+		// none cuts short the leases of another's deliveries.
+		if _, err := b.shareLease(ctx, queue, cfg); err != nil {
 			return fmt.Errorf("rsvpnats: consumer for %s: %w", queue, err)
 		}
 		return nil

@@ -109,6 +109,7 @@ type Backend struct {
 	dlq     jetstream.Stream
 	events  jetstream.Stream
 	syncs   map[string]*groupSync // by stream; only for an embedded engine with SyncAlways
+	storage jetstream.StorageType // of the streams
 	onClose func() error          // stops an embedded server, releases the lock
 	done    chan struct{}         // closed when the connection is closed for good
 	life    context.Context       // ends at Close; consumers end with it
@@ -116,6 +117,9 @@ type Backend struct {
 
 	closeOnce sync.Once
 	closeErr  error
+
+	leasesMu sync.Mutex
+	leases   jetstream.KeyValue // the lease registry (see shareLease), once made
 }
 
 var (
@@ -229,7 +233,7 @@ func open(ctx context.Context, nc *nats.Conn, opts Options, memory bool, syncDir
 			return nil, fmt.Errorf("rsvpnats: create stream %s: %w", cfg.Name, err)
 		}
 	}
-	b := &Backend{opts: opts, nc: nc, js: js, reqs: streams[0], replies: streams[1], dlq: streams[2], events: streams[3]}
+	b := &Backend{opts: opts, nc: nc, js: js, reqs: streams[0], replies: streams[1], dlq: streams[2], events: streams[3], storage: storage}
 	b.life, b.end = context.WithCancel(context.Background())
 	if syncDir != "" {
 		b.syncs = make(map[string]*groupSync, len(cfgs))

@@ -452,7 +452,8 @@ func (l *Lease) Cancelled(ctx context.Context) (bool, error) {
 	return true, nil
 }
 
-// Extend renews the lease for another HandleOptions.Lease.
+// Extend renews the lease for another HandleOptions.Lease. It fails if
+// the lease ran out so that the request may have gone to another worker.
 func (l *Lease) Extend(ctx context.Context) error {
 	if l.settled.Load() {
 		return ErrSettled

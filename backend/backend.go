@@ -306,7 +306,10 @@ type Consumer interface {
 }
 
 // Delivery is one leased message. Exactly one of Ack, Nack or letting the
-// lease run out settles it.
+// lease run out settles it. Once its lease ran out and the message may have
+// been delivered again, Ack, Nack and Extend fail (a backend may fail them
+// a little before the lease ends) and leave the new delivery's lease as it
+// is.
 type Delivery interface {
 	Message() *Message
 	// Ack removes the message from the queue.

@@ -325,6 +325,77 @@ var cases = []testCase{
 			t.Fatal(err)
 		}
 	}},
+	{name: "StaleHolderCannotSettle", run: func(t *testing.T, open Opener, f Features) {
+		// A worker whose lease ran out, and whose request went to another,
+		// can neither extend nor settle it: its call fails, and the new
+		// holder's lease is untouched (not renewed, ended or given back).
+		b := opened(t, open)
+		const lease = time.Second
+		for _, op := range []string{"Extend", "Nack", "Ack"} {
+			t.Run(op, func(t *testing.T) {
+				t.Parallel()
+				q := uniq("q")
+				mustEnqueue(t, b, newMsg(b, q))
+				c := consume(t, b, q, backend.ConsumeParams{Lease: lease})
+				stale := next(t, c, 10*time.Second)
+				holder := next(t, c, 10*time.Second) // once stale's lease ran out
+				if a := holder.Message().Attempt; a != 2 {
+					t.Fatalf("redelivery is attempt %d, want 2", a)
+				}
+				var err error
+				switch ctx := ctxFor(t, 5*time.Second); op {
+				case "Extend":
+					err = stale.Extend(ctx)
+					// It goes on extending, as a worker that does not know.
+					var wg sync.WaitGroup
+					stop := make(chan struct{})
+					renewed := 0
+					wg.Go(func() {
+						tick := time.NewTicker(lease / 4)
+						defer tick.Stop()
+						for {
+							select {
+							case <-stop:
+								return
+							case <-tick.C:
+								if stale.Extend(context.Background()) == nil {
+									renewed++
+								}
+							}
+						}
+					})
+					defer func() {
+						close(stop)
+						wg.Wait()
+						if renewed > 0 {
+							t.Errorf("the stale holder's Extend succeeded %d more times", renewed)
+						}
+					}()
+				case "Nack":
+					err = stale.Nack(ctx, 0)
+				case "Ack":
+					err = stale.Ack(ctx)
+				}
+				if err == nil {
+					t.Errorf("the stale holder's %s succeeded", op)
+				}
+				if err := holder.Extend(ctxFor(t, 5*time.Second)); err != nil {
+					t.Fatalf("the holder's Extend: %v", err)
+				}
+				extended := time.Now()
+				// Neither kept by the stale holder, nor given back, nor
+				// removed: it comes again once the holder's lease ran out.
+				d := next(t, c, 4*lease)
+				if waited := time.Since(extended); waited < lease/2 {
+					t.Fatalf("delivered again after %s, well before the holder's %s lease ran out", waited, lease)
+				}
+				if a := d.Message().Attempt; a != 3 {
+					t.Fatalf("delivered again as attempt %d, want 3", a)
+				}
+				_ = d.Ack(ctxFor(t, 5*time.Second))
+			})
+		}
+	}},
 	{name: "Dedupe", run: func(t *testing.T, open Opener, f Features) {
 		b := opened(t, open)
 		q := uniq("q")

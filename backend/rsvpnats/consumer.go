@@ -49,9 +49,11 @@ func (b *Backend) Consume(ctx context.Context, queue string, p backend.ConsumePa
 		// The lease (AckWait) is the consumer's, shared by every process
 		// consuming the queue: it ends as the longest asked for, so that
 		// none cuts short the leases of another's deliveries.
-		if _, err := b.shareLease(ctx, queue, cfg); err != nil {
+		ackWait, err := b.shareLease(ctx, queue, cfg)
+		if err != nil {
 			return fmt.Errorf("rsvpnats: consumer for %s: %w", queue, err)
 		}
+		c.ackWait.Store(int64(ackWait))
 		return nil
 	}
 	if err := c.open(ctx); err != nil {
@@ -92,6 +94,7 @@ type consumer struct {
 	sub     *nats.Subscription
 	msgs    chan arrived
 	lease   time.Duration // asked for: the consumer's may be longer
+	ackWait atomic.Int64  // the consumer's lease when last opened (it may grow since, not shrink)
 	ses     *sessions
 	waiting atomic.Int32 // Next calls under way
 	lastOut atomic.Int64 // when a Next call last returned (Unix ns)
@@ -118,14 +121,15 @@ func (c *consumer) Next(ctx context.Context) (backend.Delivery, error) {
 		if d := c.ses.promote(ctx); d != nil {
 			// Its lease was last renewed while held: start it afresh, so
 			// that it lasts the full lease from now, as the caller expects.
-			_ = d.m.InProgress()
+			d.renew()
 			c.ses.countAttempt(ctx, d)
 			return d, nil
 		}
-		m := c.pull(ctx)
-		if m == nil {
+		a := c.pull(ctx)
+		if a.m == nil {
 			continue // the pull ended empty: pull anew
 		}
+		m := a.m
 		msg, err := decodeRequest(m.Subject, m.Header, m.Data)
 		if err == nil {
 			err = errors.Join(backend.ValidateName("id", msg.ID), backend.ValidateName("correlation id", msg.CorrelationID))
@@ -134,7 +138,8 @@ func (c *consumer) Next(ctx context.Context) (backend.Delivery, error) {
 			c.reject(m, msg, err)
 			continue
 		}
-		d := &delivery{m: m, msg: msg, renewed: time.Now()}
+		d := &delivery{c: c, m: m, msg: msg}
+		d.renewed.Store(a.at.UnixNano())
 		if md, err := m.Metadata(); err == nil {
 			msg.Attempt = int(md.NumDelivered)
 			d.seq = md.Sequence.Stream
@@ -150,13 +155,13 @@ func (c *consumer) Next(ctx context.Context) (backend.Delivery, error) {
 	}
 }
 
-// pull sends one pull request and returns the message it brought, or nil
+// pull sends one pull request and returns the message it brought, or none
 // when it ended empty (expired, or the consumer is gone and was made
 // again) or ctx or the consumer ended. A status for another worker's pull
 // may end this one: each status ends one pull, so the count stays right.
 // While session requests are held, pulls expire after sessionPoll, so that
 // the worker comes back to check their turns.
-func (c *consumer) pull(ctx context.Context) *nats.Msg {
+func (c *consumer) pull(ctx context.Context) arrived {
 	wait := pullWait
 	if c.ses.holding() {
 		wait = sessionPoll
@@ -172,7 +177,7 @@ func (c *consumer) pull(ctx context.Context) *nats.Msg {
 	}
 	if err := c.b.nc.PublishRequest(c.next, c.inbox, req); err != nil {
 		c.pause(ctx, err)
-		return nil
+		return arrived{}
 	}
 	timeout := time.NewTimer(wait + c.b.opts.Timeout) // a pull lost on the way
 	defer timeout.Stop()
@@ -180,42 +185,45 @@ func (c *consumer) pull(ctx context.Context) *nats.Msg {
 	case a := <-c.msgs:
 		return c.pulled(ctx, a)
 	case <-timeout.C:
-		return nil
+		return arrived{}
 	case <-ctx.Done():
-		return nil
+		return arrived{}
 	case <-c.ctx.Done():
-		return nil
+		return arrived{}
 	}
 }
 
-// arrived is a message pulled, with when it arrived.
+// arrived is a message pulled, with when it arrived (or its lease was
+// started again since).
 type arrived struct {
 	m  *nats.Msg
 	at time.Time
 }
 
-// pulled returns the message a pull brought, or nil for a status that
+// pulled returns the message a pull brought, or none for a status that
 // ended it. A message that arrived for a pull whose caller had left waited
 // here with its lease running: its lease starts again, unless it may have
 // run out (the request may be with another worker by now: it is left to
 // come back), so that no lease is handed out shorter than the caller
 // expects.
-func (c *consumer) pulled(ctx context.Context, a arrived) *nats.Msg {
+func (c *consumer) pulled(ctx context.Context, a arrived) arrived {
 	m := a.m
 	if status := m.Header.Get("Status"); status != "" && len(m.Data) == 0 {
 		if status != "404" && status != "408" && status != "100" {
 			// 409: the consumer was deleted, or similar. 503: no consumer.
 			c.pause(ctx, fmt.Errorf("pull ended with status %s %s", status, m.Header.Get("Description")))
 		}
-		return nil
+		return arrived{}
 	}
-	switch waited := time.Since(a.at); {
+	now := time.Now()
+	switch waited := now.Sub(a.at); {
 	case waited < c.lease/20: // taken as it came: the usual case
 	case waited < c.lease*9/10 && m.InProgress() == nil:
+		a.at = now // its lease started again
 	default:
-		return nil
+		return arrived{}
 	}
-	return m
+	return a
 }
 
 // pause waits a second, then makes the JetStream consumer again: it may
@@ -283,17 +291,52 @@ func (c *consumer) reject(m *nats.Msg, msg *backend.Message, why error) {
 	_ = m.Term()
 }
 
+// ErrLeaseLost: a delivery was not settled or extended because its lease
+// may have run out, so that the request may be with another worker now.
+var ErrLeaseLost = errors.New("rsvpnats: lease lost")
+
+// delivery is a leased request. JetStream takes an ack, nak or renewal
+// sent for any delivery of a message as one for its current delivery: a
+// worker whose lease ran out would renew, end or give back the lease of
+// the worker that has the request now. So Ack, Nack and Extend act only
+// while the lease may still be this delivery's, by its time: once the
+// consumer's lease (as read when the consumer opened) has passed since it
+// last started, less a twentieth for the time a delivery takes to arrive
+// (the engine started the lease before it was seen here), they return
+// ErrLeaseLost and send nothing. (JetStream itself does not take a
+// renewal after the lease ran out either: the request is delivered again.)
 type delivery struct {
+	c       *consumer
 	m       *nats.Msg
 	msg     *backend.Message
-	seq     uint64    // stream sequence
-	ses     *sessions // set for a session request
-	renewed time.Time // when its lease last started (session requests held)
+	seq     uint64       // stream sequence
+	ses     *sessions    // set for a session request
+	renewed atomic.Int64 // when its lease last started, Unix ns
 }
 
 func (d *delivery) Message() *backend.Message { return d.msg }
 
+// renewedAt is when d's lease last started.
+func (d *delivery) renewedAt() time.Time { return time.Unix(0, d.renewed.Load()) }
+
+// renew starts d's lease again (not waiting for the engine).
+func (d *delivery) renew() {
+	now := time.Now()
+	if d.m.InProgress() == nil {
+		d.renewed.Store(now.UnixNano())
+	}
+}
+
+// lost reports whether d's lease may have run out by now.
+func (d *delivery) lost(now time.Time) bool {
+	ackWait := time.Duration(d.c.ackWait.Load())
+	return now.Sub(d.renewedAt()) >= ackWait-ackWait/20
+}
+
 func (d *delivery) Ack(ctx context.Context) error {
+	if d.lost(time.Now()) {
+		return fmt.Errorf("rsvpnats: ack %s: %w", d.msg.ID, ErrLeaseLost)
+	}
 	if d.ses != nil {
 		// Confirmed: the session's next request is handed out on the
 		// strength of this ack.
@@ -310,6 +353,9 @@ func (d *delivery) Ack(ctx context.Context) error {
 }
 
 func (d *delivery) Nack(ctx context.Context, delay time.Duration) error {
+	if d.lost(time.Now()) {
+		return fmt.Errorf("rsvpnats: nack %s: %w", d.msg.ID, ErrLeaseLost)
+	}
 	if err := d.m.NakWithDelay(delay); err != nil {
 		return fmt.Errorf("rsvpnats: nack %s: %w", d.msg.ID, err)
 	}
@@ -319,10 +365,23 @@ func (d *delivery) Nack(ctx context.Context, delay time.Duration) error {
 	return nil
 }
 
+// Extend waits for the engine to confirm the renewal, so that it is known
+// to have arrived before the lease could run out; if it came too late, it
+// may have renewed another worker's lease, and Extend returns ErrLeaseLost.
 func (d *delivery) Extend(ctx context.Context) error {
-	if err := d.m.InProgress(); err != nil {
+	sent := time.Now()
+	if d.lost(sent) {
+		return fmt.Errorf("rsvpnats: extend lease of %s: %w", d.msg.ID, ErrLeaseLost)
+	}
+	ctx, cancel := d.c.b.withTimeout(ctx)
+	defer cancel()
+	if err := d.m.InProgress(nats.Context(ctx)); err != nil {
 		return fmt.Errorf("rsvpnats: extend lease of %s: %w", d.msg.ID, err)
 	}
+	if d.lost(time.Now()) {
+		return fmt.Errorf("rsvpnats: extend lease of %s: %w", d.msg.ID, ErrLeaseLost)
+	}
+	d.renewed.Store(sent.UnixNano())
 	if d.ses != nil {
 		d.ses.extended(d)
 	}

@@ -238,7 +238,7 @@ func (ss *sessions) promote(ctx context.Context) *delivery {
 // them again).
 func (ss *sessions) due(s *session) *delivery {
 	now := time.Now()
-	for len(s.held) > 0 && (s.held[0].seq <= s.done || now.Sub(s.held[0].renewed) > ss.lease) {
+	for len(s.held) > 0 && (s.held[0].seq <= s.done || now.Sub(s.held[0].renewedAt()) > ss.lease) {
 		ss.drop(s)
 	}
 	if len(s.held) == 0 || s.busy(now) || s.checking || ss.keys[s.key] != s {
@@ -417,9 +417,7 @@ func (ss *sessions) extendHeld() {
 	defer ss.mu.Unlock()
 	for _, s := range ss.keys {
 		for _, d := range s.held {
-			if d.m.InProgress() == nil {
-				d.renewed = time.Now()
-			}
+			d.renew()
 		}
 	}
 }

@@ -203,11 +203,7 @@ func TestMetricsOfClientsSharingAProvider(t *testing.T) {
 // and after Close, and nothing is counted twice.
 func TestCountersOfEveryReader(t *testing.T) {
 	t.Parallel()
-	cumulative := sdkmetric.NewManualReader()
-	delta := sdkmetric.NewManualReader(sdkmetric.WithTemporalitySelector(func(sdkmetric.InstrumentKind) metricdata.Temporality {
-		return metricdata.DeltaTemporality
-	}))
-	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(cumulative), sdkmetric.WithReader(delta))
+	mp, check := twoReaders(t)
 	c := setup(t, rsvp.Config{MeterProvider: mp})
 	ctx := ctxWithin(t, 10*time.Second)
 	const q = "metrics-readers"
@@ -220,29 +216,41 @@ func TestCountersOfEveryReader(t *testing.T) {
 			}
 		}
 	}
-	// Each collection of delta adds to deltaTotal, which must match
-	// cumulative.
-	deltaTotal := map[string]int64{}
-	check := func(name string, want int64) {
-		t.Helper()
-		for k, v := range metricSums(t, delta) {
-			deltaTotal[k] += v
-		}
-		if got := metricSums(t, cumulative)[name]; got != want || deltaTotal[name] != want {
-			t.Errorf("%s: %d cumulative, %d in deltas; want %d", name, got, deltaTotal[name], want)
-		}
-	}
 	send(3)
-	check("rsvp.requests.sent", 3)
+	check(map[string]int64{"rsvp.requests.sent": 3})
 	send(2)
-	check("rsvp.requests.sent", 5)
-	check("rsvp.requests.sent", 5)
+	check(map[string]int64{"rsvp.requests.sent": 5})
+	check(map[string]int64{"rsvp.requests.sent": 5})
 	send(1)
 	if err := c.Close(ctx); err != nil { // waits for the responder, whose last completion is then counted
 		t.Fatal(err)
 	}
-	check("rsvp.requests.sent", 6)
-	check("rsvp.requests.completed/succeeded", 6)
+	check(map[string]int64{"rsvp.requests.sent": 6, "rsvp.requests.completed/succeeded": 6})
+}
+
+// twoReaders returns a meter provider with a cumulative and a delta reader,
+// and a check that the int64 sums named in want (see metricSums) are
+// exact in both: each collection of the delta reader adds to a total kept
+// across checks, which must match the cumulative reader's.
+func twoReaders(t *testing.T) (*sdkmetric.MeterProvider, func(want map[string]int64)) {
+	cumulative := sdkmetric.NewManualReader()
+	delta := sdkmetric.NewManualReader(sdkmetric.WithTemporalitySelector(func(sdkmetric.InstrumentKind) metricdata.Temporality {
+		return metricdata.DeltaTemporality
+	}))
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(cumulative), sdkmetric.WithReader(delta))
+	deltaTotal := map[string]int64{}
+	return mp, func(want map[string]int64) {
+		t.Helper()
+		for k, v := range metricSums(t, delta) {
+			deltaTotal[k] += v
+		}
+		got := metricSums(t, cumulative)
+		for name, n := range want {
+			if got[name] != n || deltaTotal[name] != n {
+				t.Errorf("%s: %d cumulative, %d in deltas; want %d", name, got[name], deltaTotal[name], n)
+			}
+		}
+	}
 }
 
 // TestCountsOfFailures: retries, dead letters by reason and failed
@@ -251,11 +259,7 @@ func TestCountersOfEveryReader(t *testing.T) {
 // once.
 func TestCountsOfFailures(t *testing.T) {
 	t.Parallel()
-	cumulative := sdkmetric.NewManualReader()
-	delta := sdkmetric.NewManualReader(sdkmetric.WithTemporalitySelector(func(sdkmetric.InstrumentKind) metricdata.Temporality {
-		return metricdata.DeltaTemporality
-	}))
-	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(cumulative), sdkmetric.WithReader(delta))
+	mp, check := twoReaders(t)
 	c := setup(t, rsvp.Config{MeterProvider: mp})
 	ctx := ctxWithin(t, 10*time.Second)
 	const q = "metrics-failures"
@@ -268,19 +272,6 @@ func TestCountsOfFailures(t *testing.T) {
 		}
 		return nil, nil
 	})
-	deltaTotal := map[string]int64{}
-	check := func(want map[string]int64) {
-		t.Helper()
-		for k, v := range metricSums(t, delta) {
-			deltaTotal[k] += v
-		}
-		got := metricSums(t, cumulative)
-		for name, n := range want {
-			if got[name] != n || deltaTotal[name] != n {
-				t.Errorf("%s: %d cumulative, %d in deltas; want %d", name, got[name], deltaTotal[name], n)
-			}
-		}
-	}
 	for _, body := range []string{"gone", "flaky", "gone", "ok"} {
 		_, err := c.Request(ctx, q, &rsvp.Message{Body: []byte(body)})
 		if want := body == "gone"; (err != nil) != want {

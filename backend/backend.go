@@ -28,6 +28,10 @@ var (
 	// ErrBadAddress: a reply address (ReplyTo) that no reply can be stored
 	// at. Retrying does not help.
 	ErrBadAddress = errors.New("backend: bad reply address")
+	// ErrLeaseLost: a delivery was not settled or extended because its
+	// lease ran out (or it was settled): the message may be with another
+	// consumer now. Each engine's own lease-lost error wraps it.
+	ErrLeaseLost = errors.New("backend: lease lost")
 )
 
 // Message is a stored request as the seam carries it. Field meanings are
@@ -307,9 +311,9 @@ type Consumer interface {
 
 // Delivery is one leased message. Exactly one of Ack, Nack or letting the
 // lease run out settles it. Once its lease ran out and the message may have
-// been delivered again, Ack, Nack and Extend fail (a backend may fail them
-// a little before the lease ends) and leave the new delivery's lease as it
-// is.
+// been delivered again, Ack, Nack and Extend fail with ErrLeaseLost (a
+// backend may fail them a little before the lease ends) and leave the new
+// delivery's lease as it is.
 type Delivery interface {
 	Message() *Message
 	// Ack removes the message from the queue.

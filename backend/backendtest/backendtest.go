@@ -376,8 +376,8 @@ var cases = []testCase{
 				case "Ack":
 					err = stale.Ack(ctx)
 				}
-				if err == nil {
-					t.Errorf("the stale holder's %s succeeded", op)
+				if !errors.Is(err, backend.ErrLeaseLost) {
+					t.Errorf("the stale holder's %s: %v, want backend.ErrLeaseLost", op, err)
 				}
 				if err := holder.Extend(ctxFor(t, 5*time.Second)); err != nil {
 					t.Fatalf("the holder's Extend: %v", err)

@@ -293,7 +293,8 @@ func (c *consumer) reject(m *nats.Msg, msg *backend.Message, why error) {
 
 // ErrLeaseLost: a delivery was not settled or extended because its lease
 // may have run out, so that the request may be with another worker now.
-var ErrLeaseLost = errors.New("rsvpnats: lease lost")
+// It wraps backend.ErrLeaseLost.
+var ErrLeaseLost = fmt.Errorf("rsvpnats: %w", backend.ErrLeaseLost)
 
 // delivery is a leased request. JetStream takes an ack, nak or renewal
 // sent for any delivery of a message as one for its current delivery: a

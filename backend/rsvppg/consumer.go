@@ -18,8 +18,8 @@ import (
 
 // ErrLeaseLost: a delivery could not be settled or extended because its
 // lease is gone: it was settled already, or it ran out and the request was
-// delivered again.
-var ErrLeaseLost = errors.New("rsvppg: lease lost")
+// delivered again. It wraps backend.ErrLeaseLost.
+var ErrLeaseLost = fmt.Errorf("rsvppg: %w", backend.ErrLeaseLost)
 
 // Consume implements backend.Backend. Each consumer has one fetching
 // goroutine that leases requests for the Next calls waiting, as many in one

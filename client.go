@@ -531,22 +531,11 @@ func (c *Client) Cancel(ctx context.Context, correlationID string) (*Reply, erro
 	if err != nil {
 		return nil, fmt.Errorf("rsvp: cancel %s: %w", correlationID, err)
 	}
-	// End the request's event log, under its channel if it has one. The
-	// final event's dedupe key is that of the current run, as its responder
-	// would use (finalKey): a replay's own, not the first run's, whose final
-	// event is in the log already.
+	// End the request's event log, under its channel if it has one, with
+	// the final event of its current run.
 	ev := &backend.Event{CorrelationID: correlationID, Type: string(backend.StatusCancelled), At: r.CreatedAt,
-		DedupeKey: correlationID + ":final", Data: []byte(`{"code":"cancelled","message":"cancelled by the requester"}`)}
-	first := true
-	err = c.eachEvent(ctx, correlationID, func(e *backend.Event) bool {
-		if first {
-			ev.Channel, first = e.Channel, false
-		}
-		if id := replayedID(e); e.Type == backend.EventReplayed && id != "" {
-			ev.DedupeKey = id + ":final"
-		}
-		return true
-	})
+		Data: []byte(`{"code":"cancelled","message":"cancelled by the requester"}`)}
+	ev.DedupeKey, ev.Channel, err = c.currentRun(ctx, correlationID)
 	if err == nil {
 		err = c.b.AppendEvent(ctx, ev)
 	}
@@ -554,6 +543,28 @@ func (c *Client) Cancel(ctx context.Context, correlationID string) (*Reply, erro
 		c.cfg.Logger.WarnContext(ctx, "rsvp: cancelled, but recording the event failed", "correlation_id", correlationID, "err", err)
 	}
 	return r, nil
+}
+
+// currentRun reads the event log of correlationID's request and returns
+// the dedupe key of the final event of its current run, and the channel
+// its log is listed under. The key is "<id>:final" of its last replay if
+// it was replayed, else "<correlation id>:final": Cancel, which knows only
+// the correlation id, records its cancelled event under it, and so does a
+// responder that finds the request cancelled (finalKey differs for a first
+// run whose id is not its correlation id).
+func (c *Client) currentRun(ctx context.Context, correlationID string) (key, channel string, err error) {
+	key = correlationID + ":final"
+	first := true
+	err = c.eachEvent(ctx, correlationID, func(e *backend.Event) bool {
+		if first {
+			channel, first = e.Channel, false
+		}
+		if id := replayedID(e); e.Type == backend.EventReplayed && id != "" {
+			key = id + ":final"
+		}
+		return true
+	})
+	return key, channel, err
 }
 
 // MaxDelay returns how far ahead Message.NotBefore may schedule a request.

@@ -294,6 +294,13 @@ func (r *settler) endEvent(ctx context.Context, m *Message, reply *Reply, failed
 	}
 	ev := &backend.Event{CorrelationID: m.CorrelationID, Channel: eventChannel(m), Type: string(reply.Status),
 		At: time.Now(), DedupeKey: finalKey(m)}
+	if reply.Status == backend.StatusCancelled && m.ID != m.CorrelationID {
+		// Cancel stored it, and recorded its event under the current run's
+		// key (see currentRun), which for a first run is not finalKey's.
+		if key, _, err := r.c.currentRun(ctx, m.CorrelationID); err == nil {
+			ev.DedupeKey = key
+		}
+	}
 	if reply.Status != backend.StatusSucceeded {
 		data := map[string]any{"code": reply.ErrorCode, "message": reply.ErrorMessage}
 		if failed {

@@ -213,11 +213,28 @@ func TestTrackOffRecordsNoEvents(t *testing.T) {
 	}
 }
 
+// TestCancelBeforeStart: a request cancelled before it started never runs,
+// and its log has one cancelled event, also when its correlation id is its
+// own (not its id): Cancel knows only the correlation id, the responder
+// that settles it the id as well.
 func TestCancelBeforeStart(t *testing.T) {
 	t.Parallel()
+	for _, own := range []bool{false, true} {
+		t.Run(fmt.Sprint("own correlation id ", own), func(t *testing.T) {
+			t.Parallel()
+			cancelBeforeStart(t, own)
+		})
+	}
+}
+
+func cancelBeforeStart(t *testing.T, ownCorrelationID bool) {
 	c := setup(t, rsvp.Config{})
 	ctx := ctxWithin(t, 10*time.Second)
-	tk, err := c.Send(ctx, "later", &rsvp.Message{Track: true, Channel: "c4", Body: []byte("doomed")})
+	msg := &rsvp.Message{Track: true, Channel: "c4", Body: []byte("doomed")}
+	if ownCorrelationID {
+		msg.CorrelationID = "order-17"
+	}
+	tk, err := c.Send(ctx, "later", msg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -24,6 +24,12 @@ var (
 	ErrNoResponders = errors.New("rsvp: no responders")
 	// ErrClosed: the client was closed.
 	ErrClosed = errors.New("rsvp: client closed")
+	// ErrLeaseLost: the lease of a request being worked on ran out, so that
+	// the request may be with another worker now; this worker's outcome is
+	// not recorded. A handler sees it as context.Cause of its ctx, and
+	// Lease.Extend returns it (match both with errors.Is). It is
+	// backend.ErrLeaseLost, which every engine's lease-lost error wraps.
+	ErrLeaseLost = backend.ErrLeaseLost
 )
 
 // Error codes carried by failure replies (RemoteError.Code) and used as

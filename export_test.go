@@ -1,5 +1,7 @@
 package rsvp
 
+import "context"
+
 // WaiterCount exposes the size of the waiter map to tests.
 func WaiterCount(c *Client) int { return c.waiters.len() }
 
@@ -15,3 +17,10 @@ func (w *Waiters) Deliver(r *Reply)                 { w.deliver(r) }
 // DiscardExporter is a span exporter that drops everything, for the
 // telemetry benchmarks.
 type DiscardExporter = dropSpans
+
+// WithBeforeExtend returns o with f run before each renewal of a handler's
+// lease (HandleOptions.beforeExtend).
+func WithBeforeExtend(o HandleOptions, f func(ctx context.Context)) HandleOptions {
+	o.beforeExtend = f
+	return o
+}

@@ -373,7 +373,8 @@ func (c *Consumer) Next(ctx context.Context) (*Lease, error) {
 // run out.
 func (c *Consumer) Close() error { return c.cons.Close() }
 
-// ErrSettled: the lease was settled already (Reply, Fail or Release).
+// ErrSettled: the lease was settled already (Reply, Fail or Release), or
+// lost (Extend returned ErrLeaseLost).
 var ErrSettled = errors.New("rsvp: lease already settled")
 
 // Lease is one request leased from a Consumer. Settle it once with Reply,
@@ -459,13 +460,19 @@ func (l *Lease) Cancelled(ctx context.Context) (bool, error) {
 	return true, nil
 }
 
-// Extend renews the lease for another HandleOptions.Lease. It fails if
-// the lease ran out so that the request may have gone to another worker.
+// Extend renews the lease for another HandleOptions.Lease. It fails with
+// an error matching ErrLeaseLost if the lease ran out so that the request
+// may have gone to another worker: stop working on it then. The lease is
+// then settled with no outcome recorded, as a Handler's would be: Reply,
+// Fail and Release return ErrSettled.
 func (l *Lease) Extend(ctx context.Context) error {
 	if l.settled.Load() {
 		return ErrSettled
 	}
 	if err := l.d.Extend(ctx); err != nil {
+		if errors.Is(err, ErrLeaseLost) && l.settle() == nil {
+			l.s.end(l.a, l.d.Message(), outcomeLeaseLost, err)
+		}
 		return fmt.Errorf("rsvp: extend lease of %s: %w", l.d.Message().ID, err)
 	}
 	l.renewed.Store(time.Now().UnixNano())

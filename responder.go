@@ -21,8 +21,12 @@ import (
 // one) to choose the code the requester sees.
 //
 // ctx ends at the request's deadline, or when the responder is stopped
-// without time to finish. A handler may run more than once for one request
-// (at-least-once execution); the requester sees exactly one final reply.
+// without time to finish. It is cancelled with cause ErrCancelled when the
+// request is cancelled, and with a cause matching ErrLeaseLost (errors.Is)
+// when the handler's lease was lost: it ran out, so that the request may be
+// with another worker. The outcome of such a handler is not recorded. A
+// handler may run more than once for one request (at-least-once execution);
+// the requester sees exactly one final reply.
 type Handler interface {
 	ServeRequest(ctx context.Context, req *Message) (*Reply, error)
 }
@@ -47,8 +51,14 @@ type HandleOptions struct {
 	Backoff func(attempt int) time.Duration
 	// Lease is how long a request is reserved for this responder before
 	// another may take it; it is renewed every Lease/3 while the handler
-	// runs, so only a dead worker lets it run out. Default 30s.
+	// runs, so only a dead or stalled worker lets it run out. A handler
+	// whose lease was lost is cancelled (see Handler). Default 30s.
 	Lease time.Duration
+
+	// beforeExtend, if set, runs before each renewal of a handler's lease,
+	// with the handler's ctx. A test seam (export_test.go): blocking in it
+	// makes the renewal come too late.
+	beforeExtend func(ctx context.Context)
 }
 
 func (o HandleOptions) withDefaults() HandleOptions {
@@ -217,12 +227,18 @@ func (r *Responder) handle(d backend.Delivery) {
 	}
 	ctx = trace.ContextWithSpan(ctx, a.span) // replies carry the attempt's trace context
 	m := d.Message()
-	reply, cancelled, err := r.run(a.ctx, d, m)
+	reply, cause, err := r.run(a.ctx, d, m)
 	var outcome string
 	switch {
+	case errors.Is(cause, ErrLeaseLost):
+		// The request may be with another worker, whose outcome it is to
+		// record: this attempt stores no reply, event or dead letter, and
+		// neither acks nor nacks, as if its worker had died.
+		a.log.Warn("rsvp: lease lost while handling; the handler's outcome is dropped", "err", cause)
+		outcome = outcomeLeaseLost
 	case err == nil:
 		outcome = r.succeed(ctx, d, reply, a.log)
-	case cancelled:
+	case cause == ErrCancelled:
 		// Client.Cancel stored the final reply: the handler's error loses to
 		// it, without a retry or a dead letter.
 		r.finish(ctx, d, &Reply{CorrelationID: m.CorrelationID, Status: backend.StatusCancelled, ErrorCode: CodeCancelled,
@@ -243,8 +259,10 @@ func (r *Responder) handle(d backend.Delivery) {
 const cancelPoll = time.Second
 
 // run calls the handler with the lease kept alive, turning a panic into an
-// error. cancelled reports that Client.Cancel cancelled the handler's ctx.
-func (r *Responder) run(spanCtx context.Context, d backend.Delivery, m *Message) (reply *Reply, cancelled bool, err error) {
+// error. cause says why the responder cancelled the handler's ctx:
+// ErrCancelled (Client.Cancel), an error matching ErrLeaseLost (a renewal
+// found the lease lost), or nil for neither.
+func (r *Responder) run(spanCtx context.Context, d backend.Delivery, m *Message) (reply *Reply, cause error, err error) {
 	ctx, cancelCause := context.WithCancelCause(trace.ContextWithSpan(r.handleCtx, trace.SpanFromContext(spanCtx)))
 	cancel := func() { cancelCause(nil) }
 	defer cancel()
@@ -280,7 +298,15 @@ func (r *Responder) run(spanCtx context.Context, d backend.Delivery, m *Message)
 			case <-ctx.Done():
 				return
 			case <-t.C:
-				if err := d.Extend(ctx); err != nil {
+				if r.opts.beforeExtend != nil {
+					r.opts.beforeExtend(ctx)
+				}
+				err := d.Extend(ctx)
+				if errors.Is(err, ErrLeaseLost) {
+					cancelCause(err) // a renewal cannot win it back
+					return
+				}
+				if err != nil {
 					r.log.Warn("rsvp: lease extension failed", "id", m.ID, "err", err)
 				}
 			case <-poll:
@@ -297,10 +323,12 @@ func (r *Responder) run(spanCtx context.Context, d backend.Delivery, m *Message)
 			r.log.Error("rsvp: handler panicked", "id", m.ID, "panic", p, "stack", string(debug.Stack()))
 			err = fmt.Errorf("handler panicked: %v", p)
 		}
-		cancelled = context.Cause(ctx) == ErrCancelled
+		if c := context.Cause(ctx); c == ErrCancelled || errors.Is(c, ErrLeaseLost) {
+			cause = c
+		}
 	}()
 	reply, err = r.h.ServeRequest(ctx, m)
-	return reply, false, err
+	return reply, nil, err
 }
 
 // checkCancelled cancels a handler's ctx with cause ErrCancelled if m's

@@ -29,6 +29,7 @@ const (
 	outcomeCancelled = "cancelled"
 	outcomeRetry     = "retry"
 	outcomeReleased  = "released"
+	outcomeLeaseLost = "lease_lost" // the lease was lost while working: no outcome recorded
 )
 
 // telemetry holds a client's tracer, propagator and instruments. With the

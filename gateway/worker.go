@@ -97,6 +97,7 @@ const (
 var (
 	errLeaseUnknown  = errors.New("unknown or expired lease")
 	errLeaseSettled  = errors.New("lease already settled")
+	errLeaseLost     = errors.New("engine lease lost") // answered as errLeaseUnknown, with its own detail
 	errWorkersClosed = errors.New("gateway closed")
 )
 
@@ -124,6 +125,7 @@ func newWorkers(c *rsvp.Client, log *slog.Logger) *workers {
 // was settled.
 type leased struct {
 	id, queue, tenant string
+	w                 *workers
 
 	mu       sync.Mutex
 	l        *rsvp.Lease // nil once settled, expired or given back
@@ -191,7 +193,7 @@ func (w *workers) add(l *rsvp.Lease, queue, tenant string, dur time.Duration) (*
 	var b [16]byte
 	_, _ = rand.Read(b[:]) // never fails, per crypto/rand
 	now := time.Now()
-	e := &leased{id: hex.EncodeToString(b[:]), queue: queue, tenant: tenant, l: l, dur: dur,
+	e := &leased{id: hex.EncodeToString(b[:]), queue: queue, tenant: tenant, w: w, l: l, dur: dur,
 		expires: now.Add(dur), renewed: now}
 	e.mu.Lock() // the timer waits for the entry to be complete
 	defer e.mu.Unlock()
@@ -255,7 +257,12 @@ func (w *workers) fire(e *leased) {
 		w.forget(e)
 	default:
 		if now.Sub(e.renewed) >= e.l.Duration()/3 {
-			if err := e.l.Extend(ctx); err != nil {
+			err := e.l.Extend(ctx)
+			if errors.Is(err, backend.ErrLeaseLost) {
+				e.lost(ctx)
+				return
+			}
+			if err != nil {
 				w.log.Warn("gateway: renewing the engine's lease failed", "queue", e.queue,
 					"id", e.l.Message().ID, "correlation_id", e.l.Message().CorrelationID, "err", err)
 			}
@@ -303,7 +310,7 @@ func (w *workers) find(rw http.ResponseWriter, r *http.Request, c caller) *lease
 }
 
 // settle runs fn on the live lease of e and marks e settled.
-func (e *leased) settle(fn func(*rsvp.Lease) error) error {
+func (e *leased) settle(ctx context.Context, fn func(*rsvp.Lease) error) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	l, err := e.live()
@@ -311,13 +318,44 @@ func (e *leased) settle(fn func(*rsvp.Lease) error) error {
 		return err
 	}
 	if err := fn(l); err != nil {
-		if errors.Is(err, rsvp.ErrSettled) {
-			return errLeaseSettled
-		}
-		return err
+		return e.leaseErr(ctx, err)
 	}
 	e.settled()
 	return nil
+}
+
+// leaseErr returns the error of a call on e's engine lease that failed with
+// err: errLeaseSettled for rsvp.ErrSettled, and errLeaseLost, after ending
+// e (lost), for a lost engine lease. Call with e.mu held.
+func (e *leased) leaseErr(ctx context.Context, err error) error {
+	switch {
+	case errors.Is(err, rsvp.ErrSettled):
+		return errLeaseSettled
+	case errors.Is(err, backend.ErrLeaseLost):
+		e.lost(ctx)
+		return errLeaseLost
+	}
+	return err
+}
+
+// lost ends e, whose engine lease was lost (backend.ErrLeaseLost): the
+// engine may have given its request to another worker, which the worker
+// of e must leave it to. So e ends as a lease that ran out does: forgotten
+// (its id is then unknown). Its attempt is ended already when the loss
+// came from Extend (rsvp.Lease settles a lease it finds lost); Release
+// ends it otherwise (its Nack finds the engine's lease lost and sends
+// nothing). Call with e.mu held.
+func (e *leased) lost(ctx context.Context) {
+	m := e.l.Message()
+	e.w.log.Info("gateway: the engine's lease was lost; the request may be with another worker", "queue", e.queue,
+		"id", m.ID, "correlation_id", m.CorrelationID, "attempt", m.Attempt, "tenant", e.tenant)
+	if err := e.l.Release(ctx); err != nil && !errors.Is(err, rsvp.ErrSettled) && !errors.Is(err, backend.ErrLeaseLost) {
+		e.w.log.Warn("gateway: ending the attempt of a lost lease failed", "queue", e.queue, "id", m.ID,
+			"correlation_id", m.CorrelationID, "err", err)
+	}
+	e.l = nil
+	e.timer.Stop()
+	e.w.forget(e)
 }
 
 // settled marks e's lease settled. Call with e.mu held.
@@ -374,10 +412,7 @@ func (e *leased) extend(ctx context.Context, dur time.Duration) (time.Time, erro
 		return time.Time{}, err
 	}
 	if err := l.Extend(ctx); err != nil {
-		if errors.Is(err, rsvp.ErrSettled) {
-			return time.Time{}, errLeaseSettled
-		}
-		return time.Time{}, err
+		return time.Time{}, e.leaseErr(ctx, err)
 	}
 	now := time.Now()
 	if dur > 0 {
@@ -530,6 +565,11 @@ func (g *Gateway) settleProblem(w http.ResponseWriter, r *http.Request, err erro
 	case errors.Is(err, errLeaseSettled):
 		problem(w, http.StatusConflict, "lease-settled", "Lease already settled",
 			"this lease was replied to or failed already; each lease is settled once")
+	case errors.Is(err, errLeaseLost) || errors.Is(err, backend.ErrLeaseLost):
+		// As a lease that ran out: the engine is fine, but the request may
+		// be another worker's now, and no retry can help.
+		problem(w, http.StatusNotFound, "unknown-lease", "Unknown or expired lease",
+			"the engine gave the request to another worker (its lease with the engine ran out): stop working on it")
 	case errors.Is(err, errLeaseUnknown):
 		problem(w, http.StatusNotFound, "unknown-lease", "Unknown or expired lease",
 			"the lease ran out, was never handed out by this gateway, or is long settled")
@@ -579,7 +619,7 @@ func (g *Gateway) leaseReply(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	g.answerLease(w, r, func(ctx context.Context) error {
-		return e.settle(func(l *rsvp.Lease) error { return l.Reply(ctx, &rsvp.Reply{ContentType: ct, Body: body}) })
+		return e.settle(ctx, func(l *rsvp.Lease) error { return l.Reply(ctx, &rsvp.Reply{ContentType: ct, Body: body}) })
 	})
 }
 
@@ -622,7 +662,7 @@ func (g *Gateway) leaseFail(w http.ResponseWriter, r *http.Request) {
 		err = rsvp.Permanent(err)
 	}
 	g.answerLease(w, r, func(ctx context.Context) error {
-		return e.settle(func(l *rsvp.Lease) error { return l.Fail(ctx, err) })
+		return e.settle(ctx, func(l *rsvp.Lease) error { return l.Fail(ctx, err) })
 	})
 }
 

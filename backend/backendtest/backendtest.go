@@ -559,8 +559,12 @@ var cases = []testCase{
 		perConsumer := make([]int, 2)
 		ctx := ctxFor(t, 30*time.Second)
 		var wg sync.WaitGroup
-		for i, bk := range []backend.Backend{b, b2} {
-			c := consume(t, bk, q, backend.ConsumeParams{Lease: 30 * time.Second})
+		// Both open before either takes a message: an open may take a
+		// while (rsvpnats agrees on the lease with the others), in which
+		// the other could take them all.
+		cs := []backend.Consumer{consume(t, b, q, backend.ConsumeParams{Lease: 30 * time.Second}),
+			consume(t, b2, q, backend.ConsumeParams{Lease: 30 * time.Second})}
+		for i, c := range cs {
 			for range 4 {
 				wg.Add(1)
 				go func() {

@@ -2,8 +2,6 @@ package rsvp_test
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -14,12 +12,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/rsvp-go/rsvp"
 	"github.com/rsvp-go/rsvp/backend"
 	"github.com/rsvp-go/rsvp/backend/rsvpnats"
 	"github.com/rsvp-go/rsvp/backend/rsvppg"
+	"github.com/rsvp-go/rsvp/internal/pgtest"
 )
 
 // topicEngine is an engine that tests can restart: a backend on a store
@@ -45,35 +42,13 @@ func forEachEngine(t *testing.T, fn func(t *testing.T, e *topicEngine)) {
 		if url == "" {
 			t.Skip("RSVP_TEST_POSTGRES_URL is not set")
 		}
-		schema := topicSchema(t, url)
+		schema := pgtest.Schema(t, url, "rsvp_topic_test_")
 		fn(t, newTopicEngine(t, func() (backend.Backend, error) {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
 			return rsvppg.Open(ctx, url, rsvppg.Options{Schema: schema})
 		}))
 	})
-}
-
-// topicSchema returns a fresh schema name on url, dropped when t ends.
-func topicSchema(t *testing.T, url string) string {
-	t.Helper()
-	b := make([]byte, 6)
-	_, _ = rand.Read(b)
-	schema := "rsvp_topic_test_" + hex.EncodeToString(b)
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		conn, err := pgx.Connect(ctx, url)
-		if err != nil {
-			t.Errorf("drop schema %s: %v", schema, err)
-			return
-		}
-		defer conn.Close(ctx)
-		if _, err := conn.Exec(ctx, "DROP SCHEMA IF EXISTS "+pgx.Identifier{schema}.Sanitize()+" CASCADE"); err != nil {
-			t.Errorf("drop schema %s: %v", schema, err)
-		}
-	})
-	return schema
 }
 
 func newTopicEngine(t *testing.T, open func() (backend.Backend, error)) *topicEngine {

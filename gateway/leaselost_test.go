@@ -2,8 +2,6 @@ package gateway_test
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"net/http"
 	"os"
 	"testing"
@@ -14,6 +12,7 @@ import (
 	"github.com/rsvp-go/rsvp"
 	"github.com/rsvp-go/rsvp/backend/rsvppg"
 	"github.com/rsvp-go/rsvp/gateway"
+	"github.com/rsvp-go/rsvp/internal/pgtest"
 )
 
 // newPGEnv starts a gateway on PostgreSQL, in a fresh schema dropped when t
@@ -26,22 +25,7 @@ func newPGEnv(t *testing.T) (e *env, url, schema string) {
 	if url == "" {
 		t.Skip("set RSVP_TEST_POSTGRES_URL (see README, Tests) to run the PostgreSQL tests")
 	}
-	b := make([]byte, 6)
-	_, _ = rand.Read(b)
-	schema = "rsvp_gw_test_" + hex.EncodeToString(b)
-	t.Cleanup(func() { // after the gateway and the engine closed
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		conn, err := pgx.Connect(ctx, url)
-		if err != nil {
-			t.Errorf("drop schema %s: %v", schema, err)
-			return
-		}
-		defer conn.Close(ctx)
-		if _, err := conn.Exec(ctx, "DROP SCHEMA IF EXISTS "+pgx.Identifier{schema}.Sanitize()+" CASCADE"); err != nil {
-			t.Errorf("drop schema %s: %v", schema, err)
-		}
-	})
+	schema = pgtest.Schema(t, url, "rsvp_gw_test_") // dropped after the gateway and the engine closed
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	be, err := rsvppg.Open(ctx, url, rsvppg.Options{Schema: schema})

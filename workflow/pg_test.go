@@ -2,16 +2,13 @@ package workflow_test
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"os"
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/rsvp-go/rsvp"
 	"github.com/rsvp-go/rsvp/backend/rsvppg"
+	"github.com/rsvp-go/rsvp/internal/pgtest"
 	"github.com/rsvp-go/rsvp/workflow"
 )
 
@@ -25,7 +22,7 @@ func TestWorkflowsOnPostgres(t *testing.T) {
 		t.Skip("set RSVP_TEST_POSTGRES_URL (see README, Tests) to run the PostgreSQL tests")
 	}
 	ctx := ctxT(t, 60*time.Second)
-	schema := freshSchema(t, url)
+	schema := pgtest.Schema(t, url, "rsvp_wf_")
 	b, err := rsvppg.Open(ctx, url, rsvppg.Options{Schema: schema})
 	if err != nil {
 		t.Fatalf("RSVP_TEST_POSTGRES_URL: %v", err)
@@ -64,25 +61,4 @@ func TestWorkflowsOnPostgres(t *testing.T) {
 	if d := time.Since(began); d < 200*time.Millisecond {
 		t.Fatalf("finished after %s, before its 200ms timer", d)
 	}
-}
-
-func freshSchema(t *testing.T, url string) string {
-	t.Helper()
-	b := make([]byte, 6)
-	_, _ = rand.Read(b)
-	schema := "rsvp_wf_" + hex.EncodeToString(b)
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		conn, err := pgx.Connect(ctx, url)
-		if err != nil {
-			t.Errorf("drop schema %s: %v", schema, err)
-			return
-		}
-		defer conn.Close(ctx)
-		if _, err := conn.Exec(ctx, "DROP SCHEMA IF EXISTS "+schema+" CASCADE"); err != nil {
-			t.Errorf("drop schema %s: %v", schema, err)
-		}
-	})
-	return schema
 }

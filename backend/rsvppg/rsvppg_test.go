@@ -2,8 +2,6 @@ package rsvppg_test
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"os"
 	"sync"
 	"testing"
@@ -15,6 +13,7 @@ import (
 	"github.com/rsvp-go/rsvp/backend"
 	"github.com/rsvp-go/rsvp/backend/backendtest"
 	"github.com/rsvp-go/rsvp/backend/rsvppg"
+	"github.com/rsvp-go/rsvp/internal/pgtest"
 )
 
 func TestMain(m *testing.M) {
@@ -60,28 +59,7 @@ var reach = func() func(string) error {
 
 // freshSchema returns the name of a schema no one uses, and drops it when
 // t ends.
-func freshSchema(t testing.TB, url string) string {
-	t.Helper()
-	b := make([]byte, 6)
-	_, _ = rand.Read(b)
-	schema := "rsvp_test_" + hex.EncodeToString(b)
-	t.Cleanup(func() { dropSchema(t, url, schema) })
-	return schema
-}
-
-func dropSchema(t testing.TB, url, schema string) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	conn, err := pgx.Connect(ctx, url)
-	if err != nil {
-		t.Errorf("drop schema %s: %v", schema, err)
-		return
-	}
-	defer conn.Close(ctx)
-	if _, err := conn.Exec(ctx, "DROP SCHEMA IF EXISTS "+pgx.Identifier{schema}.Sanitize()+" CASCADE"); err != nil {
-		t.Errorf("drop schema %s: %v", schema, err)
-	}
-}
+func freshSchema(t testing.TB, url string) string { return pgtest.Schema(t, url, "rsvp_test_") }
 
 // open opens a backend on url with opts and closes it when t ends.
 func open(t testing.TB, url string, opts rsvppg.Options) *rsvppg.Backend {

@@ -300,27 +300,13 @@ var cases = []testCase{
 		c := consume(t, b, q, backend.ConsumeParams{Lease: lease})
 		d := next(t, c, 10*time.Second)
 		// Extend for three leases' time while another worker watches.
-		var wg sync.WaitGroup
-		wg.Add(1)
-		stop := make(chan struct{})
-		go func() {
-			defer wg.Done()
-			tick := time.NewTicker(lease / 4)
-			defer tick.Stop()
-			for {
-				select {
-				case <-stop:
-					return
-				case <-tick.C:
-					if err := d.Extend(context.Background()); err != nil {
-						t.Errorf("extend: %v", err)
-					}
-				}
+		stop := extendEvery(d, lease/4, func(err error) {
+			if err != nil {
+				t.Errorf("extend: %v", err)
 			}
-		}()
+		})
 		nothingWithin(t, c, 3*lease)
-		close(stop)
-		wg.Wait()
+		stop()
 		if err := d.Ack(ctxFor(t, 5*time.Second)); err != nil {
 			t.Fatal(err)
 		}
@@ -347,26 +333,14 @@ var cases = []testCase{
 				case "Extend":
 					err = stale.Extend(ctx)
 					// It goes on extending, as a worker that does not know.
-					var wg sync.WaitGroup
-					stop := make(chan struct{})
 					renewed := 0
-					wg.Go(func() {
-						tick := time.NewTicker(lease / 4)
-						defer tick.Stop()
-						for {
-							select {
-							case <-stop:
-								return
-							case <-tick.C:
-								if stale.Extend(context.Background()) == nil {
-									renewed++
-								}
-							}
+					stop := extendEvery(stale, lease/4, func(err error) {
+						if err == nil {
+							renewed++
 						}
 					})
 					defer func() {
-						close(stop)
-						wg.Wait()
+						stop()
 						if renewed > 0 {
 							t.Errorf("the stale holder's Extend succeeded %d more times", renewed)
 						}
@@ -731,4 +705,28 @@ var cases = []testCase{
 			t.Errorf("enqueue of 64 MiB: %v, want ErrTooLarge", err)
 		}
 	}},
+}
+
+// extendEvery extends d's lease every period, passing each result to f,
+// until the returned stop is called; stop returns once the last Extend
+// and f are done.
+func extendEvery(d backend.Delivery, period time.Duration, f func(error)) (stop func()) {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		tick := time.NewTicker(period)
+		defer tick.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-tick.C:
+				f(d.Extend(context.Background()))
+			}
+		}
+	})
+	return func() {
+		close(done)
+		wg.Wait()
+	}
 }

@@ -121,7 +121,13 @@ func (c *consumer) Next(ctx context.Context) (backend.Delivery, error) {
 		if d := c.ses.promote(ctx); d != nil {
 			// Its lease was last renewed while held: start it afresh, so
 			// that it lasts the full lease from now, as the caller expects.
-			d.renew()
+			// Unless the engine confirms that in time, the request may be
+			// with another worker by now: it is left to come back.
+			if err := d.renew(ctx); err != nil {
+				c.log.Warn("rsvpnats: a held session request's lease could not be renewed; it comes back", "id", d.msg.ID, "err", err)
+				c.ses.settled(d, false)
+				continue
+			}
 			c.ses.countAttempt(ctx, d)
 			return d, nil
 		}
@@ -203,9 +209,9 @@ type arrived struct {
 // pulled returns the message a pull brought, or none for a status that
 // ended it. A message that arrived for a pull whose caller had left waited
 // here with its lease running: its lease starts again, unless it may have
-// run out (the request may be with another worker by now: it is left to
-// come back), so that no lease is handed out shorter than the caller
-// expects.
+// run out or the engine does not confirm the renewal in time (the request
+// may be with another worker by now: it is left to come back), so that no
+// lease is handed out shorter than the caller expects.
 func (c *consumer) pulled(ctx context.Context, a arrived) arrived {
 	m := a.m
 	if status := m.Header.Get("Status"); status != "" && len(m.Data) == 0 {
@@ -215,13 +221,16 @@ func (c *consumer) pulled(ctx context.Context, a arrived) arrived {
 		}
 		return arrived{}
 	}
-	now := time.Now()
-	switch waited := now.Sub(a.at); {
+	switch waited := time.Since(a.at); {
 	case waited < c.lease/20: // taken as it came: the usual case
-	case waited < c.lease*9/10 && m.InProgress() == nil:
-		a.at = now // its lease started again
-	default:
+	case waited >= c.lease*9/10:
 		return arrived{}
+	default:
+		at, err := c.renew(ctx, m, a.at)
+		if err != nil {
+			return arrived{}
+		}
+		a.at = at // its lease started again
 	}
 	return a
 }
@@ -320,18 +329,54 @@ func (d *delivery) Message() *backend.Message { return d.msg }
 // renewedAt is when d's lease last started.
 func (d *delivery) renewedAt() time.Time { return time.Unix(0, d.renewed.Load()) }
 
-// renew starts d's lease again (not waiting for the engine).
-func (d *delivery) renew() {
-	now := time.Now()
-	if d.m.InProgress() == nil {
-		d.renewed.Store(now.UnixNano())
+// renew starts d's lease again, if the engine confirms it in time (see
+// consumer.renew).
+func (d *delivery) renew(ctx context.Context) error {
+	at, err := d.c.renew(ctx, d.m, d.renewedAt())
+	if err != nil {
+		return err
+	}
+	for { // keep the latest start: renewals may overlap
+		old := d.renewed.Load()
+		if at.UnixNano() <= old || d.renewed.CompareAndSwap(old, at.UnixNano()) {
+			return nil
+		}
 	}
 }
 
 // lost reports whether d's lease may have run out by now.
-func (d *delivery) lost(now time.Time) bool {
-	ackWait := time.Duration(d.c.ackWait.Load())
-	return now.Sub(d.renewedAt()) >= ackWait-ackWait/20
+func (d *delivery) lost(now time.Time) bool { return d.c.expired(d.renewedAt(), now) }
+
+// expired reports whether a lease of this consumer that started at from
+// may have run out by now: the consumer's lease has passed since, less a
+// twentieth for the time a delivery takes to arrive (the engine started
+// the lease before it was seen here).
+func (c *consumer) expired(from, now time.Time) bool {
+	ackWait := time.Duration(c.ackWait.Load())
+	return now.Sub(from) >= ackWait-ackWait/20
+}
+
+// renew starts the lease of m, which started at from, again, and returns
+// when the new one started. Only a renewal that the engine confirmed
+// before the old lease could run out counts; otherwise it returns an
+// error (ErrLeaseLost if the lease may have run out). One that arrived
+// later may have renewed another worker's lease, and one that never
+// arrived renewed nothing: nats.go reports a publish sent once it is
+// written, or buffered while the connection is down.
+func (c *consumer) renew(ctx context.Context, m *nats.Msg, from time.Time) (time.Time, error) {
+	sent := time.Now()
+	if c.expired(from, sent) {
+		return from, ErrLeaseLost
+	}
+	ctx, cancel := c.b.withTimeout(ctx)
+	defer cancel()
+	if err := m.InProgress(nats.Context(ctx)); err != nil {
+		return from, err
+	}
+	if c.expired(from, time.Now()) {
+		return from, ErrLeaseLost
+	}
+	return sent, nil
 }
 
 func (d *delivery) Ack(ctx context.Context) error {
@@ -370,19 +415,9 @@ func (d *delivery) Nack(ctx context.Context, delay time.Duration) error {
 // to have arrived before the lease could run out; if it came too late, it
 // may have renewed another worker's lease, and Extend returns ErrLeaseLost.
 func (d *delivery) Extend(ctx context.Context) error {
-	sent := time.Now()
-	if d.lost(sent) {
-		return fmt.Errorf("rsvpnats: extend lease of %s: %w", d.msg.ID, ErrLeaseLost)
-	}
-	ctx, cancel := d.c.b.withTimeout(ctx)
-	defer cancel()
-	if err := d.m.InProgress(nats.Context(ctx)); err != nil {
+	if err := d.renew(ctx); err != nil {
 		return fmt.Errorf("rsvpnats: extend lease of %s: %w", d.msg.ID, err)
 	}
-	if d.lost(time.Now()) {
-		return fmt.Errorf("rsvpnats: extend lease of %s: %w", d.msg.ID, ErrLeaseLost)
-	}
-	d.renewed.Store(sent.UnixNano())
 	if d.ses != nil {
 		d.ses.extended(d)
 	}

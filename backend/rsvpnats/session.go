@@ -234,11 +234,11 @@ func (ss *sessions) promote(ctx context.Context) *delivery {
 
 // due returns the first held request of s if it may be checked now, after
 // dropping held requests that no longer count: those acked here through
-// an earlier delivery, and those whose lease ran out (the stream delivers
-// them again).
+// an earlier delivery, and those whose lease may have run out (the stream
+// delivers them again).
 func (ss *sessions) due(s *session) *delivery {
 	now := time.Now()
-	for len(s.held) > 0 && (s.held[0].seq <= s.done || now.Sub(s.held[0].renewedAt()) > ss.lease) {
+	for len(s.held) > 0 && (s.held[0].seq <= s.done || s.held[0].lost(now)) {
 		ss.drop(s)
 	}
 	if len(s.held) == 0 || s.busy(now) || s.checking || ss.keys[s.key] != s {
@@ -284,8 +284,13 @@ func (ss *sessions) countAttempt(ctx context.Context, d *delivery) {
 }
 
 // handBack returns d to the stream unrun, recording it so that the
-// delivery is not counted as an attempt (countAttempt).
+// delivery is not counted as an attempt (countAttempt). One whose lease
+// may have run out is left alone: it comes back by itself, and a nak now
+// could give back another worker's delivery of it.
 func (ss *sessions) handBack(d *delivery, why string) {
+	if d.lost(time.Now()) {
+		return
+	}
 	delivered := d.msg.Attempt
 	if md, err := d.m.Metadata(); err == nil {
 		delivered = int(md.NumDelivered)
@@ -360,7 +365,7 @@ func (ss *sessions) run(ctx context.Context) {
 			armed = false
 		}
 		if time.Since(lastExtend) > ss.lease/3 {
-			ss.extendHeld()
+			ss.extendHeld(ctx)
 			lastExtend = time.Now()
 		}
 		if ss.c.waiting.Load() == 0 && time.Since(time.Unix(0, ss.c.lastOut.Load())) > idleGiveBack {
@@ -411,13 +416,21 @@ func (ss *sessions) giveBackDue(ctx context.Context) {
 	}
 }
 
-// extendHeld renews the leases of held requests.
-func (ss *sessions) extendHeld() {
+// extendHeld renews the leases of held requests, taking at most a third
+// of the lease. A held request whose renewal was not confirmed in time is
+// dropped by due once its lease may have run out.
+func (ss *sessions) extendHeld(ctx context.Context) {
 	ss.mu.Lock()
-	defer ss.mu.Unlock()
+	var held []*delivery
 	for _, s := range ss.keys {
-		for _, d := range s.held {
-			d.renew()
+		held = append(held, s.held...)
+	}
+	ss.mu.Unlock()
+	ctx, cancel := context.WithTimeout(ctx, ss.lease/3)
+	defer cancel()
+	for _, d := range held {
+		if err := d.renew(ctx); err != nil && ctx.Err() == nil {
+			ss.c.log.Warn("rsvpnats: renewing a held session request's lease failed", "id", d.msg.ID, "err", err)
 		}
 	}
 }

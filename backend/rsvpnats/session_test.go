@@ -3,13 +3,17 @@ package rsvpnats_test
 import (
 	"context"
 	"encoding/base64"
+	"net"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
 
 	"github.com/rsvp-go/rsvp/backend"
+	"github.com/rsvp-go/rsvp/backend/rsvpnats"
+	"github.com/rsvp-go/rsvp/internal/natstest"
 )
 
 func sessionEnqueue(t *testing.T, ctx context.Context, b backend.Backend, q, id, key string) {
@@ -123,5 +127,181 @@ func TestSessionSubjectMismatchIsBadRequest(t *testing.T) {
 	dls, err := b.DeadLetters(ctx, backend.DeadLetterQuery{Queue: "mismatch"})
 	if err != nil || len(dls) != 1 || dls[0].Reason != "bad_request" || !strings.Contains(dls[0].LastError, "does not carry the Rsvp-Session header") {
 		t.Fatalf("dead letters %+v, %v", dls, err)
+	}
+}
+
+// A held session request's lease counts as renewed only when the engine
+// confirmed the renewal. Cut off from the engine by a network partition
+// (the connection stays open, and nats.go reports each renewal as sent),
+// the consumer that held it must not take its lease for kept: the lease
+// runs out at the engine, which delivers the request to another consumer,
+// and the first must not also hand it to a worker of its own once the
+// partition ends and its turn has come.
+func TestSessionHeldLeaseNeedsConfirmedRenewals(t *testing.T) {
+	url := natstest.Start(t)
+	p := newFreezeProxy(t, strings.TrimPrefix(url, "nats://"))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	open := func(url string) *rsvpnats.Backend {
+		b, err := rsvpnats.Connect(ctx, url, rsvpnats.Options{Timeout: time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { b.Close() })
+		return b
+	}
+	cut, other := open("nats://"+p.ln.Addr().String()), open(url)
+	sessionEnqueue(t, ctx, other, "q", "h1", "k")
+	sessionEnqueue(t, ctx, other, "q", "h2", "k")
+	const lease = 2 * time.Second
+	held := sessionConsume(t, ctx, cut, "q", lease)
+	if d, err := nextWithin(held, 5*time.Second); err != nil || d.Message().ID != "h1" {
+		t.Fatalf("first: %v, %v", d, err)
+	}
+	if d, err := nextWithin(held, 300*time.Millisecond); err == nil { // pulls h2 and holds it
+		t.Fatalf("h2 was handed out before its turn: %s", d.Message().ID)
+	}
+
+	p.freeze()
+	// At the engine, the leases of h1 and h2 run out: the other consumer
+	// gets them, in turn.
+	c := sessionConsume(t, ctx, other, "q", lease)
+	e1, err := nextWithin(c, 10*time.Second)
+	if err != nil || e1.Message().ID != "h1" {
+		t.Fatalf("other consumer, first: %v, %v", e1, err)
+	}
+	if err := e1.Ack(ctx); err != nil {
+		t.Fatal(err)
+	}
+	e2, err := nextWithin(c, 10*time.Second)
+	if err != nil || e2.Message().ID != "h2" {
+		t.Fatalf("other consumer, second: %v, %v", e2, err)
+	}
+	stop, stopped := make(chan struct{}), make(chan struct{})
+	go func() { // e2's lease is kept while the first consumer is watched
+		defer close(stopped)
+		tick := time.NewTicker(lease / 4)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+				if err := e2.Extend(ctx); err != nil {
+					t.Errorf("extending h2 at the other consumer: %v", err)
+				}
+			}
+		}
+	}()
+	defer func() { close(stop); <-stopped }()
+
+	// A worker waits at the first consumer as the partition ends.
+	type result struct {
+		d   backend.Delivery
+		err error
+	}
+	got := make(chan result, 1)
+	go func() {
+		d, err := nextWithin(held, 3*time.Second)
+		got <- result{d, err}
+	}()
+	p.thaw()
+	if r := <-got; r.err == nil {
+		t.Fatalf("%s (attempt %d) was handed to a worker of the consumer that was cut off, while another consumer had it",
+			r.d.Message().ID, r.d.Message().Attempt)
+	}
+}
+
+// freezeProxy forwards TCP connections to an address. Frozen, it passes
+// nothing on, either way, while the connections stay open, as in a network
+// partition: the senders' writes still succeed.
+type freezeProxy struct {
+	ln       net.Listener
+	target   string
+	accepted chan struct{} // closed when accept returns
+	wg       sync.WaitGroup
+
+	mu     sync.Mutex
+	thawed chan struct{} // closed while not frozen
+	conns  []net.Conn
+}
+
+func newFreezeProxy(t *testing.T, target string) *freezeProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &freezeProxy{ln: ln, target: target, accepted: make(chan struct{}), thawed: make(chan struct{})}
+	close(p.thawed)
+	go p.accept()
+	t.Cleanup(func() {
+		ln.Close()
+		<-p.accepted
+		p.thaw()
+		p.mu.Lock()
+		for _, c := range p.conns {
+			c.Close()
+		}
+		p.mu.Unlock()
+		p.wg.Wait()
+	})
+	return p
+}
+
+func (p *freezeProxy) accept() {
+	defer close(p.accepted)
+	for {
+		c, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		s, err := net.Dial("tcp", p.target)
+		if err != nil {
+			c.Close()
+			continue
+		}
+		p.mu.Lock()
+		p.conns = append(p.conns, c, s)
+		p.mu.Unlock()
+		p.wg.Go(func() { p.pipe(s, c) })
+		p.wg.Go(func() { p.pipe(c, s) })
+	}
+}
+
+// pipe copies src to dst, holding what it read while the proxy is frozen.
+func (p *freezeProxy) pipe(dst, src net.Conn) {
+	defer dst.Close()
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			p.mu.Lock()
+			thawed := p.thawed
+			p.mu.Unlock()
+			<-thawed
+			if _, err := dst.Write(buf[:n]); err != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+func (p *freezeProxy) freeze() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.thawed = make(chan struct{})
+}
+
+func (p *freezeProxy) thaw() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	select {
+	case <-p.thawed:
+	default:
+		close(p.thawed)
 	}
 }

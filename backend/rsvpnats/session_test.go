@@ -3,9 +3,7 @@ package rsvpnats_test
 import (
 	"context"
 	"encoding/base64"
-	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -14,6 +12,7 @@ import (
 	"github.com/rsvp-go/rsvp/backend"
 	"github.com/rsvp-go/rsvp/backend/rsvpnats"
 	"github.com/rsvp-go/rsvp/internal/natstest"
+	"github.com/rsvp-go/rsvp/internal/tcpproxy"
 )
 
 func sessionEnqueue(t *testing.T, ctx context.Context, b backend.Backend, q, id, key string) {
@@ -139,7 +138,7 @@ func TestSessionSubjectMismatchIsBadRequest(t *testing.T) {
 // partition ends and its turn has come.
 func TestSessionHeldLeaseNeedsConfirmedRenewals(t *testing.T) {
 	url := natstest.Start(t)
-	p := newFreezeProxy(t, strings.TrimPrefix(url, "nats://"))
+	p := tcpproxy.Start(t, strings.TrimPrefix(url, "nats://"), nil)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	open := func(url string) *rsvpnats.Backend {
@@ -150,7 +149,7 @@ func TestSessionHeldLeaseNeedsConfirmedRenewals(t *testing.T) {
 		t.Cleanup(func() { b.Close() })
 		return b
 	}
-	cut, other := open("nats://"+p.ln.Addr().String()), open(url)
+	cut, other := open("nats://"+p.Addr()), open(url)
 	sessionEnqueue(t, ctx, other, "q", "h1", "k")
 	sessionEnqueue(t, ctx, other, "q", "h2", "k")
 	const lease = 2 * time.Second
@@ -162,7 +161,7 @@ func TestSessionHeldLeaseNeedsConfirmedRenewals(t *testing.T) {
 		t.Fatalf("h2 was handed out before its turn: %s", d.Message().ID)
 	}
 
-	p.freeze()
+	p.Freeze()
 	// At the engine, the leases of h1 and h2 run out: the other consumer
 	// gets them, in turn.
 	c := sessionConsume(t, ctx, other, "q", lease)
@@ -205,103 +204,9 @@ func TestSessionHeldLeaseNeedsConfirmedRenewals(t *testing.T) {
 		d, err := nextWithin(held, 3*time.Second)
 		got <- result{d, err}
 	}()
-	p.thaw()
+	p.Thaw()
 	if r := <-got; r.err == nil {
 		t.Fatalf("%s (attempt %d) was handed to a worker of the consumer that was cut off, while another consumer had it",
 			r.d.Message().ID, r.d.Message().Attempt)
-	}
-}
-
-// freezeProxy forwards TCP connections to an address. Frozen, it passes
-// nothing on, either way, while the connections stay open, as in a network
-// partition: the senders' writes still succeed.
-type freezeProxy struct {
-	ln       net.Listener
-	target   string
-	accepted chan struct{} // closed when accept returns
-	wg       sync.WaitGroup
-
-	mu     sync.Mutex
-	thawed chan struct{} // closed while not frozen
-	conns  []net.Conn
-}
-
-func newFreezeProxy(t *testing.T, target string) *freezeProxy {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &freezeProxy{ln: ln, target: target, accepted: make(chan struct{}), thawed: make(chan struct{})}
-	close(p.thawed)
-	go p.accept()
-	t.Cleanup(func() {
-		ln.Close()
-		<-p.accepted
-		p.thaw()
-		p.mu.Lock()
-		for _, c := range p.conns {
-			c.Close()
-		}
-		p.mu.Unlock()
-		p.wg.Wait()
-	})
-	return p
-}
-
-func (p *freezeProxy) accept() {
-	defer close(p.accepted)
-	for {
-		c, err := p.ln.Accept()
-		if err != nil {
-			return
-		}
-		s, err := net.Dial("tcp", p.target)
-		if err != nil {
-			c.Close()
-			continue
-		}
-		p.mu.Lock()
-		p.conns = append(p.conns, c, s)
-		p.mu.Unlock()
-		p.wg.Go(func() { p.pipe(s, c) })
-		p.wg.Go(func() { p.pipe(c, s) })
-	}
-}
-
-// pipe copies src to dst, holding what it read while the proxy is frozen.
-func (p *freezeProxy) pipe(dst, src net.Conn) {
-	defer dst.Close()
-	buf := make([]byte, 32<<10)
-	for {
-		n, err := src.Read(buf)
-		if n > 0 {
-			p.mu.Lock()
-			thawed := p.thawed
-			p.mu.Unlock()
-			<-thawed
-			if _, err := dst.Write(buf[:n]); err != nil {
-				return
-			}
-		}
-		if err != nil {
-			return
-		}
-	}
-}
-
-func (p *freezeProxy) freeze() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.thawed = make(chan struct{})
-}
-
-func (p *freezeProxy) thaw() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	select {
-	case <-p.thawed:
-	default:
-		close(p.thawed)
 	}
 }

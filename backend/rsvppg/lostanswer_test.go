@@ -4,15 +4,14 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"net"
 	"net/url"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/rsvp-go/rsvp/backend"
 	"github.com/rsvp-go/rsvp/backend/rsvppg"
+	"github.com/rsvp-go/rsvp/internal/tcpproxy"
 )
 
 // cutProxy forwards TCP connections to a PostgreSQL server. Armed with a
@@ -24,34 +23,26 @@ import (
 // the statement committed, the client sees a broken connection. It fires
 // once.
 type cutProxy struct {
-	ln     net.Listener
-	target string
-	marker []byte
-	tag    []byte
-	armed  atomic.Bool
-	fired  atomic.Bool
-	wg     sync.WaitGroup
-	mu     sync.Mutex
-	conns  []net.Conn
+	*tcpproxy.Proxy
+	marker, tag []byte
+	armed       atomic.Bool
+	fired       atomic.Bool
 }
 
 func newCutProxy(t *testing.T, target string) *cutProxy {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &cutProxy{ln: ln, target: target}
-	p.wg.Add(1)
-	go p.accept()
-	t.Cleanup(func() {
-		_ = ln.Close()
-		p.mu.Lock()
-		for _, c := range p.conns {
-			_ = c.Close()
+	p := &cutProxy{}
+	p.Proxy = tcpproxy.Start(t, target, func() tcpproxy.Watcher {
+		var flagged atomic.Bool // this connection sent the marker
+		return func(toServer bool, b []byte) bool {
+			if toServer {
+				if p.armed.Load() && !p.fired.Load() && bytes.Contains(b, p.marker) {
+					flagged.Store(true)
+				}
+				return false
+			}
+			return flagged.Load() && bytes.Contains(b, p.tag) && p.fired.CompareAndSwap(false, true)
 		}
-		p.mu.Unlock()
-		p.wg.Wait()
 	})
 	return p
 }
@@ -59,66 +50,6 @@ func newCutProxy(t *testing.T, target string) *cutProxy {
 func (p *cutProxy) arm(marker, tag string) {
 	p.marker, p.tag = []byte(marker), []byte(tag)
 	p.armed.Store(true)
-}
-
-func (p *cutProxy) accept() {
-	defer p.wg.Done()
-	for {
-		c, err := p.ln.Accept()
-		if err != nil {
-			return
-		}
-		s, err := net.Dial("tcp", p.target)
-		if err != nil {
-			_ = c.Close()
-			continue
-		}
-		p.mu.Lock()
-		p.conns = append(p.conns, c, s)
-		p.mu.Unlock()
-		var flagged atomic.Bool
-		p.wg.Add(2)
-		go func() { // client to server
-			defer p.wg.Done()
-			buf := make([]byte, 64<<10)
-			for {
-				n, err := c.Read(buf)
-				if n > 0 {
-					if p.armed.Load() && !p.fired.Load() && bytes.Contains(buf[:n], p.marker) {
-						flagged.Store(true)
-					}
-					if _, werr := s.Write(buf[:n]); werr != nil {
-						return
-					}
-				}
-				if err != nil {
-					_ = s.Close()
-					return
-				}
-			}
-		}()
-		go func() { // server to client
-			defer p.wg.Done()
-			buf := make([]byte, 64<<10)
-			for {
-				n, err := s.Read(buf)
-				if n > 0 {
-					if flagged.Load() && bytes.Contains(buf[:n], p.tag) && p.fired.CompareAndSwap(false, true) {
-						_ = c.Close()
-						_ = s.Close()
-						return
-					}
-					if _, werr := c.Write(buf[:n]); werr != nil {
-						return
-					}
-				}
-				if err != nil {
-					_ = c.Close()
-					return
-				}
-			}
-		}()
-	}
 }
 
 // viaProxy opens a backend on a fresh schema of the test server, through
@@ -131,7 +62,7 @@ func viaProxy(t *testing.T) (*rsvppg.Backend, *cutProxy, string, context.Context
 		t.Fatal(err)
 	}
 	p := newCutProxy(t, u.Host)
-	u.Host = p.ln.Addr().String()
+	u.Host = p.Addr()
 	schema := freshSchema(t, serverURL(t))
 	b := open(t, u.String(), rsvppg.Options{Schema: schema})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)

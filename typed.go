@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"reflect"
 )
 
 // Codec encodes and decodes the values of Call and HandleTyped.
@@ -47,16 +48,25 @@ func Call[Req, Resp any](ctx context.Context, c *Client, queue string, req Req) 
 
 // HandleTyped starts a responder whose handler takes and returns values,
 // encoded with the client's codec. A request body that does not decode is a
-// permanent failure with code bad_payload: it is not retried.
+// permanent failure with code bad_payload, and one of another Type than a
+// Typer Req's has code unsupported_type (see Typed): neither is retried.
 func HandleTyped[Req, Resp any](c *Client, queue string, fn func(ctx context.Context, req Req) (Resp, error), opts HandleOptions) (*Responder, error) {
 	return c.Handle(queue, Typed(c.cfg.Codec, fn), opts)
 }
 
 // Typed returns a Handler that decodes the request body into a Req with
 // codec, calls fn, and encodes its Resp as the reply. A body that does not
-// decode is a permanent failure with code bad_payload.
+// decode is a permanent failure with code bad_payload. If Req is a Typer, a
+// request whose Type is set and is not Req's (another version, say) is a
+// permanent failure with code unsupported_type, as in a Mux: it is not
+// decoded as a Req. A request with no Type is decoded.
 func Typed[Req, Resp any](codec Codec, fn func(ctx context.Context, req Req) (Resp, error)) Handler {
+	want, typed := schemaType[Req]()
 	return HandlerFunc(func(ctx context.Context, m *Message) (*Reply, error) {
+		if typed && m.Type != "" && m.Type != want {
+			return nil, Permanent(&RemoteError{Code: CodeUnsupportedType,
+				Message: fmt.Sprintf("no handler for type %q; handled: %s", m.Type, want)})
+		}
 		var req Req
 		if err := codec.Unmarshal(m.Body, &req); err != nil {
 			return nil, Permanent(&RemoteError{Code: CodeBadPayload, Message: err.Error()})
@@ -73,8 +83,25 @@ func Typed[Req, Resp any](codec Codec, fn func(ctx context.Context, req Req) (Re
 	})
 }
 
+// schemaType returns the RSVPType of T's values if T is a Typer: of its
+// zero value, or, for a pointer type, of a new value it points to (a
+// method with a value receiver cannot be called on a nil pointer).
+func schemaType[T any]() (string, bool) {
+	var zero T
+	v := any(zero)
+	if rt := reflect.TypeFor[T](); rt.Kind() == reflect.Pointer {
+		v = reflect.New(rt.Elem()).Interface()
+	}
+	t, ok := v.(Typer)
+	if !ok {
+		return "", false
+	}
+	return t.RSVPType(), true
+}
+
 // Typer is implemented by request values that name their schema: Call
-// sends them with Message.Type set to RSVPType(), so a Mux can route them.
+// sends them with Message.Type set to RSVPType(), so a Mux can route them,
+// and Typed refuses requests of another Type.
 type Typer interface {
 	RSVPType() string
 }

@@ -1,0 +1,51 @@
+package rsvp_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/rsvp-go/rsvp"
+)
+
+// A typed responder whose request type names its schema (a Typer) refuses
+// a request of another type, such as a newer version, as unsupported_type
+// instead of decoding what it can of it: a resize.v2 body read as a
+// resize.v1 would have lost its width and height without a word. A request
+// with no type is still decoded, as before.
+func TestTypedRefusesAnotherType(t *testing.T) {
+	t.Parallel()
+	c := setup(t, rsvp.Config{})
+	var calls atomic.Int32
+	if _, err := rsvp.HandleTyped(c.Client, "resize", func(ctx context.Context, r resizeV1) (string, error) {
+		calls.Add(1)
+		return r.URL + "@" + itoa(r.Size), nil
+	}, rsvp.HandleOptions{MaxAttempts: 3, Backoff: fastRetry}); err != nil {
+		t.Fatal(err)
+	}
+	ctx := ctxWithin(t, 10*time.Second)
+
+	got, err := rsvp.Call[resizeV2, string](ctx, c.Client, "resize", resizeV2{URL: "a.png", Width: 3, Height: 4})
+	var re *rsvp.RemoteError
+	if !errors.As(err, &re) || re.Code != rsvp.CodeUnsupportedType || !strings.Contains(re.Message, "resize.v1") {
+		t.Fatalf("a resize.v2 request to a resize.v1 handler: %q, %v; want unsupported_type naming resize.v1", got, err)
+	}
+	if dls := deadLetters(t, c, "resize"); len(dls) != 1 || dls[0].Reason != rsvp.CodeUnsupportedType || dls[0].Message.Attempt != 1 {
+		t.Fatalf("dead letters: %+v", dls)
+	}
+	if n := calls.Load(); n != 0 {
+		t.Fatalf("the handler ran %d times for a request of another type", n)
+	}
+
+	// Its own type, and no type at all, are handled.
+	if got, err := rsvp.Call[resizeV1, string](ctx, c.Client, "resize", resizeV1{URL: "b.png", Size: 9}); err != nil || got != `b.png@9` {
+		t.Fatalf("resize.v1: %q, %v", got, err)
+	}
+	r, err := c.Request(ctx, "resize", &rsvp.Message{Body: []byte(`{"url":"c.png","size":2}`)})
+	if err != nil || string(r.Body) != `"c.png@2"` {
+		t.Fatalf("untyped: %v", err)
+	}
+}

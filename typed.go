@@ -34,6 +34,10 @@ func Call[Req, Resp any](ctx context.Context, c *Client, queue string, req Req) 
 	}
 	msg := &Message{Body: body, ContentType: c.cfg.Codec.ContentType()}
 	if t, ok := any(req).(Typer); ok {
+		if v := reflect.ValueOf(t); v.Kind() == reflect.Pointer && v.IsNil() {
+			// RSVPType may have a value receiver: ask a new value instead.
+			t = reflect.New(v.Type().Elem()).Interface().(Typer)
+		}
 		msg.Type = t.RSVPType()
 	}
 	r, err := c.Request(ctx, queue, msg)
@@ -100,7 +104,8 @@ func schemaType[T any]() (string, bool) {
 }
 
 // Typer is implemented by request values that name their schema: Call
-// sends them with Message.Type set to RSVPType(), so a Mux can route them,
+// sends them with Message.Type set to RSVPType() (of a new value, for a nil
+// pointer), so a Mux can route them,
 // and Typed refuses requests of another Type.
 type Typer interface {
 	RSVPType() string

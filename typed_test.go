@@ -3,6 +3,7 @@ package rsvp_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -47,5 +48,34 @@ func TestTypedRefusesAnotherType(t *testing.T) {
 	r, err := c.Request(ctx, "resize", &rsvp.Message{Body: []byte(`{"url":"c.png","size":2}`)})
 	if err != nil || string(r.Body) != `"c.png@2"` {
 		t.Fatalf("untyped: %v", err)
+	}
+}
+
+// Call with a nil pointer of a Typer type sends it (JSON null) with its
+// type, as any other value: RSVPType has a value receiver, which cannot be
+// called on the nil pointer.
+func TestCallNilPointerRequest(t *testing.T) {
+	t.Parallel()
+	c := setup(t, rsvp.Config{})
+	mux := rsvp.NewMux() // only resize.v1: an untyped request would fail
+	mux.Handle("resize.v1", rsvp.Typed(rsvp.JSON, func(ctx context.Context, r *resizeV1) (string, error) {
+		if r == nil {
+			return "nil", nil
+		}
+		return r.URL, nil
+	}))
+	handle(t, c, "resize-ptr", rsvp.HandleOptions{}, mux.ServeRequest)
+	var got string
+	var err error
+	func() {
+		defer func() {
+			if p := recover(); p != nil {
+				err = fmt.Errorf("Call panicked: %v", p)
+			}
+		}()
+		got, err = rsvp.Call[*resizeV1, string](ctxWithin(t, 10*time.Second), c.Client, "resize-ptr", nil)
+	}()
+	if err != nil || got != "nil" {
+		t.Fatalf("Call with a nil *resizeV1: %q, %v", got, err)
 	}
 }

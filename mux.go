@@ -22,8 +22,8 @@ const maxUpgrades = 16
 // handler, even after upgrades, fails permanently with code
 // unsupported_type, naming the types that are handled.
 //
-// Register everything before the Mux serves requests; it is then safe for
-// concurrent use.
+// A Mux is safe for concurrent use: Handle and Upgrade may be called while
+// it serves requests (a request already being routed may not see them).
 type Mux struct {
 	mu       sync.RWMutex
 	handlers map[string]Handler
@@ -57,16 +57,15 @@ func (m *Mux) Upgrade(from, to string, fn func(ctx context.Context, req *Message
 	m.upgrades[from] = upgrade{to: to, fn: fn}
 }
 
-// ServeRequest implements Handler.
+// ServeRequest implements Handler. Upgrades and the handler run without
+// the Mux's lock held, so that registering does not wait for them.
 func (m *Mux) ServeRequest(ctx context.Context, req *Message) (*Reply, error) {
-	m.mu.RLock()
-	defer m.mu.RUnlock()
 	for range maxUpgrades {
-		if h, ok := m.handlers[req.Type]; ok {
+		h, handled, up, upgraded := m.route(req.Type)
+		if handled {
 			return h.ServeRequest(ctx, req)
 		}
-		up, ok := m.upgrades[req.Type]
-		if !ok {
+		if !upgraded {
 			break
 		}
 		next, err := up.fn(ctx, req)
@@ -84,8 +83,22 @@ func (m *Mux) ServeRequest(ctx context.Context, req *Message) (*Reply, error) {
 		Message: fmt.Sprintf("no handler for type %q; handled: %s", req.Type, strings.Join(m.types(), ", "))})
 }
 
+// route returns the handler of typ if it has one, else its upgrade if it
+// has one.
+func (m *Mux) route(typ string) (h Handler, handled bool, up upgrade, upgraded bool) {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	if h, handled = m.handlers[typ]; handled {
+		return h, true, upgrade{}, false
+	}
+	up, upgraded = m.upgrades[typ]
+	return nil, false, up, upgraded
+}
+
 // types lists the handled types, sorted, for error messages.
 func (m *Mux) types() []string {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
 	out := make([]string, 0, len(m.handlers))
 	for t := range m.handlers {
 		if t == "" {

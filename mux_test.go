@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -102,5 +103,55 @@ func TestMuxUpgradeReturningNothing(t *testing.T) {
 	dls := deadLetters(t, c, "up")
 	if len(dls) != 1 || dls[0].Message.Attempt != 1 || re.Code != rsvp.CodeBadPayload {
 		t.Fatalf("got code %q %q after %d attempt(s); want a permanent bad_payload naming the upgrade", re.Code, re.Message, dls[0].Message.Attempt)
+	}
+}
+
+// A Mux does not hold its lock while a handler runs: registering a type
+// while a slow request is being handled neither waits for it nor holds up
+// the requests that come meanwhile (a waiting writer of a sync.RWMutex
+// blocks new readers), and a handler may register types itself.
+func TestMuxRegistersWhileServing(t *testing.T) {
+	t.Parallel()
+	mux := rsvp.NewMux()
+	started, release := make(chan struct{}), make(chan struct{})
+	var wg sync.WaitGroup
+	t.Cleanup(func() { close(release); wg.Wait() })
+	answer := func(s string) rsvp.HandlerFunc {
+		return func(ctx context.Context, m *rsvp.Message) (*rsvp.Reply, error) {
+			return &rsvp.Reply{Body: []byte(s)}, nil
+		}
+	}
+	mux.Handle("slow", rsvp.HandlerFunc(func(ctx context.Context, m *rsvp.Message) (*rsvp.Reply, error) {
+		close(started)
+		<-release
+		return nil, nil
+	}))
+	mux.Handle("fast", answer("fast"))
+	mux.Handle("lazy", rsvp.HandlerFunc(func(ctx context.Context, m *rsvp.Message) (*rsvp.Reply, error) {
+		mux.Handle("lazy.v2", answer("lazy.v2")) // from within a handler
+		return answer("lazy")(ctx, m)
+	}))
+	wg.Go(func() { _, _ = mux.ServeRequest(context.Background(), &rsvp.Message{Type: "slow"}) })
+	<-started
+
+	// within runs fn and fails the test if it has not returned in 10s.
+	within := func(what string, fn func()) {
+		t.Helper()
+		done := make(chan struct{})
+		wg.Go(func() { defer close(done); fn() })
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s: still waiting after 10s, for the slow handler to return", what)
+		}
+	}
+	within("Handle", func() { mux.Handle("new", answer("new")) })
+	for _, typ := range []string{"fast", "new", "lazy", "lazy.v2"} {
+		within("ServeRequest "+typ, func() {
+			r, err := mux.ServeRequest(context.Background(), &rsvp.Message{Type: typ})
+			if err != nil || string(r.Body) != typ {
+				t.Errorf("%s: %v, %v", typ, r, err)
+			}
+		})
 	}
 }

@@ -359,9 +359,10 @@ func (g *Gathered) Pending() []Copy {
 // (they run, and their replies are kept): RequestAll then returns the
 // error together with a Gathered that has only its Publication set (no
 // Reason, no Results). Call RequestAll again with Message.ID (and
-// CorrelationID, if it was set) set to the Publication's to complete it:
-// copies stored already are not stored again (within the dedupe window),
-// and their replies count. Other errors come with a nil Gathered.
+// CorrelationID, if it was set) set to the Publication's to complete it,
+// from this or any other client: copies stored already are not stored
+// again (within the dedupe window), and their replies count, wherever they
+// are addressed. Other errors come with a nil Gathered.
 func (c *Client) RequestAll(ctx context.Context, topic string, msg *Message, opts GatherOptions) (*Gathered, error) {
 	if err := opts.validate(); err != nil {
 		return nil, err
@@ -374,12 +375,20 @@ func (c *Client) RequestAll(ctx context.Context, topic string, msg *Message, opt
 	defer span.End()
 	g := c.newGathering(pub)
 	defer g.close()
+	// A caller-chosen id may have been published before (dedupe), by
+	// another client: the copies stored then are answered to its inbox.
+	again := msg.ID != "" || msg.CorrelationID != ""
+	if again {
+		unwatch, err := g.watch(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("rsvp: request all %s: %w", pub.ID, err)
+		}
+		defer unwatch()
+	}
 	if err := c.sendCopies(ctx, pub, msgs); err != nil {
 		return &Gathered{Publication: pub}, err // to complete and gather what was stored
 	}
-	// A caller-chosen id may have been answered before (dedupe).
-	lookNow := msg.ID != "" || msg.CorrelationID != ""
-	out, err := g.wait(ctx, opts, lookNow)
+	out, err := g.wait(ctx, opts, again) // look for replies stored already
 	if out != nil {
 		span.SetAttributes(attribute.String("rsvp.gather_reason", string(out.Reason)), attribute.Int("rsvp.replies", out.Replied()))
 	}
@@ -407,14 +416,11 @@ func (c *Client) Gather(ctx context.Context, pub Publication, opts GatherOptions
 	}
 	g := c.newGathering(pub)
 	defer g.close()
-	// The replies may be addressed to another client's inbox.
-	for _, cp := range pub.Copies {
-		sub, err := c.b.WatchReply(ctx, cp.CorrelationID, c.waiters.deliver)
-		if err != nil {
-			return nil, fmt.Errorf("rsvp: gather %s: %w", pub.ID, err)
-		}
-		defer sub.Close()
+	unwatch, err := g.watch(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("rsvp: gather %s: %w", pub.ID, err)
 	}
+	defer unwatch()
 	return g.wait(ctx, opts, true)
 }
 
@@ -440,6 +446,26 @@ func (c *Client) newGathering(pub Publication) *gathering {
 		g.chs = append(g.chs, c.waiters.add(cp.CorrelationID))
 	}
 	return g
+}
+
+// watch watches for the replies to the copies, which may be addressed to
+// another client's inbox, until unwatch is called.
+func (g *gathering) watch(ctx context.Context) (unwatch func(), err error) {
+	var subs []backend.Subscription
+	unwatch = func() {
+		for _, sub := range subs {
+			_ = sub.Close()
+		}
+	}
+	for _, cp := range g.out.Publication.Copies {
+		sub, err := g.c.b.WatchReply(ctx, cp.CorrelationID, g.c.waiters.deliver)
+		if err != nil {
+			unwatch()
+			return nil, err
+		}
+		subs = append(subs, sub)
+	}
+	return unwatch, nil
 }
 
 // close removes the waiters: replies that come later stay stored for Await.

@@ -646,3 +646,91 @@ func copyIDs(pub rsvp.Publication) []string {
 	}
 	return ids
 }
+
+// lookedFor is an engine that closes looked once GetReply found no reply
+// for id.
+type lookedFor struct {
+	backend.Backend
+	id     string
+	once   sync.Once
+	looked chan struct{}
+}
+
+func (l *lookedFor) GetReply(ctx context.Context, id string) (*backend.Reply, error) {
+	r, err := l.Backend.GetReply(ctx, id)
+	if id == l.id && errors.Is(err, backend.ErrNotFound) {
+		l.once.Do(func() { close(l.looked) })
+	}
+	return r, err
+}
+
+// TestRequestAllAgainFromAnotherClient: a RequestAll that completes a
+// part-way publication from another client than the first (a restarted
+// process) gathers the replies of the copies the first stored, which are
+// addressed to the first client's inbox, when they come: not only at its
+// next recheck (an hour here).
+func TestRequestAllAgainFromAnotherClient(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, e *topicEngine) {
+		ctx := ctxWithin(t, 60*time.Second)
+		c := e.client()
+		topic := "again-" + rsvp.NewID()[24:]
+		subscribeAll(t, ctx, c, topic, "down", "up")
+		serve(t, c, rsvp.SubscriptionQueue(topic, "down"), replyWith("down"))
+		release := make(chan struct{})
+		var once sync.Once
+		releaseUp := func() { once.Do(func() { close(release) }) }
+		t.Cleanup(releaseUp) // before the clients close
+		serve(t, c, rsvp.SubscriptionQueue(topic, "up"), func(ctx context.Context, req *rsvp.Message) (*rsvp.Reply, error) {
+			select {
+			case <-release:
+				return replyWith("up")(ctx, req)
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		})
+		newClient := func(b backend.Backend) *rsvp.Client {
+			t.Helper()
+			cl, err := rsvp.New(ctx, b, rsvp.Config{RecheckInterval: time.Hour})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { closeWithin(t, "close a requester", cl.Close) })
+			return cl
+		}
+
+		first := newClient(refuseQueue{e.b, rsvp.SubscriptionQueue(topic, "down")})
+		g, err := first.RequestAll(ctx, topic, &rsvp.Message{Body: []byte("x")}, rsvp.GatherOptions{})
+		if err == nil || g == nil {
+			t.Fatalf("RequestAll with a copy refused: %+v, %v; want the publication and an error", g, err)
+		}
+		pub := g.Publication
+		// The copy for "up" is stored, addressed to first's inbox; its
+		// handler answers once the second RequestAll has looked for it.
+		spy := &lookedFor{Backend: e.b, id: pub.Copies[1].CorrelationID, looked: make(chan struct{})}
+		go func() {
+			select {
+			case <-spy.looked:
+				releaseUp()
+			case <-release:
+			}
+		}()
+		second := newClient(spy)
+		gctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		g, err = second.RequestAll(gctx, topic, &rsvp.Message{ID: pub.ID, Body: []byte("x")}, rsvp.GatherOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if g.Reason != rsvp.GatherAll {
+			t.Fatalf("RequestAll again from another client ended %s with pending %v; want all answered", g.Reason, g.Pending())
+		}
+		for _, r := range g.Results {
+			if want := r.Subscription + ":x"; r.Reply == nil || string(r.Reply.Body) != want {
+				t.Errorf("%s: %+v, want %q", r.Subscription, r.Reply, want)
+			}
+		}
+		if rsvp.WaiterCount(second) != 0 {
+			t.Errorf("%d waiters left", rsvp.WaiterCount(second))
+		}
+	})
+}

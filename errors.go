@@ -45,7 +45,8 @@ const (
 )
 
 // RemoteError is the failure a responder replied with. A handler may return
-// one (or wrap one) to choose the code the requester sees.
+// one (or wrap one) to choose the code the requester sees (an empty Code is
+// CodeFailed).
 type RemoteError struct {
 	Code    string
 	Message string

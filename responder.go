@@ -346,11 +346,13 @@ func cancelIfCancelled(rep *Reply, cancel context.CancelCauseFunc) {
 }
 
 // failure returns the code and message a failed request replies with: those
-// of a *RemoteError in err's chain, else CodeFailed and the error's text.
+// of a *RemoteError in err's chain (CodeFailed if it has no code: a failed
+// reply and a dead letter always name one), else CodeFailed and the
+// error's text.
 func failure(err error) (code, msg string) {
 	var re *RemoteError
 	if errors.As(err, &re) {
-		return re.Code, re.Message
+		return cmp.Or(re.Code, CodeFailed), re.Message
 	}
 	var p *permanentError
 	if errors.As(err, &p) {

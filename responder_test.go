@@ -702,3 +702,22 @@ func TestHandleWaitingOnTheEngineBlocksNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A handler's *RemoteError without a Code fails as CodeFailed, with its
+// Message: the requester and the dead letter both say "failed", not an
+// empty code or reason.
+func TestRemoteErrorWithoutCode(t *testing.T) {
+	t.Parallel()
+	c := setup(t, rsvp.Config{})
+	handle(t, c, "nocode", rsvp.HandleOptions{}, func(ctx context.Context, m *rsvp.Message) (*rsvp.Reply, error) {
+		return nil, rsvp.Permanent(&rsvp.RemoteError{Message: "out of stock"})
+	})
+	r, err := c.Request(ctxWithin(t, 10*time.Second), "nocode", &rsvp.Message{Body: []byte("x")})
+	var re *rsvp.RemoteError
+	if !errors.As(err, &re) || re.Code != rsvp.CodeFailed || re.Message != "out of stock" || r.ErrorCode != rsvp.CodeFailed {
+		t.Fatalf("Request: %+v, %v; want code failed with the message", r, err)
+	}
+	if dls := deadLetters(t, c, "nocode"); len(dls) != 1 || dls[0].Reason != rsvp.CodeFailed || dls[0].LastError != "out of stock" {
+		t.Fatalf("dead letters: %+v; want one with reason failed", dls)
+	}
+}

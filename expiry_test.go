@@ -159,3 +159,94 @@ func TestExpiryTaskDueEarly(t *testing.T) {
 		t.Fatalf("expired at %s, before its deadline %s", r.CreatedAt, deadline)
 	}
 }
+
+// waitDeadLetter waits up to 10s for a dead letter of queue with reason.
+func waitDeadLetter(t *testing.T, ctx context.Context, b backend.Backend, queue, reason string) *backend.DeadLetter {
+	t.Helper()
+	var found *backend.DeadLetter
+	deadline := time.Now().Add(10 * time.Second)
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for found == nil {
+		dls, err := b.DeadLetters(ctx, backend.DeadLetterQuery{Queue: queue, Reason: reason})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(dls) > 0 {
+			found = dls[0]
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no %s dead letter of %s within 10s", reason, queue)
+		}
+		<-tick.C
+	}
+	return found
+}
+
+// TestExpiredAfterExpiryTaskIsDeadLettered: a request whose expiry task
+// (or its Request) stored the expired reply before a responder reached it
+// is still dead-lettered as expired by that responder, as docs/wire.md
+// (sections 8 and 18) says: a tracked request that waited in its queue
+// past its deadline, and a request whose deadline passed between two of
+// its attempts. Neither runs again.
+func TestExpiredAfterExpiryTaskIsDeadLettered(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, e *topicEngine) {
+		t.Run("tracked_queued", func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			c := e.client()
+			q := "late-" + rsvp.NewID()[24:]
+			tk, err := c.Send(ctx, q, &rsvp.Message{Body: []byte("x"), Deadline: time.Now().Add(300 * time.Millisecond), Track: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := c.Await(ctx, tk.CorrelationID); !errors.Is(err, rsvp.ErrExpired) {
+				t.Fatalf("Await: %v, want ErrExpired from the expiry task", err)
+			}
+			ran := make(chan struct{}, 1)
+			serve(t, c, q, func(context.Context, *rsvp.Message) (*rsvp.Reply, error) {
+				ran <- struct{}{}
+				return nil, nil
+			})
+			dl := waitDeadLetter(t, ctx, e.b, q, rsvp.CodeExpired)
+			if dl.Message.CorrelationID != tk.CorrelationID {
+				t.Fatalf("dead letter of %s, want %s", dl.Message.CorrelationID, tk.CorrelationID)
+			}
+			if len(ran) != 0 {
+				t.Fatal("the expired request ran")
+			}
+		})
+		t.Run("between_attempts", func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			c := e.client()
+			q := "retried-" + rsvp.NewID()[24:]
+			attempts := make(chan int, 4)
+			r, err := c.Handle(q, rsvp.HandlerFunc(func(_ context.Context, m *rsvp.Message) (*rsvp.Reply, error) {
+				attempts <- m.Attempt
+				return nil, errors.New("not now")
+			}), rsvp.HandleOptions{Backoff: func(int) time.Duration { return 2 * time.Second }})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { closeWithin(t, "stop the responder", r.Stop) })
+			tk, err := c.Send(ctx, q, &rsvp.Message{Body: []byte("x"), Deadline: time.Now().Add(time.Second)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := receive(t, attempts, "first attempt"); got != 1 {
+				t.Fatalf("attempt %d, want 1", got)
+			}
+			// The deadline passes during the backoff: the expiry task
+			// stores the expired reply before the second delivery.
+			if _, err := c.Await(ctx, tk.CorrelationID); !errors.Is(err, rsvp.ErrExpired) {
+				t.Fatalf("Await: %v, want ErrExpired", err)
+			}
+			waitDeadLetter(t, ctx, e.b, q, rsvp.CodeExpired)
+			if len(attempts) != 0 {
+				t.Fatalf("attempt %d ran after the deadline", <-attempts)
+			}
+		})
+	})
+}

@@ -62,6 +62,12 @@ func (r *settler) check(ctx context.Context, d backend.Delivery) (log *slog.Logg
 		// A cancelled reply is listed under its reply session here, as the
 		// canceller does not know the session.
 		if stored, err := r.c.b.GetReply(ctx, m.CorrelationID); err == nil {
+			if r.expiredNotLettered(ctx, m, stored) {
+				// Its expiry task, its Request or the gateway stored the
+				// expired reply first: it is still dead-lettered as expired.
+				r.fail(ctx, d, CodeExpired, "deadline passed before the request was started", log)
+				return log, false
+			}
 			r.finalEvent(ctx, m, stored, log)
 			r.listReply(ctx, m, log)
 			_ = d.Ack(ctx)
@@ -77,6 +83,26 @@ func (r *settler) check(ctx context.Context, d backend.Delivery) (log *slog.Logg
 		return log, false
 	}
 	return log, true
+}
+
+// expiredNotLettered reports whether stored, the reply found for m, is an
+// expiry that no responder dead-lettered m for: m is past its deadline,
+// and its event log has no final event naming an attempt (a responder's
+// dead letter records one, see endEvent; the expiry task, Request and the
+// gateway store the expired reply without). Such a request is to be
+// dead-lettered. If the log cannot be read, it is taken as dead-lettered:
+// a dead letter is not stored twice.
+func (r *settler) expiredNotLettered(ctx context.Context, m *Message, stored *Reply) bool {
+	if stored.Status != backend.StatusExpired || m.Deadline.IsZero() || time.Now().Before(m.Deadline) {
+		return false
+	}
+	lettered := false
+	err := r.c.eachEvent(ctx, m.CorrelationID, func(ev *backend.Event) bool {
+		a, ok := attemptOf(ev)
+		lettered = ok && a.Final
+		return !lettered
+	})
+	return err == nil && !lettered
 }
 
 // succeed stores a handler's reply (nil: empty) and acknowledges. It

@@ -241,8 +241,10 @@ func New(ctx context.Context, client *rsvp.Client, cfg Config) (*Gateway, error)
 }
 
 // Close stops the gateway's background work (event fan-out, webhook
-// delivery), waiting for running deliveries until ctx ends. Open streams
-// end.
+// delivery), waiting for running deliveries (POSTs under way) until ctx
+// ends; webhook jobs that wait for their request's result or for their
+// next attempt's time end at once, and come back to a running gateway.
+// Open streams end.
 func (g *Gateway) Close(ctx context.Context) error {
 	g.end()
 	g.mu.Lock()

@@ -80,8 +80,17 @@ func (g *Gateway) deliverWebhook(ctx context.Context, m *rsvp.Message) (*rsvp.Re
 	if err != nil {
 		return nil, err
 	}
+	// Waiting for the result, or for the next attempt's time, is no
+	// delivery under way: it ends when the gateway closes (Close waits for
+	// running deliveries only), and the job comes back.
+	waitCtx, cancelWait := context.WithCancel(ctx)
+	defer cancelWait()
+	defer context.AfterFunc(g.life, cancelWait)()
 	if reply == nil {
-		if reply, err = g.waitFinal(ctx, id, webhookWait); err != nil || reply == nil {
+		if reply, err = g.waitFinal(waitCtx, id, webhookWait); err != nil || reply == nil {
+			if waitCtx.Err() != nil {
+				return nil, cmp.Or(ctx.Err(), errNotYet)
+			}
 			return nil, cmp.Or(err, errNotYet)
 		}
 		if _, evs, reply, err = g.load(ctx, id); err != nil {
@@ -107,8 +116,8 @@ func (g *Gateway) deliverWebhook(ctx context.Context, m *rsvp.Message) (*rsvp.Re
 			defer t.Stop()
 			select {
 			case <-t.C:
-			case <-ctx.Done():
-				return nil, ctx.Err()
+			case <-waitCtx.Done():
+				return nil, cmp.Or(ctx.Err(), errNotYet)
 			}
 			if wait > webhookWait {
 				return nil, errNotYet

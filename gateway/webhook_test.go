@@ -97,3 +97,34 @@ func contains(v any, sub string) bool {
 	s, _ := v.(string)
 	return strings.Contains(s, sub)
 }
+
+// TestCloseDoesNotWaitForUnfinishedWebhooks: a webhook job waiting for its
+// request's result (or for its next attempt's time) is no delivery under
+// way, so Close ends it at once instead of waiting for it (up to 20s, or
+// until Close's ctx ends); the job comes back to a running gateway.
+func TestCloseDoesNotWaitForUnfinishedWebhooks(t *testing.T) {
+	e := newEnv(t, gateway.Config{Webhooks: gateway.WebhookConfig{Secrets: []string{gateway.NewTestSecret(t)}, AllowPrivate: true}})
+	e.submit("nobody-answers", map[string]string{"Callback-URL": "http://127.0.0.1:9/hook"}, "x")
+	// The webhook job is taken: it waits for the result.
+	eventually(t, 10*time.Second, "the webhook job leased", func() bool {
+		qs, err := e.Engine.Queues(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, q := range qs {
+			if q.Queue == "rsvp-webhooks" && q.InFlight == 1 {
+				return true
+			}
+		}
+		return false
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	start := time.Now()
+	if err := e.GW.Close(ctx); err != nil {
+		t.Fatalf("Close after %s: %v", time.Since(start).Round(time.Millisecond), err)
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Fatalf("Close took %s, waiting for a webhook whose request has not finished", took.Round(time.Millisecond))
+	}
+}

@@ -24,7 +24,8 @@ func (jsonCodec) Marshal(v any) ([]byte, error)      { return json.Marshal(v) }
 func (jsonCodec) Unmarshal(data []byte, v any) error { return json.Unmarshal(data, v) }
 
 // Call sends req to queue, encoded with the client's codec, and decodes the
-// reply into a Resp. A reply that does not decode is an error; a failed
+// reply into a Resp. An empty reply body (a handler that replied nothing)
+// is Resp's zero value; a reply that does not decode is an error; a failed
 // request returns a *RemoteError.
 func Call[Req, Resp any](ctx context.Context, c *Client, queue string, req Req) (Resp, error) {
 	var resp Resp
@@ -43,6 +44,9 @@ func Call[Req, Resp any](ctx context.Context, c *Client, queue string, req Req) 
 	r, err := c.Request(ctx, queue, msg)
 	if err != nil {
 		return resp, err
+	}
+	if len(r.Body) == 0 {
+		return resp, nil
 	}
 	if err := c.cfg.Codec.Unmarshal(r.Body, &resp); err != nil {
 		return resp, fmt.Errorf("rsvp: decode reply %s: %w", r.CorrelationID, err)

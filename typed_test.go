@@ -79,3 +79,20 @@ func TestCallNilPointerRequest(t *testing.T) {
 		t.Fatalf("Call with a nil *resizeV1: %q, %v", got, err)
 	}
 }
+
+// A handler that replied nothing (a nil Reply: an empty body) answers a
+// Call with Resp's zero value, whatever the codec makes of an empty body.
+func TestCallEmptyReply(t *testing.T) {
+	t.Parallel()
+	c := setup(t, rsvp.Config{})
+	handle(t, c, "quiet", rsvp.HandleOptions{}, func(ctx context.Context, m *rsvp.Message) (*rsvp.Reply, error) {
+		return nil, nil
+	})
+	ctx := ctxWithin(t, 10*time.Second)
+	if got, err := rsvp.Call[string, struct{}](ctx, c.Client, "quiet", "x"); err != nil || got != (struct{}{}) {
+		t.Fatalf("Call for struct{}: %v, %v", got, err)
+	}
+	if got, err := rsvp.Call[string, *resizeV1](ctx, c.Client, "quiet", "x"); err != nil || got != nil {
+		t.Fatalf("Call for a pointer: %v, %v; want nil", got, err)
+	}
+}

@@ -208,11 +208,14 @@ func (b *Backend) deliver(notes []string) {
 	}
 }
 
-// catchUpLimit bounds the events one catch-up hands out.
-const catchUpLimit = 10000
+// catchUpPage is how many events one query of a catch-up reads.
+const catchUpPage = 10000
 
 // catchUp hands the subscriptions the replies and events stored since.
 // Some of them may have been handed out before: subscribers see them twice.
+// The events are read a page at a time, until a page is not full: the
+// margin before the break alone may hold more than a page, and the events
+// whose notifications were lost come after it.
 func (b *Backend) catchUp(ctx context.Context, since time.Time) {
 	inboxes, watches, events := b.reg.keys()
 	if len(inboxes)+len(watches) > 0 {
@@ -231,10 +234,10 @@ func (b *Backend) catchUp(ctx context.Context, since time.Time) {
 			b.reg.deliverReply(r.inbox, r.reply)
 		}
 	}
-	if events {
+	for after := uint64(0); events; {
 		var evs []*backend.Event
 		err := b.retryOnce(ctx, b.fast, func() error {
-			rows, err := b.fast.Query(ctx, b.sql.eventsSince, since, catchUpLimit)
+			rows, err := b.fast.Query(ctx, b.sql.eventsSince, since, catchUpPage, int64(after))
 			if err == nil {
 				evs, err = scanEvents(rows)
 			}
@@ -245,7 +248,9 @@ func (b *Backend) catchUp(ctx context.Context, since time.Time) {
 		}
 		for _, ev := range evs {
 			b.reg.deliverEvent(ev)
+			after = ev.Seq
 		}
+		events = len(evs) == catchUpPage
 	}
 }
 

@@ -253,7 +253,8 @@ SELECT seq, dedupe_key FROM stored ORDER BY seq`),
 		eventsByID:      sub(`SELECT {event} FROM {s}.events WHERE correlation_id = $1 AND seq > $2 ORDER BY seq LIMIT $3`),
 		eventsByChannel: sub(`SELECT {event} FROM {s}.events WHERE channel = $1 AND seq > $2 ORDER BY seq LIMIT $3`),
 		eventsBySeq:     sub(`SELECT {event} FROM {s}.events WHERE seq = ANY($1::bigint[]) ORDER BY seq`),
-		eventsSince:     sub(`SELECT {event} FROM {s}.events WHERE stored_at >= $1 ORDER BY seq LIMIT $2`),
+		// The events stored since $1 after seq $3, a page of $2.
+		eventsSince: sub(`SELECT {event} FROM {s}.events WHERE stored_at >= $1 AND seq > $3 ORDER BY seq LIMIT $2`),
 
 		// Records that the consumers with queues $1 and ids $2 (distinct)
 		// are open now, unless one was closed meanwhile.

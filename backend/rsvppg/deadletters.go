@@ -2,6 +2,8 @@ package rsvppg
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"strconv"
@@ -25,12 +27,26 @@ func (b *Backend) DeadLetter(ctx context.Context, dl *backend.DeadLetter) error 
 		return err
 	}
 	defer cancel()
-	args := append([]any{m.ID + ":" + strconv.Itoa(m.Attempt), micros(b.opts.DedupeWindow)}, messageArgs(m)...)
+	args := append([]any{deadLetterKey(m), micros(b.opts.DedupeWindow)}, messageArgs(m)...)
 	args = append(args, m.Attempt, dl.Reason, dl.LastError, timeOrNil(dl.At))
 	if _, err := b.durable.Exec(ctx, b.sql.deadLetter, args...); err != nil {
 		return fmt.Errorf("rsvppg: dead-letter %s: %w", m.ID, err)
 	}
 	return nil
+}
+
+// deadLetterKey is the dedupe key of a dead letter of m: its id and
+// attempt, id:attempt, or for an id longer than backend.MaxNameLen (of a
+// request another program wrote, dead-lettered as unreadable) "sha256:"
+// and the hex SHA-256 of that, as a key that long does not fit the dedupe
+// table's index.
+func deadLetterKey(m *backend.Message) string {
+	key := m.ID + ":" + strconv.Itoa(m.Attempt)
+	if len(m.ID) > backend.MaxNameLen {
+		sum := sha256.Sum256([]byte(key))
+		return "sha256:" + hex.EncodeToString(sum[:])
+	}
+	return key
 }
 
 // checkDeadLetter accepts any ids, as the request may be one that could

@@ -2,6 +2,8 @@ package rsvppg_test
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"strings"
 	"sync"
@@ -217,4 +219,53 @@ func TestInfiniteTimeIsUnreadable(t *testing.T) {
 		time.Sleep(20 * time.Millisecond) // polling a condition, bounded by ctx
 	}
 	cancel() // the other waiter
+}
+
+// TestLongIDIsUnreadable: a request row another program wrote with an id
+// too long for the seam (and too long for a key of the dedupe table's
+// index) is dead-lettered as bad_request and removed, not taken again after
+// every lease because its dead letter cannot be stored.
+func TestLongIDIsUnreadable(t *testing.T) {
+	t.Parallel()
+	s := newSetup(t)
+	q := uniq("q")
+	raw := make([]byte, 8000)
+	_, _ = rand.Read(raw)
+	id := hex.EncodeToString(raw) // random, so that the server cannot compress it below the index's limit
+	table := pgx.Identifier{s.schema, "requests"}.Sanitize()
+	if _, err := connect(t, s.url).Exec(s.ctx, "INSERT INTO "+table+" (queue, id, correlation_id) VALUES ($1, $2, $2)", q, id); err != nil {
+		t.Fatal(err)
+	}
+	c := consume(t, s.b, q, time.Second)
+	ctx, cancel := context.WithTimeout(s.ctx, 10*time.Second)
+	defer cancel()
+	done := make(chan struct{})
+	defer func() { cancel(); <-done }()
+	go func() { // a waiting Next call, for the claim to take the row
+		defer close(done)
+		if d, err := c.Next(ctx); err == nil {
+			t.Errorf("delivered %.20q...", d.Message().ID)
+		}
+	}()
+	conn := connect(t, s.url)
+	for {
+		dls, err := s.b.DeadLetters(s.ctx, backend.DeadLetterQuery{Queue: q})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var left int
+		if err := conn.QueryRow(s.ctx, "SELECT count(*) FROM "+table+" WHERE queue = $1", q).Scan(&left); err != nil {
+			t.Fatal(err)
+		}
+		if len(dls) == 1 && left == 0 {
+			if dls[0].Reason != "bad_request" || dls[0].Message.ID != id {
+				t.Fatalf("dead letter %+v: %s", dls[0], dls[0].LastError)
+			}
+			return
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("the unreadable row was not dead-lettered and deleted within 10s: %d dead letters, %d rows left", len(dls), left)
+		}
+		time.Sleep(20 * time.Millisecond) // polling a condition, bounded by ctx
+	}
 }

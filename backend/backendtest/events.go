@@ -3,6 +3,7 @@ package backendtest
 import (
 	"errors"
 	"math"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -146,6 +147,28 @@ var eventCases = []testCase{
 		}
 		if err := sub.Close(); err != nil {
 			t.Fatal(err)
+		}
+	}},
+	{name: "EventLongDedupeKey", run: func(t *testing.T, open Opener, f Features) {
+		// A dedupe key has no length limit of its own: a long one (random,
+		// so that no engine can compress it) dedupes as a short one does.
+		b := opened(t, open)
+		ctx := ctxFor(t, 10*time.Second)
+		var key strings.Builder
+		for range 700 {
+			key.WriteString(uniq(""))
+		}
+		id := uniq("id-")
+		first := &backend.Event{CorrelationID: id, Type: backend.EventQueued, DedupeKey: key.String()}
+		again := &backend.Event{CorrelationID: id, Type: backend.EventQueued, DedupeKey: key.String()}
+		other := &backend.Event{CorrelationID: id, Type: backend.EventRunning, DedupeKey: key.String() + "x"}
+		for _, ev := range []*backend.Event{first, again, other} {
+			if err := b.AppendEvent(ctx, ev); err != nil {
+				t.Fatalf("append with a dedupe key of %d bytes: %v", len(ev.DedupeKey), err)
+			}
+		}
+		if first.Seq == 0 || again.Seq != 0 || other.Seq == 0 {
+			t.Fatalf("seqs %d, %d (the same key again), %d (another key): want the second only a duplicate", first.Seq, again.Seq, other.Seq)
 		}
 	}},
 	{name: "EventBadInput", run: func(t *testing.T, open Opener, f Features) {

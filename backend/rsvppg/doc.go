@@ -65,9 +65,10 @@
 //     enqueues session requests must do the same. The Ack of a session row
 //     notifies (below), as the session's next row is then due.
 //     reply_session (empty for none) is carried for the responder.
-//   - dedupe: request ids ('r'), event dedupe keys ('e') and dead letters
-//     ('d', id:attempt, or for an id longer than 128 bytes "sha256:" and
-//     the hex SHA-256 of that) seen within the dedupe window. A request whose id is
+//   - dedupe: request ids ('r'), event dedupe keys ('e'; one longer than
+//     2000 bytes as "sha256:" and its hex SHA-256) and dead letters ('d',
+//     id:attempt, or for an id longer than 128 bytes "sha256:" and the hex
+//     SHA-256 of that) seen within the dedupe window. A request whose id is
 //     there and younger than the window is not stored again; acknowledging
 //     a request leaves its marker. A marker's at is clock_timestamp() when
 //     it is written, not now(), so that a long transaction does not start

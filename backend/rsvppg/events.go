@@ -2,6 +2,8 @@ package rsvppg
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"math"
@@ -55,13 +57,15 @@ func (b *Backend) checkEvent(ev *backend.Event) error {
 func (b *Backend) execEvents(ctx context.Context, evs []*backend.Event, _ bool) ([]uint64, []error, error) {
 	keys := make(map[string]bool, len(evs))
 	include := make([]bool, len(evs)) // not a repeated dedupe key of the batch
+	dedupe := make([]string, len(evs))
 	var cols columns
 	for i, ev := range evs {
-		if ev.DedupeKey != "" && keys[ev.DedupeKey] {
+		dedupe[i] = dedupeKey(ev.DedupeKey)
+		if dedupe[i] != "" && keys[dedupe[i]] {
 			continue
 		}
-		keys[ev.DedupeKey], include[i] = true, true
-		cols.add(ev.CorrelationID, ev.Channel, ev.Type, timeOrNil(ev.At), body(ev.Data), ev.DedupeKey)
+		keys[dedupe[i]], include[i] = true, true
+		cols.add(ev.CorrelationID, ev.Channel, ev.Type, timeOrNil(ev.At), body(ev.Data), dedupe[i])
 	}
 	batch := &pgx.Batch{}
 	batch.Queue(b.sql.lockEvents, lockKey("events", b.opts.Schema))
@@ -93,11 +97,25 @@ func (b *Backend) execEvents(ctx context.Context, evs []*backend.Event, _ bool) 
 	}
 	out := make([]uint64, len(evs))
 	for i, ev := range evs {
-		if include[i] && (ev.DedupeKey == "" || stored[ev.DedupeKey]) && len(seqs) > 0 {
+		if include[i] && (ev.DedupeKey == "" || stored[dedupe[i]]) && len(seqs) > 0 {
 			out[i], seqs = seqs[0], seqs[1:]
 		}
 	}
 	return out, make([]error, len(evs)), nil
+}
+
+// maxDedupeKey is the longest event dedupe key stored as it is. The
+// dedupe table's index takes keys of up to about 2.7 KB; a longer one is
+// stored as "sha256:" and its hex SHA-256.
+const maxDedupeKey = 2000
+
+// dedupeKey is the key under which an event's dedupe key is stored.
+func dedupeKey(key string) string {
+	if len(key) <= maxDedupeKey {
+		return key
+	}
+	sum := sha256.Sum256([]byte(key))
+	return "sha256:" + hex.EncodeToString(sum[:])
 }
 
 // Events implements backend.Backend.

@@ -84,7 +84,8 @@
 //     (session_key and reply_session too) and why it was dead-lettered.
 //   - events: the event log, seq from an identity column. Appends take a
 //     transaction-scoped advisory lock first, so events become visible in
-//     seq order and a reader resuming after a seq misses none.
+//     seq order and a reader resuming after a seq misses none. stored_at
+//     is clock_timestamp() when the row is written, after that lock.
 //   - consumers: one row per consumer, by (queue, id), with open and
 //     seen_at. A consumer inserts its row when it starts, sets seen_at =
 //     now() every 15 seconds while open (one statement per backend), and

@@ -24,3 +24,7 @@ func MigrateTo(ctx context.Context, url, schema string, v int) error {
 // SessionLockKey is the key of the advisory lock that enqueues of requests
 // of queue with session key take (see sessionLockKey).
 func SessionLockKey(schema, queue, key string) int64 { return sessionLockKey(schema, queue, key) }
+
+// EventsLockKey is the key of the advisory lock that serializes event
+// appends in schema (see lockEvents).
+func EventsLockKey(schema string) int64 { return lockKey("events", schema) }

@@ -233,7 +233,9 @@ FROM fresh`),
 		lockEvents: sub(`SELECT pg_advisory_xact_lock($1)`),
 
 		// Appends a batch of events, less those whose dedupe keys (distinct
-		// within the batch) were seen within the window ($7).
+		// within the batch) were seen within the window ($7). stored_at is
+		// the time of the write, after the wait for the events lock, not of
+		// the transaction's start.
 		appendEvents: sub(`
 WITH input AS (
 	SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::bytea[], $6::text[]) WITH ORDINALITY
@@ -243,8 +245,8 @@ WITH input AS (
 	ON CONFLICT (kind, key) DO UPDATE SET at = clock_timestamp() WHERE d.at < clock_timestamp() - $7::bigint {us}
 	RETURNING key
 ), stored AS (
-	INSERT INTO {s}.events (correlation_id, channel, type, at, data, dedupe_key)
-	SELECT correlation_id, channel, type, at, data, dedupe_key FROM input
+	INSERT INTO {s}.events (correlation_id, channel, type, at, data, dedupe_key, stored_at)
+	SELECT correlation_id, channel, type, at, data, dedupe_key, clock_timestamp() FROM input
 	WHERE dedupe_key = '' OR dedupe_key IN (SELECT key FROM fresh) ORDER BY ord
 	RETURNING seq, dedupe_key
 )

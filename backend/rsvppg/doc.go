@@ -114,11 +114,14 @@
 // SubscribeEvents deliver within milliseconds, all without polling. Apart
 // from that connection, an idle backend issues one query per consumer a
 // minute (in case a notification went astray), one clean-up statement a
-// minute and, while it has consumers, one heartbeat statement every 15
+// minute, a ping of the listening connection every 15 seconds and, while it has consumers, one heartbeat statement every 15
 // seconds for all of them; a consumer also looks when the next delayed or
-// leased request of its queue comes due. When the listening connection breaks, consumers poll
-// every PollInterval until it is back (it reconnects with backoff); then the
-// replies and events stored meanwhile are handed to the subscriptions.
+// leased request of its queue comes due. The listening connection is
+// pinged every 15 seconds, so that one that died without a word (a NAT or
+// a firewall forgot it) is found out too. When it breaks, or does not
+// answer within Timeout, consumers poll every PollInterval until it is
+// back (it reconnects with backoff); then the replies and events stored
+// since it was last known to work are handed to the subscriptions.
 //
 // Enqueue, PutReply and AppendEvent notify just after their commit, not in
 // their transaction: PostgreSQL holds a database-wide lock from the commit

@@ -2,6 +2,7 @@ package rsvppg
 
 import (
 	"context"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -28,3 +29,10 @@ func SessionLockKey(schema, queue, key string) int64 { return sessionLockKey(sch
 // EventsLockKey is the key of the advisory lock that serializes event
 // appends in schema (see lockEvents).
 func EventsLockKey(schema string) int64 { return lockKey("events", schema) }
+
+// WithListenCheck returns o with the listening connection pinged every d
+// (listenCheck).
+func WithListenCheck(o Options, d time.Duration) Options {
+	o.listenCheck = d
+	return o
+}

@@ -34,21 +34,58 @@ func (b *Backend) dialListener(ctx context.Context) (*pgx.Conn, error) {
 	return conn, nil
 }
 
+// routeFor routes the notifications that come on conn for d. It returns
+// nil once d has passed, else what ended the wait.
+func (b *Backend) routeFor(conn *pgx.Conn, d time.Duration) error {
+	ctx, cancel := context.WithTimeout(b.life, d)
+	defer cancel()
+	for {
+		n, err := conn.WaitForNotification(ctx)
+		if err != nil {
+			if ctx.Err() != nil && b.life.Err() == nil {
+				return nil
+			}
+			return err
+		}
+		b.route(n.Payload)
+	}
+}
+
+// listenCheck is how often the listening connection is pinged. Only a
+// connection in use is known to be alive: one that died without a word (a
+// NAT or a firewall forgot it, the server's host went away) would wait for
+// notifications for good, while consumers trust it and poll rarely.
+const listenCheck = 15 * time.Second
+
 // listen routes notifications until the backend closes. When the
-// connection breaks it connects again, with backoff; consumers are woken
-// both when it breaks (so that they poll, at Options.PollInterval) and when
-// it is back (notifications sent meanwhile are lost), and the dispatcher
-// catches up on the replies and events stored meanwhile.
+// connection breaks, or does not answer a ping, it connects again, with
+// backoff; consumers are woken both when it breaks (so that they poll, at
+// Options.PollInterval) and when it is back (notifications sent meanwhile
+// are lost), and the dispatcher catches up on the replies and events
+// stored meanwhile.
 func (b *Backend) listen(conn *pgx.Conn) {
 	defer func() { closeConn(conn) }()
+	// When conn was last known to work (dialed, or it answered a ping):
+	// notifications sent before then arrived, later ones may be lost.
+	alive := time.Now()
 	for {
-		n, err := conn.WaitForNotification(b.life)
-		if err == nil {
-			b.route(n.Payload)
-			continue
+		err := b.routeFor(conn, b.opts.listenCheck)
+		if err == nil { // a while has passed: is it alive?
+			pinged := time.Now()
+			ctx, cancel := context.WithTimeout(b.life, b.opts.Timeout)
+			if err = conn.Ping(ctx); err != nil {
+				err = fmt.Errorf("no answer to a ping: %w", err)
+			}
+			cancel()
+			if err == nil {
+				alive = pinged
+			}
 		}
 		if b.life.Err() != nil {
 			return
+		}
+		if err == nil {
+			continue
 		}
 		broke := time.Now()
 		b.listenUp.Store(false)
@@ -61,13 +98,14 @@ func (b *Backend) listen(conn *pgx.Conn) {
 		}
 		b.reg.wakeAll()
 		b.opts.Logger.Info("rsvppg: listening again", "down_for", time.Since(broke))
-		b.toDispatcher(catchUpNote(broke.Add(-catchUpMargin)))
+		b.toDispatcher(catchUpNote(alive.Add(-catchUpMargin)))
+		alive = time.Now()
 	}
 }
 
-// catchUpMargin is how long before the listening connection broke the
-// catch-up starts: for notifications on their way when it broke, and for a
-// difference between this host's clock and the server's.
+// catchUpMargin is how long before the listening connection was last
+// known to work the catch-up starts: for notifications on their way then,
+// and for a difference between this host's clock and the server's.
 const catchUpMargin = 5 * time.Second
 
 // catchUpNote asks the dispatcher to catch up from since. Its kind, 'c',

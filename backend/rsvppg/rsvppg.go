@@ -67,6 +67,8 @@ type Options struct {
 	ConnConfig func(*pgx.ConnConfig)
 	// Logger receives the backend's log lines. Default: discard.
 	Logger *slog.Logger
+
+	listenCheck time.Duration // see listenCheck; set by tests
 }
 
 func (o Options) withDefaults() Options {
@@ -79,6 +81,7 @@ func (o Options) withDefaults() Options {
 	o.CleanupInterval = cmp.Or(o.CleanupInterval, time.Minute)
 	o.MaxConns = cmp.Or(o.MaxConns, 8)
 	o.MaxMessageSize = cmp.Or(o.MaxMessageSize, 8<<20)
+	o.listenCheck = cmp.Or(o.listenCheck, listenCheck)
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}

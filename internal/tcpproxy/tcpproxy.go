@@ -13,7 +13,9 @@ import (
 
 // Watcher sees each chunk one connection carries, before it is passed on,
 // and reports whether to cut the connection instead. toServer tells the
-// direction. The two directions are watched from two goroutines.
+// direction. The two directions are watched from two goroutines. A Watcher
+// may block: that direction of the connection waits (it must return by
+// the end of the test).
 type Watcher func(toServer bool, chunk []byte) (cut bool)
 
 // Proxy forwards the connections made to Addr to its target.

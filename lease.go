@@ -447,6 +447,9 @@ func (l *Lease) Fail(ctx context.Context, err error) error {
 	if err := l.settle(); err != nil {
 		return err
 	}
+	// A failure reply carries the attempt's span, as Reply's does, not the
+	// span of Fail's caller.
+	ctx = trace.ContextWithSpan(ctx, l.a.span)
 	l.s.end(l.a, l.d.Message(), l.s.failed(ctx, l.d, err, l.a.log), err)
 	return nil
 }

@@ -1,0 +1,80 @@
+package rsvp_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/rsvp-go/rsvp"
+)
+
+// tracedClient returns a client whose spans go to the returned recorder.
+func tracedClient(t *testing.T) (*testClient, *tracetest.SpanRecorder, trace.Tracer) {
+	t.Helper()
+	spans := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans))
+	t.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
+	return setup(t, rsvp.Config{TracerProvider: tp}), spans, tp.Tracer("test")
+}
+
+// endedSpan returns the one ended span named name.
+func endedSpan(t *testing.T, spans *tracetest.SpanRecorder, name string) sdktrace.ReadOnlySpan {
+	t.Helper()
+	var found []sdktrace.ReadOnlySpan
+	for _, s := range spans.Ended() {
+		if s.Name() == name {
+			found = append(found, s)
+		}
+	}
+	if len(found) != 1 {
+		t.Fatalf("%d ended spans named %q, want 1", len(found), name)
+	}
+	return found[0]
+}
+
+// TestLeaseFailReplyCarriesTheAttemptsTrace: the failure reply of a lease
+// failed for good carries the attempt's span, as a handler's and
+// Lease.Reply's replies do (docs/wire.md section 5), not the span of the
+// caller of Fail (the gateway's POST /v1/leases/{lease}/fail, say); the
+// request's span, in the same trace, links to nothing.
+func TestLeaseFailReplyCarriesTheAttemptsTrace(t *testing.T) {
+	t.Parallel()
+	c, spans, tracer := tracedClient(t)
+	const q = "trace-lease-fail"
+	cons := consumer(t, c, q, rsvp.HandleOptions{})
+	ctx := ctxWithin(t, 10*time.Second)
+	type result struct {
+		r   *rsvp.Reply
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		r, err := c.Request(ctx, q, &rsvp.Message{})
+		done <- result{r, err}
+	}()
+	l := next(t, cons)
+	// The worker's own span, in a trace of its own.
+	wctx, worker := tracer.Start(context.Background(), "worker fails it")
+	if err := l.Fail(wctx, rsvp.Permanent(errors.New("cannot do it"))); err != nil {
+		t.Fatal(err)
+	}
+	worker.End()
+	res := receive(t, done, "reply")
+	var re *rsvp.RemoteError
+	if res.r == nil || !errors.As(res.err, &re) {
+		t.Fatalf("Request: %v, %v; want the failure reply", res.r, res.err)
+	}
+	attempt := endedSpan(t, spans, "rsvp.handle "+q)
+	if got, want := res.r.TraceParent, "00-"+attempt.SpanContext().TraceID().String()+"-"+attempt.SpanContext().SpanID().String()+"-01"; got != want {
+		t.Errorf("reply traceparent %q, want the attempt's %q (the worker's span is %s)", got, want, worker.SpanContext().SpanID())
+	}
+	if links := endedSpan(t, spans, "rsvp.request "+q).Links(); len(links) != 0 {
+		t.Errorf("request span links to %v, want none: the attempt is its child", links[0].SpanContext.SpanID())
+	}
+}
+

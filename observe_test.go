@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
@@ -75,6 +76,35 @@ func TestLeaseFailReplyCarriesTheAttemptsTrace(t *testing.T) {
 	}
 	if links := endedSpan(t, spans, "rsvp.request "+q).Links(); len(links) != 0 {
 		t.Errorf("request span links to %v, want none: the attempt is its child", links[0].SpanContext.SpanID())
+	}
+}
+
+// TestCountersWithTheGaugesDropped: the counters are exact at every
+// collection when a View drops the gauges (rsvp.handler.in_flight and
+// rsvp.waiters), not only once the client is closed.
+func TestCountersWithTheGaugesDropped(t *testing.T) {
+	t.Parallel()
+	reader := sdkmetric.NewManualReader()
+	drop := sdkmetric.NewView(sdkmetric.Instrument{Kind: sdkmetric.InstrumentKindObservableUpDownCounter},
+		sdkmetric.Stream{Aggregation: sdkmetric.AggregationDrop{}})
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader), sdkmetric.WithView(drop))
+	t.Cleanup(func() { _ = mp.Shutdown(context.Background()) })
+	c := setup(t, rsvp.Config{MeterProvider: mp})
+	const q = "metrics-gauges-dropped"
+	r := handle(t, c, q, rsvp.HandleOptions{}, func(ctx context.Context, m *rsvp.Message) (*rsvp.Reply, error) { return nil, nil })
+	ctx := ctxWithin(t, 10*time.Second)
+	for range 3 {
+		if _, err := c.Request(ctx, q, &rsvp.Message{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stop(t, r) // its last completion is counted
+	sums := metricSums(t, reader)
+	if sums["rsvp.requests.sent"] != 3 || sums["rsvp.requests.completed/succeeded"] != 3 {
+		t.Fatalf("metrics %v; want 3 sent and 3 completed", sums)
+	}
+	if _, ok := sums["rsvp.waiters"]; ok {
+		t.Fatalf("metrics %v: the View did not drop rsvp.waiters", sums)
 	}
 }
 

@@ -45,9 +45,11 @@ type telemetry struct {
 	handlerTime metric.Float64Histogram
 
 	// The counters get their counts when metrics are collected (see
-	// count), and at close; after close, at once.
+	// count), and at close. direct says they get them at once instead:
+	// until the first collection (a View that drops both gauges drops the
+	// callback that flushes, so that none may come) and after close.
 	sent, completed, retries, deadLettered metric.Int64Counter
-	closed                                 atomic.Bool
+	direct                                 atomic.Bool
 
 	// The gauges, observed from this client's counts when metrics are
 	// collected; unregistered by close.
@@ -60,6 +62,8 @@ type telemetry struct {
 // metrics are collected: an instrument call per event is a noticeable
 // share of a round trip's CPU. Counters added to while metrics are
 // collected are in that collection, for every reader of the provider.
+// Until the first collection the counter gets each event at once
+// (telemetry.direct).
 type count struct {
 	n       atomic.Int64
 	counter metric.Int64Counter
@@ -116,6 +120,7 @@ func newTelemetry(tp trace.TracerProvider, mp metric.MeterProvider, w *waiters) 
 		mp = otel.GetMeterProvider()
 	}
 	t := &telemetry{tracer: tp.Tracer(instrumentation), prop: propagation.TraceContext{}}
+	t.direct.Store(true) // until the callback shows that collections flush
 	m := mp.Meter(instrumentation)
 	var err error
 	must := func(e error) {
@@ -156,6 +161,9 @@ func newTelemetry(tp trace.TracerProvider, mp metric.MeterProvider, w *waiters) 
 			o.ObserveInt64(t.inFlight, q.inFlight.Load(), q.labels)
 			return true
 		})
+		// Collections flush from now on. close unregisters the callback
+		// (the SDK waits for a collection under way) before it sets direct.
+		t.direct.Store(false)
 		t.flush()
 		return nil
 	}, t.inFlight, t.waiters)
@@ -165,7 +173,7 @@ func newTelemetry(tp trace.TracerProvider, mp metric.MeterProvider, w *waiters) 
 // add counts an event on c.
 func (t *telemetry) add(c *count) {
 	c.n.Add(1)
-	if t.closed.Load() { // no collection flushes it now
+	if t.direct.Load() { // no collection flushes it
 		c.flush()
 	}
 }
@@ -187,12 +195,13 @@ func (t *telemetry) flush() {
 	})
 }
 
-// close adds the counts to their counters, from now on at once, and stops
-// the observation of this client's gauges.
+// close stops the observation of this client's gauges, and adds the
+// counts to their counters, from now on at once.
 func (t *telemetry) close() error {
-	t.closed.Store(true)
+	err := t.observing.Unregister() // the callback no longer runs, nor sets direct
+	t.direct.Store(true)
 	t.flush()
-	return t.observing.Unregister()
+	return err
 }
 
 // countOf returns the count of counter on q with the label key=value, in

@@ -1,8 +1,12 @@
 package rsvp_test
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
+	"log/slog"
+	"sync"
 	"testing"
 	"time"
 
@@ -105,6 +109,63 @@ func TestCountersWithTheGaugesDropped(t *testing.T) {
 	}
 	if _, ok := sums["rsvp.waiters"]; ok {
 		t.Fatalf("metrics %v: the View did not drop rsvp.waiters", sums)
+	}
+}
+
+// logLines is a slog handler's output, as JSON lines, safe for concurrent
+// use.
+type logLines struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (l *logLines) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(p)
+}
+
+// withMsg returns the records logged with msg, as maps.
+func (l *logLines) withMsg(t *testing.T, msg string) []map[string]any {
+	t.Helper()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var found []map[string]any
+	for line := range bytes.Lines(l.buf.Bytes()) {
+		var rec map[string]any
+		if err := json.Unmarshal(line, &rec); err != nil {
+			t.Fatalf("log line %q: %v", line, err)
+		}
+		if rec["msg"] == msg {
+			found = append(found, rec)
+		}
+	}
+	return found
+}
+
+// TestHandlerLogLinesNameTheRequest: the lines a responder logs about a
+// request while its handler runs (here: the handler panicked) carry the
+// request's queue, id and correlation id, as its other lines do.
+func TestHandlerLogLinesNameTheRequest(t *testing.T) {
+	t.Parallel()
+	var logs logLines
+	c := setup(t, rsvp.Config{Logger: slog.New(slog.NewJSONHandler(&logs, nil))})
+	const q = "log-panic"
+	handle(t, c, q, rsvp.HandleOptions{MaxAttempts: 1}, func(ctx context.Context, m *rsvp.Message) (*rsvp.Reply, error) {
+		panic("boom")
+	})
+	r, _ := c.Request(ctxWithin(t, 10*time.Second), q, &rsvp.Message{ID: "panic-1", CorrelationID: "corr-1"})
+	if r == nil || r.Status != "failed" {
+		t.Fatalf("reply %+v, want a failure", r)
+	}
+	lines := logs.withMsg(t, "rsvp: handler panicked")
+	if len(lines) != 1 {
+		t.Fatalf("%d lines about the panic, want 1", len(lines))
+	}
+	for k, want := range map[string]any{"queue": q, "id": "panic-1", "correlation_id": "corr-1", "attempt": 1.0} {
+		if got := lines[0][k]; got != want {
+			t.Errorf("the panic's line has %s %v, want %v", k, got, want)
+		}
 	}
 }
 

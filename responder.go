@@ -227,7 +227,7 @@ func (r *Responder) handle(d backend.Delivery) {
 	}
 	ctx = trace.ContextWithSpan(ctx, a.span) // replies carry the attempt's trace context
 	m := d.Message()
-	reply, cause, err := r.run(a.ctx, d, m)
+	reply, cause, err := r.run(a, d, m)
 	var outcome string
 	switch {
 	case errors.Is(cause, ErrLeaseLost):
@@ -258,12 +258,13 @@ func (r *Responder) handle(d backend.Delivery) {
 // cancellation when its reply cannot be watched.
 const cancelPoll = time.Second
 
-// run calls the handler with the lease kept alive, turning a panic into an
-// error. cause says why the responder cancelled the handler's ctx:
-// ErrCancelled (Client.Cancel), an error matching ErrLeaseLost (a renewal
-// found the lease lost), or nil for neither.
-func (r *Responder) run(spanCtx context.Context, d backend.Delivery, m *Message) (reply *Reply, cause error, err error) {
-	ctx, cancelCause := context.WithCancelCause(trace.ContextWithSpan(r.handleCtx, trace.SpanFromContext(spanCtx)))
+// run calls the handler of attempt a with the lease kept alive, turning a
+// panic into an error. cause says why the responder cancelled the
+// handler's ctx: ErrCancelled (Client.Cancel), an error matching
+// ErrLeaseLost (a renewal found the lease lost), or nil for neither. Its
+// log lines name the request (a.log).
+func (r *Responder) run(a attempt, d backend.Delivery, m *Message) (reply *Reply, cause error, err error) {
+	ctx, cancelCause := context.WithCancelCause(trace.ContextWithSpan(r.handleCtx, a.span))
 	cancel := func() { cancelCause(nil) }
 	defer cancel()
 	// A cancellation stores a cancelled reply: stop the handler then. The
@@ -273,7 +274,7 @@ func (r *Responder) run(spanCtx context.Context, d backend.Delivery, m *Message)
 	if m.Track && m.ReplyTo != "" {
 		sub, err := r.c.b.WatchReply(ctx, m.CorrelationID, func(rep *Reply) { cancelIfCancelled(rep, cancelCause) })
 		if err != nil {
-			r.log.Warn("rsvp: cannot watch for cancellation; looking for it every second instead", "id", m.ID, "err", err)
+			a.log.Warn("rsvp: cannot watch for cancellation; looking for it every second instead", "err", err)
 			t := time.NewTicker(cancelPoll)
 			defer t.Stop()
 			poll = t.C
@@ -307,7 +308,7 @@ func (r *Responder) run(spanCtx context.Context, d backend.Delivery, m *Message)
 					return
 				}
 				if err != nil {
-					r.log.Warn("rsvp: lease extension failed", "id", m.ID, "err", err)
+					a.log.Warn("rsvp: lease extension failed", "err", err)
 				}
 			case <-poll:
 				r.checkCancelled(ctx, m, cancelCause)
@@ -320,7 +321,7 @@ func (r *Responder) run(spanCtx context.Context, d backend.Delivery, m *Message)
 	}()
 	defer func() {
 		if p := recover(); p != nil {
-			r.log.Error("rsvp: handler panicked", "id", m.ID, "panic", p, "stack", string(debug.Stack()))
+			a.log.Error("rsvp: handler panicked", "panic", p, "stack", string(debug.Stack()))
 			err = fmt.Errorf("handler panicked: %v", p)
 		}
 		if c := context.Cause(ctx); c == ErrCancelled || errors.Is(c, ErrLeaseLost) {

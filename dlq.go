@@ -144,8 +144,8 @@ func attemptOf(ev *backend.Event) (Attempt, bool) {
 //
 // The request keeps its type, headers, body, tracking, session and reply
 // address; its attempt count starts again at 1, it has no deadline (the
-// original's was for the original requester's wait), and it has a new
-// message ID, derived from the dead letter, so that replaying the same dead
+// original's was for the original requester's wait), its CreatedAt is the
+// replay's time, and it has a new message ID, derived from the dead letter, so that replaying the same dead
 // letter again (after a crash between the send and the delete, say) stores
 // nothing new within the dedupe window.
 //
@@ -207,6 +207,9 @@ func (c *Client) replay(ctx context.Context, dl *DeadLetter) (Ticket, error) {
 	m.Attempt = 0
 	m.Deadline = time.Time{}
 	m.NotBefore = time.Time{}
+	// Made now: its first attempt's queue wait starts at the replay, not
+	// at the original request (before the replay's span, its parent).
+	m.CreatedAt = time.Now()
 	t := Ticket{ID: m.ID, CorrelationID: m.CorrelationID, Queue: m.Queue}
 	fail := func(err error) (Ticket, error) {
 		return Ticket{}, fmt.Errorf("rsvp: replay dead letter %s of %s: %w", dl.Key, old.Queue, err)

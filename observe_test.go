@@ -7,6 +7,7 @@ import (
 	"errors"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -16,6 +17,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/rsvp-go/rsvp"
+	"github.com/rsvp-go/rsvp/backend"
 )
 
 // tracedClient returns a client whose spans go to the returned recorder.
@@ -165,6 +167,55 @@ func TestHandlerLogLinesNameTheRequest(t *testing.T) {
 	for k, want := range map[string]any{"queue": q, "id": "panic-1", "correlation_id": "corr-1", "attempt": 1.0} {
 		if got := lines[0][k]; got != want {
 			t.Errorf("the panic's line has %s %v, want %v", k, got, want)
+		}
+	}
+}
+
+// TestReplayQueueWaitStartsAtTheReplay: the queue wait of a replayed dead
+// letter's first attempt starts when the replay sent it, not when the
+// original request was made (hours or days before, and before its parent,
+// the replay's send span).
+func TestReplayQueueWaitStartsAtTheReplay(t *testing.T) {
+	t.Parallel()
+	c, spans, _ := tracedClient(t)
+	const q = "trace-replay"
+	var fixed atomic.Bool
+	handle(t, c, q, rsvp.HandleOptions{}, func(ctx context.Context, m *rsvp.Message) (*rsvp.Reply, error) {
+		if !fixed.Load() {
+			return nil, rsvp.Permanent(errors.New("broken"))
+		}
+		return nil, nil
+	})
+	ctx := ctxWithin(t, 10*time.Second)
+	first, _ := c.Request(ctx, q, &rsvp.Message{})
+	if first == nil || first.Status != "failed" {
+		t.Fatalf("reply %+v, want a failure", first)
+	}
+	var dls []*backend.DeadLetter
+	waitFor(t, func() bool { dls = deadLetters(t, c, q); return len(dls) == 1 })
+	fixed.Store(true)
+	replayedAt := time.Now()
+	tk, err := c.Replay(ctx, q, dls[0].Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r, err := c.Await(ctx, tk.CorrelationID); err != nil || r.Status != "succeeded" {
+		t.Fatalf("Await: %+v, %v", r, err)
+	}
+	var waits []sdktrace.ReadOnlySpan
+	waitFor(t, func() bool {
+		waits = waits[:0]
+		for _, s := range spans.Ended() {
+			if s.Name() == "rsvp.queue_wait" {
+				waits = append(waits, s)
+			}
+		}
+		return len(waits) == 2
+	})
+	send := endedSpan(t, spans, "rsvp.send "+q) // the replay's
+	for _, w := range waits {
+		if w.Parent().SpanID() == send.SpanContext().SpanID() && w.StartTime().Before(replayedAt) {
+			t.Errorf("the replay's queue wait starts %v before the replay", replayedAt.Sub(w.StartTime()))
 		}
 	}
 }

@@ -399,7 +399,8 @@ func (c *Client) expireRequest(ctx context.Context, m *Message, waitErr error) (
 
 // Await waits for the reply to the request with correlationID, sent by this
 // or any other client on the same engine (a requester that restarted, say),
-// for as long as the backend retains replies.
+// for as long as the backend retains replies. Its span records the outcome,
+// and links to the span that replied when that is in another trace.
 func (c *Client) Await(ctx context.Context, correlationID string) (*Reply, error) {
 	if c.isClosed() {
 		return nil, ErrClosed
@@ -419,7 +420,9 @@ func (c *Client) Await(ctx context.Context, correlationID string) (*Reply, error
 		return nil, fmt.Errorf("rsvp: await %s: %w", correlationID, err)
 	}
 	defer sub.Close()
-	return c.wait(ctx, correlationID, ch, true)
+	r, err := c.wait(ctx, correlationID, ch, true)
+	c.tel.endAwait(span, r, err)
+	return r, err
 }
 
 func (c *Client) wait(ctx context.Context, id string, ch chan *Reply, lookNow bool) (*Reply, error) {

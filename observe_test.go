@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"go.opentelemetry.io/otel/codes"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
@@ -220,3 +221,43 @@ func TestReplayQueueWaitStartsAtTheReplay(t *testing.T) {
 	}
 }
 
+// TestAwaitSpanRecordsTheOutcome: the span of an Await (a requester that
+// restarted, say) records the request's outcome, with an error status for
+// a failed request, as Request's span does, and links to the span that
+// replied, which is in the original requester's trace.
+func TestAwaitSpanRecordsTheOutcome(t *testing.T) {
+	t.Parallel()
+	c, spans, _ := tracedClient(t)
+	const q = "trace-await"
+	handle(t, c, q, rsvp.HandleOptions{}, func(ctx context.Context, m *rsvp.Message) (*rsvp.Reply, error) {
+		return nil, rsvp.Permanent(errors.New("broken"))
+	})
+	ctx := ctxWithin(t, 10*time.Second)
+	tk, err := c.Send(ctx, q, &rsvp.Message{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := c.Await(ctx, tk.CorrelationID)
+	var re *rsvp.RemoteError
+	if r == nil || !errors.As(err, &re) {
+		t.Fatalf("Await: %+v, %v; want the failure", r, err)
+	}
+	await := endedSpan(t, spans, "rsvp.await")
+	if await.Status().Code != codes.Error {
+		t.Errorf("await span status %v, want an error", await.Status())
+	}
+	outcome := ""
+	for _, kv := range await.Attributes() {
+		if kv.Key == "rsvp.outcome" {
+			outcome = kv.Value.AsString()
+		}
+	}
+	if outcome != "failed" {
+		t.Errorf("await span outcome %q, want failed", outcome)
+	}
+	waitFor(t, func() bool { return len(spans.Ended()) == 4 }) // send, queue wait, attempt, await
+	attempt := endedSpan(t, spans, "rsvp.handle "+q)
+	if links := await.Links(); len(links) != 1 || links[0].SpanContext.SpanID() != attempt.SpanContext().SpanID() {
+		t.Errorf("await span links %v, want the attempt %s", links, attempt.SpanContext().SpanID())
+	}
+}

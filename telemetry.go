@@ -304,6 +304,27 @@ func (t *telemetry) endRequestSpan(span trace.Span, q *queueTel, m *Message, r *
 	span.End()
 }
 
+// endAwait records the outcome of Await on its span: r is the reply, if
+// any, and err Await's error. The span is ended by Await.
+func (t *telemetry) endAwait(span trace.Span, r *Reply, err error) {
+	if !span.IsRecording() {
+		return
+	}
+	outcome := "error"
+	if r != nil {
+		outcome = string(r.Status)
+		// The request's trace is the requester's, not this call's (a
+		// requester that restarted, say): link to the span that replied.
+		if sc := t.remote(r.TraceParent, r.TraceState); sc.IsValid() && sc.TraceID() != span.SpanContext().TraceID() {
+			span.AddLink(trace.Link{SpanContext: sc})
+		}
+	}
+	span.SetAttributes(attribute.String("rsvp.outcome", outcome))
+	if err != nil {
+		span.SetStatus(codes.Error, outcome)
+	}
+}
+
 // completedOne counts a final reply stored for a request of q.
 func (t *telemetry) completedOne(q *queueTel, status backend.Status) {
 	if i := slices.Index(statuses[:], status); i >= 0 {

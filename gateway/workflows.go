@@ -194,8 +194,13 @@ func (g *Gateway) startInstance(w http.ResponseWriter, r *http.Request) {
 	st, err := e.StartJSON(r.Context(), name, input, opts)
 	switch {
 	case errors.Is(err, workflow.ErrIDInUse):
+		detail := err.Error() // names the workflow that holds the id
+		if held, err := e.Status(r.Context(), opts.ID); err != nil || !c.seesWorkflow(held.Name) {
+			// Not to a caller that cannot read that workflow's instances.
+			detail = fmt.Sprintf("instance %s runs another workflow than %s", opts.ID, name)
+		}
 		writeProblem(w, &Problem{Type: problemType + "instance-id-taken", Title: "The instance id is taken", Status: http.StatusConflict,
-			Detail: err.Error()})
+			Detail: detail})
 		return
 	case errors.Is(err, workflow.ErrUnknownWorkflow):
 		writeProblem(w, &Problem{Type: problemType + "unknown-workflow", Title: "No such workflow", Status: http.StatusNotFound,

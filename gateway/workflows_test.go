@@ -616,3 +616,36 @@ func TestWorkflowsDisabled(t *testing.T) {
 		wantProblem(t, resp, data, http.StatusNotFound, "workflows-disabled", "")
 	}
 }
+
+// TestWorkflowIDTakenHidesTheOtherWorkflow: starting an instance with an
+// id that an instance of a workflow the key has no right on holds is 409,
+// as the API says, but the answer does not name that workflow, which the
+// key cannot read (its instance is 404 to it).
+func TestWorkflowIDTakenHidesTheOtherWorkflow(t *testing.T) {
+	t.Parallel()
+	keys := []gateway.APIKey{
+		{Tenant: "acme", SHA256: gateway.HashKey("approver"), Grants: []gateway.Grant{{Queue: "approval", Rights: []string{"send"}}}},
+		{Tenant: "globex", SHA256: gateway.HashKey("failer"), Grants: []gateway.Grant{{Queue: "fails", Rights: []string{"send"}}}},
+		{Tenant: "acme", SHA256: gateway.HashKey("both"), Grants: []gateway.Grant{{Queue: "*", Rights: []string{"send"}}}},
+	}
+	e := newWorkflowEnv(t, gateway.Config{Keys: keys})
+	as := func(key string) map[string]string {
+		return map[string]string{"Authorization": "Bearer " + key, "Content-Type": "application/json"}
+	}
+	if resp, data := e.do("POST", "/v1/workflows/fails/instances?id=payroll-7", as("failer"), ""); resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("start: %d %s", resp.StatusCode, data)
+	}
+	resp, data := e.do("GET", "/v1/instances/payroll-7", as("approver"), "")
+	wantProblem(t, resp, data, http.StatusNotFound, "unknown-instance", "")
+	resp, data = e.do("POST", "/v1/workflows/approval/instances?id=payroll-7", as("approver"), `{"id":"d"}`)
+	wantProblem(t, resp, data, http.StatusConflict, "instance-id-taken", "")
+	if strings.Contains(string(data), "fails") {
+		t.Errorf("the conflict names the workflow of an instance the key cannot see: %s", data)
+	}
+	// A key with the right on both is told which workflow holds the id.
+	resp, data = e.do("POST", "/v1/workflows/approval/instances?id=payroll-7", as("both"), `{"id":"d"}`)
+	wantProblem(t, resp, data, http.StatusConflict, "instance-id-taken", "")
+	if !strings.Contains(string(data), "fails") {
+		t.Errorf("the conflict does not name the workflow to a key that may see it: %s", data)
+	}
+}

@@ -383,8 +383,8 @@ func (g *Gateway) authenticate(w http.ResponseWriter, r *http.Request) (caller, 
 	if len(g.keys) == 0 {
 		return caller{}, true
 	}
-	token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	if !ok || token == "" {
+	scheme, token, _ := strings.Cut(r.Header.Get("Authorization"), " ")
+	if !strings.EqualFold(scheme, "Bearer") || token == "" { // the scheme in any case (RFC 9110, section 11.1)
 		w.Header().Set("WWW-Authenticate", `Bearer realm="rsvp"`)
 		problem(w, http.StatusUnauthorized, "unauthenticated", "API key required", `send "Authorization: Bearer <key>"`)
 		return caller{}, false

@@ -492,3 +492,21 @@ func TestDelayedSubmit(t *testing.T) {
 		}
 	}
 }
+
+// TestBearerSchemeAnyCase: the authentication scheme is case-insensitive
+// (RFC 9110, section 11.1): "bearer KEY" is the key as "Bearer KEY" is.
+func TestBearerSchemeAnyCase(t *testing.T) {
+	t.Parallel()
+	keys := []gateway.APIKey{{Tenant: "acme", SHA256: gateway.HashKey("acme-key"), Grants: []gateway.Grant{{Queue: "*", Rights: []string{"send"}}}}}
+	e := newEnv(t, gateway.Config{Keys: keys})
+	for _, h := range []string{"Bearer acme-key", "bearer acme-key", "BEARER acme-key"} {
+		if resp, data := e.do("POST", "/v1/queues/t/requests", map[string]string{"Authorization": h}, "x"); resp.StatusCode != http.StatusAccepted {
+			t.Errorf("Authorization: %s: %d %s, want 202", h, resp.StatusCode, data)
+		}
+	}
+	for _, h := range []string{"Basic acme-key", "Bearer", "Bearer ", "Beareracme-key"} {
+		if resp, data := e.do("POST", "/v1/queues/t/requests", map[string]string{"Authorization": h}, "x"); resp.StatusCode != http.StatusUnauthorized {
+			t.Errorf("Authorization: %s: %d %s, want 401", h, resp.StatusCode, data)
+		}
+	}
+}

@@ -39,6 +39,13 @@ and cancel the tenant's own requests), consume (the worker API), admin
 keys anyone who can connect can use every queue, so rsvp serve then listens
 only on a loopback address (127.0.0.1, ::1, localhost) and refuses others.
 
+TLS: --tls-cert and --tls-key serve HTTPS only, with that certificate
+(read again when the files change, so a renewed one is served without a
+restart); --tls-client-ca also requires client certificates signed by
+those CAs (mutual TLS). Without TLS, API keys and payloads travel in
+clear text: on an address other machines reach, serve with a certificate
+or terminate TLS in front.
+
 Webhooks: a request may name a Callback-URL that receives its result,
 signed (Standard Webhooks) with every --webhook-secret, the first one's
 signature first (for rotation). Make a secret with 'rsvp key
@@ -62,7 +69,7 @@ Without --demo the server starts and steers instances of workflows that
 other processes run (package workflow), and runs none itself.
 
 Logs go to stderr; the first lines give the address ("listening on
-http://127.0.0.1:8080"; with --addr HOST:0, the port picked). On SIGINT or
+http://127.0.0.1:8080", or https://; with --addr HOST:0, the port picked). On SIGINT or
 SIGTERM the server stops accepting connections, ends long-polls and event
 streams, lets other requests finish for up to --shutdown-timeout, stops the
 responders and exits 0.
@@ -71,6 +78,7 @@ Example:
   rsvp serve --demo
   rsvp key new --tenant acme --queue '*' --rights send,consume   # prints KEY and its entry
   rsvp serve --addr :8080 --keys keys.json --engine embedded:/var/lib/rsvp
+  rsvp serve --addr :8443 --keys keys.json --tls-cert cert.pem --tls-key key.pem
 `
 
 // serveFlags are the flags of the serve command.
@@ -84,6 +92,7 @@ type serveFlags struct {
 	logFormat       string
 	logLevel        string
 	demo            bool
+	tls             tlsFlags
 }
 
 func (f *serveFlags) register(fs *flag.FlagSet) {
@@ -95,6 +104,7 @@ func (f *serveFlags) register(fs *flag.FlagSet) {
 	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", 30*time.Second, "on SIGINT or SIGTERM, how long open requests and running handlers may take to finish (0: no wait); telemetry is then flushed within 5s")
 	fs.StringVar(&f.logFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&f.logLevel, "log-level", "info", "least important log level shown: debug, info, warn or error")
+	f.tls.register(fs)
 	fs.BoolVar(&f.demo, "demo", false, `also run the demo responders (queues "thumbnail", "flaky") and workflows ("approval", "thumbnails")`)
 }
 
@@ -169,6 +179,10 @@ func runServe(ctx context.Context, e *env, cmd *command, args []string) error {
 	if err != nil {
 		return err
 	}
+	tlsConfig, err := sf.tls.config(log)
+	if err != nil {
+		return err
+	}
 	if err := serveError(server.CheckExposure(ctx, sf.addr, len(keys) > 0)); err != nil {
 		return err // before the engine is opened (and maybe created)
 	}
@@ -187,6 +201,7 @@ func runServe(ctx context.Context, e *env, cmd *command, args []string) error {
 		Backend:    b,
 		EngineLost: engineLost(b),
 		Addr:       sf.addr,
+		TLS:        tlsConfig,
 		Gateway: gateway.Config{
 			Keys:        keys,
 			MaxBodySize: sf.maxBody,

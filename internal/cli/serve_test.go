@@ -23,7 +23,7 @@ type serving struct {
 	done           chan int
 }
 
-var listeningRE = regexp.MustCompile(`listening on (http://[0-9.]+:[0-9]+)`)
+var listeningRE = regexp.MustCompile(`listening on (https?://[0-9.]+:[0-9]+)`)
 
 // startServe runs 'rsvp serve --addr 127.0.0.1:0 args...' until stop or the
 // end of the test, and waits until it listens.
@@ -38,7 +38,7 @@ func startServe(t *testing.T, args ...string) *serving {
 			t.Errorf("serve exit code %d, want 0; its log:\n%s", code, s.stderr)
 		}
 	})
-	s.stderr.waitFor(t, "listening on http://")
+	s.stderr.waitFor(t, "listening on http")
 	m := listeningRE.FindStringSubmatch(s.stderr.String())
 	if m == nil {
 		t.Fatalf("no address in the log:\n%s", s.stderr)

@@ -9,3 +9,7 @@ func WithStreamHook(cfg Config, f func()) Config {
 
 // TracesWanted exposes the OTEL_* environment rule for traces.
 var TracesWanted = tracesWanted
+
+// ExposureWarning exposes the warning logged about what an address
+// exposes.
+var ExposureWarning = exposureWarning

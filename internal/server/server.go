@@ -8,6 +8,7 @@ import (
 	"bufio"
 	"cmp"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -72,8 +73,14 @@ type Config struct {
 	// Defaults 10s and 2m. There is no write timeout: event streams and
 	// long-polls stay open as long as their clients want.
 	ReadHeaderTimeout, IdleTimeout time.Duration
+	// TLS, if not nil, makes the server speak HTTPS only, with this
+	// configuration (certificates, client certificates). Without it API
+	// keys travel in clear text: terminate TLS in front of a server that
+	// other machines reach.
+	TLS *tls.Config
 	// Ready, if not nil, is called once the server listens, with its base
-	// URL ("http://127.0.0.1:8080", the real port when Addr's is 0).
+	// URL ("http://127.0.0.1:8080", the real port when Addr's is 0;
+	// "https://..." with TLS).
 	Ready func(baseURL string)
 	// Logger receives the server's, client's and gateway's log lines.
 	// Default: discard.
@@ -242,14 +249,17 @@ func Run(ctx context.Context, cfg Config) error {
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
+	baseURL := "http://" + addr.String()
+	if cfg.TLS != nil {
+		ln, baseURL = tls.NewListener(ln, cfg.TLS), "https://"+addr.String()
+	}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 
-	baseURL := "http://" + addr.String()
 	log.Info("listening on "+baseURL, "addr", addr.String(), "api_keys", len(cfg.Gateway.Keys),
 		"webhooks", cfg.Gateway.Webhooks.Enabled(), "demo", cfg.Demo)
-	if !protected {
-		log.Warn(fmt.Sprintf("no API keys: anyone who can reach %s can use every queue", addr))
+	if w := exposureWarning(addr, protected, cfg.TLS != nil); w != "" {
+		log.Warn(w)
 	}
 	if cfg.Demo {
 		log.Info("demo responders on queues " + DemoThumbnailQueue + " and " + DemoFlakyQueue +
@@ -293,6 +303,19 @@ func withMetrics(h, metrics http.Handler) http.Handler {
 	mux.Handle("GET /metrics", metrics)
 	mux.Handle("/", h)
 	return mux
+}
+
+// exposureWarning says what is exposed on addr, if anything: everything
+// without keys (on loopback only), or keys in clear text without TLS on
+// an address other machines reach.
+func exposureWarning(addr *net.TCPAddr, protected, tls bool) string {
+	switch {
+	case !protected:
+		return fmt.Sprintf("no API keys: anyone who can reach %s can use every queue", addr)
+	case !tls && !addr.IP.IsLoopback():
+		return "no TLS: API keys and payloads travel in clear text; serve with a certificate, or terminate TLS in front of " + addr.String()
+	}
+	return ""
 }
 
 // CheckExposure returns an error wrapping ErrUnprotected when a server

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -222,5 +223,25 @@ func TestRunRefusesUnprotected(t *testing.T) {
 	cfg.Ready = func(string) { cancel() }
 	if err := server.Run(ctx, cfg); err != nil {
 		t.Fatalf("Run with keys on 0.0.0.0: %v", err)
+	}
+}
+
+func TestExposureWarning(t *testing.T) {
+	loopback := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 8080}
+	public := &net.TCPAddr{IP: net.IPv4(192, 0, 2, 7), Port: 8443}
+	for _, tc := range []struct {
+		addr           *net.TCPAddr
+		protected, tls bool
+		want           string
+	}{
+		{loopback, false, false, "no API keys"},
+		{loopback, true, false, ""},
+		{public, true, false, "no TLS: API keys and payloads travel in clear text"},
+		{public, true, true, ""},
+	} {
+		got := server.ExposureWarning(tc.addr, tc.protected, tc.tls)
+		if tc.want == "" && got != "" || tc.want != "" && !strings.Contains(got, tc.want) {
+			t.Errorf("%s, keys %v, TLS %v: warning %q, want %q", tc.addr, tc.protected, tc.tls, got, tc.want)
+		}
 	}
 }

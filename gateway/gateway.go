@@ -33,6 +33,10 @@ type Config struct {
 	// MaxBodySize is the largest request body accepted (413 above it).
 	// Default: the client's MaxBodySize (1 MiB).
 	MaxBodySize int
+	// BodyTimeout bounds the reading of a request body: a client that
+	// sends it slower, or stalls, gets 408 and its handler is freed.
+	// Default 1m.
+	BodyTimeout time.Duration
 	// MaxWait caps the wait of long-polls and of "Prefer: wait". Default 60s.
 	MaxWait time.Duration
 	// MaxStreams caps the long-lived connections (long-polls, event
@@ -151,6 +155,7 @@ func HashKey(key string) string {
 
 func (c Config) withDefaults(client *rsvp.Client) Config {
 	c.MaxBodySize = cmp.Or(c.MaxBodySize, client.MaxBodySize())
+	c.BodyTimeout = cmp.Or(c.BodyTimeout, time.Minute)
 	c.MaxWait = cmp.Or(c.MaxWait, 60*time.Second)
 	c.MaxStreams = cmp.Or(c.MaxStreams, 10000)
 	c.RetryAfter = cmp.Or(c.RetryAfter, time.Second)
@@ -164,8 +169,8 @@ func (c Config) withDefaults(client *rsvp.Client) Config {
 
 func (c Config) validate() error {
 	var errs []error
-	if c.MaxBodySize < 1 || c.MaxWait < time.Second || c.MaxStreams < 1 || c.RetryAfter < time.Second || c.Retention < time.Minute {
-		errs = append(errs, errors.New("MaxBodySize and MaxStreams must be positive, MaxWait and RetryAfter at least 1s, Retention at least 1m"))
+	if c.MaxBodySize < 1 || c.MaxWait < time.Second || c.MaxStreams < 1 || c.RetryAfter < time.Second || c.Retention < time.Minute || c.BodyTimeout < 0 {
+		errs = append(errs, errors.New("MaxBodySize and MaxStreams must be positive, MaxWait and RetryAfter at least 1s, Retention at least 1m, BodyTimeout not negative"))
 	}
 	if len(c.Keys) > 0 {
 		errs = append(errs, ValidateKeys(c.Keys))

@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"mime"
 	"net/http"
 	"strconv"
@@ -394,14 +393,8 @@ func (g *Gateway) submit(w http.ResponseWriter, r *http.Request) {
 		problem(w, http.StatusBadRequest, "invalid-request", "Invalid request", err.Error())
 		return
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, int64(g.cfg.MaxBodySize)))
-	if err != nil {
-		var tooBig *http.MaxBytesError
-		if errors.As(err, &tooBig) {
-			problem(w, http.StatusRequestEntityTooLarge, "too-large", "Body too large", fmt.Sprintf("the limit is %d bytes", g.cfg.MaxBodySize))
-			return
-		}
-		problem(w, http.StatusBadRequest, "unreadable-body", "Body could not be read", err.Error())
+	body, ok := g.readBody(w, r, g.cfg.MaxBodySize)
+	if !ok {
 		return
 	}
 	rec.Digest = digest(queue, rec.ContentType, rec.SessionKey, body)

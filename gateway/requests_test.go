@@ -1,8 +1,11 @@
 package gateway_test
 
 import (
+	"bufio"
 	"context"
 	"errors"
+	"io"
+	"net"
 	"net/http"
 	"strings"
 	"sync/atomic"
@@ -508,5 +511,32 @@ func TestBearerSchemeAnyCase(t *testing.T) {
 		if resp, data := e.do("POST", "/v1/queues/t/requests", map[string]string{"Authorization": h}, "x"); resp.StatusCode != http.StatusUnauthorized {
 			t.Errorf("Authorization: %s: %d %s, want 401", h, resp.StatusCode, data)
 		}
+	}
+}
+
+// A client that stalls while sending a body gets 408 once BodyTimeout has
+// passed: it does not hold a handler (and a connection) for as long as it
+// likes.
+func TestSlowBodyTimesOut(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, gateway.Config{BodyTimeout: 300 * time.Millisecond})
+	conn, err := net.Dial("tcp", strings.TrimPrefix(e.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	// Headers and part of the body, then nothing.
+	if _, err := io.WriteString(conn, "POST /v1/queues/slow/requests HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"a\":"); err != nil {
+		t.Fatal(err)
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatalf("no answer to a stalled body within 10s: %v", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusRequestTimeout || !strings.Contains(string(body), "body-timeout") {
+		t.Fatalf("stalled body: %s %s, want 408 body-timeout", resp.Status, body)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"mime"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -578,17 +579,26 @@ func (g *Gateway) settleProblem(w http.ResponseWriter, r *http.Request, err erro
 	}
 }
 
-// readBody reads a request body of at most limit bytes, writing 413 or
-// 400 and returning ok false when it cannot.
-func readBody(w http.ResponseWriter, r *http.Request, limit int) ([]byte, bool) {
+// readBody reads a request body of at most limit bytes within
+// Config.BodyTimeout, writing 413, 408 or 400 and returning ok false when
+// it cannot.
+func (g *Gateway) readBody(w http.ResponseWriter, r *http.Request, limit int) ([]byte, bool) {
+	rc := http.NewResponseController(w)
+	_ = rc.SetReadDeadline(time.Now().Add(g.cfg.BodyTimeout)) // not supported: no bound
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, int64(limit)))
+	_ = rc.SetReadDeadline(time.Time{})
 	if err != nil {
 		var tooBig *http.MaxBytesError
-		if errors.As(err, &tooBig) {
+		switch {
+		case errors.As(err, &tooBig):
 			problem(w, http.StatusRequestEntityTooLarge, "too-large", "Body too large", fmt.Sprintf("the limit is %d bytes", limit))
-			return nil, false
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			w.Header().Set("Connection", "close")
+			problem(w, http.StatusRequestTimeout, "body-timeout", "Body too slow",
+				fmt.Sprintf("the body was not received within %s", g.cfg.BodyTimeout))
+		default:
+			problem(w, http.StatusBadRequest, "unreadable-body", "Body could not be read", err.Error())
 		}
-		problem(w, http.StatusBadRequest, "unreadable-body", "Body could not be read", err.Error())
 		return nil, false
 	}
 	return body, true
@@ -614,7 +624,7 @@ func (g *Gateway) leaseReply(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	body, ok := readBody(w, r, min(g.cfg.MaxBodySize, g.c.MaxBodySize()))
+	body, ok := g.readBody(w, r, min(g.cfg.MaxBodySize, g.c.MaxBodySize()))
 	if !ok {
 		return
 	}
@@ -629,7 +639,7 @@ func (g *Gateway) leaseFail(w http.ResponseWriter, r *http.Request) {
 	if e == nil {
 		return
 	}
-	body, ok := readBody(w, r, maxFailureSize)
+	body, ok := g.readBody(w, r, maxFailureSize)
 	if !ok {
 		return
 	}
@@ -673,7 +683,7 @@ func (g *Gateway) leaseProgress(w http.ResponseWriter, r *http.Request) {
 	if e == nil {
 		return
 	}
-	body, ok := readBody(w, r, maxFailureSize)
+	body, ok := g.readBody(w, r, maxFailureSize)
 	if !ok {
 		return
 	}

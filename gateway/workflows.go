@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"strconv"
 
@@ -134,14 +133,8 @@ func (g *Gateway) instance(w http.ResponseWriter, r *http.Request, c caller, e *
 // error response and returning ok false on failure. what names the body
 // in errors.
 func (g *Gateway) readJSONBody(w http.ResponseWriter, r *http.Request, what string) ([]byte, bool) {
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, int64(g.cfg.MaxBodySize)))
-	if err != nil {
-		var tooBig *http.MaxBytesError
-		if errors.As(err, &tooBig) {
-			problem(w, http.StatusRequestEntityTooLarge, "too-large", "Body too large", fmt.Sprintf("the limit is %d bytes", g.cfg.MaxBodySize))
-			return nil, false
-		}
-		problem(w, http.StatusBadRequest, "unreadable-body", "Body could not be read", err.Error())
+	body, ok := g.readBody(w, r, g.cfg.MaxBodySize)
+	if !ok {
 		return nil, false
 	}
 	if len(bytes.TrimSpace(body)) == 0 {

@@ -99,6 +99,7 @@ var (
 	errLeaseUnknown  = errors.New("unknown or expired lease")
 	errLeaseSettled  = errors.New("lease already settled")
 	errLeaseLost     = errors.New("engine lease lost") // answered as errLeaseUnknown, with its own detail
+	errCancelled     = errors.New("request cancelled") // the lease is settled as cancelled
 	errWorkersClosed = errors.New("gateway closed")
 )
 
@@ -310,11 +311,12 @@ func (w *workers) find(rw http.ResponseWriter, r *http.Request, c caller) *lease
 	return e
 }
 
-// settle runs fn on the live lease of e and marks e settled.
+// settle runs fn on the live lease of e and marks e settled. If e's
+// request was cancelled, fn does not run (see uncancelled).
 func (e *leased) settle(ctx context.Context, fn func(*rsvp.Lease) error) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	l, err := e.live()
+	l, err := e.uncancelled(ctx)
 	if err != nil {
 		return err
 	}
@@ -366,20 +368,23 @@ func (e *leased) settled() {
 	e.timer.Reset(tombstoneTTL)
 }
 
-// cancelled reports whether e's request was cancelled; if it was, its
-// lease is settled (rsvp.Lease.Cancelled).
-func (e *leased) cancelled(ctx context.Context) (bool, error) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
+// uncancelled is live, unless e's request was cancelled: then e is
+// settled as cancelled (rsvp.Lease.Cancelled), as a Handler's outcome after
+// a cancel is, with no retry or dead letter, and the error is
+// errCancelled. Call with e.mu held.
+func (e *leased) uncancelled(ctx context.Context) (*rsvp.Lease, error) {
 	l, err := e.live()
 	if err != nil {
-		return false, err
+		return nil, err
 	}
-	ok, err := l.Cancelled(ctx)
-	if ok {
-		e.settled()
+	if gone, err := l.Cancelled(ctx); err != nil || gone {
+		if gone {
+			e.settled()
+			return nil, errCancelled
+		}
+		return nil, err
 	}
-	return ok, err
+	return l, nil
 }
 
 // live returns e's lease if it can still be settled. Call with e.mu held.
@@ -405,10 +410,11 @@ func (e *leased) progress(ctx context.Context, v json.RawMessage) error {
 }
 
 // extend renews e for dur (0: its duration so far) and returns its new end.
+// If e's request was cancelled, e is settled instead (see uncancelled).
 func (e *leased) extend(ctx context.Context, dur time.Duration) (time.Time, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	l, err := e.live()
+	l, err := e.uncancelled(ctx)
 	if err != nil {
 		return time.Time{}, err
 	}
@@ -563,6 +569,9 @@ func parseLease(s string) (time.Duration, error) {
 // failed with err.
 func (g *Gateway) settleProblem(w http.ResponseWriter, r *http.Request, err error) {
 	switch {
+	case errors.Is(err, errCancelled):
+		problem(w, http.StatusGone, "request-cancelled", "The request was cancelled",
+			"stop working on it: the lease is settled, and a reply, fail or extend now is 409")
 	case errors.Is(err, errLeaseSettled):
 		problem(w, http.StatusConflict, "lease-settled", "Lease already settled",
 			"this lease was replied to or failed already; each lease is settled once")
@@ -719,15 +728,6 @@ func (g *Gateway) leaseExtend(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := settleContext(r)
 	defer cancel()
-	if gone, err := e.cancelled(ctx); err != nil || gone {
-		if gone {
-			problem(w, http.StatusGone, "request-cancelled", "The request was cancelled",
-				"stop working on it: the lease is settled, and a reply or fail now is 409")
-		} else {
-			g.settleProblem(w, r, err)
-		}
-		return
-	}
 	expires, err := e.extend(ctx, dur)
 	if err != nil {
 		g.settleProblem(w, r, err)

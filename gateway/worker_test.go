@@ -466,3 +466,39 @@ func TestWorkerLearnsOfCancel(t *testing.T) {
 		t.Fatalf("status %v, want cancelled", st["state"])
 	}
 }
+
+// TestWorkerSettleAfterCancel: an HTTP worker that replies to or fails a
+// request cancelled meanwhile (without an extend in between) learns of
+// the cancel as extend tells it (410), and the request stays cancelled
+// with nothing else recorded: its failure is not dead-lettered, as a
+// Handler's error after a cancel is not.
+func TestWorkerSettleAfterCancel(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, gateway.Config{})
+	for _, tc := range []struct{ verb, body string }{
+		{"fail", `{"error":"gave up","permanent":true}`},
+		{"fail", `{"error":"try again"}`},
+		{"reply", "done"},
+	} {
+		id := e.workerSubmit("sac", nil, "x")
+		l := e.workerLease("sac", "", nil)
+		if resp, data := e.do("DELETE", "/v1/requests/"+id, nil, ""); resp.StatusCode != http.StatusAccepted {
+			t.Fatalf("cancel: %d %s", resp.StatusCode, data)
+		}
+		resp, data := e.do("POST", "/v1/leases/"+l.Lease+"/"+tc.verb, nil, tc.body)
+		if resp.StatusCode != http.StatusGone || !strings.Contains(string(data), "request-cancelled") {
+			t.Errorf("%s %s after the cancel: %d %s, want 410 request-cancelled", tc.verb, tc.body, resp.StatusCode, data)
+		}
+		e.workerSettle(l.Lease, tc.verb, nil, tc.body, http.StatusConflict)
+		if st := e.workerStatus(id); st["state"] != gateway.StateCancelled {
+			t.Fatalf("status %v, want cancelled", st["state"])
+		}
+	}
+	dls, err := e.Client.DeadLetters(t.Context(), rsvp.DeadLetterQuery{Queue: "sac"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, dl := range dls {
+		t.Errorf("a cancelled request was dead-lettered: %s, reason %s: %s", dl.Message.ID, dl.Reason, dl.LastError)
+	}
+}

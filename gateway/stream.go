@@ -310,7 +310,8 @@ func (g *Gateway) follow(ctx context.Context, f *feed, emit func(*StreamEvent) e
 }
 
 // catchUp sends the events after f's cursor. done: a request feed sent its
-// final event.
+// final event. What follows the final event is not sent, but for a replay
+// and its events.
 func (g *Gateway) catchUp(ctx context.Context, f *feed, emit func(*StreamEvent) error) (done bool, err error) {
 	q := backend.EventQuery{CorrelationID: f.id, Channel: f.ch, Limit: eventPage}
 	for {
@@ -321,6 +322,9 @@ func (g *Gateway) catchUp(ctx context.Context, f *feed, emit func(*StreamEvent) 
 		}
 		for _, ev := range evs {
 			show := streamed(ev.Type)
+			if f.ended && ev.Type != backend.EventReplayed {
+				show = false // a late event of a stale attempt: the request is over
+			}
 			if show && f.id == "" {
 				if show, err = g.shows(ctx, f, ev); err != nil {
 					return false, err

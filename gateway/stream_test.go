@@ -756,3 +756,63 @@ func TestChannelStreamFollowsQueueGrants(t *testing.T) {
 		}
 	}
 }
+
+// TestRequestStreamEndsAtItsFinalEvent: a request's stream ends with its
+// final event, also when a stale attempt recorded an event after it. Here
+// an HTTP worker's lease of a request cancelled meanwhile runs out, and
+// the gateway gives it back: a retrying event follows the cancelled one
+// in the log. Neither the SSE stream nor a WebSocket subscription shows it.
+func TestRequestStreamEndsAtItsFinalEvent(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, gateway.Config{})
+	id := e.workerSubmit("late", nil, "x")
+	e.workerLease("late", "lease=1s", nil)
+	if resp, data := e.do("DELETE", "/v1/requests/"+id, nil, ""); resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("cancel: %d %s", resp.StatusCode, data)
+	}
+	var log []string
+	eventually(t, 10*time.Second, "the lease runs out and its attempt is recorded after the cancel", func() bool {
+		evs, err := e.Client.Backend().Events(t.Context(), backend.EventQuery{CorrelationID: id})
+		log = log[:0]
+		for _, ev := range evs {
+			log = append(log, ev.Type)
+		}
+		return err == nil && len(log) > 0 && log[len(log)-1] == backend.EventRetrying
+	})
+	want := []string{"queued", "running", "cancelled"}
+
+	s := openSSE(e, "/v1/requests/"+id+"/events", nil)
+	var got []string
+	for {
+		ev, err := s.next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatalf("reading the stream: %v", err)
+		}
+		got = append(got, ev.Type)
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("SSE stream %v, want %v (the event log is %v)", got, want, log)
+	}
+
+	c := dialWS(e, "", nil)
+	c.send(map[string]any{"op": "subscribe", "request": id})
+	c.expect("subscribed", id, "")
+	got = got[:0]
+	for {
+		m := c.next()
+		if m["type"] != "event" {
+			if m["type"] != "end" {
+				t.Fatalf("got %v, want an event or the end", m)
+			}
+			break
+		}
+		ev, _ := m["event"].(map[string]any)
+		got = append(got, ev["type"].(string))
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("WebSocket subscription %v, want %v (the event log is %v)", got, want, log)
+	}
+}

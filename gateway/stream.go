@@ -153,9 +153,14 @@ type feed struct {
 	sees map[string]bool
 }
 
+// errCursor: a request stream's cursor is not 0 and names none of its
+// events (it is another request's, or a channel's).
+var errCursor = errors.New("names no event of the request")
+
 // requestFeed makes the feed of request id for caller c from cursor after.
-// errUnknown: no such request, or not c's to see. ended: the final event
-// is at or before the cursor, so there is nothing more to send.
+// errUnknown: no such request, or not c's to see. errCursor: after is not
+// 0 and not the seq of one of its events. ended: the final event is at or
+// before the cursor, so there is nothing more to send.
 func (g *Gateway) requestFeed(ctx context.Context, c caller, id string, after uint64) (f *feed, ended bool, err error) {
 	rec, evs, reply, err := g.load(ctx, id)
 	if err == nil && !c.sees(rec.Tenant, rec.Queue) {
@@ -168,7 +173,9 @@ func (g *Gateway) requestFeed(ctx context.Context, c caller, id string, after ui
 	// A replay at or before the cursor names the run the feed resumes in.
 	f = &feed{id: id, rec: rec, replied: reply != nil, after: after}
 	var final, replayed uint64
+	known := after == 0
 	for _, ev := range evs {
+		known = known || ev.Seq == after
 		switch {
 		case finalState(ev.Type):
 			final = ev.Seq
@@ -179,7 +186,10 @@ func (g *Gateway) requestFeed(ctx context.Context, c caller, id string, after ui
 			}
 		}
 	}
-	if final > replayed && final <= after {
+	switch {
+	case !known:
+		return nil, false, errCursor
+	case final > replayed && final <= after:
 		return nil, true, nil
 	}
 	return f, false, nil
@@ -418,6 +428,9 @@ func (g *Gateway) requestEvents(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case errors.Is(err, errUnknown):
 		writeProblem(w, unknownRequest(id))
+	case errors.Is(err, errCursor):
+		problem(w, http.StatusBadRequest, "invalid-last-event-id", "Invalid Last-Event-ID",
+			fmt.Sprintf("%d %v %q: resume with the id of an event of this stream, or 0", after, err, id))
 	case err != nil:
 		g.engineDown(w, r, err)
 	case ended:
@@ -642,6 +655,10 @@ func (s *wsSession) subscribe(m *wsIn) {
 		switch {
 		case errors.Is(err, errUnknown):
 			_ = s.send(&wsOut{Type: "error", Request: m.Request, Error: unknownRequest(m.Request)})
+			return
+		case errors.Is(err, errCursor):
+			s.fail(m, http.StatusBadRequest, "invalid-cursor", "Invalid cursor",
+				fmt.Sprintf("after %d %v %q: give the seq of an event of this request, or 0", m.After, err, m.Request))
 			return
 		case err != nil:
 			s.engineDown(m, err)

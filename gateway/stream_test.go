@@ -816,3 +816,45 @@ func TestRequestStreamEndsAtItsFinalEvent(t *testing.T) {
 		t.Errorf("WebSocket subscription %v, want %v (the event log is %v)", got, want, log)
 	}
 }
+
+// TestRequestStreamForeignCursor: a request stream resumed with a cursor
+// that names none of its events (another request's, say) is refused, over
+// SSE and WebSocket, rather than taken as a position in its log: the
+// client would miss what came before it, and with a cursor after the
+// final event get 204, "nothing more", without ever seeing the outcome.
+func TestRequestStreamForeignCursor(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, gateway.Config{})
+	e.respond("fc", rsvp.HandleOptions{}, echo)
+	first := streamSubmit(e, "fc", nil, "1")
+	e.waitState(first, gateway.StateSucceeded)
+	second := streamSubmit(e, "fc", nil, "2")
+	e.waitState(second, gateway.StateSucceeded)
+	evs, err := e.Client.Backend().Events(t.Context(), backend.EventQuery{CorrelationID: second})
+	if err != nil || len(evs) == 0 {
+		t.Fatalf("events of %s: %v, %v", second, evs, err)
+	}
+	last := evs[len(evs)-1].Seq // of the second request: after all of the first's
+	path := "/v1/requests/" + first + "/events"
+	for _, hdr := range []map[string]string{{"Last-Event-ID": strconv.FormatUint(last, 10)}, {"Last-Event-ID": "18446744073709551615"}} {
+		resp, data := e.do("GET", path, hdr, "")
+		if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(data), "invalid-last-event-id") {
+			t.Errorf("GET %s with Last-Event-ID %s of no event of it: %s %s, want 400 invalid-last-event-id",
+				path, hdr["Last-Event-ID"], resp.Status, data)
+		}
+	}
+	// Its own events' ids, and 0, are fine.
+	s := openSSE(e, path, map[string]string{"Last-Event-ID": "0"})
+	queued := s.must()
+	s.close()
+	s = openSSE(e, path, map[string]string{"Last-Event-ID": strconv.FormatUint(queued.ID, 10)})
+	if ev := s.must(); ev.Type != "running" {
+		t.Errorf("resumed after queued: %s, want running", ev.Type)
+	}
+
+	c := dialWS(e, "", nil)
+	c.send(map[string]any{"op": "subscribe", "request": first, "after": last})
+	if m := c.next(); m["type"] != "error" || m["request"] != first || m["error"].(map[string]any)["status"] != 400.0 {
+		t.Errorf("WebSocket subscription with the cursor of another request: %v, want an error 400", m)
+	}
+}

@@ -293,9 +293,10 @@ key. A grant is made for each --queue ("*": every queue) with the --rights
 
 Example:
   rsvp key new --tenant acme --queue thumbnail,flaky --rights send
+  rsvp key new --tenant acme --rights send,consume > acme.key   # line 1: the key
   {
     echo '{"keys": ['
-    rsvp key new --tenant acme --rights send,consume | sed -n 2p
+    sed -n 2p acme.key
     echo ']}'
   } > keys.json
 `

@@ -26,7 +26,7 @@ Example:
   rsvp worker upper --exec 'tr a-z A-Z' &
   echo hello | rsvp request upper          # prints HELLO
   rsvp request thumbnail --content-type application/json \
-      --data '{"image_url": "https://example.com/cat.jpg"}'
+      --data '{"url": "https://example.com/cat.png"}'   # 'rsvp serve --demo' answers it
 `
 
 const sendUsage = `Usage: rsvp send QUEUE [flags]
@@ -38,7 +38,7 @@ those of 'rsvp request'. Sending again with the same --id within two minutes
 stores nothing new and prints the same id.
 
 Example:
-  id=$(rsvp send thumbnail --data '{"image_url": "https://example.com/cat.jpg"}')
+  id=$(rsvp send thumbnail --data '{"url": "https://example.com/cat.png"}')
   rsvp await "$id"
 `
 

@@ -108,7 +108,9 @@ func TestWorkerRetry(t *testing.T) {
 	}
 	w.stop(t)
 	log := w.log.String()
-	for _, s := range []string{"attempt 1/5: failed, will retry", "exit status 3: flaky: try again", "attempt 2/5: ok"} {
+	// The duration is the attempt's, so it goes with "failed", not with
+	// "will retry" (which would read as the delay before the retry).
+	for _, s := range []string{"attempt 1/5: failed in ", ", will retry: exit status 3: flaky: try again", "attempt 2/5: ok in "} {
 		if !strings.Contains(log, s) {
 			t.Fatalf("worker log lacks %q:\n%s", s, log)
 		}
@@ -122,7 +124,7 @@ func TestWorkerAttemptsExhausted(t *testing.T) {
 	r := run(t, nil, "request", "broken", "--data", "x", "--engine", engine)
 	r.want(t, 1, "rsvp: request failed: failed: exit status 1: still broken")
 	w.stop(t)
-	if log := w.log.String(); !strings.Contains(log, "attempt 2/2: failed, no attempts left") {
+	if log := w.log.String(); !strings.Contains(log, "attempt 2/2: failed in ") || !strings.Contains(log, ", no attempts left: exit status 1: still broken") {
 		t.Fatalf("worker log:\n%s", log)
 	}
 }

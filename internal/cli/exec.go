@@ -121,7 +121,7 @@ func withStderr(err error, stderr *tailBuffer) error {
 // logAttempt writes one line about an attempt: id, attempt, outcome,
 // duration and, for a failure, why.
 func (h *execHandler) logAttempt(m *rsvp.Message, took time.Duration, err error) {
-	outcome := "ok"
+	outcome, next := "ok", ""
 	switch {
 	case err == nil:
 	case errors.Is(err, errKilled):
@@ -129,11 +129,11 @@ func (h *execHandler) logAttempt(m *rsvp.Message, took time.Duration, err error)
 	case rsvp.IsPermanent(err):
 		outcome = "failed permanently"
 	case m.Attempt >= h.attempts:
-		outcome = "failed, no attempts left"
+		outcome, next = "failed", ", no attempts left"
 	default:
-		outcome = "failed, will retry"
+		outcome, next = "failed", ", will retry"
 	}
-	line := fmt.Sprintf("rsvp worker: %s attempt %d/%d: %s in %s", m.ID, m.Attempt, h.attempts, outcome, took.Round(100*time.Microsecond))
+	line := fmt.Sprintf("rsvp worker: %s attempt %d/%d: %s in %s%s", m.ID, m.Attempt, h.attempts, outcome, took.Round(100*time.Microsecond), next)
 	if err != nil {
 		line += ": " + oneLine(err.Error(), 200)
 	}

@@ -317,6 +317,17 @@ func TestDemo(t *testing.T) {
 	}
 }
 
+// TestDemoHelp checks that 'rsvp demo --help' gives the engine the demo
+// uses without --engine: a temporary one, not the usual default.
+func TestDemoHelp(t *testing.T) {
+	t.Parallel()
+	r := run(t, nil, "demo", "--help")
+	r.want(t, 0)
+	if strings.Contains(r.stdout, defaultEngine) || !strings.Contains(r.stdout, "(default: a new temporary directory, removed afterwards)") {
+		t.Fatalf("demo --help does not say that the engine is a temporary directory by default:\n%s", r.stdout)
+	}
+}
+
 // TestTwoProcesses runs a worker in a child process that owns the engine
 // directory, and a request in this one, which connects to the child's
 // engine through the address the child wrote there.

@@ -52,6 +52,11 @@ type thumbnailReply struct {
 
 func runDemo(ctx context.Context, e *env, cmd *command, args []string) error {
 	fs := e.newFlagSet(cmd)
+	// Without --engine the demo makes its own (demoEngine): say so in the
+	// help, rather than the default other commands use.
+	ef := fs.Lookup("engine")
+	ef.Usage += " (default: a new temporary directory, removed afterwards)"
+	ef.DefValue = ""
 	n := fs.Int("requests", 20, "how many thumbnail requests to send, all at once")
 	conc := fs.Int("concurrency", 8, "how many thumbnails the responder makes at once")
 	pos, err := e.parse(fs, cmd, args)

@@ -8,14 +8,17 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"go.opentelemetry.io/otel/metric"
-	"go.opentelemetry.io/otel/trace"
+	"io"
 	"log/slog"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
+
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/rsvp-go/rsvp"
 	"github.com/rsvp-go/rsvp/backend"
@@ -420,6 +423,31 @@ type Problem struct {
 
 // problemType is the base of the problem type URIs.
 const problemType = "https://rsvp.dev/problems/"
+
+// readBody reads a request body of at most limit bytes within
+// Config.BodyTimeout, writing 413, 408 or 400 and returning ok false when
+// it cannot.
+func (g *Gateway) readBody(w http.ResponseWriter, r *http.Request, limit int) ([]byte, bool) {
+	rc := http.NewResponseController(w)
+	_ = rc.SetReadDeadline(time.Now().Add(g.cfg.BodyTimeout)) // not supported: no bound
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, int64(limit)))
+	_ = rc.SetReadDeadline(time.Time{})
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		switch {
+		case errors.As(err, &tooBig):
+			problem(w, http.StatusRequestEntityTooLarge, "too-large", "Body too large", fmt.Sprintf("the limit is %d bytes", limit))
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			w.Header().Set("Connection", "close")
+			problem(w, http.StatusRequestTimeout, "body-timeout", "Body too slow",
+				fmt.Sprintf("the body was not received within %s", g.cfg.BodyTimeout))
+		default:
+			problem(w, http.StatusBadRequest, "unreadable-body", "Body could not be read", err.Error())
+		}
+		return nil, false
+	}
+	return body, true
+}
 
 func problem(w http.ResponseWriter, status int, typ, title, detail string) {
 	writeProblem(w, &Problem{Type: problemType + typ, Title: title, Status: status, Detail: detail})

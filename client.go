@@ -314,6 +314,10 @@ func (c *Client) isClosed() bool {
 // under its reply session. A Request given up before its deadline (ctx
 // cancelled) leaves an expiry task instead, which stores the expired reply
 // at the deadline unless the request has a reply by then.
+//
+// A Request with an ID or CorrelationID of the caller's choosing gets the
+// reply to that id, whoever sent it first: it may have been answered
+// already, or be under way for another client.
 func (c *Client) Request(ctx context.Context, queue string, msg *Message) (*Reply, error) {
 	m, err := c.prepare(queue, msg)
 	if err != nil {
@@ -330,13 +334,25 @@ func (c *Client) Request(ctx context.Context, queue string, msg *Message) (*Repl
 	start := time.Now()
 	ch := c.waiters.add(m.CorrelationID)
 	defer c.waiters.remove(m.CorrelationID, ch)
+	// A caller-chosen id may have been sent before, by another client too
+	// (a requester repeating its Request after a restart): the request
+	// stored then (dedupe), or its reply, goes to that client's inbox. Such
+	// a Request watches for the reply whatever its inbox, and looks it up
+	// at once, as Await does; one with a new id needs neither.
+	lookNow := msg.ID != "" || msg.CorrelationID != ""
+	if lookNow {
+		sub, err := c.b.WatchReply(ctx, m.CorrelationID, c.waiters.deliver)
+		if err != nil {
+			c.tel.endRequestSpan(span, tq, m, nil, "error")
+			return nil, fmt.Errorf("rsvp: request %s: watch for its reply: %w", m.CorrelationID, err)
+		}
+		defer sub.Close()
+	}
 	if _, err := c.send(ctx, m, false); err != nil {
 		c.abandon(ctx, m, err) // stored all the same if only its acknowledgement was cut short
 		c.tel.endRequestSpan(span, tq, m, nil, "error")
 		return nil, err
 	}
-	// A caller-chosen id may have been answered before (dedupe).
-	lookNow := msg.ID != "" || msg.CorrelationID != ""
 	r, err := c.wait(ctx, m.CorrelationID, ch, lookNow)
 	if r == nil && err != nil && !m.Deadline.IsZero() {
 		switch {

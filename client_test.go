@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/rsvp-go/rsvp"
+	"github.com/rsvp-go/rsvp/backend"
 	"github.com/rsvp-go/rsvp/backend/rsvpnats"
 )
 
@@ -315,4 +316,85 @@ func TestNewID(t *testing.T) {
 		}
 		seen[id], prev = true, id
 	}
+}
+
+// lookedUp is a backend that closes looked after the first GetReply of id
+// that finds nothing.
+type lookedUp struct {
+	backend.Backend
+	id     string
+	once   sync.Once
+	looked chan struct{}
+}
+
+func (l *lookedUp) GetReply(ctx context.Context, id string) (*backend.Reply, error) {
+	r, err := l.Backend.GetReply(ctx, id)
+	if id == l.id && errors.Is(err, backend.ErrNotFound) {
+		l.once.Do(func() { close(l.looked) })
+	}
+	return r, err
+}
+
+// A Request with the id of a request another client sent (a requester
+// repeating its Request after a restart, with a new inbox) is deduplicated:
+// the stored request's reply goes to the first client's inbox. The second
+// one still gets it when it is stored, not at its next recheck.
+func TestRequestWithAnotherClientsID(t *testing.T) {
+	t.Parallel()
+	forEachEngine(t, func(t *testing.T, e *topicEngine) {
+		ctx := context.Background()
+		first := e.client()
+		id := rsvp.NewID()
+		lb := &lookedUp{Backend: e.b, id: id, looked: make(chan struct{})}
+		second, err := rsvp.New(ctx, lb, rsvp.Config{RecheckInterval: time.Minute})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { closeWithin(t, "close second client", second.Close) })
+		// The handler answers once the second client looked for the reply
+		// and found none: it is waiting then.
+		serve(t, first, "dup", func(ctx context.Context, req *rsvp.Message) (*rsvp.Reply, error) {
+			select {
+			case <-lb.looked:
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+			return &rsvp.Reply{Body: []byte("done")}, nil
+		})
+		if _, err := first.Send(ctx, "dup", &rsvp.Message{ID: id}); err != nil {
+			t.Fatal(err)
+		}
+		rctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		got := make(chan error, 1)
+		go func() {
+			r, err := second.Request(rctx, "dup", &rsvp.Message{ID: id})
+			if err == nil && string(r.Body) != "done" {
+				err = fmt.Errorf("reply %q, want done", r.Body)
+			}
+			got <- err
+		}()
+		receive(t, lb.looked, "look-up of the reply by the second client")
+		stored := make(chan struct{})
+		go func() {
+			defer close(stored)
+			wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
+			defer wcancel()
+			if _, err := first.Await(wctx, id); err != nil {
+				t.Errorf("await: %v", err)
+			}
+		}()
+		receive(t, stored, "stored reply")
+		timer := time.NewTimer(5 * time.Second)
+		defer timer.Stop()
+		select {
+		case err := <-got:
+			if err != nil {
+				t.Fatalf("second client's Request: %v", err)
+			}
+		case <-timer.C:
+			cancel()
+			t.Fatalf("second client's Request had no reply 5s after it was stored (RecheckInterval 1m); after cancelling: %v", <-got)
+		}
+	})
 }

@@ -304,16 +304,18 @@ func (c *Client) isClosed() bool {
 }
 
 // Request sends msg to queue and waits for its reply. The context's
-// deadline, if any, travels with the request as its Deadline: a responder
-// does not start it after that. A failed or expired request returns the
-// stored reply and a *RemoteError. When that deadline passes with no reply,
-// Request stores the expired reply itself (unless a reply just came) and
-// returns ErrExpired: Await in any process then knows, even if no responder
-// ever took the request. As a responder does with the replies it stores,
-// it records the final event of a tracked request and lists the reply
-// under its reply session. A Request given up before its deadline (ctx
-// cancelled) leaves an expiry task instead, which stores the expired reply
-// at the deadline unless the request has a reply by then.
+// deadline, if any, travels with the request as its Deadline (unless
+// msg.Deadline is earlier): a responder does not start it after that. A
+// failed or expired request returns the stored reply and a *RemoteError.
+// When that deadline passes with no reply (the context's or msg.Deadline,
+// whichever is earlier), Request stops waiting, stores the expired reply
+// itself (unless a reply just came) and returns ErrExpired: Await in any
+// process then knows, even if no responder ever took the request. As a
+// responder does with the replies it stores, it records the final event of
+// a tracked request and lists the reply under its reply session. A Request
+// given up before its deadline (ctx cancelled) leaves an expiry task
+// instead, which stores the expired reply at the deadline unless the
+// request has a reply by then.
 //
 // A Request with an ID or CorrelationID of the caller's choosing gets the
 // reply to that id, whoever sent it first: it may have been answered
@@ -353,12 +355,20 @@ func (c *Client) Request(ctx context.Context, queue string, msg *Message) (*Repl
 		c.tel.endRequestSpan(span, tq, m, nil, "error")
 		return nil, err
 	}
-	r, err := c.wait(ctx, m.CorrelationID, ch, lookNow)
+	wctx := ctx
+	if d, ok := ctx.Deadline(); !m.Deadline.IsZero() && (!ok || m.Deadline.Before(d)) {
+		// Message.Deadline comes first: the request is over then, reply
+		// or not.
+		var cancel context.CancelFunc
+		wctx, cancel = context.WithDeadline(ctx, m.Deadline)
+		defer cancel()
+	}
+	r, err := c.wait(wctx, m.CorrelationID, ch, lookNow)
 	if r == nil && err != nil && !m.Deadline.IsZero() {
 		switch {
 		case time.Now().Before(m.Deadline): // the caller gave up first
 			c.leaveExpiry(ctx, m)
-		case errors.Is(ctx.Err(), context.DeadlineExceeded):
+		case wctx.Err() != nil:
 			// The request's own deadline passed without a reply: it expired
 			// (a responder that reaches it dead-letters it as expired).
 			r, err = c.expireRequest(ctx, m, err)

@@ -250,3 +250,35 @@ func TestExpiredAfterExpiryTaskIsDeadLettered(t *testing.T) {
 		})
 	})
 }
+
+// TestRequestEndsAtMessageDeadline: a Request whose Message.Deadline comes
+// before its ctx ends (a ctx with no deadline, here) stops waiting at that
+// deadline with ErrExpired, and stores the expired reply, as it does when
+// its ctx's deadline passes: the request is over then.
+func TestRequestEndsAtMessageDeadline(t *testing.T) {
+	t.Parallel()
+	c := setup(t, rsvp.Config{})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	m := &rsvp.Message{ID: rsvp.NewID(), Deadline: time.Now().Add(300 * time.Millisecond)}
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.Request(ctx, "nobody-at-all", m)
+		done <- err
+	}()
+	timer := time.NewTimer(5 * time.Second)
+	defer timer.Stop()
+	select {
+	case err := <-done:
+		if !errors.Is(err, rsvp.ErrExpired) {
+			t.Fatalf("Request: %v, want ErrExpired", err)
+		}
+	case <-timer.C:
+		cancel()
+		t.Fatalf("Request with a Deadline 300ms ahead still waiting 5s later; cancelled, it returned %v", <-done)
+	}
+	r, err := c.Await(ctxWithin(t, 10*time.Second), m.ID)
+	if !errors.Is(err, rsvp.ErrExpired) || r == nil || r.Status != backend.StatusExpired {
+		t.Fatalf("Await: %+v, %v; want the expired reply", r, err)
+	}
+}

@@ -28,7 +28,8 @@ type Config struct {
 	// Codec encodes the values of Call and HandleTyped. Default JSON.
 	Codec Codec
 	// RecheckInterval is how often a waiting Request or Await looks up the
-	// stored reply, in case its notification was lost to a reconnect.
+	// stored reply, and a waiting SessionReplies its list, in case a
+	// notification was lost to a reconnect.
 	// Default 5s.
 	RecheckInterval time.Duration
 	// Logger receives log lines about requests. Default: discard.

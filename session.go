@@ -62,9 +62,10 @@ func (r *settler) listReply(ctx context.Context, m *Message, log *slog.Logger) {
 
 // SessionReplies returns up to 100 replies listed under the reply session
 // after position after (0: from the start), in the order they were
-// stored. It waits until at least one is there, or ctx ends. Replies are
-// listed as long as the backend keeps replies; one that is gone is
-// skipped.
+// stored. It waits until at least one is there, or ctx ends, looking
+// again every Config.RecheckInterval in case a notification was lost.
+// Replies are listed as long as the backend keeps replies; one that is
+// gone is skipped.
 func (c *Client) SessionReplies(ctx context.Context, session string, after uint64) ([]SessionReply, error) {
 	if err := backend.ValidateSessionKey("reply session", session); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
@@ -83,6 +84,10 @@ func (c *Client) SessionReplies(ctx context.Context, session string, after uint6
 		return nil, fmt.Errorf("rsvp: session replies: %w", err)
 	}
 	defer sub.Close()
+	// Notifications are best effort (one is lost to a reconnect, say):
+	// look again now and then.
+	recheck := time.NewTimer(c.cfg.RecheckInterval)
+	defer recheck.Stop()
 	for {
 		evs, err := c.b.Events(ctx, backend.EventQuery{CorrelationID: id, After: after})
 		if err != nil {
@@ -114,8 +119,10 @@ func (c *Client) SessionReplies(ctx context.Context, session string, after uint6
 		}
 		select {
 		case <-more:
+		case <-recheck.C:
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		}
+		recheck.Reset(c.cfg.RecheckInterval)
 	}
 }

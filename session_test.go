@@ -544,3 +544,68 @@ func TestCancelledBeforeStartListedInReplySession(t *testing.T) {
 		}
 	})
 }
+
+// deafEvents is an engine whose event notifications are all lost (the
+// seam allows it: delivery is best effort, a reconnect drops some). It
+// closes read after the first read of an event log that finds nothing.
+type deafEvents struct {
+	backend.Backend
+	once sync.Once
+	read chan struct{}
+}
+
+func (d *deafEvents) SubscribeEvents(ctx context.Context, fn func(*backend.Event)) (backend.Subscription, error) {
+	return d.Backend.SubscribeEvents(ctx, func(*backend.Event) {})
+}
+
+func (d *deafEvents) Events(ctx context.Context, q backend.EventQuery) ([]*backend.Event, error) {
+	evs, err := d.Backend.Events(ctx, q)
+	if err == nil && len(evs) == 0 {
+		d.once.Do(func() { close(d.read) })
+	}
+	return evs, err
+}
+
+// TestSessionRepliesNotificationLost: a SessionReplies waiting for a reply
+// whose notification is lost still returns it, within
+// Config.RecheckInterval, as Request and Await do.
+func TestSessionRepliesNotificationLost(t *testing.T) {
+	t.Parallel()
+	c := setup(t, rsvp.Config{})
+	deaf := &deafEvents{Backend: c.be, read: make(chan struct{})}
+	reader, err := rsvp.New(context.Background(), deaf, rsvp.Config{RecheckInterval: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { closeWithin(t, "close reader", reader.Close) })
+	handle(t, c, "rs-lost", rsvp.HandleOptions{}, func(context.Context, *rsvp.Message) (*rsvp.Reply, error) {
+		return &rsvp.Reply{}, nil
+	})
+	session := "rs-lost-" + rsvp.NewID()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	got := make(chan []rsvp.SessionReply, 1)
+	go func() {
+		rs, _ := reader.SessionReplies(ctx, session, 0)
+		got <- rs
+	}()
+	receive(t, deaf.read, "first read of the reply session")
+	tk, err := c.Send(ctx, "rs-lost", &rsvp.Message{ReplySession: session})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Await(ctxWithin(t, 10*time.Second), tk.CorrelationID); err != nil {
+		t.Fatal(err)
+	}
+	timer := time.NewTimer(5 * time.Second)
+	defer timer.Stop()
+	select {
+	case rs := <-got:
+		if len(rs) != 1 || rs[0].Reply.CorrelationID != tk.CorrelationID {
+			t.Fatalf("SessionReplies: %+v, want the reply", rs)
+		}
+	case <-timer.C:
+		cancel()
+		t.Fatalf("SessionReplies still waiting 5s after the reply was listed (RecheckInterval 100ms); cancelled, it returned %v", <-got)
+	}
+}

@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/rsvp-go/rsvp"
-	"github.com/rsvp-go/rsvp/backend"
 	"github.com/rsvp-go/rsvp/backend/rsvpnats"
 )
 
@@ -318,23 +317,6 @@ func TestNewID(t *testing.T) {
 	}
 }
 
-// lookedUp is a backend that closes looked after the first GetReply of id
-// that finds nothing.
-type lookedUp struct {
-	backend.Backend
-	id     string
-	once   sync.Once
-	looked chan struct{}
-}
-
-func (l *lookedUp) GetReply(ctx context.Context, id string) (*backend.Reply, error) {
-	r, err := l.Backend.GetReply(ctx, id)
-	if id == l.id && errors.Is(err, backend.ErrNotFound) {
-		l.once.Do(func() { close(l.looked) })
-	}
-	return r, err
-}
-
 // A Request with the id of a request another client sent (a requester
 // repeating its Request after a restart, with a new inbox) is deduplicated:
 // the stored request's reply goes to the first client's inbox. The second
@@ -345,7 +327,7 @@ func TestRequestWithAnotherClientsID(t *testing.T) {
 		ctx := context.Background()
 		first := e.client()
 		id := rsvp.NewID()
-		lb := &lookedUp{Backend: e.b, id: id, looked: make(chan struct{})}
+		lb := &lookedFor{Backend: e.b, id: id, looked: make(chan struct{})}
 		second, err := rsvp.New(ctx, lb, rsvp.Config{RecheckInterval: time.Minute})
 		if err != nil {
 			t.Fatal(err)

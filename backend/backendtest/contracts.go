@@ -13,8 +13,58 @@ import (
 )
 
 // contractCases check promises of backend.go's doc comments that the
-// other cases leave out: consumers and subscriptions that close, default limits, what a reopened engine keeps, activity.
+// other cases leave out: settling once, consumers and subscriptions that
+// close, default limits, what a reopened engine keeps, activity.
 var contractCases = []testCase{
+	{name: "SettledOnce", run: func(t *testing.T, open Opener, f Features) {
+		// Exactly one of Ack, Nack or the lease's end settles a delivery:
+		// a settled delivery can be neither settled again nor extended
+		// (ErrLeaseLost, "or it was settled"), and its second call neither
+		// brings an acked request back nor removes a nacked one.
+		b := opened(t, open)
+		ctx := ctxFor(t, 10*time.Second)
+		q := uniq("q")
+		acked, nacked := newMsg(b, q), newMsg(b, q)
+		mustEnqueue(t, b, acked)
+		c := consume(t, b, q, backend.ConsumeParams{Lease: 10 * time.Second})
+		d := next(t, c, 10*time.Second)
+		if err := d.Ack(ctx); err != nil {
+			t.Fatal(err)
+		}
+		for op, call := range map[string]func() error{
+			"Ack":    func() error { return d.Ack(ctx) },
+			"Nack":   func() error { return d.Nack(ctx, 0) },
+			"Extend": func() error { return d.Extend(ctx) },
+		} {
+			if err := call(); !errors.Is(err, backend.ErrLeaseLost) {
+				t.Errorf("%s after Ack: %v, want ErrLeaseLost", op, err)
+			}
+		}
+		mustEnqueue(t, b, nacked)
+		d = next(t, c, 10*time.Second)
+		if d.Message().ID != nacked.ID {
+			t.Fatalf("got %s (attempt %d) after the Ack and a Nack of it, want only %s", d.Message().ID, d.Message().Attempt, nacked.ID)
+		}
+		if err := d.Nack(ctx, 300*time.Millisecond); err != nil {
+			t.Fatal(err)
+		}
+		for op, call := range map[string]func() error{
+			"Ack":    func() error { return d.Ack(ctx) },
+			"Extend": func() error { return d.Extend(ctx) },
+		} {
+			if err := call(); !errors.Is(err, backend.ErrLeaseLost) {
+				t.Errorf("%s after Nack: %v, want ErrLeaseLost", op, err)
+			}
+		}
+		d = next(t, c, 5*time.Second)
+		if d.Message().ID != nacked.ID || d.Message().Attempt != 2 {
+			t.Fatalf("got %s attempt %d, want %s back after its Nack (attempt 2)", d.Message().ID, d.Message().Attempt, nacked.ID)
+		}
+		if err := d.Ack(ctx); err != nil {
+			t.Fatal(err)
+		}
+		nothingWithin(t, c, 300*time.Millisecond)
+	}},
 	{name: "ClosedConsumerDeliveriesStayValid", run: func(t *testing.T, open Opener, f Features) {
 		// Consumer.Close ends waiting Next calls with ErrClosed; what it
 		// handed out can still be settled and extended, and what is left

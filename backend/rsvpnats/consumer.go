@@ -371,12 +371,21 @@ func (c *consumer) renew(ctx context.Context, m *nats.Msg, from time.Time) (time
 	ctx, cancel := c.b.withTimeout(ctx)
 	defer cancel()
 	if err := m.InProgress(nats.Context(ctx)); err != nil {
-		return from, err
+		return from, settled(err)
 	}
 	if c.expired(from, time.Now()) {
 		return from, ErrLeaseLost
 	}
 	return sent, nil
+}
+
+// settled is err, or ErrLeaseLost if err says the delivery was settled
+// already: its lease is no longer the caller's (backend.ErrLeaseLost).
+func settled(err error) error {
+	if errors.Is(err, nats.ErrMsgAlreadyAckd) {
+		return ErrLeaseLost
+	}
+	return err
 }
 
 func (d *delivery) Ack(ctx context.Context) error {
@@ -387,13 +396,13 @@ func (d *delivery) Ack(ctx context.Context) error {
 		// Confirmed: the session's next request is handed out on the
 		// strength of this ack.
 		if err := d.m.AckSync(nats.Context(ctx)); err != nil {
-			return fmt.Errorf("rsvpnats: ack %s: %w", d.msg.ID, err)
+			return fmt.Errorf("rsvpnats: ack %s: %w", d.msg.ID, settled(err))
 		}
 		d.ses.settled(d, true)
 		return nil
 	}
 	if err := d.m.Ack(); err != nil {
-		return fmt.Errorf("rsvpnats: ack %s: %w", d.msg.ID, err)
+		return fmt.Errorf("rsvpnats: ack %s: %w", d.msg.ID, settled(err))
 	}
 	return nil
 }
@@ -403,7 +412,7 @@ func (d *delivery) Nack(ctx context.Context, delay time.Duration) error {
 		return fmt.Errorf("rsvpnats: nack %s: %w", d.msg.ID, ErrLeaseLost)
 	}
 	if err := d.m.NakWithDelay(delay); err != nil {
-		return fmt.Errorf("rsvpnats: nack %s: %w", d.msg.ID, err)
+		return fmt.Errorf("rsvpnats: nack %s: %w", d.msg.ID, settled(err))
 	}
 	if d.ses != nil {
 		d.ses.settled(d, false)

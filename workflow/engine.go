@@ -577,8 +577,13 @@ func (e *Engine) perform(ctx context.Context, v *view, ef effect) error {
 		parent := &parentRef{Instance: v.id, Run: v.run, Epoch: v.epoch, Seq: ef.seq}
 		_, err := e.startInstance(ctx, ef.target, 0, ef.childID, ef.body, parent)
 		if errors.Is(err, ErrUnknownWorkflow) || errors.Is(err, ErrBadInput) {
+			// Never startable: the call fails, the instance goes on.
+			code := CodeUnknownWorkflow
+			if errors.Is(err, ErrBadInput) {
+				code = CodeBadInput
+			}
 			return e.recordResult(ctx, v.id, record{Run: v.run, Epoch: v.epoch, Seq: ef.seq,
-				Error: &Failure{Code: CodeUnknownWorkflow, Message: err.Error()}}, "wf:c:"+ef.childID)
+				Error: &Failure{Code: code, Message: err.Error()}}, "wf:c:"+ef.childID)
 		}
 		return err
 	}

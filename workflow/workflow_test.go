@@ -658,3 +658,36 @@ func TestActivityExpiredIsATimeout(t *testing.T) {
 		t.Fatalf("%q, %v", out, err)
 	}
 }
+
+// A sub-workflow whose input does not decode into its input type fails
+// the call with code bad_input, as a start with such input is ErrBadInput;
+// an unknown sub-workflow with code unknown_workflow.
+func TestSubWorkflowBadInputOrUnknown(t *testing.T) {
+	en := newEnv(t, func(e *workflow.Engine) {
+		_ = workflow.Register(e, "child", func(ctx workflow.Context, n int) (int, error) { return n, nil })
+		_ = workflow.Register(e, "parent", func(ctx workflow.Context, _ int) ([]string, error) {
+			var codes []string
+			for _, call := range []struct {
+				name  string
+				input any
+			}{{"child", "not a number"}, {"no-such-child", 1}} {
+				_, err := workflow.CallWorkflow[int](ctx, call.name, call.input).Get(ctx)
+				var ae *workflow.ActivityError
+				if !errors.As(err, &ae) {
+					return nil, fmt.Errorf("sub-workflow %s: %v, want an *ActivityError", call.name, err)
+				}
+				codes = append(codes, ae.Code)
+			}
+			return codes, nil
+		})
+	})
+	ctx := ctxT(t, 20*time.Second)
+	st := must[*workflow.Status](t)(en.E.StartInstance(ctx, "parent", 0, workflow.StartOptions{}))
+	out, err := workflow.Result[[]string](ctx, en.E, st.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{workflow.CodeBadInput, workflow.CodeUnknownWorkflow}; fmt.Sprint(out) != fmt.Sprint(want) {
+		t.Fatalf("codes %q, want %q", out, want)
+	}
+}

@@ -508,6 +508,12 @@ func (e *Engine) executeOr(ctx context.Context, instance string, giveUp bool) (e
 	default:
 		err = e.recordStep(ctx, v, ex)
 	}
+	if errors.Is(err, backend.ErrTooLarge) {
+		// What the run must record (its output, ContinueAsNew's input, its
+		// custom status) is over the backend's limit for good: the instance
+		// fails, instead of being run again and again.
+		err = e.finish(ctx, v, recFailed, record{Run: v.run, Error: &Failure{Code: CodeTooLarge, Message: err.Error()}})
+	}
 	if errors.Is(err, errFinishedElsewhere) {
 		err = nil
 	}
@@ -576,11 +582,14 @@ func (e *Engine) perform(ctx context.Context, v *view, ef effect) error {
 	case "child":
 		parent := &parentRef{Instance: v.id, Run: v.run, Epoch: v.epoch, Seq: ef.seq}
 		_, err := e.startInstance(ctx, ef.target, 0, ef.childID, ef.body, parent)
-		if errors.Is(err, ErrUnknownWorkflow) || errors.Is(err, ErrBadInput) {
+		if errors.Is(err, ErrUnknownWorkflow) || errors.Is(err, ErrBadInput) || errors.Is(err, backend.ErrTooLarge) {
 			// Never startable: the call fails, the instance goes on.
 			code := CodeUnknownWorkflow
-			if errors.Is(err, ErrBadInput) {
+			switch {
+			case errors.Is(err, ErrBadInput):
 				code = CodeBadInput
+			case errors.Is(err, backend.ErrTooLarge):
+				code = CodeTooLarge
 			}
 			return e.recordResult(ctx, v.id, record{Run: v.run, Epoch: v.epoch, Seq: ef.seq,
 				Error: &Failure{Code: code, Message: err.Error()}}, "wf:c:"+ef.childID)

@@ -35,6 +35,7 @@ const (
 	CodeBadInput         = "bad_input"        // the input did not decode
 	CodeTimeout          = "timeout"          // an activity attempt got no reply in time
 	CodeTerminated       = "terminated"       // Terminate ended the instance
+	CodeTooLarge         = "too_large"        // an output, input or custom status is over the backend's size limit
 )
 
 // Errors returned by the Engine's methods.

@@ -691,3 +691,43 @@ func TestSubWorkflowBadInputOrUnknown(t *testing.T) {
 		t.Fatalf("codes %q, want %q", out, want)
 	}
 }
+
+// What a run must record and the backend can never store (an output, a
+// custom status or a sub-workflow's input over its size limit) fails the
+// instance, or the call, with code too_large: the instance was retried
+// for good and stayed running.
+func TestTooLargeToRecord(t *testing.T) {
+	big := strings.Repeat("x", 9<<20) // over the embedded engine's 8 MiB
+	en := newEnv(t, func(e *workflow.Engine) {
+		_ = workflow.Register(e, "big-output", func(ctx workflow.Context, _ int) (string, error) {
+			return big, nil
+		})
+		_ = workflow.Register(e, "big-status", func(ctx workflow.Context, _ int) (string, error) {
+			if err := workflow.SetCustomStatus(ctx, big); err != nil {
+				return "", err
+			}
+			return "", workflow.Sleep(ctx, time.Millisecond)
+		})
+		_ = workflow.Register(e, "child", func(ctx workflow.Context, s string) (int, error) { return len(s), nil })
+		_ = workflow.Register(e, "big-child", func(ctx workflow.Context, _ int) (string, error) {
+			_, err := workflow.CallWorkflow[int](ctx, "child", big).Get(ctx)
+			var ae *workflow.ActivityError
+			if !errors.As(err, &ae) {
+				return "", fmt.Errorf("sub-workflow: %v, want an *ActivityError", err)
+			}
+			return ae.Code, nil
+		})
+	})
+	ctx := ctxT(t, 20*time.Second)
+	for _, name := range []string{"big-output", "big-status"} {
+		st := must[*workflow.Status](t)(en.E.StartInstance(ctx, name, 0, workflow.StartOptions{}))
+		st = must[*workflow.Status](t)(en.E.Await(ctx, st.ID))
+		if st.State != workflow.StateFailed || st.Error.Code != workflow.CodeTooLarge {
+			t.Errorf("%s: %s %+v, want failed with code %s", name, st.State, st.Error, workflow.CodeTooLarge)
+		}
+	}
+	st := must[*workflow.Status](t)(en.E.StartInstance(ctx, "big-child", 0, workflow.StartOptions{}))
+	if out, err := workflow.Result[string](ctx, en.E, st.ID); err != nil || out != workflow.CodeTooLarge {
+		t.Errorf("big-child: %q, %v; want %q", out, err, workflow.CodeTooLarge)
+	}
+}

@@ -182,14 +182,18 @@ func (t *tailBuffer) Write(p []byte) (int, error) {
 }
 
 // String returns the text kept, trimmed, starting at a whole line when the
-// front was cut.
+// front was cut. It is valid UTF-8 without NUL bytes (each invalid byte
+// sequence and NUL becomes U+FFFD): an engine on PostgreSQL stores no
+// other text, and refuses the dead letter and the reply that carry it.
 func (t *tailBuffer) String() string {
 	b := t.buf
-	if !t.cut {
-		return strings.TrimSpace(string(b))
+	prefix := ""
+	if t.cut {
+		if i := bytes.IndexByte(b, '\n'); i >= 0 && i < len(b)-1 {
+			b = b[i+1:]
+		}
+		prefix = "... "
 	}
-	if i := bytes.IndexByte(b, '\n'); i >= 0 && i < len(b)-1 {
-		b = b[i+1:]
-	}
-	return "... " + strings.TrimSpace(string(b))
+	s := strings.ReplaceAll(strings.ToValidUTF8(string(b), "\uFFFD"), "\x00", "\uFFFD")
+	return prefix + strings.TrimSpace(s)
 }

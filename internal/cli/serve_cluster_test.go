@@ -180,3 +180,26 @@ func TestMigrate(t *testing.T) {
 		t.Fatalf("stdout %q", r.stdout)
 	}
 }
+
+// TestWorkerStderrNotUTF8OnPostgres: a command that fails permanently
+// with bytes on stderr that PostgreSQL cannot store as text (not UTF-8, a
+// NUL) fails its request at once, with that stderr in the message. (The
+// dead letter was refused for its last error, so the request was run
+// again until its attempts ran out, and failed as "lease ran out".)
+func TestWorkerStderrNotUTF8OnPostgres(t *testing.T) {
+	url := os.Getenv("RSVP_TEST_POSTGRES_URL")
+	if url == "" {
+		t.Skip("set RSVP_TEST_POSTGRES_URL (see README, Tests) to run the PostgreSQL tests")
+	}
+	t.Parallel()
+	// The database outlives the test: a fresh queue each run.
+	queue := "stderr-" + rsvp.NewID()
+	w := startWorker(t, url, queue, "--attempts", "2", "--backoff", "10ms",
+		"--exec", `printf 'bad \377 byte, \000 NUL\n' >&2; exit 65`)
+	r := run(t, nil, "request", queue, "--data", "x", "--engine", url, "--timeout", "20s")
+	r.want(t, 1, "rsvp: request failed: failed: exit status 65: bad \uFFFD byte, \uFFFD NUL")
+	w.stop(t)
+	if log := w.log.String(); strings.Contains(log, "attempt 2/") || strings.Contains(log, "dead-lettering failed") {
+		t.Fatalf("want one attempt, dead-lettered; worker log:\n%s", log)
+	}
+}

@@ -25,7 +25,8 @@ The exit status of CMD decides the outcome:
   0      success: its stdout is the reply
   65     permanent failure (EX_DATAERR): the request fails at once
   other  failure: retried with backoff, up to --attempts in all
-A failure's message carries the end of CMD's stderr (up to 2 KiB).
+A failure's message carries the end of CMD's stderr (up to 2 KiB; bytes
+that are not UTF-8, and NULs, become U+FFFD).
 
 CMD inherits the environment, plus RSVP_ID, RSVP_CORRELATION_ID, RSVP_QUEUE,
 RSVP_ATTEMPT (1 on the first try), RSVP_TYPE and RSVP_CONTENT_TYPE. It is

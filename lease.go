@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/rsvp-go/rsvp/backend"
 )
@@ -246,7 +247,7 @@ func (r *settler) fail(ctx context.Context, d backend.Delivery, code, msg string
 	err := r.c.b.DeadLetter(ctx, dl)
 	if errors.Is(err, backend.ErrTooLarge) && len(msg) > maxErrorText {
 		// The request plus a long error text does not fit: keep the request.
-		dl.LastError = msg[:maxErrorText] + "…"
+		dl.LastError = cut(msg)
 		err = r.c.b.DeadLetter(ctx, dl)
 	}
 	if err != nil {
@@ -266,10 +267,16 @@ func failureStatus(code string) backend.Status {
 	return backend.StatusFailed
 }
 
-// cut shortens an error text to maxErrorText.
+// cut shortens an error text to at most maxErrorText bytes, on a character
+// boundary: a character cut in two is not UTF-8, which an engine on
+// PostgreSQL refuses.
 func cut(msg string) string {
 	if len(msg) > maxErrorText {
-		return msg[:maxErrorText] + "…"
+		n := maxErrorText
+		for n > 0 && !utf8.RuneStart(msg[n]) {
+			n--
+		}
+		return msg[:n] + "…"
 	}
 	return msg
 }

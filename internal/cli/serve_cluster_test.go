@@ -203,3 +203,27 @@ func TestWorkerStderrNotUTF8OnPostgres(t *testing.T) {
 		t.Fatalf("want one attempt, dead-lettered; worker log:\n%s", log)
 	}
 }
+
+// TestWorkerLongStderrOnPostgres: a command that fails permanently with a
+// long line of text on stderr fails its request at once, with the end of
+// that line (shortened on a character boundary) as the message. (The
+// reply's message was cut at a byte count, inside a character: PostgreSQL
+// refused it, and the request was run again.)
+func TestWorkerLongStderrOnPostgres(t *testing.T) {
+	url := os.Getenv("RSVP_TEST_POSTGRES_URL")
+	if url == "" {
+		t.Skip("set RSVP_TEST_POSTGRES_URL (see README, Tests) to run the PostgreSQL tests")
+	}
+	t.Parallel()
+	queue := "stderr-" + rsvp.NewID()
+	// 'x', then 700 two-byte characters: "exit status 65: x" is 17 bytes,
+	// so a cut at an even byte count falls inside one.
+	w := startWorker(t, url, queue, "--attempts", "2", "--backoff", "10ms",
+		"--exec", `printf 'x%s' "$(printf 'é%.0s' $(seq 700))" >&2; exit 65`)
+	r := run(t, nil, "request", queue, "--data", "x", "--engine", url, "--timeout", "20s")
+	r.want(t, 1, "rsvp: request failed: failed: exit status 65: xéé")
+	w.stop(t)
+	if log := w.log.String(); strings.Contains(log, "attempt 2/") || strings.Contains(log, "storing the outcome failed") {
+		t.Fatalf("want one attempt, failed; worker log:\n%s", log)
+	}
+}

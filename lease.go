@@ -143,7 +143,7 @@ func (r *settler) failed(ctx context.Context, d backend.Delivery, err error, log
 		// Recorded for every request, tracked or not: the attempt history
 		// (Client.Attempts) of the dead letter it may become.
 		code, _ := failure(err)
-		r.appendEvent(ctx, m, backend.EventRetrying, map[string]any{"attempt": m.Attempt, "error": cut(err.Error()),
+		r.appendEvent(ctx, m, backend.EventRetrying, map[string]any{"attempt": m.Attempt, "error": cut(storable(err.Error())),
 			"code": code, "retry_at": time.Now().Add(delay).UTC()}, log)
 		if err := d.Nack(ctx, delay); err != nil {
 			log.Error("rsvp: nack failed; the request comes back after its lease", "err", err)

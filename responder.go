@@ -8,6 +8,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"math/rand/v2"
 	"runtime/debug"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -353,11 +354,19 @@ func cancelIfCancelled(rep *Reply, cancel context.CancelCauseFunc) {
 func failure(err error) (code, msg string) {
 	var re *RemoteError
 	if errors.As(err, &re) {
-		return cmp.Or(re.Code, CodeFailed), re.Message
+		return cmp.Or(storable(re.Code), CodeFailed), storable(re.Message)
 	}
 	var p *permanentError
 	if errors.As(err, &p) {
 		err = p.err
 	}
-	return CodeFailed, err.Error()
+	return CodeFailed, storable(err.Error())
+}
+
+// storable returns s as valid UTF-8 without NUL bytes, each invalid byte
+// sequence and NUL as U+FFFD: a handler's error text goes into its reply,
+// dead letter and events, and an engine on PostgreSQL stores no other
+// text (it refused them, and the request ran again).
+func storable(s string) string {
+	return strings.ReplaceAll(strings.ToValidUTF8(s, "\uFFFD"), "\x00", "\uFFFD")
 }

@@ -721,3 +721,33 @@ func TestRemoteErrorWithoutCode(t *testing.T) {
 		t.Fatalf("dead letters: %+v; want one with reason failed", dls)
 	}
 }
+
+// A handler's error text that is not UTF-8, or holds NUL bytes, reaches the
+// requester and the dead letter with each such byte as U+FFFD, on every
+// engine: PostgreSQL stores no other text, and refused the dead letter and
+// the reply, so that a permanent failure ran again and again.
+func TestErrorTextNotUTF8(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, e *topicEngine) {
+		c := e.client()
+		ctx := ctxWithin(t, 20*time.Second)
+		var runs atomic.Int32
+		if _, err := c.Handle("raw", rsvp.HandlerFunc(func(ctx context.Context, m *rsvp.Message) (*rsvp.Reply, error) {
+			runs.Add(1)
+			return nil, rsvp.Permanent(errors.New("bad \xff byte, \x00 NUL"))
+		}), rsvp.HandleOptions{MaxAttempts: 3, Backoff: fastRetry}); err != nil {
+			t.Fatal(err)
+		}
+		_, err := c.Request(ctx, "raw", &rsvp.Message{Body: []byte("x")})
+		var re *rsvp.RemoteError
+		if !errors.As(err, &re) || re.Code != rsvp.CodeFailed || re.Message != "bad \uFFFD byte, \uFFFD NUL" {
+			t.Fatalf("Request: %v; want failed with the text made storable", err)
+		}
+		dls, err := c.DeadLetters(ctx, rsvp.DeadLetterQuery{Queue: "raw"})
+		if err != nil || len(dls) != 1 || dls[0].LastError != "bad \uFFFD byte, \uFFFD NUL" {
+			t.Fatalf("dead letters: %+v, %v; want one with the text made storable", dls, err)
+		}
+		if n := runs.Load(); n != 1 {
+			t.Fatalf("the handler ran %d times for a permanent failure", n)
+		}
+	})
+}

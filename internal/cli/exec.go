@@ -182,18 +182,15 @@ func (t *tailBuffer) Write(p []byte) (int, error) {
 }
 
 // String returns the text kept, trimmed, starting at a whole line when the
-// front was cut. It is valid UTF-8 without NUL bytes (each invalid byte
-// sequence and NUL becomes U+FFFD): an engine on PostgreSQL stores no
-// other text, and refuses the dead letter and the reply that carry it.
+// front was cut. (The library makes a failure's text valid UTF-8 without
+// NULs before it is stored.)
 func (t *tailBuffer) String() string {
 	b := t.buf
-	prefix := ""
-	if t.cut {
-		if i := bytes.IndexByte(b, '\n'); i >= 0 && i < len(b)-1 {
-			b = b[i+1:]
-		}
-		prefix = "... "
+	if !t.cut {
+		return strings.TrimSpace(string(b))
 	}
-	s := strings.ReplaceAll(strings.ToValidUTF8(string(b), "\uFFFD"), "\x00", "\uFFFD")
-	return prefix + strings.TrimSpace(s)
+	if i := bytes.IndexByte(b, '\n'); i >= 0 && i < len(b)-1 {
+		b = b[i+1:]
+	}
+	return "... " + strings.TrimSpace(string(b))
 }

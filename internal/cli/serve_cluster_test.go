@@ -107,10 +107,7 @@ func TestTwoServeProcessesOneEngine(t *testing.T) {
 // TestServeOnPostgres: `rsvp serve --engine postgres://...` answers over
 // HTTP with the demo responders, on the PostgreSQL backend.
 func TestServeOnPostgres(t *testing.T) {
-	url := os.Getenv("RSVP_TEST_POSTGRES_URL")
-	if url == "" {
-		t.Skip("set RSVP_TEST_POSTGRES_URL (see README, Tests) to run the PostgreSQL tests")
-	}
+	url := postgresURL(t)
 	t.Parallel()
 	base := serveChild(t, "--engine", url, "--demo")
 	req, err := http.NewRequest("POST", base+"/v1/queues/thumbnail/requests", strings.NewReader(`{"url":"https://example.com/pg.png"}`))
@@ -170,10 +167,7 @@ func TestServeOnPostgres(t *testing.T) {
 func TestMigrate(t *testing.T) {
 	t.Parallel()
 	run(t, nil, "migrate", "--engine", "embedded:mem").want(t, 2, "not a PostgreSQL database")
-	url := os.Getenv("RSVP_TEST_POSTGRES_URL")
-	if url == "" {
-		t.Skip("set RSVP_TEST_POSTGRES_URL (see README, Tests) to run the PostgreSQL tests")
-	}
+	url := postgresURL(t)
 	r := run(t, nil, "migrate", "--engine", url)
 	r.want(t, 0)
 	if !strings.Contains(r.stdout, "at schema version") {
@@ -187,21 +181,8 @@ func TestMigrate(t *testing.T) {
 // dead letter was refused for its last error, so the request was run
 // again until its attempts ran out, and failed as "lease ran out".)
 func TestWorkerStderrNotUTF8OnPostgres(t *testing.T) {
-	url := os.Getenv("RSVP_TEST_POSTGRES_URL")
-	if url == "" {
-		t.Skip("set RSVP_TEST_POSTGRES_URL (see README, Tests) to run the PostgreSQL tests")
-	}
-	t.Parallel()
-	// The database outlives the test: a fresh queue each run.
-	queue := "stderr-" + rsvp.NewID()
-	w := startWorker(t, url, queue, "--attempts", "2", "--backoff", "10ms",
-		"--exec", `printf 'bad \377 byte, \000 NUL\n' >&2; exit 65`)
-	r := run(t, nil, "request", queue, "--data", "x", "--engine", url, "--timeout", "20s")
-	r.want(t, 1, "rsvp: request failed: failed: exit status 65: bad \uFFFD byte, \uFFFD NUL")
-	w.stop(t)
-	if log := w.log.String(); strings.Contains(log, "attempt 2/") || strings.Contains(log, "dead-lettering failed") {
-		t.Fatalf("want one attempt, dead-lettered; worker log:\n%s", log)
-	}
+	failsOnceOnPostgres(t, `printf 'bad \377 byte, \000 NUL\n' >&2; exit 65`,
+		"rsvp: request failed: failed: exit status 65: bad \uFFFD byte, \uFFFD NUL")
 }
 
 // TestWorkerLongStderrOnPostgres: a command that fails permanently with a
@@ -210,20 +191,39 @@ func TestWorkerStderrNotUTF8OnPostgres(t *testing.T) {
 // reply's message was cut at a byte count, inside a character: PostgreSQL
 // refused it, and the request was run again.)
 func TestWorkerLongStderrOnPostgres(t *testing.T) {
+	// 'x', then 700 two-byte characters: "exit status 65: x" is 17 bytes,
+	// so a cut at an even byte count falls inside one.
+	failsOnceOnPostgres(t, `printf 'x%s' "$(printf 'é%.0s' $(seq 700))" >&2; exit 65`,
+		"rsvp: request failed: failed: exit status 65: xéé")
+}
+
+// failsOnceOnPostgres runs a worker of command on a fresh queue of the
+// PostgreSQL test database, sends it a request, and wants the request to
+// fail with want after one attempt, its outcome stored.
+func failsOnceOnPostgres(t *testing.T, command, want string) {
+	url := postgresURL(t)
+	t.Parallel()
+	// The database outlives the test: a fresh queue each run.
+	queue := "stderr-" + rsvp.NewID()
+	w := startWorker(t, url, queue, "--attempts", "2", "--backoff", "10ms", "--exec", command)
+	r := run(t, nil, "request", queue, "--data", "x", "--engine", url, "--timeout", "20s")
+	r.want(t, 1, want)
+	w.stop(t)
+	log := w.log.String()
+	for _, bad := range []string{"attempt 2/", "dead-lettering failed", "storing the outcome failed"} {
+		if strings.Contains(log, bad) {
+			t.Fatalf("want one attempt, its outcome stored; the worker log has %q:\n%s", bad, log)
+		}
+	}
+}
+
+// postgresURL returns the PostgreSQL test database's URL, skipping the
+// test when RSVP_TEST_POSTGRES_URL does not name one.
+func postgresURL(t *testing.T) string {
+	t.Helper()
 	url := os.Getenv("RSVP_TEST_POSTGRES_URL")
 	if url == "" {
 		t.Skip("set RSVP_TEST_POSTGRES_URL (see README, Tests) to run the PostgreSQL tests")
 	}
-	t.Parallel()
-	queue := "stderr-" + rsvp.NewID()
-	// 'x', then 700 two-byte characters: "exit status 65: x" is 17 bytes,
-	// so a cut at an even byte count falls inside one.
-	w := startWorker(t, url, queue, "--attempts", "2", "--backoff", "10ms",
-		"--exec", `printf 'x%s' "$(printf 'é%.0s' $(seq 700))" >&2; exit 65`)
-	r := run(t, nil, "request", queue, "--data", "x", "--engine", url, "--timeout", "20s")
-	r.want(t, 1, "rsvp: request failed: failed: exit status 65: xéé")
-	w.stop(t)
-	if log := w.log.String(); strings.Contains(log, "attempt 2/") || strings.Contains(log, "storing the outcome failed") {
-		t.Fatalf("want one attempt, failed; worker log:\n%s", log)
-	}
+	return url
 }

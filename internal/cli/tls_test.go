@@ -76,6 +76,25 @@ func writeFile(t *testing.T, path string, data []byte) string {
 	return path
 }
 
+// serverFiles issues a server certificate named cn and writes it and its
+// key to files in dir, returning their paths.
+func (ca *testCA) serverFiles(t *testing.T, dir, cn string) (cert, key string) {
+	t.Helper()
+	certPEM, keyPEM := ca.issue(t, cn, 2, x509.ExtKeyUsageServerAuth)
+	return writeFile(t, filepath.Join(dir, "cert.pem"), certPEM), writeFile(t, filepath.Join(dir, "key.pem"), keyPEM)
+}
+
+// clientCert issues a client certificate named cn.
+func (ca *testCA) clientCert(t *testing.T, cn string) tls.Certificate {
+	t.Helper()
+	certPEM, keyPEM := ca.issue(t, cn, 4, x509.ExtKeyUsageClientAuth)
+	cert, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cert
+}
+
 // httpsClient trusts ca and presents cert, if any.
 func httpsClient(ca *testCA, cert *tls.Certificate) *http.Client {
 	pool := x509.NewCertPool()
@@ -108,8 +127,7 @@ func TestServeTLS(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
 	ca := newTestCA(t)
-	certPEM, keyPEM := ca.issue(t, "first", 2, x509.ExtKeyUsageServerAuth)
-	certFile, keyFile := writeFile(t, filepath.Join(dir, "cert.pem"), certPEM), writeFile(t, filepath.Join(dir, "key.pem"), keyPEM)
+	certFile, keyFile := ca.serverFiles(t, dir, "first")
 	s := startServe(t, "--engine", "embedded:mem", "--tls-cert", certFile, "--tls-key", keyFile)
 	if !strings.HasPrefix(s.url, "https://") {
 		t.Fatalf("serve listens on %s, want https://", s.url)
@@ -128,7 +146,7 @@ func TestServeTLS(t *testing.T) {
 	}
 
 	// Renewed: the next connection gets the new certificate.
-	certPEM, keyPEM = ca.issue(t, "renewed", 3, x509.ExtKeyUsageServerAuth)
+	certPEM, keyPEM := ca.issue(t, "renewed", 3, x509.ExtKeyUsageServerAuth)
 	writeFile(t, keyFile, keyPEM)
 	writeFile(t, certFile, certPEM)
 	waitUntil(t, "the renewed certificate served", func() bool { return servedCN(t, c, s.url) == "renewed" })
@@ -146,27 +164,17 @@ func TestServeMutualTLS(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
 	ca := newTestCA(t)
-	certPEM, keyPEM := ca.issue(t, "server", 2, x509.ExtKeyUsageServerAuth)
-	s := startServe(t, "--engine", "embedded:mem",
-		"--tls-cert", writeFile(t, filepath.Join(dir, "cert.pem"), certPEM), "--tls-key", writeFile(t, filepath.Join(dir, "key.pem"), keyPEM),
+	cert, key := ca.serverFiles(t, dir, "server")
+	s := startServe(t, "--engine", "embedded:mem", "--tls-cert", cert, "--tls-key", key,
 		"--tls-client-ca", writeFile(t, filepath.Join(dir, "ca.pem"), ca.pem))
 	if _, err := httpsClient(ca, nil).Get(s.url + "/healthz"); err == nil {
 		t.Fatal("a client without a certificate was served")
 	}
-	other := newTestCA(t)
-	strangerPEM, strangerKey := other.issue(t, "stranger", 2, x509.ExtKeyUsageClientAuth)
-	stranger, err := tls.X509KeyPair(strangerPEM, strangerKey)
-	if err != nil {
-		t.Fatal(err)
-	}
+	stranger := newTestCA(t).clientCert(t, "stranger")
 	if _, err := httpsClient(ca, &stranger).Get(s.url + "/healthz"); err == nil {
 		t.Fatal("a client with a certificate of another CA was served")
 	}
-	clientPEM, clientKey := ca.issue(t, "client", 4, x509.ExtKeyUsageClientAuth)
-	client, err := tls.X509KeyPair(clientPEM, clientKey)
-	if err != nil {
-		t.Fatal(err)
-	}
+	client := ca.clientCert(t, "client")
 	if cn := servedCN(t, httpsClient(ca, &client), s.url); cn != "server" {
 		t.Fatalf("served %q", cn)
 	}
@@ -176,8 +184,7 @@ func TestServeTLSUsageErrors(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
 	ca := newTestCA(t)
-	certPEM, keyPEM := ca.issue(t, "server", 2, x509.ExtKeyUsageServerAuth)
-	cert, key := writeFile(t, filepath.Join(dir, "cert.pem"), certPEM), writeFile(t, filepath.Join(dir, "key.pem"), keyPEM)
+	cert, key := ca.serverFiles(t, dir, "server")
 	garbage := writeFile(t, filepath.Join(dir, "garbage.pem"), []byte("not PEM"))
 	for name, tc := range map[string]struct {
 		args []string

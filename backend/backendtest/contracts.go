@@ -232,22 +232,7 @@ var contractCases = []testCase{
 			t.Fatal(err)
 		}
 		_ = a.Close() // safe twice
-		replies, events := make(chan string, 10), make(chan string, 100)
-		sub, err := other.WatchReply(ctx, id, func(r *backend.Reply) { replies <- r.CorrelationID })
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer sub.Close()
-		evSub, err := other.SubscribeEvents(ctx, func(ev *backend.Event) {
-			select {
-			case events <- ev.CorrelationID:
-			default:
-			}
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer evSub.Close()
+		replies, events := hear(t, ctx, other, id)
 		if err := other.PutReply(ctx, other.ReplyAddress(inbox, id), &backend.Reply{CorrelationID: id, Status: backend.StatusSucceeded}); err != nil {
 			t.Fatal(err)
 		}
@@ -267,22 +252,7 @@ var contractCases = []testCase{
 		a, b := opened(t, open), opened(t, open)
 		ctx := ctxFor(t, 10*time.Second)
 		id, ch := uniq("id-"), uniq("ch")
-		replies, events := make(chan string, 10), make(chan string, 100)
-		w, err := a.WatchReply(ctx, id, func(r *backend.Reply) { replies <- r.CorrelationID })
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer w.Close()
-		s, err := a.SubscribeEvents(ctx, func(ev *backend.Event) {
-			select {
-			case events <- ev.CorrelationID:
-			default:
-			}
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer s.Close()
+		replies, events := hear(t, ctx, a, id)
 		var appended []*backend.Event
 		for _, h := range []backend.Backend{b, a, b} {
 			ev := &backend.Event{CorrelationID: id, Channel: ch, Type: backend.EventProgress, At: time.Now().UTC().Truncate(time.Microsecond),
@@ -538,4 +508,28 @@ func waitFor(t *testing.T, ctx context.Context, ch <-chan string, want, what str
 			t.Fatalf("%s did not come", what)
 		}
 	}
+}
+
+// hear watches b for the reply of id and subscribes to its events until
+// the test ends: the correlation ids of the replies and events heard come
+// on the channels.
+func hear(t *testing.T, ctx context.Context, b backend.Backend, id string) (replies, events chan string) {
+	t.Helper()
+	replies, events = make(chan string, 10), make(chan string, 100)
+	w, err := b.WatchReply(ctx, id, func(r *backend.Reply) { replies <- r.CorrelationID })
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { w.Close() })
+	s, err := b.SubscribeEvents(ctx, func(ev *backend.Event) {
+		select {
+		case events <- ev.CorrelationID:
+		default:
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return replies, events
 }

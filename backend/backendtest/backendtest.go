@@ -55,7 +55,7 @@ type testCase struct {
 
 // Run runs every case that f allows, each on an engine from newEngine.
 func Run(t *testing.T, newEngine func(t *testing.T) Opener, f Features) {
-	for _, tc := range slices.Concat(cases, scheduleCases, eventCases, dlqCases, sessionCases, replayCases, contractCases) {
+	for _, tc := range slices.Concat(cases, scheduleCases, eventCases, dlqCases, sessionCases, replayCases, contractCases, inspectCases) {
 		t.Run(tc.name, func(t *testing.T) {
 			if tc.needs != nil && !tc.needs(f) {
 				t.Skipf("backend lacks the feature %s needs", tc.name)

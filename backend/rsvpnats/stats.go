@@ -3,7 +3,6 @@ package rsvpnats
 import (
 	"cmp"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -19,48 +18,14 @@ import (
 // became of one request. They only read; they are meant for people and
 // monitoring, not for the hot path.
 
-// QueueStats is a snapshot of one queue, as Queues reads it from the
-// engine.
-type QueueStats struct {
-	// Queue is the queue's name.
-	Queue string
-	// Depth is the number of requests stored on the queue and not finished:
-	// waiting for a responder, running, or waiting for a retry. (A request
-	// stays in RSVP_REQUESTS until its outcome is stored.)
-	Depth uint64
-	// InFlight is the part of Depth that was delivered to a responder and
-	// not settled: running, or waiting for its retry after a failed attempt
-	// (the consumer's NumAckPending).
-	InFlight int
-	// Redelivered is the part of InFlight past its first attempt (the
-	// consumer's NumRedelivered).
-	Redelivered int
-	// Consumer reports whether the queue's durable consumer rsvp_<queue>
-	// exists: some responder has consumed the queue. It stays after the
-	// responders stop.
-	Consumer bool
-	// Waiting is the number of pull requests waiting at the engine for a
-	// request of this queue: one per idle responder slot (a responder of
-	// concurrency 8 with nothing to do has 8). 0 when every responder is
-	// busy, or when none runs.
-	Waiting int
-	// LastDelivered is when a request of the queue was last delivered to a
-	// responder; zero if never (or if the engine does not say).
-	LastDelivered time.Time
-	// Oldest is when the oldest request counted in Depth was stored; zero
-	// when Depth is 0.
-	Oldest time.Time
-	// DeadLetters is the number of dead letters of the queue kept in
-	// RSVP_DLQ (they expire after the dead-letter retention).
-	DeadLetters uint64
-}
+var _ backend.Inspector = (*Backend)(nil)
 
-// Queues returns a snapshot of every queue that has requests, a consumer or
-// dead letters, sorted by name. It costs a few engine calls plus one per
-// non-empty queue (for its oldest request). The figures are read one after
-// another, not atomically: under load they may disagree slightly (InFlight
-// above Depth, say).
-func (b *Backend) Queues(ctx context.Context) ([]QueueStats, error) {
+// Queues implements backend.Inspector. It costs a few engine calls plus
+// one per non-empty queue (for its oldest request). InFlight is the
+// consumer's NumAckPending, Redelivered its NumRedelivered, Waiting its
+// pull requests waiting; Responders is -1: JetStream does not count the
+// clients of a consumer.
+func (b *Backend) Queues(ctx context.Context) ([]backend.QueueStats, error) {
 	ctx, cancel := b.withTimeout(ctx)
 	defer cancel()
 	reqs, err := b.js.Stream(ctx, streamRequests)
@@ -75,11 +40,15 @@ func (b *Backend) Queues(ctx context.Context) ([]QueueStats, error) {
 	if err != nil {
 		return nil, fmt.Errorf("rsvpnats: queues: sessions: %w", err)
 	}
-	byName := make(map[string]*QueueStats)
-	get := func(name string) *QueueStats {
+	schedInfo, err := reqs.Info(ctx, jetstream.WithSubjectFilter(subjSchedule+"*.*"))
+	if err != nil {
+		return nil, fmt.Errorf("rsvpnats: queues: scheduled: %w", err)
+	}
+	byName := make(map[string]*backend.QueueStats)
+	get := func(name string) *backend.QueueStats {
 		q := byName[name]
 		if q == nil {
-			q = &QueueStats{Queue: name}
+			q = &backend.QueueStats{Queue: name, Responders: -1}
 			byName[name] = q
 		}
 		return q
@@ -89,6 +58,9 @@ func (b *Backend) Queues(ctx context.Context) ([]QueueStats, error) {
 	}
 	for subj, n := range sessionInfo.State.Subjects {
 		get(queueOf(subj)).Depth += n
+	}
+	for subj, n := range schedInfo.State.Subjects {
+		get(queueOf(subj)).Scheduled += n
 	}
 
 	consumers := reqs.ListConsumers(ctx)
@@ -123,7 +95,7 @@ func (b *Backend) Queues(ctx context.Context) ([]QueueStats, error) {
 	}
 
 	first := max(info.State.FirstSeq, 1)
-	out := make([]QueueStats, 0, len(byName))
+	out := make([]backend.QueueStats, 0, len(byName))
 	for _, name := range sortedKeys(byName) {
 		q := byName[name]
 		for _, subj := range []string{subjRequests + name, subjSessions + name + ".*"} {
@@ -154,147 +126,28 @@ func sortedKeys[V any](m map[string]V) []string {
 	return keys
 }
 
-// Presence says whether something was found by a search that may have
-// stopped early.
-type Presence int
-
-const (
-	// Unknown: the search stopped at its limit before it was found.
-	Unknown Presence = iota
-	// Absent: searched to the end and not found.
-	Absent
-	// Present: found.
-	Present
-)
-
-func (p Presence) String() string {
-	switch p {
-	case Absent:
-		return "no"
-	case Present:
-		return "yes"
-	}
-	return "unknown"
-}
-
-// States of a request that RequestInfo.State adds to the final ones
-// (backend.Status values).
-const (
-	StateQueued  = "queued"  // stored, waiting for a responder or for a retry
-	StateRunning = "running" // a responder is working on it
-	StateUnknown = "unknown" // the engine holds no record that tells
-)
-
 // RequestScanLimit is how many stored messages Request reads, at most, in
 // each of RSVP_REQUESTS and RSVP_DLQ when it looks for a request there.
 const RequestScanLimit = 10_000
 
-// RequestInfo is what the engine holds about one request.
-type RequestInfo struct {
-	// CorrelationID is the id asked about.
-	CorrelationID string
-	// Queue is the request's queue, as its event log (the queued record
-	// of the HTTP gateway), the queue or a dead letter names it; empty if
-	// none does.
-	Queue string
-	// State is what the records say, in this order: the stored reply's
-	// status; else the last final, running or retrying event (retrying
-	// reads as StateQueued); else a dead letter (StateFailed, or
-	// StateExpired for reason "expired"); else the request found in its
-	// queue (StateRunning if it was delivered, else StateQueued); else
-	// StateQueued for a request whose log says only "queued"; else
-	// StateUnknown.
-	State string
-	// Tracked reports whether the request's event log records its whole
-	// life (docs/wire.md section 8a): requests sent with Track, such as
-	// every request the HTTP gateway accepts. Untracked requests record
-	// only their failed attempts.
-	Tracked bool
-	// Attempts is the highest attempt any record names (running and
-	// retrying events, dead letters); 0 if none does.
-	Attempts int
-	// Events is the request's event log, oldest first.
-	Events []*backend.Event
-	// Reply is the stored final reply, or nil if there is none (yet, or any
-	// more: replies are kept for the reply retention).
-	Reply *backend.Reply
-	// DeadLetters are the request's dead letters, oldest first.
-	DeadLetters []*backend.DeadLetter
-	// InQueue says whether the request is still stored in RSVP_REQUESTS:
-	// not finished. Unknown when the search stopped at RequestScanLimit
-	// messages.
-	InQueue Presence
-	// StoredAt, when InQueue is Present, is when the engine stored the
-	// request; Delivered reports whether it was delivered to a responder
-	// (it is running, or waiting for a retry).
-	StoredAt  time.Time
-	Delivered bool
-	// DeadLettersComplete is false when the search of RSVP_DLQ stopped at
-	// RequestScanLimit messages: older dead letters may be missing.
-	DeadLettersComplete bool
-}
-
-// Request returns what the engine holds about the request with
+// Request implements backend.Inspector: what the engine holds about the request with
 // correlationID: its event log, its reply, its dead letters, and whether
 // it is still queued. When the event log names the request's queue, only
 // that queue and its dead letters are searched; otherwise all of them, up
 // to RequestScanLimit messages each, oldest first. It returns an error
 // wrapping backend.ErrNotFound when nothing is found.
-func (b *Backend) Request(ctx context.Context, correlationID string) (*RequestInfo, error) {
-	if err := backend.ValidateName("correlation id", correlationID); err != nil {
-		return nil, fmt.Errorf("rsvpnats: request: %w", err)
-	}
+func (b *Backend) Request(ctx context.Context, correlationID string) (*backend.RequestInfo, error) {
 	ctx, cancel := b.withTimeout(ctx)
 	defer cancel()
-	ri := &RequestInfo{CorrelationID: correlationID}
-	for after := uint64(0); ; {
-		page, err := b.Events(ctx, backend.EventQuery{CorrelationID: correlationID, After: after, Limit: 256})
-		if err != nil {
-			return nil, fmt.Errorf("rsvpnats: request %s: %w", correlationID, err)
-		}
-		ri.Events = append(ri.Events, page...)
-		if len(page) < 256 {
-			break
-		}
-		after = page[len(page)-1].Seq
-	}
-	for _, ev := range ri.Events { // untracked requests record failed attempts only
-		ri.Tracked = ri.Tracked || ev.Type == backend.EventQueued || ev.Type == backend.EventRunning
-	}
-	for _, ev := range ri.Events {
-		var d struct {
-			Queue   string `json:"queue"`
-			Attempt int    `json:"attempt"`
-		}
-		if json.Unmarshal(ev.Data, &d) != nil {
-			continue // a foreign writer's event; progress may be any JSON
-		}
-		switch ev.Type {
-		case backend.EventQueued:
-			if ri.Queue == "" && backend.ValidateName("queue", d.Queue) == nil {
-				ri.Queue = d.Queue
-			}
-		case backend.EventRunning, backend.EventRetrying:
-			ri.Attempts = max(ri.Attempts, d.Attempt)
-		}
-	}
-
-	reply, err := b.GetReply(ctx, correlationID)
-	switch {
-	case err == nil:
-		ri.Reply = reply
-	case !errors.Is(err, backend.ErrNotFound):
+	ri, err := backend.ReadRequestLog(ctx, b, correlationID)
+	if err != nil {
 		return nil, fmt.Errorf("rsvpnats: request %s: %w", correlationID, err)
 	}
-
 	// Dead letters: of its queue, if known, else of all.
 	filter := subjDLQ + cmp.Or(ri.Queue, "*")
 	complete, err := scan(ctx, b.dlq, filter, func(m *jetstream.RawStreamMsg) bool {
-		dl := decodeDeadLetter(m.Subject, m.Header, m.Data)
-		if dl.Message.CorrelationID == correlationID {
-			ri.DeadLetters = append(ri.DeadLetters, dl)
-			ri.Attempts = max(ri.Attempts, dl.Message.Attempt)
-			ri.Queue = cmp.Or(ri.Queue, dl.Message.Queue)
+		if dl := decodeDeadLetter(m.Subject, m.Header, m.Data); dl.Message.CorrelationID == correlationID {
+			ri.AddDeadLetter(dl)
 		}
 		return true
 	})
@@ -306,20 +159,15 @@ func (b *Backend) Request(ctx context.Context, correlationID string) (*RequestIn
 	if err := b.findQueued(ctx, ri); err != nil {
 		return nil, fmt.Errorf("rsvpnats: request %s: queue: %w", correlationID, err)
 	}
-	ri.State = ri.state()
-	if !ri.Tracked && ri.Reply == nil && len(ri.DeadLetters) == 0 && ri.InQueue != Present {
-		why := "no event log, reply or dead letter, and it is not queued"
-		if ri.InQueue == Unknown || !ri.DeadLettersComplete {
-			why = fmt.Sprintf("no event log or reply, and it is not among the oldest %d queued requests and dead letters searched", RequestScanLimit)
-		}
-		return nil, fmt.Errorf("rsvpnats: request %s: %w: %s", correlationID, backend.ErrNotFound, why)
+	if err := ri.Finish(); err != nil {
+		return nil, fmt.Errorf("rsvpnats: request %s: %w", correlationID, err)
 	}
 	return ri, nil
 }
 
 // findQueued looks for the request in RSVP_REQUESTS (in its queue, if
 // known) and sets InQueue, StoredAt, Delivered and Queue.
-func (b *Backend) findQueued(ctx context.Context, ri *RequestInfo) error {
+func (b *Backend) findQueued(ctx context.Context, ri *backend.RequestInfo) error {
 	reqs, err := b.js.Stream(ctx, streamRequests)
 	if err != nil {
 		return err
@@ -345,12 +193,12 @@ func (b *Backend) findQueued(ctx context.Context, ri *RequestInfo) error {
 	}
 	switch {
 	case found != nil:
-		ri.InQueue = Present
+		ri.InQueue = backend.Present
 	case complete:
-		ri.InQueue = Absent
+		ri.InQueue = backend.Absent
 		return nil
 	default:
-		ri.InQueue = Unknown
+		ri.InQueue = backend.Unknown
 		return nil
 	}
 	queue := queueOf(found.Subject)
@@ -388,36 +236,6 @@ func scan(ctx context.Context, s jetstream.Stream, filter string, fn func(*jetst
 		seq = m.Sequence + 1
 	}
 	return false, nil
-}
-
-// state computes State from the other fields; see there.
-func (ri *RequestInfo) state() string {
-	if ri.Reply != nil {
-		return string(ri.Reply.Status)
-	}
-	for _, ev := range slices.Backward(ri.Events) {
-		switch ev.Type {
-		case backend.EventRunning:
-			return StateRunning
-		case backend.EventRetrying:
-			return StateQueued
-		case string(backend.StatusSucceeded), string(backend.StatusFailed), string(backend.StatusExpired), string(backend.StatusCancelled):
-			return ev.Type
-		}
-	}
-	if n := len(ri.DeadLetters); n > 0 {
-		if ri.DeadLetters[n-1].Reason == string(backend.StatusExpired) {
-			return string(backend.StatusExpired)
-		}
-		return string(backend.StatusFailed)
-	}
-	switch {
-	case ri.InQueue == Present && ri.Delivered:
-		return StateRunning
-	case ri.InQueue == Present, ri.Tracked:
-		return StateQueued
-	}
-	return StateUnknown
 }
 
 var _ backend.ActivityReporter = (*Backend)(nil)

@@ -229,11 +229,13 @@ func sessionSubject(queue, key string) string {
 }
 
 // queueOf returns the queue of a request's subject: rsvp.req.<queue> or
-// rsvp.ses.<queue>.<token>.
+// rsvp.ses.<queue>.<token>, or of a schedule: rsvp.sched.<queue>.<id>.
 func queueOf(subject string) string {
-	if rest, ok := strings.CutPrefix(subject, subjSessions); ok {
-		q, _, _ := strings.Cut(rest, ".")
-		return q
+	for _, prefix := range []string{subjSessions, subjSchedule} {
+		if rest, ok := strings.CutPrefix(subject, prefix); ok {
+			q, _, _ := strings.Cut(rest, ".")
+			return q
+		}
 	}
 	return strings.TrimPrefix(subject, subjRequests)
 }

@@ -114,24 +114,27 @@ func (b *Backend) DeadLetters(ctx context.Context, q backend.DeadLetterQuery) ([
 	if err != nil {
 		return nil, fmt.Errorf("rsvppg: dead letters of %s: %w", q.Queue, err)
 	}
-	dls, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (*backend.DeadLetter, error) {
-		dl := &backend.DeadLetter{}
-		var (
-			seq int64
-			at  *time.Time
-		)
-		var r messageRow
-		if err := row.Scan(append(append([]any{&seq}, r.dest()...), &dl.Reason, &dl.LastError, &at)...); err != nil {
-			return nil, err
-		}
-		m, err := r.message()
-		dl.Key, dl.Message, dl.At = strconv.FormatInt(seq, 10), m, timeOrZero(at)
-		return dl, err
-	})
+	dls, err := pgx.CollectRows(rows, scanDeadLetter)
 	if err != nil {
 		return nil, fmt.Errorf("rsvppg: dead letters of %s: %w", q.Queue, err)
 	}
 	return dls, nil
+}
+
+// scanDeadLetter reads a row of seq, msgCols, reason, last_error and at.
+func scanDeadLetter(row pgx.CollectableRow) (*backend.DeadLetter, error) {
+	dl := &backend.DeadLetter{}
+	var (
+		seq int64
+		at  *time.Time
+		r   messageRow
+	)
+	if err := row.Scan(append(append([]any{&seq}, r.dest()...), &dl.Reason, &dl.LastError, &at)...); err != nil {
+		return nil, err
+	}
+	m, err := r.message()
+	dl.Key, dl.Message, dl.At = strconv.FormatInt(seq, 10), m, timeOrZero(at)
+	return dl, err
 }
 
 // DeleteDeadLetter implements backend.Backend.

@@ -29,7 +29,9 @@
 // rsvp than this one (a version above SchemaVersion) is refused with
 // ErrSchemaTooNew rather than misread. Migrate does the same as Open without
 // staying connected, for deployments that migrate with a privileged user
-// before the applications start.
+// before the applications start; Options.SkipMigrate makes Open refuse a
+// schema that is missing or older (ErrSchemaNotReady) instead of changing
+// it.
 //
 // In a rolling upgrade, processes that opened the schema before it was
 // migrated keep running their own statements. Those of an rsvp that knows

@@ -77,6 +77,10 @@ const SchemaVersion = 3
 // ErrSchemaTooNew: the schema was migrated by a newer rsvp than this one.
 var ErrSchemaTooNew = errors.New("rsvppg: schema is newer than this rsvp")
 
+// ErrSchemaNotReady: Options.SkipMigrate is set, and the schema is missing
+// or older than SchemaVersion.
+var ErrSchemaNotReady = errors.New("rsvppg: schema not migrated")
+
 // Migrate creates or upgrades the schema opts.Schema in the database at url
 // and returns. Open does the same, so calling Migrate is only needed where
 // the application's own database user may not change the schema: run it
@@ -118,6 +122,23 @@ func migrate(ctx context.Context, pool *pgxpool.Pool, schema string) error {
 		return tooNew(schema, v)
 	}
 	return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error { return migrateTx(ctx, tx, schema, SchemaVersion) })
+}
+
+// checkSchema fails unless schema is at SchemaVersion; it changes nothing.
+func checkSchema(ctx context.Context, pool *pgxpool.Pool, schema string) error {
+	v, err := schemaVersion(ctx, pool, schema)
+	switch {
+	case err != nil:
+		return err
+	case v == 0:
+		return fmt.Errorf("%w: the database has no rsvp schema %q (Migrate, or rsvp migrate, creates it)", ErrSchemaNotReady, schema)
+	case v < SchemaVersion:
+		return fmt.Errorf("%w: schema %q is at version %d, this rsvp reads version %d (Migrate, or rsvp migrate, upgrades it)",
+			ErrSchemaNotReady, schema, v, SchemaVersion)
+	case v > SchemaVersion:
+		return tooNew(schema, v)
+	}
+	return nil
 }
 
 func tooNew(schema string, v int) error {

@@ -231,3 +231,67 @@ func exec(t testing.TB, url, sql string, args ...any) {
 		t.Fatalf("%s: %v", sql, err)
 	}
 }
+
+// TestSkipMigrate: with Options.SkipMigrate, Open changes nothing: it
+// refuses a missing or older schema (and leaves it so), and opens one at
+// SchemaVersion.
+func TestSkipMigrate(t *testing.T) {
+	t.Parallel()
+	url := serverURL(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	schema := freshSchema(t, url)
+	opts := rsvppg.Options{Schema: schema, SkipMigrate: true}
+	version := func() string {
+		t.Helper()
+		conn, err := pgx.Connect(ctx, url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close(ctx)
+		var v *string
+		if err := conn.QueryRow(ctx, "SELECT to_regclass($1)::text", pgx.Identifier{schema, "schema_version"}.Sanitize()).Scan(&v); err != nil {
+			t.Fatal(err)
+		}
+		if v == nil {
+			return "none"
+		}
+		if err := conn.QueryRow(ctx, "SELECT max(version)::text FROM "+*v).Scan(&v); err != nil {
+			t.Fatal(err)
+		}
+		return *v
+	}
+	refused := func(what, want string) {
+		t.Helper()
+		b, err := rsvppg.Open(ctx, url, opts)
+		if err == nil {
+			b.Close()
+		}
+		if !errors.Is(err, rsvppg.ErrSchemaNotReady) || !strings.Contains(err.Error(), want) {
+			t.Fatalf("Open with SkipMigrate on %s: %v; want ErrSchemaNotReady saying %q", what, err, want)
+		}
+	}
+
+	refused("a missing schema", `the database has no rsvp schema "`+schema+`"`)
+	if v := version(); v != "none" {
+		t.Fatalf("after Open with SkipMigrate on a missing schema: version %s, want none", v)
+	}
+	if err := rsvppg.MigrateTo(ctx, url, schema, rsvppg.SchemaVersion-1); err != nil {
+		t.Fatal(err)
+	}
+	refused("an older schema", fmt.Sprintf("is at version %d, this rsvp reads version %d", rsvppg.SchemaVersion-1, rsvppg.SchemaVersion))
+	if v, want := version(), fmt.Sprint(rsvppg.SchemaVersion-1); v != want {
+		t.Fatalf("after Open with SkipMigrate on an older schema: version %s, want %s", v, want)
+	}
+	if err := rsvppg.Migrate(ctx, url, rsvppg.Options{Schema: schema}); err != nil {
+		t.Fatal(err)
+	}
+	b, err := rsvppg.Open(ctx, url, opts)
+	if err != nil {
+		t.Fatalf("Open with SkipMigrate on a schema at SchemaVersion: %v", err)
+	}
+	if _, err := b.Queues(ctx); err != nil {
+		t.Fatal(err)
+	}
+	b.Close()
+}

@@ -67,6 +67,12 @@ type Options struct {
 	ConnConfig func(*pgx.ConnConfig)
 	// Logger receives the backend's log lines. Default: discard.
 	Logger *slog.Logger
+	// SkipMigrate makes Open leave the schema as it is: it fails with
+	// ErrSchemaNotReady unless the schema exists at SchemaVersion. For
+	// tools that must not change the database, such as the operator's
+	// commands, and for deployments that migrate in a step of their own
+	// (Migrate). Default false: Open creates or upgrades the schema.
+	SkipMigrate bool
 
 	listenCheck time.Duration // see listenCheck; set by tests
 }
@@ -149,7 +155,8 @@ var _ backend.Backend = (*Backend)(nil)
 // (see Migrate) and starts listening for notifications. It fails with a
 // clear error, within Options.Timeout unless ctx ends first, when the
 // server cannot be reached, refuses the credentials, or holds a schema of a
-// newer rsvp (ErrSchemaTooNew).
+// newer rsvp (ErrSchemaTooNew); with Options.SkipMigrate, also when the
+// schema is missing or older (ErrSchemaNotReady).
 func Open(ctx context.Context, url string, opts Options) (*Backend, error) {
 	opts = opts.withDefaults()
 	if err := opts.validate(); err != nil {
@@ -204,7 +211,11 @@ func (b *Backend) connect(ctx context.Context, url string) error {
 		}
 		return fmt.Errorf("rsvppg: connect to %s: %w", b.url, err)
 	}
-	if err := migrate(ctx, b.durable, b.opts.Schema); err != nil {
+	check := migrate
+	if b.opts.SkipMigrate {
+		check = checkSchema
+	}
+	if err := check(ctx, b.durable, b.opts.Schema); err != nil {
 		b.closePools()
 		return err
 	}

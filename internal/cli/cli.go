@@ -58,9 +58,9 @@ embedded:./rsvp-data):
                      things out: nothing is kept)
   nats://HOST:PORT   an external NATS server with JetStream (2.10 or newer);
   tls://HOST:PORT    several URLs may be given, separated by commas
-  postgres://...     a PostgreSQL database (tables in schema "rsvp", made
-                     on first use); not for 'rsvp queues', 'rsvp requests'
-                     and 'rsvp bench' yet
+  postgres://...     a PostgreSQL database (tables in schema "rsvp", or
+                     that of a schema=NAME parameter, made on first use);
+                     not for 'rsvp bench'
 
 Exit status: 0 on success, 1 on failure (the request failed or timed out, the
 engine is unreachable, ...), 2 on a usage error. A command that is stopping

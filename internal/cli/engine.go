@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/url"
 	"strings"
 	"time"
 
@@ -29,7 +30,13 @@ type engineSpec struct {
 	memory bool   // embedded:mem
 	dir    string // embedded:DIR
 	url    string // nats://... or tls://...
-	pg     string // postgres://... (or postgresql://)
+	pg     string // postgres://... (or postgresql://), without rsvp's own parameter schema
+	schema string // of pg's schema=NAME parameter: rsvp's schema (rsvppg.Options.Schema)
+}
+
+// pgOptions are the rsvppg options of spec.
+func (spec engineSpec) pgOptions(log *slog.Logger) rsvppg.Options {
+	return rsvppg.Options{Schema: spec.schema, Logger: log}
 }
 
 // parseEngine parses an --engine value. Its errors are usage errors.
@@ -47,6 +54,13 @@ func parseEngine(s string) (engineSpec, error) {
 		spec.url = s
 	case strings.HasPrefix(s, "postgres://"), strings.HasPrefix(s, "postgresql://"):
 		spec.pg, spec.raw = s, rsvppg.Redact(s) // also a password=... parameter
+		if u, err := url.Parse(s); err == nil && u.Query().Has("schema") {
+			q := u.Query()
+			spec.schema = q.Get("schema")
+			q.Del("schema") // not a connection parameter: the server would refuse it
+			u.RawQuery = q.Encode()
+			spec.pg = u.String()
+		}
 	default:
 		return spec, usagef("engine %q is not one of embedded:DIR, embedded:mem, nats://HOST:PORT, tls://HOST:PORT, postgres://...", spec.raw)
 	}
@@ -106,7 +120,7 @@ func openBackend(ctx context.Context, spec engineSpec, log *slog.Logger) (backen
 		opts.Listen = true // so that other rsvp processes on dir can connect
 		b, err = rsvpnats.Embedded(spec.dir, opts)
 	case spec.pg != "":
-		b, err = rsvppg.Open(ctx, spec.pg, rsvppg.Options{Logger: log})
+		b, err = rsvppg.Open(ctx, spec.pg, spec.pgOptions(log))
 	default:
 		b, err = rsvpnats.Connect(ctx, spec.url, opts)
 	}

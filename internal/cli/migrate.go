@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 
@@ -9,8 +10,8 @@ import (
 
 const migrateUsage = `Usage: rsvp migrate --engine postgres://...
 
-Create or upgrade rsvp's tables in a PostgreSQL database (schema "rsvp")
-and exit. Every rsvp command that opens a PostgreSQL engine does this
+Create or upgrade rsvp's tables in a PostgreSQL database (schema "rsvp",
+or that of the URL's schema=NAME parameter) and exit. Every rsvp command that opens a PostgreSQL engine does this
 itself; run it on its own to migrate ahead of a deployment, with
 privileges the applications need not have. Concurrent runs are safe (an
 advisory lock serialises them). A schema made by a newer rsvp is refused.
@@ -35,9 +36,9 @@ func runMigrate(ctx context.Context, e *env, cmd *command, args []string) error 
 	if spec.pg == "" {
 		return usagef("engine %s is not a PostgreSQL database: only postgres://... engines have tables to migrate", spec.raw)
 	}
-	if err := rsvppg.Migrate(ctx, spec.pg, rsvppg.Options{}); err != nil {
+	if err := rsvppg.Migrate(ctx, spec.pg, spec.pgOptions(nil)); err != nil {
 		return fmt.Errorf("migrate %s: %w", spec.raw, err)
 	}
-	fmt.Fprintf(e.stdout, "rsvp migrate: %s is at schema version %d\n", spec.raw, rsvppg.SchemaVersion)
+	fmt.Fprintf(e.stdout, "rsvp migrate: schema %s of %s is at version %d\n", cmp.Or(spec.schema, "rsvp"), spec.raw, rsvppg.SchemaVersion)
 	return nil
 }

@@ -19,6 +19,7 @@ import (
 
 	"github.com/rsvp-go/rsvp/backend"
 	"github.com/rsvp-go/rsvp/backend/rsvpnats"
+	"github.com/rsvp-go/rsvp/backend/rsvppg"
 )
 
 // The operator's commands: rsvp queues and rsvp requests get. They read
@@ -29,27 +30,37 @@ const queuesUsage = `Usage: rsvp queues [flags]
 Show the queues of the engine: every queue that has requests, a consumer
 (some responder took its requests) or dead letters. Columns:
 
-  QUEUE      the queue's name
-  DEPTH      requests not finished: waiting, running, or waiting for a retry
-  IN-FLIGHT  of those, the ones delivered to a responder: running, or
-             waiting for a retry after a failed attempt
-  IDLE       responder slots waiting at the engine for a request: an idle
-             worker of --concurrency 8 counts 8. IDLE 0 while DEPTH exceeds
-             IN-FLIGHT: every responder is busy, or none is running
-  OLDEST     how long the oldest request not finished has been stored
-  DEAD       dead letters kept (for 14 days by default)
+  QUEUE       the queue's name
+  DEPTH       requests not finished: waiting, running, or waiting for a
+              retry (not those scheduled for later and not yet due)
+  IN-FLIGHT   of those, the ones delivered to a responder: running, or
+              waiting for a retry after a failed attempt
+  RESPONDERS  (PostgreSQL) responders consuming the queue now, in any
+              process: a worker counts 1 whatever its --concurrency
+  IDLE        (NATS) responder slots waiting at the engine for a request:
+              an idle worker of --concurrency 8 counts 8. IDLE 0 while
+              DEPTH exceeds IN-FLIGHT: every responder is busy, or none is
+              running
+  OLDEST      how long the oldest request not finished has been stored
+  DEAD        dead letters kept (for 14 days by default)
 
 --output json prints a JSON array of objects with these fields and more:
-redelivered (in flight past their first attempt), consumer (whether the
-queue's durable consumer exists), last_delivered, oldest (a time) and
-oldest_age_seconds.
+redelivered (in flight past their first attempt), scheduled (requests
+scheduled for later, not yet due), consumer (whether a responder ever
+consumed the queue: on NATS its durable consumer exists, on PostgreSQL one
+was seen within the reply retention), last_delivered (NATS), oldest (a
+time) and oldest_age_seconds. responders and idle are left out where the
+engine cannot count them.
 
 The engine is that of a running 'rsvp serve' or 'rsvp worker' when given
-the same --engine: embedded:DIR connects to the process that runs it.
+the same --engine: embedded:DIR connects to the process that runs it. A
+PostgreSQL schema is read as it is: one that is missing or older than this
+rsvp is refused, not migrated.
 
 Example:
   rsvp queues
   rsvp queues --engine nats://127.0.0.1:4222 --output json
+  rsvp queues --engine postgres://rsvp@db.internal/rsvp
 `
 
 const requestsUsage = `Usage: rsvp requests get ID [flags]
@@ -64,7 +75,7 @@ each attempt. Of other requests, such as those of 'rsvp send', the engine
 keeps only the request while it is queued, the reply and any dead letters:
 their attempts are not listed. Replies and event logs are kept for 24
 hours, dead letters for 14 days. Without an event log the queues and the
-dead letters are searched, up to 10000 messages each.
+dead letters are searched (on NATS, up to 10000 messages each).
 
 --output json prints one JSON object: id, queue, state, tracked, in_queue
 (yes, no or unknown), attempts, reply (with the body as text, or as
@@ -89,34 +100,48 @@ func checkOutput(output string) error {
 	return nil
 }
 
+// queryEngine is an engine opened for the operator's queries.
+type queryEngine interface {
+	backend.Inspector
+	Close() error
+}
+
 // openForQuery opens the engine that the --engine flag of flags names, for
-// reading. An embedded directory that does not exist is not created.
-func openForQuery(ctx context.Context, flags *flag.FlagSet) (*rsvpnats.Backend, error) {
+// reading: an embedded directory that does not exist is not created, and
+// a PostgreSQL schema is neither created nor upgraded.
+func openForQuery(ctx context.Context, flags *flag.FlagSet) (queryEngine, error) {
 	spec, err := engineFlag(flags)
 	if err != nil {
 		return nil, err
-	}
-	if spec.pg != "" { // refused before it is opened: opening migrates the database
-		return nil, usagef("engine %s: this command reads NATS engines only, for now", spec.raw)
 	}
 	if spec.dir != "" {
 		if _, err := os.Stat(spec.dir); errors.Is(err, fs.ErrNotExist) {
 			return nil, fmt.Errorf("no engine at %s: directory %s does not exist (name the engine with --engine or $RSVP_ENGINE)", spec.raw, spec.dir)
 		}
 	}
-	b, err := openBackend(ctx, spec, nil)
+	var b backend.Backend
+	if spec.pg != "" {
+		opts := spec.pgOptions(nil)
+		opts.SkipMigrate = true
+		b, err = rsvppg.Open(ctx, spec.pg, opts)
+		if err != nil {
+			err = fmt.Errorf("cannot open engine %s: %w", spec.raw, err)
+		}
+	} else {
+		b, err = openBackend(ctx, spec, nil)
+	}
 	if err != nil {
 		return nil, err
 	}
-	nb, ok := b.(*rsvpnats.Backend)
+	q, ok := b.(queryEngine)
 	if !ok {
 		b.Close()
-		return nil, fmt.Errorf("engine %s: this command reads NATS engines only, for now", spec.raw)
+		return nil, fmt.Errorf("engine %s: this engine does not answer the operator's queries", spec.raw)
 	}
-	return nb, nil
+	return q, nil
 }
 
-func closeQuery(b *rsvpnats.Backend, stderr io.Writer) {
+func closeQuery(b queryEngine, stderr io.Writer) {
 	if err := b.Close(); err != nil {
 		fmt.Fprintf(stderr, "rsvp: warning: closing the engine: %v\n", err)
 	}
@@ -152,16 +177,44 @@ func runQueues(ctx context.Context, e *env, cmd *command, args []string) error {
 		}
 		return writeJSON(e.stdout, out)
 	}
-	tw := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "QUEUE\tDEPTH\tIN-FLIGHT\tIDLE\tOLDEST\tDEAD")
+	// Each engine counts one of RESPONDERS and IDLE (-1: the other).
+	var responders, idle bool
 	for _, q := range qs {
+		responders = responders || q.Responders >= 0
+		idle = idle || q.Waiting >= 0
+	}
+	tw := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
+	cols := []string{"QUEUE", "DEPTH", "IN-FLIGHT"}
+	if responders {
+		cols = append(cols, "RESPONDERS")
+	}
+	if idle || !responders {
+		cols = append(cols, "IDLE")
+	}
+	fmt.Fprintln(tw, strings.Join(append(cols, "OLDEST", "DEAD"), "\t"))
+	for _, q := range qs {
+		row := []string{q.Queue, strconv.FormatUint(q.Depth, 10), strconv.Itoa(q.InFlight)}
+		if responders {
+			row = append(row, count(q.Responders))
+		}
+		if idle || !responders {
+			row = append(row, count(q.Waiting))
+		}
 		oldest := "-"
 		if !q.Oldest.IsZero() {
 			oldest = age(now.Sub(q.Oldest))
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%s\t%d\n", q.Queue, q.Depth, q.InFlight, q.Waiting, oldest, q.DeadLetters)
+		fmt.Fprintln(tw, strings.Join(append(row, oldest, strconv.FormatUint(q.DeadLetters, 10)), "\t"))
 	}
 	return tw.Flush()
+}
+
+// count formats a count that may be unknown (-1) for a table column.
+func count(n int) string {
+	if n < 0 {
+		return "-"
+	}
+	return strconv.Itoa(n)
 }
 
 // queueJSON is a queue in the output of 'rsvp queues --output json'.
@@ -170,7 +223,9 @@ type queueJSON struct {
 	Depth         uint64    `json:"depth"`
 	InFlight      int       `json:"in_flight"`
 	Redelivered   int       `json:"redelivered"`
-	Idle          int       `json:"idle"`
+	Responders    *int      `json:"responders,omitempty"` // nil: the engine cannot count them
+	Idle          *int      `json:"idle,omitempty"`       // likewise
+	Scheduled     uint64    `json:"scheduled"`
 	Consumer      bool      `json:"consumer"`
 	LastDelivered time.Time `json:"last_delivered,omitzero"`
 	Oldest        time.Time `json:"oldest,omitzero"`
@@ -178,9 +233,15 @@ type queueJSON struct {
 	DeadLetters   uint64    `json:"dead_letters"`
 }
 
-func newQueueJSON(q rsvpnats.QueueStats, now time.Time) queueJSON {
-	j := queueJSON{Queue: q.Queue, Depth: q.Depth, InFlight: q.InFlight, Redelivered: q.Redelivered, Idle: q.Waiting,
+func newQueueJSON(q backend.QueueStats, now time.Time) queueJSON {
+	j := queueJSON{Queue: q.Queue, Depth: q.Depth, InFlight: q.InFlight, Redelivered: q.Redelivered, Scheduled: q.Scheduled,
 		Consumer: q.Consumer, LastDelivered: q.LastDelivered.UTC(), Oldest: q.Oldest.UTC(), DeadLetters: q.DeadLetters}
+	if q.Responders >= 0 {
+		j.Responders = &q.Responders
+	}
+	if q.Waiting >= 0 {
+		j.Idle = &q.Waiting
+	}
 	if !q.Oldest.IsZero() {
 		j.OldestAge = max(now.Sub(q.Oldest), 0).Round(time.Millisecond).Seconds()
 	}
@@ -315,11 +376,11 @@ type eventData struct {
 	Message string    `json:"message"`
 }
 
-func newRequestJSON(ri *rsvpnats.RequestInfo) *requestJSON {
+func newRequestJSON(ri *backend.RequestInfo) *requestJSON {
 	v := &requestJSON{ID: ri.CorrelationID, Queue: ri.Queue, State: ri.State, Tracked: ri.Tracked,
 		InQueue: ri.InQueue.String(), Attempts: []attemptJSON{}, DeadLetters: []deadLetterJSON{}, Events: []eventJSON{},
 		lastAttempt: ri.Attempts, deadComplete: ri.DeadLettersComplete}
-	if ri.InQueue == rsvpnats.Present {
+	if ri.InQueue == backend.Present {
 		v.StoredAt = ri.StoredAt.UTC()
 	}
 	for _, ev := range ri.Events {
@@ -341,7 +402,7 @@ func newRequestJSON(ri *rsvpnats.RequestInfo) *requestJSON {
 		}
 		// The reply is stored before the final event: it may end the
 		// running attempt before the log does.
-		if n := len(v.Attempts); n > 0 && v.Attempts[n-1].Outcome == rsvpnats.StateRunning {
+		if n := len(v.Attempts); n > 0 && v.Attempts[n-1].Outcome == backend.StateRunning {
 			a := &v.Attempts[n-1]
 			a.Outcome, a.EndedAt, a.Error = string(r.Status), r.CreatedAt.UTC(), failure(r.ErrorCode, r.ErrorMessage)
 		}
@@ -358,7 +419,7 @@ func (v *requestJSON) foldAttempt(ev *backend.Event) {
 	_ = json.Unmarshal(ev.Data, &d) // tolerate what a foreign writer stored
 	at := ev.At.UTC()
 	last := func() *attemptJSON {
-		if n := len(v.Attempts); n > 0 && v.Attempts[n-1].Outcome == rsvpnats.StateRunning {
+		if n := len(v.Attempts); n > 0 && v.Attempts[n-1].Outcome == backend.StateRunning {
 			return &v.Attempts[n-1]
 		}
 		return nil
@@ -369,7 +430,7 @@ func (v *requestJSON) foldAttempt(ev *backend.Event) {
 		if a := last(); a != nil {
 			a.Outcome = "interrupted" // its responder stopped or died: delivered again
 		}
-		v.Attempts = append(v.Attempts, attemptJSON{Attempt: cmp.Or(d.Attempt, len(v.Attempts)+1), StartedAt: at, Outcome: rsvpnats.StateRunning})
+		v.Attempts = append(v.Attempts, attemptJSON{Attempt: cmp.Or(d.Attempt, len(v.Attempts)+1), StartedAt: at, Outcome: backend.StateRunning})
 	case backend.EventRetrying:
 		a := last()
 		if a == nil { // untracked: no running event, only its failures are recorded

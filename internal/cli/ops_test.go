@@ -2,6 +2,7 @@ package cli
 
 import (
 	"encoding/json"
+	neturl "net/url"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -9,6 +10,12 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/rsvp-go/rsvp/backend"
+	"github.com/rsvp-go/rsvp/backend/rsvppg"
+	"github.com/rsvp-go/rsvp/internal/pgtest"
 )
 
 // TestQueuesAndRequestsGet runs the operator commands against a running
@@ -123,6 +130,8 @@ func TestOpsErrors(t *testing.T) {
 			"rsvp: cannot open engine nats://127.0.0.1:1: "},
 		"get unreachable": {[]string{"requests", "get", "x", "--engine", "nats://u:secret@127.0.0.1:1"}, exitFailure,
 			"rsvp: cannot open engine nats://***@127.0.0.1:1: "},
+		"postgres unreachable": {[]string{"queues", "--engine", "postgres://u:secret@127.0.0.1:1/db?sslmode=disable"}, exitFailure,
+			"rsvp: cannot open engine postgres://u:***@127.0.0.1:1/db?sslmode=disable: "},
 		"no directory": {[]string{"queues", "--engine", "embedded:" + filepath.Join(t.TempDir(), "none")}, exitFailure,
 			"/none does not exist"},
 		"bad output":      {[]string{"queues", "--output", "yaml"}, exitUsage, `rsvp queues: --output "yaml" is not table or json`},
@@ -209,18 +218,94 @@ func TestPreview(t *testing.T) {
 	}
 }
 
-// TestOpsRefusePostgresUnopened: the operator queries refuse a PostgreSQL
-// engine before they open it (opening migrates, and these commands change
-// nothing): the engine named here does not even listen.
-func TestOpsRefusePostgresUnopened(t *testing.T) {
+// TestOpsOnPostgres: rsvp queues and rsvp requests get read a PostgreSQL
+// engine (in the schema of the URL's schema parameter), and refuse a
+// schema that is not there without making it.
+func TestOpsOnPostgres(t *testing.T) {
 	t.Parallel()
+	url := postgresURL(t)
+	schema := pgtest.Schema(t, url, "cli_ops_")
+	u, err := neturl.Parse(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := u.Query()
+	q.Set("schema", schema)
+	u.RawQuery = q.Encode()
+	engine := u.String()
+
 	for _, args := range [][]string{{"queues"}, {"requests", "get", "some-id"}} {
-		r := run(t, nil, append(args, "--engine", "postgres://u@127.0.0.1:1/db?sslmode=disable")...)
-		r.want(t, exitUsage, "reads NATS engines only")
-		if strings.Contains(r.stderr, "cannot open engine") {
-			t.Fatalf("%v opened the engine before refusing it: %s", args, r.stderr)
+		r := run(t, nil, append(args, "--engine", engine)...)
+		r.want(t, exitFailure, "cannot open engine", `the database has no rsvp schema "`+schema+`" (Migrate, or rsvp migrate, creates it)`)
+	}
+	ctx := t.Context()
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	var exists bool
+	if err := conn.QueryRow(ctx, "SELECT EXISTS (SELECT FROM pg_namespace WHERE nspname = $1)", schema).Scan(&exists); err != nil || exists {
+		t.Fatalf("schema %s exists after the operator's commands: %v, %v", schema, exists, err)
+	}
+
+	run(t, nil, "migrate", "--engine", engine).want(t, 0)
+	send := func(queue string) string {
+		t.Helper()
+		r := run(t, nil, "send", queue, "--data", "x", "--engine", engine)
+		r.want(t, 0)
+		return strings.TrimSpace(r.stdout)
+	}
+	backlog, busy := send("backlog"), send("busy")
+	// A responder of busy, in another process as far as the engine knows,
+	// holds its request.
+	b, err := rsvppg.Open(ctx, url, rsvppg.Options{Schema: schema})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	c, err := b.Consume(ctx, "busy", backend.ConsumeParams{Lease: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Next(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	r := run(t, nil, "queues", "--engine", engine)
+	r.want(t, 0)
+	lines := strings.Split(strings.TrimSuffix(r.stdout, "\n"), "\n")
+	if len(lines) != 3 || strings.Join(strings.Fields(lines[0]), " ") != "QUEUE DEPTH IN-FLIGHT RESPONDERS OLDEST DEAD" ||
+		!regexp.MustCompile(`^backlog +1 +0 +0 +\d+\.\ds +0$`).MatchString(lines[1]) ||
+		!regexp.MustCompile(`^busy +1 +1 +1 +\d+\.\ds +0$`).MatchString(lines[2]) {
+		t.Fatalf("queues:\n%s", r.stdout)
+	}
+	r = run(t, nil, "queues", "--engine", engine, "--output", "json")
+	r.want(t, 0)
+	var qs []queueJSON
+	if err := json.Unmarshal([]byte(r.stdout), &qs); err != nil || len(qs) != 2 || strings.Contains(r.stdout, `"idle"`) {
+		t.Fatalf("queues --output json: %v\n%s", err, r.stdout)
+	}
+	if q := qs[1]; q.Queue != "busy" || q.Responders == nil || *q.Responders != 1 || !q.Consumer || q.InFlight != 1 || q.OldestAge <= 0 {
+		t.Fatalf("busy: %+v", q)
+	}
+
+	r = run(t, nil, "requests", "get", backlog, "--engine", engine)
+	r.want(t, 0)
+	for _, re := range []string{`QUEUE +backlog`, `STATE +queued`, `IN QUEUE +yes, stored \S+`, `REPLY +none`, `DEAD LETTERS +none`} {
+		if !regexp.MustCompile(`(?m)^` + re + `$`).MatchString(r.stdout) {
+			t.Fatalf("no line matching %q in:\n%s", re, r.stdout)
 		}
 	}
+	r = run(t, nil, "requests", "get", busy, "--engine", engine, "--output", "json")
+	r.want(t, 0)
+	var v requestJSON
+	if err := json.Unmarshal([]byte(r.stdout), &v); err != nil || v.State != "running" || v.Queue != "busy" || v.InQueue != "yes" {
+		t.Fatalf("requests get of a running request: %v\n%s", err, r.stdout)
+	}
+	run(t, nil, "requests", "get", "nobody-here", "--engine", engine).want(t, exitFailure,
+		"rsvp: no such request nobody-here: no event log, reply or dead letter, and it is not queued")
 }
 
 // failWriter is a stdout that cannot be written (a full disk, a closed
@@ -252,4 +337,25 @@ func TestEnginePasswordHidden(t *testing.T) {
 	if strings.Contains(r.stderr, secret) {
 		t.Fatalf("the password is printed:\n%s", r.stderr)
 	}
+}
+
+// TestPostgresSchemaParameter: the schema parameter of a postgres:// engine
+// is rsvp's schema, taken out of the URL that the driver gets (the server
+// refuses parameters it does not know).
+func TestPostgresSchemaParameter(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct{ in, pg, schema string }{
+		{"postgres://u@h:5432/db?sslmode=disable&schema=orders", "postgres://u@h:5432/db?sslmode=disable", "orders"},
+		{"postgresql://u@h/db?schema=orders", "postgresql://u@h/db", "orders"},
+		{"postgres://u@h/db?sslmode=disable", "postgres://u@h/db?sslmode=disable", ""},
+	} {
+		spec, err := parseEngine(tc.in)
+		if err != nil || spec.pg != tc.pg || spec.schema != tc.schema || spec.pgOptions(nil).Schema != tc.schema {
+			t.Errorf("parseEngine(%q) = pg %q, schema %q, %v; want %q, %q", tc.in, spec.pg, spec.schema, err, tc.pg, tc.schema)
+		}
+	}
+	// A schema name rsvppg refuses is named in the error, before any
+	// connection is tried.
+	r := run(t, nil, "queues", "--engine", "postgres://u@127.0.0.1:1/db?schema=Bad-Name")
+	r.want(t, exitFailure, `schema "Bad-Name": want lower-case letters`)
 }

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -162,6 +163,17 @@ func TestServeOnPostgres(t *testing.T) {
 			t.Fatalf("approval on postgres did not complete: %s", body)
 		}
 	}
+
+	// The queue gauges, read from the database at the scrape.
+	resp, err = http.Get(base + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !regexp.MustCompile(`(?m)^rsvp_queue_depth\{[^}]*messaging_destination_name="thumbnail"[^}]*\} \d+$`).Match(body) {
+		t.Fatalf("no queue depth of thumbnail in /metrics on postgres:\n%s", body)
+	}
 }
 
 func TestMigrate(t *testing.T) {
@@ -170,7 +182,7 @@ func TestMigrate(t *testing.T) {
 	url := postgresURL(t)
 	r := run(t, nil, "migrate", "--engine", url)
 	r.want(t, 0)
-	if !strings.Contains(r.stdout, "at schema version") {
+	if !strings.Contains(r.stdout, "schema rsvp of ") {
 		t.Fatalf("stdout %q", r.stdout)
 	}
 }

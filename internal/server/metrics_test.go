@@ -4,7 +4,9 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
+	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
@@ -24,14 +26,18 @@ func TestMetricsExposition(t *testing.T) {
 	if resp, body := do(t, "POST", r.url+"/v1/queues/idle/requests", nil, "x"); resp.StatusCode != 202 {
 		t.Fatalf("submit to idle: %s %s", resp.Status, body)
 	}
-	resp, body := do(t, "GET", r.url+"/metrics", nil, "")
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("/metrics: %s", resp.Status)
-	}
-	parser := expfmt.NewTextParser(model.UTF8Validation)
-	families, err := parser.TextToMetricFamilies(strings.NewReader(body))
-	if err != nil {
-		t.Fatalf("/metrics does not parse: %v\n%s", err, body)
+	var families map[string]*dto.MetricFamily
+	scrape := func() {
+		t.Helper()
+		resp, body := do(t, "GET", r.url+"/metrics", nil, "")
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("/metrics: %s", resp.Status)
+		}
+		parser := expfmt.NewTextParser(model.UTF8Validation)
+		var err error
+		if families, err = parser.TextToMetricFamilies(strings.NewReader(body)); err != nil {
+			t.Fatalf("/metrics does not parse: %v\n%s", err, body)
+		}
 	}
 	value := func(name string, labels map[string]string) float64 {
 		t.Helper()
@@ -63,6 +69,12 @@ func TestMetricsExposition(t *testing.T) {
 		return sum
 	}
 	q := map[string]string{"messaging_destination_name": "flaky"}
+	// The reply is stored before the request is acknowledged: it leaves
+	// the queue just after the call returned.
+	deadline := time.Now().Add(10 * time.Second)
+	for scrape(); value("rsvp_queue_depth", q) != 0 && time.Now().Before(deadline); scrape() {
+		time.Sleep(10 * time.Millisecond) // polling a condition, with a deadline
+	}
 	if got := value("rsvp_requests_sent_total", q); got < 1 {
 		t.Errorf("sent on flaky: %v", got)
 	}

@@ -161,7 +161,7 @@ func Run(ctx context.Context, cfg Config) error {
 			log.Warn("server: flushing telemetry", "err", err)
 		}
 	}()
-	if qs, ok := cfg.Backend.(queueStats); ok {
+	if qs, ok := cfg.Backend.(backend.Inspector); ok {
 		if err := observeQueues(tel.meter, qs); err != nil {
 			return fmt.Errorf("server: queue metrics: %w", err)
 		}

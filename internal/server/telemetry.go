@@ -22,7 +22,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"go.opentelemetry.io/otel/trace/noop"
 
-	"github.com/rsvp-go/rsvp/backend/rsvpnats"
+	"github.com/rsvp-go/rsvp/backend"
 )
 
 // telemetry is what `rsvp serve` reports with: metrics in the Prometheus
@@ -81,20 +81,17 @@ func newTelemetry(ctx context.Context) (*telemetry, error) {
 	return t, nil
 }
 
-// queueStats is what reports the engine's queues; *rsvpnats.Backend does.
-type queueStats interface {
-	Queues(ctx context.Context) ([]rsvpnats.QueueStats, error)
-}
-
-// observeQueues reports depth, in-flight, oldest age and dead letters per
-// queue, read from the engine at each collection (scrape).
-func observeQueues(mp metric.MeterProvider, qs queueStats) error {
+// observeQueues reports depth, in-flight, oldest age, dead letters and
+// scheduled requests per queue, read from the engine at each collection
+// (scrape).
+func observeQueues(mp metric.MeterProvider, qs backend.Inspector) error {
 	m := mp.Meter("github.com/rsvp-go/rsvp/internal/server")
 	depth, err1 := m.Int64ObservableGauge("rsvp.queue.depth", metric.WithDescription("Requests on the queue not finished (waiting, running or waiting for a retry)."))
 	inFlight, err2 := m.Int64ObservableGauge("rsvp.queue.in_flight", metric.WithDescription("Requests of the queue delivered to a responder and not settled."))
 	oldest, err3 := m.Float64ObservableGauge("rsvp.queue.oldest_age", metric.WithUnit("s"), metric.WithDescription("Age of the oldest request on the queue not finished."))
 	dead, err4 := m.Int64ObservableGauge("rsvp.queue.dead_letters", metric.WithDescription("Dead letters of the queue kept."))
-	if err := errors.Join(err1, err2, err3, err4); err != nil {
+	scheduled, err5 := m.Int64ObservableGauge("rsvp.queue.scheduled", metric.WithDescription("Requests of the queue scheduled for later and not yet due (not in the depth)."))
+	if err := errors.Join(err1, err2, err3, err4, err5); err != nil {
 		return err
 	}
 	_, err := m.RegisterCallback(func(ctx context.Context, o metric.Observer) error {
@@ -107,6 +104,7 @@ func observeQueues(mp metric.MeterProvider, qs queueStats) error {
 			o.ObserveInt64(depth, int64(s.Depth), at)
 			o.ObserveInt64(inFlight, int64(s.InFlight), at)
 			o.ObserveInt64(dead, int64(s.DeadLetters), at)
+			o.ObserveInt64(scheduled, int64(s.Scheduled), at)
 			age := 0.0
 			if !s.Oldest.IsZero() {
 				age = time.Since(s.Oldest).Seconds()
@@ -114,6 +112,6 @@ func observeQueues(mp metric.MeterProvider, qs queueStats) error {
 			o.ObserveFloat64(oldest, age, at)
 		}
 		return nil
-	}, depth, inFlight, oldest, dead)
+	}, depth, inFlight, oldest, dead, scheduled)
 	return err
 }

@@ -397,6 +397,7 @@ func (c *Consumer) Next(ctx context.Context) (*Lease, error) {
 		if ok {
 			l := &Lease{s: &c.settler, d: d, a: a}
 			l.renewed.Store(time.Now().UnixNano())
+			l.timer.Store(time.AfterFunc(c.opts.Lease, l.ranOut))
 			return l, nil
 		}
 	}
@@ -411,13 +412,43 @@ func (c *Consumer) Close() error { return c.cons.Close() }
 var ErrSettled = errors.New("rsvp: lease already settled")
 
 // Lease is one request leased from a Consumer. Settle it once with Reply,
-// Fail or Release, and Extend it while working on it.
+// Fail or Release, and Extend it while working on it. A lease that runs
+// out unsettled (Expires passed) is lost: its attempt is recorded as such,
+// the request comes back to the queue by itself, Extend returns
+// ErrLeaseLost, and Reply, Fail and Release return ErrSettled.
 type Lease struct {
 	s       *settler
 	d       backend.Delivery
 	a       attempt
-	settled atomic.Bool
-	renewed atomic.Int64 // when the lease was taken or last extended, Unix ns
+	state   atomic.Int32               // leaseOpen, leaseSettled or leaseRanOut
+	renewed atomic.Int64               // when the lease was taken or last extended, Unix ns
+	timer   atomic.Pointer[time.Timer] // runs ranOut when the lease runs out
+}
+
+// States of a Lease.
+const (
+	leaseOpen    = iota
+	leaseSettled // by Reply, Fail, Release, Cancelled, or Extend finding it lost
+	leaseRanOut  // by ranOut
+)
+
+// ranOut settles a lease that ran out unsettled as lost, so that its
+// attempt's span ends and it leaves the in-flight count: the request comes
+// back to the queue by itself. An extended lease is looked at again when
+// its extension runs out.
+func (l *Lease) ranOut() {
+	if l.state.Load() != leaseOpen {
+		return
+	}
+	if wait := time.Until(l.Expires()); wait > 0 {
+		l.timer.Load().Reset(wait)
+		return
+	}
+	if l.state.CompareAndSwap(leaseOpen, leaseRanOut) {
+		m := l.d.Message()
+		l.a.log.Warn("rsvp: a lease ran out unsettled; the request goes back to the queue")
+		l.s.end(l.a, m, outcomeLeaseLost, fmt.Errorf("rsvp: lease of %s ran out unsettled: %w", m.ID, ErrLeaseLost))
+	}
 }
 
 // Expires returns when the lease runs out unless extended.
@@ -432,9 +463,10 @@ func (l *Lease) Message() *Message { return l.d.Message() }
 func (l *Lease) Duration() time.Duration { return l.s.opts.Lease }
 
 func (l *Lease) settle() error {
-	if !l.settled.CompareAndSwap(false, true) {
+	if !l.state.CompareAndSwap(leaseOpen, leaseSettled) {
 		return ErrSettled
 	}
+	l.timer.Load().Stop()
 	return nil
 }
 
@@ -497,13 +529,17 @@ func (l *Lease) Cancelled(ctx context.Context) (bool, error) {
 }
 
 // Extend renews the lease for another HandleOptions.Lease. It fails with
-// an error matching ErrLeaseLost if the lease ran out so that the request
-// may have gone to another worker: stop working on it then. The lease is
-// then settled with no outcome recorded, as a Handler's would be: Reply,
-// Fail and Release return ErrSettled.
+// an error matching ErrLeaseLost if the lease ran out (Expires passed), or
+// the engine says the request may have gone to another worker: stop
+// working on it then. The lease is then settled with the attempt recorded
+// as lost, as a Handler's would be: Reply, Fail and Release return
+// ErrSettled.
 func (l *Lease) Extend(ctx context.Context) error {
-	if l.settled.Load() {
+	switch l.state.Load() {
+	case leaseSettled:
 		return ErrSettled
+	case leaseRanOut:
+		return fmt.Errorf("rsvp: extend lease of %s: it ran out at %s: %w", l.d.Message().ID, l.Expires().Format(time.RFC3339Nano), ErrLeaseLost)
 	}
 	if err := l.d.Extend(ctx); err != nil {
 		if errors.Is(err, ErrLeaseLost) && l.settle() == nil {

@@ -6,6 +6,9 @@ import (
 	"testing"
 	"time"
 
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/metric/metricdata"
+
 	"github.com/rsvp-go/rsvp"
 	"github.com/rsvp-go/rsvp/backend"
 )
@@ -227,5 +230,93 @@ func TestLeaseCancelled(t *testing.T) {
 	// Settled: nothing comes back.
 	if _, err := cons.Next(ctxWithin(t, 500*time.Millisecond)); err == nil {
 		t.Fatal("the cancelled request was delivered again")
+	}
+}
+
+// TestLeaseRunsOut: a lease left unsettled past its expiry is settled as
+// lost: its attempt leaves the in-flight count with outcome lease_lost,
+// Reply then returns ErrSettled, and the request comes back. A lease that
+// is extended is not.
+func TestLeaseRunsOut(t *testing.T) {
+	t.Parallel()
+	reader := sdkmetric.NewManualReader()
+	c := setup(t, rsvp.Config{MeterProvider: sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))})
+	const lease = 300 * time.Millisecond
+	cons := consumer(t, c, "runs-out", rsvp.HandleOptions{Lease: lease})
+	ctx := ctxWithin(t, 20*time.Second)
+	if _, err := c.Send(ctx, "runs-out", &rsvp.Message{Body: []byte("forgotten")}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Send(ctx, "runs-out", &rsvp.Message{Body: []byte("extended")}); err != nil {
+		t.Fatal(err)
+	}
+	forgotten, extended := next(t, cons), next(t, cons)
+	if string(forgotten.Message().Body) != "forgotten" {
+		forgotten, extended = extended, forgotten
+	}
+	if sums := metricSums(t, reader); sums["rsvp.handler.in_flight"] != 2 {
+		t.Fatalf("in flight with two leases: %d", sums["rsvp.handler.in_flight"])
+	}
+	// Extended every lease/3, the second lease outlives the first.
+	stopExtending := make(chan struct{})
+	extending := make(chan error, 1)
+	go func() {
+		tick := time.NewTicker(lease / 3)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stopExtending:
+				extending <- nil
+				return
+			case <-tick.C:
+				if err := extended.Extend(ctx); err != nil {
+					extending <- err
+					return
+				}
+			}
+		}
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for metricSums(t, reader)["rsvp.handler.in_flight"] != 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("a lease that ran out still counts as in flight after 10s")
+		}
+		time.Sleep(10 * time.Millisecond) // polling a condition, with a deadline
+	}
+	if err := forgotten.Reply(ctx, nil); !errors.Is(err, rsvp.ErrSettled) {
+		t.Fatalf("Reply after the lease ran out: %v, want ErrSettled", err)
+	}
+	var rm metricdata.ResourceMetrics
+	if err := reader.Collect(ctx, &rm); err != nil {
+		t.Fatal(err)
+	}
+	lost := uint64(0)
+	for _, sm := range rm.ScopeMetrics {
+		for _, m := range sm.Metrics {
+			if h, ok := m.Data.(metricdata.Histogram[float64]); ok && m.Name == "rsvp.handler.duration" {
+				for _, dp := range h.DataPoints {
+					if outcomeOf(dp.Attributes) == "/lease_lost" {
+						lost += dp.Count
+					}
+				}
+			}
+		}
+	}
+	if lost != 1 {
+		t.Fatalf("attempts timed with outcome lease_lost: %d, want 1", lost)
+	}
+	again := next(t, cons)
+	if string(again.Message().Body) != "forgotten" || again.Message().Attempt != 2 {
+		t.Fatalf("after the lease ran out, leased %q attempt %d; want forgotten again, attempt 2", again.Message().Body, again.Message().Attempt)
+	}
+	close(stopExtending)
+	if err := <-extending; err != nil {
+		t.Fatalf("Extend: %v", err)
+	}
+	if err := extended.Reply(ctx, nil); err != nil {
+		t.Fatalf("Reply on the lease that was extended: %v", err)
+	}
+	if err := again.Reply(ctx, nil); err != nil {
+		t.Fatal(err)
 	}
 }

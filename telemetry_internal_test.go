@@ -27,8 +27,21 @@ func (dropSpans) Shutdown(context.Context) error                             { r
 // discarding exporter and its meter), without the engine: what telemetry
 // adds to a round trip's CPU and allocations.
 func BenchmarkTelemetryCalls(b *testing.B) {
+	telemetryCalls(b, sdktrace.WithBatcher(dropSpans{}))
+}
+
+// BenchmarkTelemetryCallsSync is BenchmarkTelemetryCalls with a synchronous
+// span processor: no goroutine takes the spans, so its instruction count
+// (bench/instructions.sh) does not move with scheduling, nor with the
+// batcher dropping spans when its queue is full (a goroutine that never
+// blocks fills it); with GOGC=off, neither with garbage collections.
+func BenchmarkTelemetryCallsSync(b *testing.B) {
+	telemetryCalls(b, sdktrace.WithSyncer(dropSpans{}))
+}
+
+func telemetryCalls(b *testing.B, processor sdktrace.TracerProviderOption) {
 	ctx := context.Background()
-	tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(dropSpans{}))
+	tp := sdktrace.NewTracerProvider(processor)
 	defer tp.Shutdown(ctx)
 	reader := sdkmetric.NewManualReader()
 	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))

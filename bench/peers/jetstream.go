@@ -176,8 +176,10 @@ func startRawLoop(ctx context.Context, nc *nats.Conn, o Options) (*instance, err
 		return nil, err
 	}
 
-	// Responder.
-	it, err := cons.Messages(jetstream.PullMaxMessages(o.Workers))
+	// Responder. A pull the server lost is noticed by its missing
+	// heartbeats, and made again, within seconds rather than the default
+	// 30 (a request waiting that long counts as lost).
+	it, err := cons.Messages(jetstream.PullMaxMessages(o.Workers), jetstream.PullExpiry(5*time.Second), jetstream.PullHeartbeat(time.Second))
 	if err != nil {
 		sub.Unsubscribe()
 		return nil, err
@@ -190,6 +192,9 @@ func startRawLoop(ctx context.Context, nc *nats.Conn, o Options) (*instance, err
 			defer wg.Done()
 			for {
 				m, err := it.Next()
+				if errors.Is(err, jetstream.ErrNoHeartbeat) {
+					continue // the iterator pulls again
+				}
 				if err != nil {
 					return // stopped
 				}

@@ -201,6 +201,7 @@ type Gateway struct {
 	mux     *http.ServeMux
 	hub     *hub
 	hooks   *webhookSender
+	waits   chan struct{} // waiting permits of webhook jobs (startWebhooks)
 	tel     *telemetry
 	streams chan struct{} // a slot per open long-lived connection
 	workers *workers      // the worker API's consumers and leases

@@ -29,11 +29,26 @@ var errNotYet = errors.New("webhook not due yet")
 // time before it gives its slot back.
 const webhookWait = 20 * time.Second
 
+// defaultWebhookSlots is how many webhook jobs a gateway runs at once.
+const defaultWebhookSlots = 64
+
+// webhookPollMax caps the pause of a webhook job that came back too early
+// while every waiting permit was taken (webhookPoll).
+const webhookPollMax = 30 * time.Second
+
+// A webhook job waits in its handler (for its request's result, or for its
+// next delivery attempt's time) only with a waiting permit: there are 3/4
+// as many as slots, taken without blocking, so that a quarter of the slots
+// stays free for the jobs of finished requests however many requests with
+// callbacks are unfinished. A job that finds no permit comes back later
+// (webhookBackoff).
 func (g *Gateway) startWebhooks() error {
+	slots := cmp.Or(g.cfg.Webhooks.slots, defaultWebhookSlots)
+	g.waits = make(chan struct{}, max(1, slots*3/4))
 	resp, err := g.c.Handle(webhookQueue, rsvp.HandlerFunc(g.deliverWebhook), rsvp.HandleOptions{
-		Concurrency: 64,
+		Concurrency: slots,
 		MaxAttempts: 1 << 30, // attempts are bounded by RetryFor instead
-		Backoff:     func(int) time.Duration { return time.Second },
+		Backoff:     g.webhookBackoff,
 		Lease:       time.Minute,
 	})
 	if err != nil {
@@ -42,6 +57,41 @@ func (g *Gateway) startWebhooks() error {
 	g.closers = append(g.closers, resp.Stop)
 	return nil
 }
+
+// webhookBackoff is the pause before a webhook job comes back after its
+// attempt (the job's, not the delivery's) returned errNotYet or failed.
+// While a waiting permit is free, 1s: the job comes back to wait in its
+// handler, where it sees its request's result, or its delivery's due time,
+// at once. When every permit is taken it is webhookPoll of the attempt, so
+// that many pending jobs do not poll the engine every second.
+func (g *Gateway) webhookBackoff(attempt int) time.Duration {
+	if len(g.waits) < cap(g.waits) {
+		return time.Second
+	}
+	return webhookPoll(attempt)
+}
+
+// webhookPoll is 1s after the first attempt, doubling, at most
+// webhookPollMax (30s).
+func webhookPoll(attempt int) time.Duration {
+	if attempt > 5 {
+		return webhookPollMax
+	}
+	return min(time.Second<<max(attempt-1, 0), webhookPollMax)
+}
+
+// tryWait takes a waiting permit if one is free, without blocking; the
+// caller gives it back with endWait.
+func (g *Gateway) tryWait() bool {
+	select {
+	case g.waits <- struct{}{}:
+		return true
+	default:
+		return false
+	}
+}
+
+func (g *Gateway) endWait() { <-g.waits }
 
 // scheduleWebhook queues the delivery job of a request with a callback.
 func (g *Gateway) scheduleWebhook(ctx context.Context, rec *record) error {
@@ -82,12 +132,18 @@ func (g *Gateway) deliverWebhook(ctx context.Context, m *rsvp.Message) (*rsvp.Re
 	}
 	// Waiting for the result, or for the next attempt's time, is no
 	// delivery under way: it ends when the gateway closes (Close waits for
-	// running deliveries only), and the job comes back.
+	// running deliveries only), and the job comes back. It needs a waiting
+	// permit; without one the job comes back later at once.
 	waitCtx, cancelWait := context.WithCancel(ctx)
 	defer cancelWait()
 	defer context.AfterFunc(g.life, cancelWait)()
 	if reply == nil {
-		if reply, err = g.waitFinal(waitCtx, id, webhookWait); err != nil || reply == nil {
+		if !g.tryWait() {
+			return nil, errNotYet
+		}
+		reply, err = g.waitFinal(waitCtx, id, webhookWait)
+		g.endWait()
+		if err != nil || reply == nil {
 			if waitCtx.Err() != nil {
 				return nil, cmp.Or(ctx.Err(), errNotYet)
 			}
@@ -112,11 +168,17 @@ func (g *Gateway) deliverWebhook(ctx context.Context, m *rsvp.Message) (*rsvp.Re
 			return nil, rsvp.Permanent(fmt.Errorf("webhook to %s failed %d times over %s; given up", rec.Callback, n, g.cfg.Webhooks.RetryFor))
 		}
 		if wait := time.Until(last.At.Add(webhookDelay(n))); wait > 0 {
+			if !g.tryWait() {
+				return nil, errNotYet
+			}
 			t := time.NewTimer(min(wait, webhookWait))
-			defer t.Stop()
 			select {
 			case <-t.C:
 			case <-waitCtx.Done():
+			}
+			t.Stop()
+			g.endWait()
+			if waitCtx.Err() != nil {
 				return nil, cmp.Or(ctx.Err(), errNotYet)
 			}
 			if wait > webhookWait {

@@ -86,6 +86,10 @@ type WebhookConfig struct {
 	// RetryFor is how long failed deliveries are retried after the result
 	// is ready. Default 24h.
 	RetryFor time.Duration
+
+	// slots is how many webhook jobs a gateway runs at once; 0 means
+	// defaultWebhookSlots. A test seam (export_test.go).
+	slots int
 }
 
 // withDefaults returns c with its zero durations replaced by the defaults.

@@ -501,6 +501,9 @@ func (e *Engine) executeOr(ctx context.Context, instance string, giveUp bool) (e
 		err = e.finish(ctx, v, recFailed, record{Run: v.run, Error: &Failure{Code: CodeNonDeterministic, Message: ex.nondet.Error()}})
 	case ex.finished:
 		kind, r := ex.outcome()
+		if kind == recContinued {
+			r.Upto, r.Pending = v.lastSeq, v.pending(ex)
+		}
 		if string(ex.status) != string(v.status) { // set since the last step
 			r.Status = ex.status
 		}

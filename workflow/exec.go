@@ -40,7 +40,7 @@ type execution struct {
 	waits    map[int]string     // event waits by seq: the event name
 	waiters  []int              // event waits not finished, oldest first
 	buffered map[string][]entry // raised events nobody consumed yet, by name
-	consumed []string           // event ids consumed, this epoch and before
+	consumed []string           // event ids consumed in this epoch (and, by an older continued record, before)
 	early    map[int][]entry    // entries for commands not issued yet
 
 	status    json.RawMessage // custom status as the function left it
@@ -112,10 +112,10 @@ func newExecution(v *view, def *definition) *execution {
 		now: v.entries[v.epochAt].at, pos: v.entries[v.epochAt].seq, status: v.status,
 		recorded: map[int]command{}, done: map[string]bool{}, futures: map[int]*future{},
 		acts: map[int]*activityCall{}, waits: map[int]string{}, buffered: map[string][]entry{},
-		consumed: append([]string(nil), v.consumed...), early: map[int][]entry{}}
+		consumed: append([]string(nil), v.carry.consumed...), early: map[int][]entry{}}
 	// Events raised in earlier epochs that none consumed wait for this one.
 	for _, e := range v.entries[:v.epochAt] {
-		if e.kind == recEvent && !slices.Contains(ex.consumed, e.rec.EventID) {
+		if e.kind == recEvent && v.carry.waits(e) {
 			ex.buffered[e.rec.Event] = append(ex.buffered[e.rec.Event], e)
 		}
 	}
@@ -441,7 +441,7 @@ func (ex *execution) outcome() (kind string, r record) {
 	case ex.panicked != nil:
 		return recFailed, record{Run: ex.run, Error: ex.panicked}
 	case errors.As(ex.outputErr, &can):
-		return recContinued, record{Run: ex.run, Epoch: ex.epoch + 1, Input: can.input, Consumed: ex.consumed}
+		return recContinued, record{Run: ex.run, Epoch: ex.epoch + 1, Input: can.input} // Upto and Pending: see runOnce
 	case ex.outputErr != nil:
 		f := Failure{Code: CodeFailed, Message: ex.outputErr.Error()}
 		var ae *ActivityError

@@ -3,6 +3,7 @@ package workflow
 import (
 	"cmp"
 	"encoding/json"
+	"slices"
 	"time"
 
 	"github.com/rsvp-go/rsvp/backend"
@@ -53,22 +54,29 @@ type record struct {
 	Done    []string        `json:"done,omitempty"`
 	// Status, on a step, a final or a continued record, is the custom
 	// status the function set since the step before, if it did.
-	Status   json.RawMessage `json:"status,omitempty"`
-	Output   json.RawMessage `json:"output,omitempty"`
-	Error    *Failure        `json:"error,omitempty"`
-	Event    string          `json:"event,omitempty"`
-	EventID  string          `json:"event_id,omitempty"`
-	Data     json.RawMessage `json:"data,omitempty"`
-	Consumed []string        `json:"consumed,omitempty"`
-	Reason   string          `json:"reason,omitempty"`
+	Status  json.RawMessage `json:"status,omitempty"`
+	Output  json.RawMessage `json:"output,omitempty"`
+	Error   *Failure        `json:"error,omitempty"`
+	Event   string          `json:"event,omitempty"`
+	EventID string          `json:"event_id,omitempty"`
+	Data    json.RawMessage `json:"data,omitempty"`
+	// Consumed, on a continued record written before Pending, is every
+	// event id consumed in the epochs before it.
+	Consumed []string `json:"consumed,omitempty"`
+	// Pending, on a continued record, is the ids of the events up to Upto
+	// that no epoch before it consumed: with the events after Upto, those
+	// wait for the new epoch.
+	Pending []string `json:"pending,omitempty"`
+	Reason  string   `json:"reason,omitempty"`
 	// From, State and Created, on a listed record, are the run the index
 	// listed, which the record replaces by Run, and the state and creation
 	// time of Run.
 	From    string    `json:"from,omitempty"`
 	State   State     `json:"state,omitempty"`
 	Created time.Time `json:"created,omitzero"`
-	// Upto, on a step, is the history position the execution had read:
-	// inputs after it may not have been seen by any execution.
+	// Upto, on a step or a continued record, is the history position the
+	// execution had read: inputs after it may not have been seen by any
+	// execution.
 	Upto uint64 `json:"upto,omitempty"`
 	// Trace, on a start, is the starter's trace context (W3C headers):
 	// every run of the instance is traced in it.
@@ -138,11 +146,29 @@ type view struct {
 	err       *Failure
 	// entries of the run from its last epoch on: the continued (or
 	// started) record first.
-	epoch    int
-	epochAt  int // index in entries of the epoch's first record
-	entries  []entry
-	consumed []string // event ids consumed in earlier epochs
-	lastSeq  uint64
+	epoch   int
+	epochAt int // index in entries of the epoch's first record
+	entries []entry
+	carry   carry // which events of earlier epochs wait for this one
+	lastSeq uint64
+}
+
+// carry is what a continued record says of the events of earlier epochs:
+// those after upto, or in pending, were not consumed and wait for the new
+// epoch. (A record written before Pending lists the consumed ones
+// instead: every other event waits.)
+type carry struct {
+	upto     uint64
+	pending  map[string]bool
+	consumed []string // of an older record, upto 0
+}
+
+// waits reports whether event e of an earlier epoch waits for this one.
+func (c carry) waits(e entry) bool {
+	if c.upto == 0 {
+		return !slices.Contains(c.consumed, e.rec.EventID)
+	}
+	return e.seq > c.upto || c.pending[e.rec.EventID]
 }
 
 // fold reads a history. It returns nil when no run is current: the
@@ -186,7 +212,10 @@ func fold(id string, es []entry) *view {
 			}
 		case recContinued:
 			v.epoch, v.epochAt, v.input = e.rec.Epoch, len(v.entries)-1, e.rec.Input
-			v.consumed = e.rec.Consumed
+			v.carry = carry{upto: e.rec.Upto, consumed: e.rec.Consumed, pending: map[string]bool{}}
+			for _, id := range e.rec.Pending {
+				v.carry.pending[id] = true
+			}
 		case recCompleted:
 			v.state, v.output = StateCompleted, e.rec.Output
 		case recFailed:
@@ -201,6 +230,22 @@ func fold(id string, es []entry) *view {
 		return nil
 	}
 	return v
+}
+
+// pending returns the ids of the events of v's run that wait for its next
+// epoch if ex, the execution of its current epoch, ends in ContinueAsNew:
+// those of earlier epochs that waited for this one, and this epoch's, less
+// those ex consumed. (An execution that ended early did not apply every
+// event up to v.lastSeq: the ones it did not apply wait too.)
+func (v *view) pending(ex *execution) []string {
+	var ids []string
+	for i, e := range v.entries {
+		if e.kind != recEvent || (i < v.epochAt && !v.carry.waits(e)) || slices.Contains(ex.consumed, e.rec.EventID) {
+			continue
+		}
+		ids = append(ids, e.rec.EventID)
+	}
+	return ids
 }
 
 // epochEntries returns the entries of the current epoch after its first

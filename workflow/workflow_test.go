@@ -2,6 +2,7 @@ package workflow_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/rsvp-go/rsvp"
+	"github.com/rsvp-go/rsvp/backend"
 	"github.com/rsvp-go/rsvp/workflow"
 )
 
@@ -729,5 +731,76 @@ func TestTooLargeToRecord(t *testing.T) {
 	st := must[*workflow.Status](t)(en.E.StartInstance(ctx, "big-child", 0, workflow.StartOptions{}))
 	if out, err := workflow.Result[string](ctx, en.E, st.ID); err != nil || out != workflow.CodeTooLarge {
 		t.Errorf("big-child: %q, %v; want %q", out, err, workflow.CodeTooLarge)
+	}
+}
+
+// A long event loop of ContinueAsNew does not grow its continued records:
+// each lists only the events still waiting (not every event consumed in
+// every earlier epoch, which grew without bound until a record was too
+// large to store). The events are still each consumed once, in order.
+func TestContinueAsNewRecordsStaySmall(t *testing.T) {
+	const epochs = 12
+	en := newEnv(t, func(e *workflow.Engine) {
+		_ = workflow.Register(e, "ticker", func(ctx workflow.Context, n int) (int, error) {
+			if n == epochs {
+				return n, nil
+			}
+			got, err := workflow.WaitForEvent[int](ctx, "tick", 0)
+			if err != nil {
+				return 0, err
+			}
+			if got != n {
+				return 0, fmt.Errorf("epoch %d got tick %d", n, got)
+			}
+			return 0, workflow.ContinueAsNew(ctx, n+1)
+		})
+	})
+	ctx := ctxT(t, 60*time.Second)
+	st := must[*workflow.Status](t)(en.E.StartInstance(ctx, "ticker", 0, workflow.StartOptions{}))
+	// Two ticks ahead of the loop: one of them always waits across a
+	// ContinueAsNew.
+	for i := range epochs {
+		if err := en.E.RaiseEvent(ctx, st.ID, "tick", i, fmt.Sprint("t", i)); err != nil {
+			t.Fatal(err)
+		}
+		if i == 0 {
+			continue
+		}
+		deadline := time.Now().Add(20 * time.Second)
+		for { // until epoch i-1 consumed its tick
+			s := must[*workflow.Status](t)(en.E.Status(ctx, st.ID))
+			var at int
+			if json.Unmarshal(s.Input, &at) == nil && at >= i || s.State.Final() {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("epoch %d not reached within 20s: %+v", i, s)
+			}
+			time.Sleep(10 * time.Millisecond) // polling a condition, with a deadline
+		}
+	}
+	if out, err := workflow.Result[int](ctx, en.E, st.ID); err != nil || out != epochs {
+		t.Fatalf("result %d, %v; want %d", out, err, epochs)
+	}
+	evs, err := en.B.Events(ctx, backend.EventQuery{CorrelationID: "wfh:" + st.ID, Limit: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	continued := 0
+	for _, ev := range evs {
+		if ev.Type != "wf.continued" {
+			continue
+		}
+		continued++
+		var r struct{ Consumed, Pending []string }
+		if err := json.Unmarshal(ev.Data, &r); err != nil {
+			t.Fatal(err)
+		}
+		if n := len(r.Consumed) + len(r.Pending); n > 1 {
+			t.Fatalf("continued record %d lists %d event ids (consumed %v, pending %v); want at most the one tick waiting", continued, n, r.Consumed, r.Pending)
+		}
+	}
+	if continued != epochs {
+		t.Fatalf("%d continued records, want %d", continued, epochs)
 	}
 }

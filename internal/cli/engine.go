@@ -7,9 +7,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/url"
 	"strings"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/rsvp-go/rsvp"
 	"github.com/rsvp-go/rsvp/backend"
@@ -30,13 +31,15 @@ type engineSpec struct {
 	memory bool   // embedded:mem
 	dir    string // embedded:DIR
 	url    string // nats://... or tls://...
-	pg     string // postgres://... (or postgresql://), without rsvp's own parameter schema
+	pg     string // postgres://... (or postgresql://)
 	schema string // of pg's schema=NAME parameter: rsvp's schema (rsvppg.Options.Schema)
 }
 
-// pgOptions are the rsvppg options of spec.
+// pgOptions are the rsvppg options of spec. The schema parameter is rsvp's,
+// not one for the server, which would refuse it: the driver reads the URL
+// as it is, and its connections leave that parameter out.
 func (spec engineSpec) pgOptions(log *slog.Logger) rsvppg.Options {
-	return rsvppg.Options{Schema: spec.schema, Logger: log}
+	return rsvppg.Options{Schema: spec.schema, Logger: log, ConnConfig: func(c *pgx.ConnConfig) { delete(c.RuntimeParams, "schema") }}
 }
 
 // parseEngine parses an --engine value. Its errors are usage errors.
@@ -53,13 +56,9 @@ func parseEngine(s string) (engineSpec, error) {
 	case strings.HasPrefix(s, "nats://"), strings.HasPrefix(s, "tls://"):
 		spec.url = s
 	case strings.HasPrefix(s, "postgres://"), strings.HasPrefix(s, "postgresql://"):
-		spec.pg, spec.raw = s, rsvppg.Redact(s) // also a password=... parameter
-		if u, err := url.Parse(s); err == nil && u.Query().Has("schema") {
-			q := u.Query()
-			spec.schema = q.Get("schema")
-			q.Del("schema") // not a connection parameter: the server would refuse it
-			u.RawQuery = q.Encode()
-			spec.pg = u.String()
+		spec.pg, spec.raw = s, rsvppg.Redact(s)         // also a password=... parameter
+		if cfg, err := pgx.ParseConfig(s); err == nil { // else opening it says what is wrong
+			spec.schema = cfg.RuntimeParams["schema"] // read as the driver reads the URL
 		}
 	default:
 		return spec, usagef("engine %q is not one of embedded:DIR, embedded:mem, nats://HOST:PORT, tls://HOST:PORT, postgres://...", spec.raw)

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"encoding/json"
+	"maps"
 	neturl "net/url"
 	"path/filepath"
 	"regexp"
@@ -340,18 +341,38 @@ func TestEnginePasswordHidden(t *testing.T) {
 }
 
 // TestPostgresSchemaParameter: the schema parameter of a postgres:// engine
-// is rsvp's schema, taken out of the URL that the driver gets (the server
-// refuses parameters it does not know).
+// is rsvp's schema, read as the driver reads the URL, and left out of the
+// parameters the driver sends the server (which refuses ones it does not
+// know); the rest of the URL reaches the driver as it was.
 func TestPostgresSchemaParameter(t *testing.T) {
 	t.Parallel()
-	for _, tc := range []struct{ in, pg, schema string }{
+	for _, tc := range []struct{ in, without, schema string }{
 		{"postgres://u@h:5432/db?sslmode=disable&schema=orders", "postgres://u@h:5432/db?sslmode=disable", "orders"},
 		{"postgresql://u@h/db?schema=orders", "postgresql://u@h/db", "orders"},
 		{"postgres://u@h/db?sslmode=disable", "postgres://u@h/db?sslmode=disable", ""},
+		{"postgres://u@h/db?application_name=my%20app&schema=orders", "postgres://u@h/db?application_name=my%20app", "orders"},
+		{"postgres://u@h/db?schema=orders&options=-c%20statement_timeout%3D5s", "postgres://u@h/db?options=-c%20statement_timeout%3D5s", "orders"},
+		{"postgres://u:p#ss@h/db?schema=orders&sslmode=disable", "postgres://u:p#ss@h/db?sslmode=disable", "orders"},
+		{"postgres://u:p%40ss@h1:5432,h2:5433/db?schema=orders", "postgres://u:p%40ss@h1:5432,h2:5433/db", "orders"},
 	} {
 		spec, err := parseEngine(tc.in)
-		if err != nil || spec.pg != tc.pg || spec.schema != tc.schema || spec.pgOptions(nil).Schema != tc.schema {
-			t.Errorf("parseEngine(%q) = pg %q, schema %q, %v; want %q, %q", tc.in, spec.pg, spec.schema, err, tc.pg, tc.schema)
+		if err != nil {
+			t.Fatalf("parseEngine(%q): %v", tc.in, err)
+		}
+		got, err := pgx.ParseConfig(spec.pg)
+		if err != nil {
+			t.Fatalf("parseEngine(%q): the driver cannot read %q: %v", tc.in, rsvppg.Redact(spec.pg), err)
+		}
+		opts := spec.pgOptions(nil)
+		opts.ConnConfig(got)
+		want, err := pgx.ParseConfig(tc.without)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if spec.schema != tc.schema || opts.Schema != tc.schema || !maps.Equal(got.RuntimeParams, want.RuntimeParams) ||
+			got.Password != want.Password || got.Host != want.Host || got.Database != want.Database || len(got.Fallbacks) != len(want.Fallbacks) {
+			t.Errorf("parseEngine(%q): schema %q, the driver sends params %v, password %q, host %s; want schema %q, params %v, password %q, host %s",
+				tc.in, spec.schema, got.RuntimeParams, got.Password, got.Host, tc.schema, want.RuntimeParams, want.Password, want.Host)
 		}
 	}
 	// A schema name rsvppg refuses is named in the error, before any

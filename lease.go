@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"go.opentelemetry.io/otel/trace"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"time"
 	"unicode/utf8"
@@ -423,6 +424,10 @@ type Lease struct {
 	state   atomic.Int32               // leaseOpen, leaseSettled or leaseRanOut
 	renewed atomic.Int64               // when the lease was taken or last extended, Unix ns
 	timer   atomic.Pointer[time.Timer] // runs ranOut when the lease runs out
+	// renewing orders a renewal (Extend's renewed.Store) and ranOut: the
+	// lease runs out either before the renewal, which then fails, or after
+	// the renewed expiry.
+	renewing sync.Mutex
 }
 
 // States of a Lease.
@@ -437,14 +442,19 @@ const (
 // back to the queue by itself. An extended lease is looked at again when
 // its extension runs out.
 func (l *Lease) ranOut() {
+	l.renewing.Lock()
 	if l.state.Load() != leaseOpen {
+		l.renewing.Unlock()
 		return
 	}
 	if wait := time.Until(l.Expires()); wait > 0 {
 		l.timer.Load().Reset(wait)
+		l.renewing.Unlock()
 		return
 	}
-	if l.state.CompareAndSwap(leaseOpen, leaseRanOut) {
+	ran := l.state.CompareAndSwap(leaseOpen, leaseRanOut)
+	l.renewing.Unlock()
+	if ran {
 		m := l.d.Message()
 		l.a.log.Warn("rsvp: a lease ran out unsettled; the request goes back to the queue")
 		l.s.end(l.a, m, outcomeLeaseLost, fmt.Errorf("rsvp: lease of %s ran out unsettled: %w", m.ID, ErrLeaseLost))
@@ -546,6 +556,12 @@ func (l *Lease) Extend(ctx context.Context) error {
 			l.s.end(l.a, l.d.Message(), outcomeLeaseLost, err)
 		}
 		return fmt.Errorf("rsvp: extend lease of %s: %w", l.d.Message().ID, err)
+	}
+	l.renewing.Lock()
+	defer l.renewing.Unlock()
+	if l.state.Load() == leaseRanOut { // while the engine renewed it: recorded as lost
+		return fmt.Errorf("rsvp: extend lease of %s: it ran out at %s, before the engine renewed it: %w",
+			l.d.Message().ID, l.Expires().Format(time.RFC3339Nano), ErrLeaseLost)
 	}
 	l.renewed.Store(time.Now().UnixNano())
 	return nil

@@ -1,6 +1,7 @@
 package rsvp_test
 
 import (
+	"context"
 	"errors"
 	"strings"
 	"testing"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/rsvp-go/rsvp"
 	"github.com/rsvp-go/rsvp/backend"
+	"github.com/rsvp-go/rsvp/backend/rsvpnats"
 )
 
 // consumer returns a Consumer of queue, closed with the test.
@@ -318,5 +320,91 @@ func TestLeaseRunsOut(t *testing.T) {
 	}
 	if err := again.Reply(ctx, nil); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// slowExtend is an engine whose deliveries' Extend calls return only after
+// wait: the engine renewed the lease, and its answer comes late.
+type slowExtend struct {
+	backend.Backend
+	wait func()
+}
+
+func (b slowExtend) Consume(ctx context.Context, queue string, p backend.ConsumeParams) (backend.Consumer, error) {
+	c, err := b.Backend.Consume(ctx, queue, p)
+	if err != nil {
+		return nil, err
+	}
+	return slowExtendConsumer{c, b.wait}, nil
+}
+
+type slowExtendConsumer struct {
+	backend.Consumer
+	wait func()
+}
+
+func (c slowExtendConsumer) Next(ctx context.Context) (backend.Delivery, error) {
+	d, err := c.Consumer.Next(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return slowExtendDelivery{d, c.wait}, nil
+}
+
+type slowExtendDelivery struct {
+	backend.Delivery
+	wait func()
+}
+
+func (d slowExtendDelivery) Extend(ctx context.Context) error {
+	err := d.Delivery.Extend(ctx)
+	d.wait()
+	return err
+}
+
+// TestLeaseExtendRacesRunningOut: an Extend whose answer comes after the
+// lease's timer settled it as lost does not report success: the attempt
+// is recorded as lost, and Reply returns ErrSettled, so Extend returns
+// ErrLeaseLost for the caller to stop working on the request.
+func TestLeaseExtendRacesRunningOut(t *testing.T) {
+	t.Parallel()
+	reader := sdkmetric.NewManualReader()
+	be, err := rsvpnats.Embedded("", rsvpnats.Options{Memory: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer be.Close()
+	ranOut := func() { // until the lease's timer recorded the attempt as lost
+		deadline := time.Now().Add(10 * time.Second)
+		for metricSums(t, reader)["rsvp.handler.in_flight"] != 0 {
+			if time.Now().After(deadline) {
+				t.Error("the lease did not run out within 10s")
+				return
+			}
+			time.Sleep(5 * time.Millisecond) // polling a condition, with a deadline
+		}
+	}
+	ctx := ctxWithin(t, 20*time.Second)
+	c, err := rsvp.New(ctx, slowExtend{be, ranOut}, rsvp.Config{MeterProvider: sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeWithin(t, "close client", c.Close)
+	cons, err := c.Consume(ctx, "slow-extend", rsvp.HandleOptions{Lease: 300 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cons.Close()
+	if _, err := c.Send(ctx, "slow-extend", &rsvp.Message{Body: []byte("x")}); err != nil {
+		t.Fatal(err)
+	}
+	l, err := cons.Next(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	extendErr := l.Extend(ctx)
+	replyErr := l.Reply(ctx, nil)
+	if !errors.Is(extendErr, rsvp.ErrLeaseLost) || !errors.Is(replyErr, rsvp.ErrSettled) {
+		t.Fatalf("Extend answered after the lease ran out: %v, then Reply: %v; want ErrLeaseLost, then ErrSettled", extendErr, replyErr)
 	}
 }

@@ -166,6 +166,37 @@ var inspectCases = []testCase{
 		}
 	}},
 
+	{name: "InspectScheduledComesDue", run: func(t *testing.T, open Opener, f Features) {
+		// A scheduled request that came due waits from then on: the oldest
+		// age of its queue, and its stored time, do not count the time it
+		// was scheduled for.
+		b := opened(t, open)
+		in := inspector(t, b)
+		ctx := ctxFor(t, 30*time.Second)
+		queue := uniq("iqs")
+		m := newMsg(b, queue)
+		m.NotBefore = time.Now().Add(1500 * time.Millisecond)
+		mustEnqueue(t, b, m)
+		if q, _ := queueStats(t, in, queue); q.Scheduled != 1 || q.Depth != 0 {
+			t.Fatalf("scheduled, not yet due: %+v", q)
+		}
+		var q backend.QueueStats
+		eventually(t, "the scheduled request comes due", func() bool {
+			q, _ = queueStats(t, in, queue)
+			return q.Depth == 1 && q.Scheduled == 0
+		})
+		if early := m.NotBefore.Add(-500 * time.Millisecond); q.Oldest.Before(early) {
+			t.Fatalf("came due at %v: oldest %v, want from when it came due", m.NotBefore, q.Oldest)
+		}
+		ri, err := in.Request(ctx, m.CorrelationID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ri.InQueue != backend.Present || ri.StoredAt.Before(m.NotBefore.Add(-500*time.Millisecond)) {
+			t.Fatalf("came due at %v: in queue %v, stored at %v, want from when it came due", m.NotBefore, ri.InQueue, ri.StoredAt)
+		}
+	}},
+
 	{name: "InspectQueuesClosed", run: func(t *testing.T, open Opener, f Features) {
 		b := open(t)
 		in := inspector(t, b)

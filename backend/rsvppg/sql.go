@@ -96,9 +96,9 @@ WITH {gate}input AS (
 	RETURNING key
 ), stored AS (
 	INSERT INTO {s}.requests (queue, id, correlation_id, reply_to, type, content_type, headers, body, created_at, deadline, track, channel,
-		session_key, reply_session, not_before)
+		session_key, reply_session, not_before, enqueued_at)
 	SELECT queue, id, correlation_id, reply_to, type, content_type, nullif(headers, '')::jsonb, body, created_at, deadline, track, channel,
-		nullif(session_key, ''), reply_session, greatest(coalesce(not_before, now()), now())
+		nullif(session_key, ''), reply_session, greatest(coalesce(not_before, now()), now()), greatest(coalesce(not_before, now()), now())
 	FROM input WHERE id IN (SELECT key FROM fresh) ORDER BY ord
 	RETURNING queue
 )
@@ -111,8 +111,11 @@ func newQueries(schema string) queries {
 	return queries{
 		// Stores a batch of requests whose ids were not seen within the dedupe
 		// window ($16), and returns the queues stored on. The ids of one batch
-		// are distinct. A request is due at its not_before ($15), or now. The
-		// rows take their seqs in the batch's order.
+		// are distinct. A request is due at its not_before ($15), or now, and
+		// counts as stored in its queue from then (enqueued_at: the oldest
+		// age and stored time of the operator's queries, as on NATS, where a
+		// scheduled request is stored in its queue when due). The rows take
+		// their seqs in the batch's order.
 		enqueue: sub(enqueueStatement("", "", "SELECT DISTINCT queue FROM stored")),
 
 		// enqueue for the requests of one session (or of several sharing the

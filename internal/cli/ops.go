@@ -177,8 +177,11 @@ func runQueues(ctx context.Context, e *env, cmd *command, args []string) error {
 		}
 		return writeJSON(e.stdout, out)
 	}
-	// Each engine counts one of RESPONDERS and IDLE (-1: the other).
-	var responders, idle bool
+	// Each engine counts one of RESPONDERS and IDLE (-1: the other); with
+	// no queue listed, the engine's kind tells.
+	_, responders := b.(*rsvppg.Backend)
+	responders = responders && len(qs) == 0
+	var idle bool
 	for _, q := range qs {
 		responders = responders || q.Responders >= 0
 		idle = idle || q.Waiting >= 0

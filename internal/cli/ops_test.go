@@ -380,3 +380,26 @@ func TestPostgresSchemaParameter(t *testing.T) {
 	r := run(t, nil, "queues", "--engine", "postgres://u@127.0.0.1:1/db?schema=Bad-Name")
 	r.want(t, exitFailure, `schema "Bad-Name": want lower-case letters`)
 }
+
+// TestQueuesEmptyOnPostgres: with no queue to list, rsvp queues on
+// PostgreSQL still prints its engine's columns: RESPONDERS, not NATS's
+// IDLE.
+func TestQueuesEmptyOnPostgres(t *testing.T) {
+	t.Parallel()
+	url := postgresURL(t)
+	schema := pgtest.Schema(t, url, "cli_empty_")
+	u, err := neturl.Parse(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := u.Query()
+	q.Set("schema", schema)
+	u.RawQuery = q.Encode()
+	engine := u.String()
+	run(t, nil, "migrate", "--engine", engine).want(t, 0)
+	r := run(t, nil, "queues", "--engine", engine)
+	r.want(t, 0)
+	if got := strings.Join(strings.Fields(r.stdout), " "); got != "QUEUE DEPTH IN-FLIGHT RESPONDERS OLDEST DEAD" {
+		t.Fatalf("rsvp queues on an empty PostgreSQL schema printed %q, want the header QUEUE DEPTH IN-FLIGHT RESPONDERS OLDEST DEAD", got)
+	}
+}

@@ -141,11 +141,13 @@ type RequestInfo struct {
 	DeadLettersComplete bool
 }
 
-// ReadRequestLog starts a RequestInfo for correlationID with what every
-// engine holds the same way: the event log (and from it Tracked, Queue and
-// Attempts) and the stored reply. The engine then adds its dead letters
-// (AddDeadLetter) and where the request is queued, and calls Finish. It is
-// for implementations of Inspector.Request.
+// ReadRequestLog starts a RequestInfo for correlationID with its event log
+// (and from it Tracked, Queue and Attempts). The engine then looks for the
+// request in its queue and for its dead letters (AddDeadLetter), and calls
+// Finish, which reads the reply: in this order, the order in which a
+// request leaves its records (dead letters and reply before it leaves the
+// queue), a request that finishes while it is looked up is found by one of
+// the reads. It is for implementations of Inspector.Request.
 func ReadRequestLog(ctx context.Context, b Backend, correlationID string) (*RequestInfo, error) {
 	if err := ValidateName("correlation id", correlationID); err != nil {
 		return nil, err
@@ -183,13 +185,6 @@ func ReadRequestLog(ctx context.Context, b Backend, correlationID string) (*Requ
 			ri.Attempts = max(ri.Attempts, d.Attempt)
 		}
 	}
-	reply, err := b.GetReply(ctx, correlationID)
-	switch {
-	case err == nil:
-		ri.Reply = reply
-	case !errors.Is(err, ErrNotFound):
-		return nil, fmt.Errorf("reply: %w", err)
-	}
 	return ri, nil
 }
 
@@ -202,10 +197,17 @@ func (ri *RequestInfo) AddDeadLetter(dl *DeadLetter) {
 	}
 }
 
-// Finish sets State from the other fields. It returns an error wrapping
-// ErrNotFound, with the reason after it, if the engine holds nothing of
-// the request.
-func (ri *RequestInfo) Finish() error {
+// Finish reads the request's reply from b and sets State. It returns an
+// error wrapping ErrNotFound, with the reason after it, if the engine holds
+// nothing of the request.
+func (ri *RequestInfo) Finish(ctx context.Context, b Backend) error {
+	reply, err := b.GetReply(ctx, ri.CorrelationID)
+	switch {
+	case err == nil:
+		ri.Reply = reply
+	case !errors.Is(err, ErrNotFound):
+		return fmt.Errorf("reply: %w", err)
+	}
 	ri.State = ri.state()
 	if ri.Tracked || ri.Reply != nil || len(ri.DeadLetters) > 0 || ri.InQueue == Present {
 		return nil

@@ -358,4 +358,51 @@ var inspectCases = []testCase{
 			t.Fatalf("invalid id: %v, want a validation error", err)
 		}
 	}},
+	{name: "InspectRequestWhileFinishing", run: func(t *testing.T, open Opener, f Features) {
+		// A request that finishes while Request looks it up is still found:
+		// its reply is stored before it leaves the queue.
+		b := opened(t, open)
+		in := inspector(t, b)
+		ctx := ctxFor(t, 30*time.Second)
+		q := uniq("q")
+		const n = 30
+		ids := make([]string, n)
+		for i := range ids {
+			m := newMsg(b, q)
+			ids[i] = m.CorrelationID
+			mustEnqueue(t, b, m)
+		}
+		c := consume(t, b, q, backend.ConsumeParams{Lease: 30 * time.Second})
+		for _, id := range ids {
+			d := next(t, c, 10*time.Second)
+			m := d.Message()
+			looked := make(chan error, 1)
+			stop := make(chan struct{})
+			go func() { // looks the request up until it is finished
+				for {
+					ri, err := in.Request(ctx, id)
+					if err != nil || ri.State == string(backend.StatusSucceeded) {
+						looked <- err
+						return
+					}
+					select {
+					case <-stop:
+						looked <- nil
+						return
+					default:
+					}
+				}
+			}()
+			if err := b.PutReply(ctx, m.ReplyTo, &backend.Reply{CorrelationID: m.CorrelationID, Status: backend.StatusSucceeded, CreatedAt: time.Now()}); err != nil {
+				t.Fatal(err)
+			}
+			if err := d.Ack(ctx); err != nil {
+				t.Fatal(err)
+			}
+			close(stop)
+			if err := <-looked; err != nil {
+				t.Fatalf("Request of %s while it finished: %v", id, err)
+			}
+		}
+	}},
 }

@@ -130,18 +130,20 @@ func sortedKeys[V any](m map[string]V) []string {
 // each of RSVP_REQUESTS and RSVP_DLQ when it looks for a request there.
 const RequestScanLimit = 10_000
 
-// Request implements backend.Inspector: what the engine holds about the request with
-// correlationID: its event log, its reply, its dead letters, and whether
-// it is still queued. When the event log names the request's queue, only
-// that queue and its dead letters are searched; otherwise all of them, up
-// to RequestScanLimit messages each, oldest first. It returns an error
-// wrapping backend.ErrNotFound when nothing is found.
+// Request implements backend.Inspector. When the event log names the
+// request's queue, only that queue and its dead letters are searched;
+// otherwise all of them, up to RequestScanLimit messages each, oldest
+// first.
 func (b *Backend) Request(ctx context.Context, correlationID string) (*backend.RequestInfo, error) {
 	ctx, cancel := b.withTimeout(ctx)
 	defer cancel()
 	ri, err := backend.ReadRequestLog(ctx, b, correlationID)
 	if err != nil {
 		return nil, fmt.Errorf("rsvpnats: request %s: %w", correlationID, err)
+	}
+	// In the order a request leaves its records: see ReadRequestLog.
+	if err := b.findQueued(ctx, ri); err != nil {
+		return nil, fmt.Errorf("rsvpnats: request %s: queue: %w", correlationID, err)
 	}
 	// Dead letters: of its queue, if known, else of all.
 	filter := subjDLQ + cmp.Or(ri.Queue, "*")
@@ -155,11 +157,7 @@ func (b *Backend) Request(ctx context.Context, correlationID string) (*backend.R
 		return nil, fmt.Errorf("rsvpnats: request %s: dead letters: %w", correlationID, err)
 	}
 	ri.DeadLettersComplete = complete
-
-	if err := b.findQueued(ctx, ri); err != nil {
-		return nil, fmt.Errorf("rsvpnats: request %s: queue: %w", correlationID, err)
-	}
-	if err := ri.Finish(); err != nil {
+	if err := ri.Finish(ctx, b); err != nil {
 		return nil, fmt.Errorf("rsvpnats: request %s: %w", correlationID, err)
 	}
 	return ri, nil

@@ -92,13 +92,14 @@ func (b *Backend) Request(ctx context.Context, correlationID string) (*backend.R
 	if err != nil {
 		return nil, fmt.Errorf("rsvppg: request %s: %w", correlationID, err)
 	}
-	if err := b.requestDeadLetters(ctx, ri); err != nil {
-		return nil, fmt.Errorf("rsvppg: request %s: dead letters: %w", correlationID, err)
-	}
+	// In the order a request leaves its records: see ReadRequestLog.
 	if err := b.findQueued(ctx, ri); err != nil {
 		return nil, fmt.Errorf("rsvppg: request %s: queue: %w", correlationID, err)
 	}
-	if err := ri.Finish(); err != nil {
+	if err := b.requestDeadLetters(ctx, ri); err != nil {
+		return nil, fmt.Errorf("rsvppg: request %s: dead letters: %w", correlationID, err)
+	}
+	if err := ri.Finish(ctx, b); err != nil {
 		return nil, fmt.Errorf("rsvppg: request %s: %w", correlationID, err)
 	}
 	return ri, nil

@@ -316,6 +316,9 @@ func (e *env) newBenchRun(fs *flag.FlagSet, f *benchFlags) (*benchRun, error) {
 	if err != nil {
 		return nil, err
 	}
+	if b.spec.pg != "" { // it would be opened as the default NATS URL
+		return nil, usagef("engine %s: rsvp bench measures NATS engines only, not PostgreSQL", b.spec.raw)
+	}
 	if isSet(fs, "sync") && b.spec.dir == "" {
 		return nil, usagef("--sync applies to an embedded engine on disk, not to %s", b.spec.raw)
 	}

@@ -221,6 +221,8 @@ func TestBenchUsageErrors(t *testing.T) {
 		{[]string{"roundtrip", "--engine", "embedded:mem", "--sync", "interval"}, "--sync applies to an embedded engine on disk, not to embedded:mem"},
 		{[]string{"roundtrip", "--engine", "nats://user:secret@localhost:4222", "--sync", "always"}, "--sync applies to an embedded engine on disk, not to nats://***@localhost:4222"},
 		{[]string{"roundtrip", "--engine", "bogus"}, `engine "bogus" is not one of`},
+		{[]string{"roundtrip", "--engine", "postgres://user:secret@127.0.0.1:1/db"}, "engine postgres://user:***@127.0.0.1:1/db: rsvp bench measures NATS engines only, not PostgreSQL"},
+		{[]string{"enqueue", "--engine", "postgresql://127.0.0.1:1/db"}, "engine postgresql://127.0.0.1:1/db: rsvp bench measures NATS engines only, not PostgreSQL"},
 		{[]string{"roundtrip", "extra"}, `unexpected argument "extra"`},
 		{[]string{"roundtrip", "--bogus"}, "flag provided but not defined: -bogus"},
 	} {
@@ -230,6 +232,10 @@ func TestBenchUsageErrors(t *testing.T) {
 			t.Errorf("%v: stdout %q, stderr %q", tc.args, r.stdout, r.stderr)
 		}
 	}
+	// The global --engine too: it was opened as the default NATS URL,
+	// nats://127.0.0.1:4222, and the run went to whatever listened there.
+	r := run(t, nil, "--engine", "postgres://127.0.0.1:1/db", "bench", "roundtrip")
+	r.want(t, 2, "rsvp bench: engine postgres://127.0.0.1:1/db: rsvp bench measures NATS engines only, not PostgreSQL")
 }
 
 func TestBenchHelp(t *testing.T) {

@@ -72,10 +72,13 @@ attempts with their times and errors, its reply and its dead letters.
 STATE is one of queued, running, succeeded, failed, expired, cancelled, or
 unknown. Requests accepted by 'rsvp serve' have an event log that records
 each attempt. Of other requests, such as those of 'rsvp send', the engine
-keeps only the request while it is queued, the reply and any dead letters:
-their attempts are not listed. Replies and event logs are kept for 24
-hours, dead letters for 14 days. Without an event log the queues and the
-dead letters are searched (on NATS, up to 10000 messages each).
+keeps the request while it is queued, the reply, any dead letters and the
+failed attempts only (each with its end and error, not its start): an
+attempt that succeeded is not listed, and once such a request has left
+its queue, its QUEUE is unknown (no queue in the JSON) unless it has a
+dead letter. Replies and event logs are kept for 24 hours, dead letters
+for 14 days. Without an event log the queues and the dead letters are
+searched (on NATS, up to 10000 messages each).
 
 --output json prints one JSON object: id, queue, state, tracked, in_queue
 (yes, no or unknown), attempts, reply (with the body as text, or as

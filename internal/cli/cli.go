@@ -27,7 +27,8 @@ const (
 const defaultEngine = "embedded:./rsvp-data"
 
 const topUsage = `rsvp sends requests to named queues and waits for their replies, through a
-durable engine: an embedded NATS JetStream server, or an external one.
+durable engine: an embedded NATS JetStream server, an external one, or a
+PostgreSQL database.
 
 Usage:
   rsvp [--engine ENGINE] COMMAND [ARGUMENTS] [FLAGS]
@@ -39,7 +40,7 @@ Commands:
   worker    answer the requests of a queue by running a shell command
   serve     serve the HTTP API (202 Accepted, status, result) on the engine
   key       make an API key for 'rsvp serve', or a webhook secret
-  queues    show the queues: depth, in flight, idle responders, oldest, dead letters
+  queues    show the queues: depth, in flight, responders, oldest, dead letters
   requests  show a request: state, attempts, reply, dead letters ('requests get ID')
   dlq       list, show, replay or purge the dead letters of a queue
   workflow  start, inspect, signal, terminate or purge durable workflow instances
@@ -59,8 +60,10 @@ embedded:./rsvp-data):
   nats://HOST:PORT   an external NATS server with JetStream (2.10 or newer);
   tls://HOST:PORT    several URLs may be given, separated by commas
   postgres://...     a PostgreSQL database (tables in schema "rsvp", or
-                     that of a schema=NAME parameter, made on first use);
-                     not for 'rsvp bench'
+                     that of a schema=NAME parameter, made or upgraded on
+                     first use, but by neither 'rsvp queues' nor 'rsvp
+                     requests', which refuse it until then); not for
+                     'rsvp bench'
 
 Exit status: 0 on success, 1 on failure (the request failed or timed out, the
 engine is unreachable, ...), 2 on a usage error. A command that is stopping

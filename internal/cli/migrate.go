@@ -11,10 +11,13 @@ import (
 const migrateUsage = `Usage: rsvp migrate --engine postgres://...
 
 Create or upgrade rsvp's tables in a PostgreSQL database (schema "rsvp",
-or that of the URL's schema=NAME parameter) and exit. Every rsvp command that opens a PostgreSQL engine does this
-itself; run it on its own to migrate ahead of a deployment, with
-privileges the applications need not have. Concurrent runs are safe (an
-advisory lock serialises them). A schema made by a newer rsvp is refused.
+or that of the URL's schema=NAME parameter) and exit. The other rsvp
+commands that open a PostgreSQL engine do this themselves, but for 'rsvp
+queues' and 'rsvp requests', which only read and refuse a schema missing
+or older than this rsvp. Run it on its own to migrate ahead of a
+deployment, with privileges the applications need not have. Concurrent
+runs are safe (an advisory lock serialises them). A schema made by a
+newer rsvp is refused.
 
 Example:
   rsvp migrate --engine 'postgres://admin@db.internal:5432/shop'

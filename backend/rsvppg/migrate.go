@@ -142,7 +142,7 @@ func checkSchema(ctx context.Context, pool *pgxpool.Pool, schema string) error {
 }
 
 func tooNew(schema string, v int) error {
-	return fmt.Errorf("%w: schema %q is at version %d, this rsvp knows versions up to %d; upgrade rsvp, or use another Options.Schema",
+	return fmt.Errorf("%w: schema %q is at version %d, this rsvp knows versions up to %d; upgrade rsvp, or use another schema (Options.Schema, or schema=NAME in a postgres:// URL)",
 		ErrSchemaTooNew, schema, v, SchemaVersion)
 }
 

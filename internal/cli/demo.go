@@ -29,7 +29,8 @@ latency) and a summary; it exits 0 if every request got its thumbnail.
 
 The engine is a new temporary directory, removed afterwards, unless --engine
 is given (before or after 'demo'; RSVP_ENGINE is not used). On a shared
-engine, other workers of queue "thumbnail" would take part.
+engine, other workers of queue "thumbnail" would take part: those of
+'rsvp serve --demo' fail its requests (bad_payload: they want a "url").
 
 Example:
   rsvp demo --requests 200 --concurrency 16

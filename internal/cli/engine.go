@@ -58,7 +58,11 @@ func parseEngine(s string) (engineSpec, error) {
 	case strings.HasPrefix(s, "postgres://"), strings.HasPrefix(s, "postgresql://"):
 		spec.pg, spec.raw = s, rsvppg.Redact(s)         // also a password=... parameter
 		if cfg, err := pgx.ParseConfig(s); err == nil { // else opening it says what is wrong
-			spec.schema = cfg.RuntimeParams["schema"] // read as the driver reads the URL
+			schema, given := cfg.RuntimeParams["schema"] // read as the driver reads the URL
+			if given && schema == "" {                   // an unset shell variable, say: not the default schema
+				return spec, usagef("engine %s: the schema parameter is empty: name a schema, or leave the parameter out for schema rsvp", spec.raw)
+			}
+			spec.schema = schema
 		}
 	default:
 		return spec, usagef("engine %q is not one of embedded:DIR, embedded:mem, nats://HOST:PORT, tls://HOST:PORT, postgres://...", spec.raw)

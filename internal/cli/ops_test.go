@@ -376,9 +376,11 @@ func TestPostgresSchemaParameter(t *testing.T) {
 		}
 	}
 	// A schema name rsvppg refuses is named in the error, before any
-	// connection is tried.
+	// connection is tried; an empty one is a usage error, not the default.
 	r := run(t, nil, "queues", "--engine", "postgres://u@127.0.0.1:1/db?schema=Bad-Name")
 	r.want(t, exitFailure, `schema "Bad-Name": want lower-case letters`)
+	r = run(t, nil, "queues", "--engine", "postgres://u@127.0.0.1:1/db?sslmode=disable&schema=")
+	r.want(t, exitUsage, "engine postgres://u@127.0.0.1:1/db?sslmode=disable&schema=: the schema parameter is empty")
 }
 
 // TestQueuesEmptyOnPostgres: with no queue to list, rsvp queues on

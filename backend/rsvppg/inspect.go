@@ -45,12 +45,14 @@ SELECT queue, coalesce(r.depth, 0), coalesce(r.scheduled, 0), coalesce(r.in_flig
 FROM r FULL JOIN c USING (queue) FULL JOIN d USING (queue)
 ORDER BY queue COLLATE "C"`
 
-// Queues implements backend.Inspector, in one query. Consumer reports
-// whether a consumer of the queue was seen within the reply retention;
-// Responders counts the consumers open now (Consume to Close, in any
-// process; a crashed process's for up to 30 seconds), whether or not a
-// Next call waits. Waiting is -1: the engine does not record waiting Next
-// calls. LastDelivered is zero: the engine does not record it.
+// Queues implements backend.Inspector, in one query that counts the
+// stored requests: about 15 ms per hundred thousand (measured with 1.1
+// million stored: 0.11 s), which a metrics scrape pays too. Consumer
+// reports whether a consumer of the queue was seen within the reply
+// retention; Responders counts the consumers open now (Consume to Close,
+// in any process; a crashed process's for up to 30 seconds), whether or
+// not a Next call waits. Waiting is -1: the engine does not record waiting
+// Next calls. LastDelivered is zero: the engine does not record it.
 func (b *Backend) Queues(ctx context.Context) ([]backend.QueueStats, error) {
 	ctx, cancel, err := b.callCtx(ctx)
 	if err != nil {

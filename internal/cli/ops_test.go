@@ -219,13 +219,13 @@ func TestPreview(t *testing.T) {
 	}
 }
 
-// TestOpsOnPostgres: rsvp queues and rsvp requests get read a PostgreSQL
-// engine (in the schema of the URL's schema parameter), and refuse a
-// schema that is not there without making it.
-func TestOpsOnPostgres(t *testing.T) {
-	t.Parallel()
-	url := postgresURL(t)
-	schema := pgtest.Schema(t, url, "cli_ops_")
+// postgresEngine returns the test server's URL, a fresh schema on it
+// (named prefix and random hex, dropped when t ends) and the --engine
+// value that names that schema.
+func postgresEngine(t *testing.T, prefix string) (url, schema, engine string) {
+	t.Helper()
+	url = postgresURL(t)
+	schema = pgtest.Schema(t, url, prefix)
 	u, err := neturl.Parse(url)
 	if err != nil {
 		t.Fatal(err)
@@ -233,7 +233,15 @@ func TestOpsOnPostgres(t *testing.T) {
 	q := u.Query()
 	q.Set("schema", schema)
 	u.RawQuery = q.Encode()
-	engine := u.String()
+	return url, schema, u.String()
+}
+
+// TestOpsOnPostgres: rsvp queues and rsvp requests get read a PostgreSQL
+// engine (in the schema of the URL's schema parameter), and refuse a
+// schema that is not there without making it.
+func TestOpsOnPostgres(t *testing.T) {
+	t.Parallel()
+	url, schema, engine := postgresEngine(t, "cli_ops_")
 
 	for _, args := range [][]string{{"queues"}, {"requests", "get", "some-id"}} {
 		r := run(t, nil, append(args, "--engine", engine)...)
@@ -388,16 +396,7 @@ func TestPostgresSchemaParameter(t *testing.T) {
 // IDLE.
 func TestQueuesEmptyOnPostgres(t *testing.T) {
 	t.Parallel()
-	url := postgresURL(t)
-	schema := pgtest.Schema(t, url, "cli_empty_")
-	u, err := neturl.Parse(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	q := u.Query()
-	q.Set("schema", schema)
-	u.RawQuery = q.Encode()
-	engine := u.String()
+	_, _, engine := postgresEngine(t, "cli_empty_")
 	run(t, nil, "migrate", "--engine", engine).want(t, 0)
 	r := run(t, nil, "queues", "--engine", engine)
 	r.want(t, 0)

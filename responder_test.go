@@ -595,6 +595,9 @@ func TestClosedClientRefuses(t *testing.T) {
 	if _, err := c.Await(ctx, "some-id"); !errors.Is(err, rsvp.ErrClosed) {
 		t.Errorf("Await after Close: %v", err)
 	}
+	if _, err := c.SessionReplies(ctx, "some-session", 0); !errors.Is(err, rsvp.ErrClosed) {
+		t.Errorf("SessionReplies after Close: %v", err)
+	}
 }
 
 func TestHeaderKeysValidated(t *testing.T) {

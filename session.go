@@ -67,6 +67,9 @@ func (r *settler) listReply(ctx context.Context, m *Message, log *slog.Logger) {
 // Replies are listed as long as the backend keeps replies; one that is
 // gone is skipped.
 func (c *Client) SessionReplies(ctx context.Context, session string, after uint64) ([]SessionReply, error) {
+	if c.isClosed() {
+		return nil, ErrClosed
+	}
 	if err := backend.ValidateSessionKey("reply session", session); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}

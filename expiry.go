@@ -24,7 +24,9 @@ import (
 // has sent a request with a deadline, awaited a reply or started a
 // responder, until it is closed. (Request stores the expired reply itself
 // when its wait ends at the deadline; it leaves a task only when its wait
-// ends before.)
+// ends before. So a Request whose process dies while it waits leaves
+// none: its request expires when a responder takes it. A task per Request
+// would cost every round trip with a deadline a second stored message.)
 
 // ExpiryQueue is the internal queue of expiry tasks.
 const ExpiryQueue = "rsvp-expiry"

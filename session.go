@@ -28,7 +28,10 @@ import (
 // has its cancelled reply listed when a responder takes it (the canceller
 // does not know the reply session). SessionReplies reads the
 // list in order, from any process: a requester can consume the replies of
-// one session in the order they were made.
+// one session in the order they were stored. For the requests of one
+// session that is the order they were sent, but for a request that expired
+// while it waited behind another: its expired reply is stored, and listed,
+// at its deadline.
 
 // SessionReply is a reply listed under a reply session.
 type SessionReply struct {

@@ -58,11 +58,14 @@ func (r *settler) end(a attempt, m *Message, outcome string, err error) {
 func (r *settler) check(ctx context.Context, d backend.Delivery) (log *slog.Logger, ok bool) {
 	m := d.Message()
 	log = r.log.With("id", m.ID, "correlation_id", m.CorrelationID, "attempt", m.Attempt)
-	if (m.Attempt > 1 || m.Track) && m.ReplyTo != "" {
+	expired := !m.Deadline.IsZero() && !time.Now().Before(m.Deadline)
+	if (m.Attempt > 1 || m.Track || expired) && m.ReplyTo != "" {
 		// Answered already (only the acknowledgement was lost), or cancelled
 		// before it started: settle it without running or failing it again.
 		// A cancelled reply is listed under its reply session here, as the
-		// canceller does not know the session.
+		// canceller does not know the session. (A first attempt of an
+		// untracked request is looked up only past its deadline: it may
+		// have been cancelled, and is not to be dead-lettered as expired.)
 		if stored, err := r.c.b.GetReply(ctx, m.CorrelationID); err == nil {
 			if r.expiredNotLettered(ctx, m, stored) {
 				// Its expiry task, its Request or the gateway stored the
@@ -76,7 +79,7 @@ func (r *settler) check(ctx context.Context, d backend.Delivery) (log *slog.Logg
 			return log, false
 		}
 	}
-	if !m.Deadline.IsZero() && !time.Now().Before(m.Deadline) {
+	if expired {
 		r.fail(ctx, d, CodeExpired, "deadline passed before the request was started", log)
 		return log, false
 	}

@@ -408,3 +408,39 @@ func TestLeaseExtendRacesRunningOut(t *testing.T) {
 		t.Fatalf("Extend answered after the lease ran out: %v, then Reply: %v; want ErrLeaseLost, then ErrSettled", extendErr, replyErr)
 	}
 }
+
+// TestCancelledThenExpiredNotDeadLettered: an untracked request cancelled
+// before it started, and taken only after its deadline, is settled as the
+// cancelled request it is: not dead-lettered as expired (a replay of that
+// dead letter would run the cancelled request).
+func TestCancelledThenExpiredNotDeadLettered(t *testing.T) {
+	t.Parallel()
+	c := setup(t, rsvp.Config{})
+	ctx := ctxWithin(t, 10*time.Second)
+	const q = "cancelexpire"
+	deadline := time.Now().Add(300 * time.Millisecond)
+	doomed, err := c.Send(ctx, q, &rsvp.Message{Deadline: deadline, Body: []byte("doomed")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Cancel(ctx, doomed.CorrelationID); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Until(deadline)) // the request's deadline passes: wall time, not a synchronisation
+	marker, err := c.Send(ctx, q, &rsvp.Message{Body: []byte("marker")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cons := consumer(t, c, q, rsvp.HandleOptions{})
+	// FIFO: the cancelled request comes first, and is settled on the way.
+	if m := next(t, cons).Message(); m.ID != marker.ID {
+		t.Fatalf("leased %s (%s), want the marker %s", m.ID, m.Body, marker.ID)
+	}
+	dls, err := c.DeadLetters(ctx, rsvp.DeadLetterQuery{Queue: q})
+	if err != nil || len(dls) != 0 {
+		t.Fatalf("dead letters of the cancelled request: %d, %v; want none", len(dls), err)
+	}
+	if r, err := c.Await(ctx, doomed.CorrelationID); !errors.Is(err, rsvp.ErrCancelled) {
+		t.Fatalf("Await of the cancelled request: %+v, %v; want ErrCancelled", r, err)
+	}
+}

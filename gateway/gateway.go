@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net/http"
 	"os"
 	"strconv"
@@ -524,10 +525,13 @@ func parseSeconds(kind, s string) (time.Duration, error) {
 		return d, nil
 	}
 	n, err := strconv.Atoi(s)
-	if err != nil {
+	if err != nil && !errors.Is(err, strconv.ErrRange) { // out of range: n is the nearest int, clamped below
 		return 0, fmt.Errorf("%s %q is neither a duration (30s) nor whole seconds", kind, s)
 	}
-	return time.Duration(n) * time.Second, nil
+	// More seconds than a Duration holds would wrap around: clamp them
+	// (to some 292 years), which every caller caps or refuses.
+	const most = math.MaxInt64 / int64(time.Second)
+	return time.Duration(max(min(int64(n), most), -most)) * time.Second, nil
 }
 
 // queueCall authenticates a call on the queue in its path and checks the

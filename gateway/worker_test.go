@@ -502,3 +502,28 @@ func TestWorkerSettleAfterCancel(t *testing.T) {
 		t.Errorf("a cancelled request was dead-lettered: %s, reason %s: %s", dl.Message.ID, dl.Reason, dl.LastError)
 	}
 }
+
+// Whole seconds too many for a time.Duration are not wrapped around: a
+// lease of 2^55+60 seconds is not a 60s lease, and a huge wait is capped
+// at the gateway's maximum, as the API says, not refused as negative.
+func TestHugeWholeSeconds(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, gateway.Config{MaxWait: time.Second})
+	id := e.workerSubmit("q", nil, "x")
+	if resp, data := e.do("POST", "/v1/queues/q/leases?lease=36028797018964028", nil, ""); resp.StatusCode != http.StatusBadRequest {
+		t.Fatalf("lease=2^55+60 (seconds): %d %s, want 400", resp.StatusCode, data)
+	}
+	l := e.workerLease("q", "", nil)
+	if resp, data := e.do("POST", "/v1/leases/"+l.Lease+"/extend?lease=36028797018964028", nil, ""); resp.StatusCode != http.StatusBadRequest {
+		t.Fatalf("extend?lease=2^55+60 (seconds): %d %s, want 400", resp.StatusCode, data)
+	}
+	e.workerSettle(l.Lease, "reply", nil, "ok", http.StatusNoContent)
+	for _, wait := range []string{"9223372037", "18446744074", "99999999999999999999"} { // wrap to a negative and to 0.29s; out of int64
+		if resp, data := e.do("GET", "/v1/requests/"+id+"?wait="+wait, nil, ""); resp.StatusCode != http.StatusSeeOther {
+			t.Fatalf("status of a finished request with wait=%s: %d %s, want 303", wait, resp.StatusCode, data)
+		}
+		if resp, data := e.do("POST", "/v1/queues/q/requests", map[string]string{"Prefer": "wait=" + wait}, "y"); resp.StatusCode != http.StatusAccepted {
+			t.Fatalf("submit with Prefer: wait=%s: %d %s, want 202", wait, resp.StatusCode, data)
+		}
+	}
+}

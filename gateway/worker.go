@@ -297,7 +297,7 @@ func (w *workers) find(rw http.ResponseWriter, r *http.Request, c caller) *lease
 	w.mu.Lock()
 	e := w.leases[id]
 	w.mu.Unlock()
-	if e == nil {
+	if e == nil || e.tenant != c.tenant { // another tenant's lease is unknown to the caller, as its requests are
 		problem(rw, http.StatusNotFound, "unknown-lease", "Unknown or expired lease",
 			"the lease ran out, was never handed out by this gateway, or is long settled")
 		return nil

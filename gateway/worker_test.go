@@ -527,3 +527,32 @@ func TestHugeWholeSeconds(t *testing.T) {
 		}
 	}
 }
+
+// A lease is its tenant's: a key of another tenant, even with the consume
+// right on the queue, cannot extend, report progress on, reply to or fail
+// it; it is unknown to it (404), as another tenant's request is.
+func TestWorkerLeaseOfAnotherTenant(t *testing.T) {
+	t.Parallel()
+	grants := []gateway.Grant{{Queue: "q", Rights: []string{"send", "consume"}}}
+	e := newEnv(t, gateway.Config{Keys: []gateway.APIKey{
+		{Tenant: "acme", SHA256: gateway.HashKey("acme"), Grants: grants},
+		{Tenant: "acme", SHA256: gateway.HashKey("acme2"), Grants: grants},
+		{Tenant: "evil", SHA256: gateway.HashKey("evil"), Grants: grants},
+	}})
+	auth := func(k string) map[string]string { return map[string]string{"Authorization": "Bearer " + k} }
+	id := e.workerSubmit("q", auth("acme"), "x")
+	l := e.workerLease("q", "", auth("acme"))
+	for _, verb := range []string{"extend", "progress", "reply", "fail"} {
+		body := ""
+		if verb == "progress" {
+			body = "1"
+		}
+		e.workerSettle(l.Lease, verb, auth("evil"), body, http.StatusNotFound)
+	}
+	_, data := e.do("GET", "/v1/requests/"+id, auth("acme"), "")
+	if st := decode(t, data); st["state"] != gateway.StateRunning || st["progress"] != nil {
+		t.Fatalf("status after the other tenant's calls: %v", st)
+	}
+	// Another key of the lease's tenant may settle it.
+	e.workerSettle(l.Lease, "reply", auth("acme2"), "ok", http.StatusNoContent)
+}

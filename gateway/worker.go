@@ -322,6 +322,11 @@ func (e *leased) settle(ctx context.Context, fn func(*rsvp.Lease) error) error {
 		return e.leaseErr(ctx, err)
 	}
 	e.settled()
+	// A cancel that came after the check above may have stored its
+	// outcome first: then fn's was dropped (rsvp.Lease does not say so).
+	if r, err := e.w.c.Backend().GetReply(ctx, l.Message().CorrelationID); err == nil && r.Status == backend.StatusCancelled {
+		return errCancelled
+	}
 	return nil
 }
 

@@ -7,11 +7,13 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/rsvp-go/rsvp"
 	"github.com/rsvp-go/rsvp/backend"
+	"github.com/rsvp-go/rsvp/backend/rsvpnats"
 	"github.com/rsvp-go/rsvp/gateway"
 )
 
@@ -555,4 +557,61 @@ func TestWorkerLeaseOfAnotherTenant(t *testing.T) {
 	}
 	// Another key of the lease's tenant may settle it.
 	e.workerSettle(l.Lease, "reply", auth("acme2"), "ok", http.StatusNoContent)
+}
+
+// cancelAfterRead is an engine that, once armed with a request id, cancels
+// that request (with cancel) right after the next read of its reply: as a
+// DELETE that lands just after a worker's reply or fail checked whether
+// the request was cancelled.
+type cancelAfterRead struct {
+	backend.Backend
+	armed  atomic.Pointer[string]
+	cancel func(id string)
+}
+
+func (c *cancelAfterRead) GetReply(ctx context.Context, id string) (*backend.Reply, error) {
+	r, err := c.Backend.GetReply(ctx, id)
+	if p := c.armed.Load(); p != nil && *p == id && c.armed.CompareAndSwap(p, nil) {
+		c.cancel(id)
+	}
+	return r, err
+}
+
+// A reply or fail that loses the race with a cancel (the cancel
+// stores its outcome first) is dropped, and the worker is told so: 410
+// request-cancelled, as when the cancel came before the call, not 204
+// ("the request has succeeded") for a request that ends cancelled.
+func TestWorkerSettleLosesRaceWithCancel(t *testing.T) {
+	t.Parallel()
+	b, err := rsvpnats.Embedded("", rsvpnats.Options{Memory: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cb := &cancelAfterRead{Backend: b}
+	e := newEnvWith(t, cb, gateway.Config{}, nil)
+	cb.cancel = func(id string) {
+		if _, err := e.Client.Cancel(context.Background(), id); err != nil {
+			t.Errorf("cancel %s: %v", id, err)
+		}
+	}
+	for _, tc := range []struct{ verb, body string }{
+		{"reply", "done"},
+		{"fail", `{"error":"gave up","permanent":true}`},
+		{"fail", `{"error":"try again"}`},
+	} {
+		id := e.workerSubmit("race", nil, "x")
+		l := e.workerLease("race", "", nil)
+		cb.armed.Store(&id)
+		resp, data := e.do("POST", "/v1/leases/"+l.Lease+"/"+tc.verb, nil, tc.body)
+		if cb.armed.Load() != nil {
+			t.Fatalf("%s: the request's reply was not read", tc.verb)
+		}
+		if st := e.workerStatus(id); st["state"] != gateway.StateCancelled {
+			t.Fatalf("%s: status %v, want cancelled", tc.verb, st["state"])
+		}
+		if resp.StatusCode != http.StatusGone || !strings.Contains(string(data), "request-cancelled") {
+			t.Errorf("%s that lost the race with a cancel: %d %s, want 410 request-cancelled", tc.verb, resp.StatusCode, data)
+		}
+		e.workerSettle(l.Lease, tc.verb, nil, tc.body, http.StatusConflict)
+	}
 }

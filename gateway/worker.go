@@ -549,6 +549,9 @@ func parseMax(s string) (int, error) {
 		return 1, nil
 	}
 	n, err := strconv.Atoi(s)
+	if errors.Is(err, strconv.ErrRange) && n > 0 {
+		return maxBatch, nil // beyond int: capped as any value over maxBatch
+	}
 	if err != nil || n < 1 {
 		return 0, fmt.Errorf("max %q is not a positive integer", s)
 	}

@@ -289,9 +289,11 @@ func TestWorkerBatch(t *testing.T) {
 		delete(ids, l.ID)
 		e.workerSettle(l.Lease, "reply", nil, "ok", http.StatusNoContent)
 	}
-	// max is capped, not refused.
-	if ls := e.workerLeases("q", "max=1000", nil); len(ls) != 0 {
-		t.Fatalf("empty queue: %+v", ls)
+	// max is capped, not refused, also beyond int64.
+	for _, max := range []string{"1000", "99999999999999999999"} {
+		if ls := e.workerLeases("q", "max="+max, nil); len(ls) != 0 {
+			t.Fatalf("empty queue: %+v", ls)
+		}
 	}
 }
 

@@ -432,3 +432,38 @@ func TestCancelOfReplayedRequest(t *testing.T) {
 		t.Fatalf("events after the responder came %v; want %v", types, want)
 	}
 }
+
+// TestReplayFailsAgain: a replay that fails for good again is dead-lettered
+// again, and its failure is the request's outcome.
+func TestReplayFailsAgain(t *testing.T) {
+	t.Parallel()
+	c := setup(t, rsvp.Config{})
+	ctx := ctxWithin(t, 20*time.Second)
+	const q = "dlqfailsagain"
+	_, runs := fixLater(t, c, q)
+	if _, err := c.Request(ctx, q, &rsvp.Message{Body: []byte("x")}); err == nil {
+		t.Fatal("first request succeeded")
+	}
+	dls := deadLetters(t, c, q)
+	if len(dls) != 1 {
+		t.Fatalf("%d dead letters, want 1", len(dls))
+	}
+	if _, err := c.Replay(ctx, q, dls[0].Key); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		now := deadLetters(t, c, q)
+		if runs.Load() == 2 && len(now) == 1 && now[0].Key != dls[0].Key {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the replay that failed again: %d runs, dead letters %v; want 2 runs, 1 new dead letter", runs.Load(), now)
+		}
+		time.Sleep(10 * time.Millisecond) // polling a condition, with a deadline
+	}
+	var re *rsvp.RemoteError
+	if _, err := c.Await(ctx, dls[0].Message.CorrelationID); !errors.As(err, &re) || re.Code != rsvp.CodeFailed {
+		t.Fatalf("Await after the replay failed: %v", err)
+	}
+}

@@ -245,6 +245,14 @@ const maxErrorText = 1024
 // fail dead-letters the request and replies with the failure.
 func (r *settler) fail(ctx context.Context, d backend.Delivery, code, msg string, log *slog.Logger) {
 	m := d.Message()
+	if stored, err := r.c.b.GetReply(ctx, m.CorrelationID); err == nil && stored.Status != backend.StatusExpired {
+		// Cancelled meanwhile (or answered by another attempt): that outcome
+		// stands, and a dead letter would let a replay run the request
+		// again. (An expired request is still dead-lettered, as expired.)
+		// This narrows the window for a cancel to the few calls below.
+		r.finish(ctx, d, &Reply{CorrelationID: m.CorrelationID, Status: failureStatus(code), ErrorCode: code, ErrorMessage: cut(msg)}, true, log)
+		return
+	}
 	log.Warn("rsvp: request dead-lettered", "reason", code, "err", msg)
 	r.c.tel.deadLetteredOne(r.tel, code)
 	dl := &backend.DeadLetter{Message: m, Reason: code, LastError: msg, At: time.Now()}

@@ -444,3 +444,32 @@ func TestCancelledThenExpiredNotDeadLettered(t *testing.T) {
 		t.Fatalf("Await of the cancelled request: %+v, %v; want ErrCancelled", r, err)
 	}
 }
+
+// TestPermanentFailAfterCancelNotDeadLettered: a lease failed for good
+// after its request was cancelled ends as the cancelled request it is:
+// not dead-lettered (a replay of that dead letter would run the cancelled
+// request).
+func TestPermanentFailAfterCancelNotDeadLettered(t *testing.T) {
+	t.Parallel()
+	c := setup(t, rsvp.Config{})
+	ctx := ctxWithin(t, 10*time.Second)
+	const q = "cancelfail"
+	tk, err := c.Send(ctx, q, &rsvp.Message{Body: []byte("x")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := next(t, consumer(t, c, q, rsvp.HandleOptions{}))
+	if _, err := c.Cancel(ctx, tk.CorrelationID); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Fail(ctx, rsvp.Permanent(errors.New("gave up"))); err != nil {
+		t.Fatal(err)
+	}
+	dls, err := c.DeadLetters(ctx, rsvp.DeadLetterQuery{Queue: q})
+	if err != nil || len(dls) != 0 {
+		t.Fatalf("dead letters of the cancelled request: %d, %v; want none", len(dls), err)
+	}
+	if _, err := c.Await(ctx, tk.CorrelationID); !errors.Is(err, rsvp.ErrCancelled) {
+		t.Fatalf("Await: %v, want ErrCancelled", err)
+	}
+}

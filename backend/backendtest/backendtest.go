@@ -538,6 +538,12 @@ var cases = []testCase{
 		// the other could take them all.
 		cs := []backend.Consumer{consume(t, b, q, backend.ConsumeParams{Lease: 30 * time.Second}),
 			consume(t, b2, q, backend.ConsumeParams{Lease: 30 * time.Second})}
+		// A consumer goes on after its first delivery only once the other
+		// has one too: on a busy machine one consumer could otherwise take
+		// them all before the other's first Next (a test flake, not a lack
+		// of sharing). Both must get work while the other holds some.
+		first := []chan struct{}{make(chan struct{}), make(chan struct{})}
+		var firstOnce [2]sync.Once
 		for i, c := range cs {
 			for range 4 {
 				wg.Add(1)
@@ -563,6 +569,11 @@ var cases = []testCase{
 						seen[d.Message().ID]++
 						perConsumer[i]++
 						mu.Unlock()
+						firstOnce[i].Do(func() { close(first[i]) })
+						select {
+						case <-first[1-i]:
+						case <-ctx.Done():
+						}
 						_ = d.Ack(ctx)
 					}
 				}()

@@ -254,7 +254,6 @@ func (r *settler) fail(ctx context.Context, d backend.Delivery, code, msg string
 		return
 	}
 	log.Warn("rsvp: request dead-lettered", "reason", code, "err", msg)
-	r.c.tel.deadLetteredOne(r.tel, code)
 	dl := &backend.DeadLetter{Message: m, Reason: code, LastError: msg, At: time.Now()}
 	err := r.c.b.DeadLetter(ctx, dl)
 	if errors.Is(err, backend.ErrTooLarge) && len(msg) > maxErrorText {
@@ -267,6 +266,7 @@ func (r *settler) fail(ctx context.Context, d backend.Delivery, code, msg string
 		_ = d.Nack(ctx, r.opts.Backoff(m.Attempt))
 		return
 	}
+	r.c.tel.deadLetteredOne(r.tel, code) // once stored: a request that comes back is counted when it is
 	msg = cut(msg)
 	r.finish(ctx, d, &Reply{CorrelationID: m.CorrelationID, Status: failureStatus(code), ErrorCode: code, ErrorMessage: msg}, true, log)
 }

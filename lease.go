@@ -197,7 +197,8 @@ func (r *settler) finish(ctx context.Context, d backend.Delivery, reply *Reply, 
 			r.badReplyTo(ctx, d, err, log)
 			return
 		}
-		if errors.Is(err, backend.ErrReplyExists) {
+		exists := errors.Is(err, backend.ErrReplyExists)
+		if exists {
 			// Cancelled, or answered by another attempt: that reply stands.
 			reply, err = r.c.b.GetReply(ctx, m.CorrelationID)
 			failed = false
@@ -209,13 +210,25 @@ func (r *settler) finish(ctx context.Context, d backend.Delivery, reply *Reply, 
 		}
 		r.endEvent(ctx, m, reply, failed, log)
 		r.listReply(ctx, m, log)
-		r.c.tel.completedOne(r.tel, reply.Status)
+		if !exists || !storedByResponder(reply.Status) {
+			r.c.tel.completedOne(r.tel, reply.Status)
+		}
 	} else if failed {
 		r.endEvent(ctx, m, reply, failed, log) // no reply wanted, but a history
 	}
 	if err := d.Ack(ctx); err != nil {
 		log.Warn("rsvp: ack failed; the request may be handled again", "err", err)
 	}
+}
+
+// storedByResponder reports whether a final reply of status is stored
+// only by a responder's attempt, which counted it in
+// rsvp.requests.completed: a succeeded or failed one. Expired and
+// cancelled replies are also stored by requesters, expiry tasks, Cancel
+// and the gateway, which do not count them: the responder that finds one
+// does.
+func storedByResponder(status backend.Status) bool {
+	return status == backend.StatusSucceeded || status == backend.StatusFailed
 }
 
 // badReplyTo dead-letters the request of d, whose reply address is

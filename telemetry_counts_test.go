@@ -60,3 +60,70 @@ func TestDeadLetteredCountedOnceStored(t *testing.T) {
 		}
 	})
 }
+
+// TestStaleAttemptNotCountedAsCompleted: a handler whose lease ran out
+// (its renewal was held) while another worker answered the request
+// finishes afterwards; its reply loses to the stored one, and the request
+// is counted once in rsvp.requests.completed, by the worker that answered.
+func TestStaleAttemptNotCountedAsCompleted(t *testing.T) {
+	t.Parallel()
+	forEachEngine(t, func(t *testing.T, e *topicEngine) {
+		const queue = "stale-count"
+		ctx := ctxWithin(t, 30*time.Second)
+		reader := sdkmetric.NewManualReader()
+		mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+		defer mp.Shutdown(context.Background())
+		c, err := rsvp.New(ctx, e.b, rsvp.Config{MeterProvider: mp})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer closeWithin(t, "close client", c.Close)
+
+		stalled, finish := make(chan struct{}), make(chan struct{})
+		var first atomic.Bool
+		hold := func(ctx context.Context) { // holds the first renewal until the handler returned
+			if first.CompareAndSwap(false, true) {
+				close(stalled)
+				<-ctx.Done()
+			}
+		}
+		r, err := c.Handle(queue, rsvp.HandlerFunc(func(ctx context.Context, m *rsvp.Message) (*rsvp.Reply, error) {
+			<-finish
+			return &rsvp.Reply{Body: []byte("stale")}, nil
+		}), rsvp.WithBeforeExtend(rsvp.HandleOptions{Lease: lostLease}, hold))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cons, err := c.Consume(ctx, queue, rsvp.HandleOptions{Lease: lostLease})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cons.Close()
+		tk, err := c.Send(ctx, queue, &rsvp.Message{Body: []byte("x")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		<-stalled
+		l, err := cons.Next(ctx) // once the handler's lease ran out
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m := l.Message(); m.ID != tk.ID || m.Attempt != 2 {
+			t.Fatalf("leased %s attempt %d, want %s attempt 2", m.ID, m.Attempt, tk.ID)
+		}
+		if err := l.Reply(ctx, &rsvp.Reply{Body: []byte("fresh")}); err != nil {
+			t.Fatal(err)
+		}
+		close(finish)
+		if err := r.Stop(ctx); err != nil { // waits for the stale attempt's outcome
+			t.Fatal(err)
+		}
+		if rep, err := c.Await(ctx, tk.CorrelationID); err != nil || string(rep.Body) != "fresh" {
+			t.Fatalf("Await: %+v, %v; want the second worker's reply", rep, err)
+		}
+		sums := metricSums(t, reader)
+		if got := sums["rsvp.requests.completed/succeeded"]; got != 1 {
+			t.Fatalf("rsvp.requests.completed/succeeded = %d, want 1 (one request answered); metrics %v", got, sums)
+		}
+	})
+}

@@ -83,7 +83,9 @@ func (l *Lease) Settled(ctx context.Context, reply *Reply, commitErr error) erro
 		if m.ReplyTo != "" {
 			r.listReply(ctx, m, log)
 		}
-		r.c.tel.completedOne(r.tel, stored.Status)
+		if !storedByResponder(stored.Status) { // else counted by the attempt that stored it
+			r.c.tel.completedOne(r.tel, stored.Status)
+		}
 		if err := d.Ack(ctx); err != nil {
 			log.Warn("rsvp: ack failed; the request may be handled again", "err", err)
 		}

@@ -75,6 +75,11 @@ func (r *settler) check(ctx context.Context, d backend.Delivery) (log *slog.Logg
 			}
 			r.finalEvent(ctx, m, stored, log)
 			r.listReply(ctx, m, log)
+			if stored.Status == backend.StatusCancelled {
+				// Cancel does not count it: the responder that reaches it
+				// does, as it does a cancellation found when it replies.
+				r.c.tel.completedOne(r.tel, stored.Status)
+			}
 			_ = d.Ack(ctx)
 			return log, false
 		}

@@ -127,3 +127,48 @@ func TestStaleAttemptNotCountedAsCompleted(t *testing.T) {
 		}
 	})
 }
+
+// TestCancelledBeforeStartCounted: requests cancelled while queued are
+// counted in rsvp.requests.completed as cancelled when a responder reaches
+// them, tracked or not.
+func TestCancelledBeforeStartCounted(t *testing.T) {
+	t.Parallel()
+	forEachEngine(t, func(t *testing.T, e *topicEngine) {
+		const queue = "cancel-count"
+		ctx := ctxWithin(t, 30*time.Second)
+		reader := sdkmetric.NewManualReader()
+		mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+		defer mp.Shutdown(context.Background())
+		c, err := rsvp.New(ctx, e.b, rsvp.Config{MeterProvider: mp})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer closeWithin(t, "close client", c.Close)
+		for _, track := range []bool{false, true} {
+			tk, err := c.Send(ctx, queue, &rsvp.Message{Body: []byte("x"), Track: track})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if rep, err := c.Cancel(ctx, tk.CorrelationID); err != nil || rep.Status != backend.StatusCancelled {
+				t.Fatalf("Cancel: %+v, %v", rep, err)
+			}
+		}
+		r, err := c.Handle(queue, rsvp.HandlerFunc(func(context.Context, *rsvp.Message) (*rsvp.Reply, error) {
+			return nil, nil
+		}), rsvp.HandleOptions{Concurrency: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Taken in order: once this one is answered, the cancelled ones were settled.
+		if _, err := c.Request(ctx, queue, &rsvp.Message{Body: []byte("last")}); err != nil {
+			t.Fatal(err)
+		}
+		if err := r.Stop(ctx); err != nil {
+			t.Fatal(err)
+		}
+		sums := metricSums(t, reader)
+		if got := sums["rsvp.requests.completed/cancelled"]; got != 2 {
+			t.Fatalf("rsvp.requests.completed/cancelled = %d, want 2 (an untracked and a tracked request cancelled); metrics %v", got, sums)
+		}
+	})
+}

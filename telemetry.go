@@ -3,6 +3,7 @@ package rsvp
 import (
 	"context"
 	"encoding/hex"
+	"errors"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -278,8 +279,11 @@ func (t *telemetry) startRequest(ctx context.Context, q *queueTel) (context.Cont
 // it, and on metrics: r is the reply, if any, and took the round trip.
 func (t *telemetry) endRequest(ctx context.Context, span trace.Span, q *queueTel, m *Message, r *Reply, err error, took time.Duration) {
 	outcome := "error"
-	if r != nil {
+	switch {
+	case r != nil:
 		outcome = string(r.Status)
+	case errors.Is(err, ErrExpired): // Request stored the expired reply itself
+		outcome = outcomeExpired
 	}
 	if span.IsRecording() && err != nil {
 		span.SetStatus(codes.Error, outcome)

@@ -8,6 +8,9 @@ import (
 	"time"
 
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/metric/metricdata"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
 	"github.com/rsvp-go/rsvp"
 	"github.com/rsvp-go/rsvp/backend"
@@ -169,6 +172,59 @@ func TestCancelledBeforeStartCounted(t *testing.T) {
 		sums := metricSums(t, reader)
 		if got := sums["rsvp.requests.completed/cancelled"]; got != 2 {
 			t.Fatalf("rsvp.requests.completed/cancelled = %d, want 2 (an untracked and a tracked request cancelled); metrics %v", got, sums)
+		}
+	})
+}
+
+// TestExpiredRequestOutcome: a Request whose deadline passes with no
+// reply (it stores the expired reply itself) records the outcome expired
+// on its span and its round-trip histogram, as it does when a responder
+// dead-lettered it as expired, not "error".
+func TestExpiredRequestOutcome(t *testing.T) {
+	t.Parallel()
+	forEachEngine(t, func(t *testing.T, e *topicEngine) {
+		ctx := ctxWithin(t, 30*time.Second)
+		spans := tracetest.NewSpanRecorder()
+		tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans))
+		defer tp.Shutdown(context.Background())
+		reader := sdkmetric.NewManualReader()
+		mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+		defer mp.Shutdown(context.Background())
+		c, err := rsvp.New(ctx, e.b, rsvp.Config{TracerProvider: tp, MeterProvider: mp})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer closeWithin(t, "close client", c.Close)
+		_, err = c.Request(ctx, "nobody-home", &rsvp.Message{Deadline: time.Now().Add(100 * time.Millisecond)})
+		if !errors.Is(err, rsvp.ErrExpired) {
+			t.Fatalf("Request: %v, want rsvp.ErrExpired", err)
+		}
+		var outcome string
+		for _, s := range spans.Ended() {
+			if s.Name() == "rsvp.request nobody-home" {
+				for _, kv := range s.Attributes() {
+					if kv.Key == "rsvp.outcome" {
+						outcome = kv.Value.AsString()
+					}
+				}
+			}
+		}
+		var rm metricdata.ResourceMetrics
+		if err := reader.Collect(context.Background(), &rm); err != nil {
+			t.Fatal(err)
+		}
+		var recorded []string
+		for _, sm := range rm.ScopeMetrics {
+			for _, m := range sm.Metrics {
+				if h, ok := m.Data.(metricdata.Histogram[float64]); ok && m.Name == "rsvp.request.duration" {
+					for _, dp := range h.DataPoints {
+						recorded = append(recorded, outcomeOf(dp.Attributes))
+					}
+				}
+			}
+		}
+		if outcome != "expired" || len(recorded) != 1 || recorded[0] != "/expired" {
+			t.Fatalf("request span outcome %q, rsvp.request.duration outcomes %v; want expired", outcome, recorded)
 		}
 	})
 }

@@ -381,3 +381,19 @@ func TestTwoProcesses(t *testing.T) {
 		t.Fatalf("engine.json left behind after the child stopped: %v", err)
 	}
 }
+
+// TestWorkerKillsCommandBeyondStdoutLimit: a command that writes more
+// than the reply limit to stdout has failed for good, so it is killed
+// then, not left running (and holding its request) until a deadline that
+// may never come.
+func TestWorkerKillsCommandBeyondStdoutLimit(t *testing.T) {
+	t.Parallel()
+	engine := tempEngine(t)
+	w := startWorker(t, engine, "chatty", "--exec", "yes")
+	r := run(t, nil, "request", "chatty", "--data", "x", "--timeout", "15s", "--engine", engine)
+	r.want(t, 1, "rsvp: request failed: failed: ", "more than the limit of 1048576 bytes to stdout")
+	w.stop(t)
+	if log := w.log.String(); !strings.Contains(log, "attempt 1/5: failed permanently") {
+		t.Fatalf("worker log:\n%s", log)
+	}
+}

@@ -31,6 +31,10 @@ const (
 // errKilled: the command was killed because its context ended.
 var errKilled = errors.New("command killed")
 
+// errStdoutFull: the command was killed because it wrote more to stdout
+// than a reply may hold.
+var errStdoutFull = errors.New("stdout beyond the limit")
+
 // execHandler answers requests by running a shell command.
 type execHandler struct {
 	command  string
@@ -51,8 +55,12 @@ func (h *execHandler) ServeRequest(ctx context.Context, m *rsvp.Message) (*rsvp.
 
 // run runs the command on m and returns its stdout, or why it failed.
 func (h *execHandler) run(ctx context.Context, m *rsvp.Message) ([]byte, error) {
+	// Beyond the limit of stdout the attempt has failed for good: the
+	// command is killed then rather than left running.
+	ctx, stop := context.WithCancelCause(ctx)
+	defer stop(nil)
 	cmd := exec.CommandContext(ctx, "sh", "-c", h.command)
-	stdout := &cappedBuffer{max: maxBody}
+	stdout := &cappedBuffer{max: maxBody, full: func() { stop(errStdoutFull) }}
 	stderr := &tailBuffer{max: stderrTail}
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = bytes.NewReader(m.Body), stdout, stderr
 	cmd.Env = append(os.Environ(), requestEnv(m)...)
@@ -95,7 +103,7 @@ func requestEnv(m *rsvp.Message) []string {
 func commandError(ctx context.Context, err error, stdout *cappedBuffer, stderr *tailBuffer) error {
 	var exitErr *exec.ExitError
 	switch {
-	case err == nil && stdout.overflow:
+	case stdout.overflow && (err == nil || errors.Is(context.Cause(ctx), errStdoutFull)):
 		return rsvp.Permanent(fmt.Errorf("the command wrote more than the limit of %d bytes to stdout", maxBody))
 	case err == nil:
 		return nil
@@ -147,11 +155,15 @@ type cappedBuffer struct {
 	buf      bytes.Buffer
 	max      int
 	overflow bool
+	full     func() // if not nil, called once when more than max came
 }
 
 func (b *cappedBuffer) Write(p []byte) (int, error) {
 	n := len(p)
 	if room := b.max - b.buf.Len(); n > room {
+		if !b.overflow && b.full != nil {
+			b.full()
+		}
 		b.overflow = true
 		p = p[:max(room, 0)]
 	}

@@ -22,8 +22,11 @@ import (
 // client's limit too.
 const maxBody = 1 << 20
 
-// closeTimeout bounds closing the client and the engine on exit.
+// closeTimeout bounds closing the client on exit.
 const closeTimeout = 10 * time.Second
+
+// engineCloseTimeout bounds closing the engine on exit, after the client.
+const engineCloseTimeout = 5 * time.Second
 
 // engineSpec is a parsed --engine value.
 type engineSpec struct {
@@ -138,7 +141,24 @@ func openBackend(ctx context.Context, spec engineSpec, log *slog.Logger) (backen
 func (s *session) close(ctx context.Context, stderr io.Writer) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), closeTimeout)
 	defer cancel()
-	if err := errors.Join(s.client.Close(ctx), s.backend.Close()); err != nil {
+	if err := errors.Join(s.client.Close(ctx), closeBackend(s.backend)); err != nil {
 		fmt.Fprintf(stderr, "rsvp: warning: closing the engine: %v\n", err)
+	}
+}
+
+// closeBackend closes b, waiting up to engineCloseTimeout: a database that
+// stopped answering would hold the process for long (the PostgreSQL
+// driver gives each connection whose query was abandoned 15s to cancel
+// it). The process exits soon after; the engine's side ends with it.
+func closeBackend(b backend.Backend) error {
+	done := make(chan error, 1)
+	go func() { done <- b.Close() }()
+	t := time.NewTimer(engineCloseTimeout)
+	defer t.Stop()
+	select {
+	case err := <-done:
+		return err
+	case <-t.C:
+		return fmt.Errorf("the engine did not close within %s; exiting without waiting", engineCloseTimeout)
 	}
 }

@@ -192,7 +192,7 @@ func runServe(ctx context.Context, e *env, cmd *command, args []string) error {
 		return err
 	}
 	defer func() {
-		if err := b.Close(); err != nil {
+		if err := closeBackend(b); err != nil {
 			log.Warn("closing the engine", "err", err)
 		}
 	}()

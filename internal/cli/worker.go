@@ -25,6 +25,8 @@ The exit status of CMD decides the outcome:
   0      success: its stdout is the reply
   65     permanent failure (EX_DATAERR): the request fails at once
   other  failure: retried with backoff, up to --attempts in all
+More than 1 MiB on stdout fails the request at once, whatever the exit
+status: CMD is killed as soon as it writes beyond that limit.
 A failure's message carries the end of CMD's stderr (up to 2 KiB; bytes
 that are not UTF-8, and NULs, become U+FFFD).
 

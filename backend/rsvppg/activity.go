@@ -77,16 +77,16 @@ func (b *Backend) heartbeat() {
 		}
 		queues, ids := b.reg.consumerIDs()
 		if len(ids) > 0 {
-			b.beat(queues, ids)
+			ctx, cancel := b.opCtx()
+			b.beat(ctx, queues, ids)
+			cancel()
 		}
 	}
 }
 
 // beat records that the consumers named by queues and ids are open now.
 // A consumer closed meanwhile stays closed.
-func (b *Backend) beat(queues, ids []string) {
-	ctx, cancel := b.opCtx()
-	defer cancel()
+func (b *Backend) beat(ctx context.Context, queues, ids []string) {
 	err := b.retryOnce(ctx, b.fast, func() error {
 		_, err := b.fast.Exec(ctx, b.sql.heartbeat, queues, ids)
 		return err
@@ -96,10 +96,16 @@ func (b *Backend) beat(queues, ids []string) {
 	}
 }
 
+// goneTimeout bounds recording that a consumer closed: it is best effort
+// (without it, other processes count the consumer as live for up to 30
+// seconds more), and Close waits for it, so a database that does not answer
+// must not hold Close for Options.Timeout, or twice that.
+const goneTimeout = 2 * time.Second
+
 // gone records that consumer c closed: it no longer counts as live, and
 // its queue was last active now.
 func (c *consumer) gone() {
-	ctx, cancel := c.b.opCtx()
+	ctx, cancel := context.WithTimeout(context.Background(), min(c.b.opts.Timeout, goneTimeout))
 	defer cancel()
 	err := c.b.retryOnce(ctx, c.b.fast, func() error {
 		_, err := c.b.fast.Exec(ctx, c.b.sql.consumerGone, c.queue, c.id)

@@ -48,7 +48,10 @@ func (b *Backend) Consume(ctx context.Context, queue string, p backend.ConsumePa
 		defer close(c.done)
 		defer b.reg.removeConsumer(c)
 		defer c.gone()
-		b.beat([]string{queue}, []string{id})
+		// Recorded as open, unless it closes first: then gone does.
+		ctx, cancel := context.WithTimeout(c.ctx, b.opts.Timeout)
+		b.beat(ctx, []string{queue}, []string{id})
+		cancel()
 		c.fetch()
 	})
 	return c, nil

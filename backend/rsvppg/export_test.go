@@ -9,7 +9,11 @@ import (
 
 // Beat runs one heartbeat for the consumer id of queue, as the backend's
 // heartbeat goroutine does every heartbeatInterval for its open consumers.
-func Beat(b *Backend, queue, id string) { b.beat([]string{queue}, []string{id}) }
+func Beat(b *Backend, queue, id string) {
+	ctx, cancel := b.opCtx()
+	defer cancel()
+	b.beat(ctx, []string{queue}, []string{id})
+}
 
 // MigrateTo brings schema in the database at url up to version v (at most
 // SchemaVersion), as an older rsvp would have left it.

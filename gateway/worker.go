@@ -401,11 +401,13 @@ func (e *leased) live() (*rsvp.Lease, error) {
 	return e.l, nil
 }
 
-// progress records v as the progress of e's request.
+// progress records v as the progress of e's request. If e's request was
+// cancelled, e is settled instead (see uncancelled): the worker learns to
+// stop, as from extend.
 func (e *leased) progress(ctx context.Context, v json.RawMessage) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	l, err := e.live()
+	l, err := e.uncancelled(ctx)
 	if err != nil {
 		return err
 	}

@@ -471,8 +471,9 @@ func TestWorkerLearnsOfCancel(t *testing.T) {
 	}
 }
 
-// TestWorkerSettleAfterCancel: an HTTP worker that replies to or fails a
-// request cancelled meanwhile (without an extend in between) learns of
+// TestWorkerSettleAfterCancel: an HTTP worker that replies to, fails or
+// reports progress on a request cancelled meanwhile (without an extend in
+// between) learns of
 // the cancel as extend tells it (410), and the request stays cancelled
 // with nothing else recorded: its failure is not dead-lettered, as a
 // Handler's error after a cancel is not.
@@ -483,6 +484,7 @@ func TestWorkerSettleAfterCancel(t *testing.T) {
 		{"fail", `{"error":"gave up","permanent":true}`},
 		{"fail", `{"error":"try again"}`},
 		{"reply", "done"},
+		{"progress", `{"percent":40}`}, // answered as extend is
 	} {
 		id := e.workerSubmit("sac", nil, "x")
 		l := e.workerLease("sac", "", nil)

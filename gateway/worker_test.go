@@ -473,10 +473,9 @@ func TestWorkerLearnsOfCancel(t *testing.T) {
 
 // TestWorkerSettleAfterCancel: an HTTP worker that replies to, fails or
 // reports progress on a request cancelled meanwhile (without an extend in
-// between) learns of
-// the cancel as extend tells it (410), and the request stays cancelled
-// with nothing else recorded: its failure is not dead-lettered, as a
-// Handler's error after a cancel is not.
+// between) learns of the cancel as extend tells it (410), and the request
+// stays cancelled with nothing else recorded: its failure is not
+// dead-lettered, as a Handler's error after a cancel is not.
 func TestWorkerSettleAfterCancel(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, gateway.Config{})

@@ -383,7 +383,9 @@ func (g *Gateway) submit(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	key := r.Header.Get("Idempotency-Key")
-	switch {
+	switch n := len(r.Header.Values("Idempotency-Key")); {
+	case n > 1:
+		errs = append(errs, fmt.Errorf("Idempotency-Key is given %d times; a submission has one key", n))
 	case key == "" && qc.RequireIdempotencyKey:
 		errs = append(errs, fmt.Errorf("queue %s requires an Idempotency-Key header", queue))
 	case len(key) > 255:

@@ -282,6 +282,22 @@ func TestIdempotencyKey(t *testing.T) {
 	if runs.Load() != 1 {
 		t.Fatalf("handler ran %d times", runs.Load())
 	}
+	// Two keys on one submission: which one would be meant?
+	req, err := http.NewRequest("POST", e.URL+"/v1/queues/idem/requests", strings.NewReader("pay"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Add("Idempotency-Key", "order-42")
+	req.Header.Add("Idempotency-Key", "order-43")
+	resp, err = http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(data), "Idempotency-Key is given 2 times") {
+		t.Fatalf("two Idempotency-Keys: %d %s, want 400", resp.StatusCode, data)
+	}
 	// Concurrent first submissions with one key: one request.
 	ids := make(chan string, 8)
 	for range 8 {

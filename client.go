@@ -485,12 +485,14 @@ func (c *Client) wait(ctx context.Context, id string, ch chan *Reply, lookNow bo
 type waiters struct {
 	mu sync.Mutex
 	m  map[string][]chan *Reply
+	n  int // channels in m: the calls waiting (an id may have several)
 }
 
 func (w *waiters) add(id string) chan *Reply {
 	ch := make(chan *Reply, 1)
 	w.mu.Lock()
 	w.m[id] = append(w.m[id], ch)
+	w.n++
 	w.mu.Unlock()
 	return ch
 }
@@ -504,6 +506,7 @@ func (w *waiters) remove(id string, ch chan *Reply) {
 	for i, c := range chs {
 		if c == ch {
 			chs = append(chs[:i], chs[i+1:]...)
+			w.n--
 			break
 		}
 	}
@@ -519,16 +522,18 @@ func (w *waiters) deliver(r *Reply) {
 	w.mu.Lock()
 	chs := w.m[r.CorrelationID]
 	delete(w.m, r.CorrelationID)
+	w.n -= len(chs)
 	w.mu.Unlock()
 	for _, ch := range chs {
 		ch <- r // buffered 1, and each channel is delivered to once
 	}
 }
 
+// len returns the number of calls waiting: rsvp.waiters.
 func (w *waiters) len() int {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return len(w.m)
+	return w.n
 }
 
 // Cancel cancels the request with correlationID, sent by any client: it

@@ -2,7 +2,7 @@ package rsvp
 
 import "context"
 
-// WaiterCount exposes the size of the waiter map to tests.
+// WaiterCount exposes the number of waiting calls (rsvp.waiters) to tests.
 func WaiterCount(c *Client) int { return c.waiters.len() }
 
 // Waiters is the waiter map, for its micro-benchmark.
@@ -23,4 +23,16 @@ type DiscardExporter = dropSpans
 func WithBeforeExtend(o HandleOptions, f func(ctx context.Context)) HandleOptions {
 	o.beforeExtend = f
 	return o
+}
+
+// WaitingCalls counts the calls registered in the waiter map (an id's
+// several waiters each), to tests.
+func WaitingCalls(c *Client) int {
+	c.waiters.mu.Lock()
+	defer c.waiters.mu.Unlock()
+	n := 0
+	for _, chs := range c.waiters.m {
+		n += len(chs)
+	}
+	return n
 }

@@ -51,8 +51,9 @@ type Config struct {
 	// TracerProvider makes a span per run of an instance ("workflow.run
 	// NAME"), the parent of the requests the run sends. Every run is in
 	// the trace of the instance's starter (recorded with the start), and
-	// links to what triggered it (a reply, a timer, an event), so one
-	// trace follows an instance through every activity. Default: the
+	// links to what triggered it (a reply, a timer, an event) when that is
+	// in another trace, so one trace follows an instance through every
+	// activity. Default: the
 	// global provider (otel.GetTracerProvider).
 	TracerProvider trace.TracerProvider
 	// StartUnregistered lets StartInstance start workflows not registered

@@ -497,9 +497,12 @@ func (e *Engine) executeOr(ctx context.Context, instance string, giveUp bool) (e
 	if err := e.performAll(ctx, v, ex.effects); err != nil {
 		return err
 	}
+	outcome := "waiting" // for replies, timers or events: a step recorded
+	var failure *Failure
 	switch {
 	case ex.nondet != nil:
-		err = e.finish(ctx, v, recFailed, record{Run: v.run, Error: &Failure{Code: CodeNonDeterministic, Message: ex.nondet.Error()}})
+		failure = &Failure{Code: CodeNonDeterministic, Message: ex.nondet.Error()}
+		outcome, err = "failed", e.finish(ctx, v, recFailed, record{Run: v.run, Error: failure})
 	case ex.finished:
 		kind, r := ex.outcome()
 		if kind == recContinued {
@@ -508,6 +511,7 @@ func (e *Engine) executeOr(ctx context.Context, instance string, giveUp bool) (e
 		if string(ex.status) != string(v.status) { // set since the last step
 			r.Status = ex.status
 		}
+		outcome, failure = runOutcome[kind], r.Error
 		err = e.finish(ctx, v, kind, r)
 	default:
 		err = e.recordStep(ctx, v, ex)
@@ -516,7 +520,12 @@ func (e *Engine) executeOr(ctx context.Context, instance string, giveUp bool) (e
 		// What the run must record (its output, ContinueAsNew's input, its
 		// custom status) is over the backend's limit for good: the instance
 		// fails, instead of being run again and again.
-		err = e.finish(ctx, v, recFailed, record{Run: v.run, Error: &Failure{Code: CodeTooLarge, Message: err.Error()}})
+		failure = &Failure{Code: CodeTooLarge, Message: err.Error()}
+		outcome, err = "failed", e.finish(ctx, v, recFailed, record{Run: v.run, Error: failure})
+	}
+	span.SetAttributes(attribute.String("workflow.outcome", outcome))
+	if failure != nil {
+		span.SetStatus(codes.Error, failure.Code)
 	}
 	if errors.Is(err, errFinishedElsewhere) {
 		err = nil
@@ -528,6 +537,10 @@ func (e *Engine) executeOr(ctx context.Context, instance string, giveUp bool) (e
 	}
 	return err
 }
+
+// runOutcome is the workflow.outcome of a run span that ended its
+// instance's run with a record of this kind.
+var runOutcome = map[string]string{recCompleted: "completed", recFailed: "failed", recContinued: "continued_as_new"}
 
 func (e *Engine) recordStep(ctx context.Context, v *view, ex *execution) error {
 	r := record{Run: v.run, Epoch: v.epoch, Cmds: ex.newCmds, Upto: v.lastSeq}

@@ -2,9 +2,11 @@ package workflow_test
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"time"
 
+	"go.opentelemetry.io/otel/codes"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
@@ -83,5 +85,70 @@ func TestTraceFollowsInstance(t *testing.T) {
 	}
 	if !hasInstance || runs[0].Parent().SpanID() != caller.SpanContext().SpanID() {
 		t.Errorf("first run: attributes %v, parent %v; want the instance id and the caller as parent", runs[0].Attributes(), runs[0].Parent())
+	}
+	// Each run says how it ended: the last completed the instance, the
+	// others wait for a reply or the event.
+	for i, r := range runs {
+		want := "waiting"
+		if i == len(runs)-1 {
+			want = "completed"
+		}
+		if got := attr(r, "workflow.outcome"); got != want {
+			t.Errorf("run %d of %d: workflow.outcome %q, want %q", i+1, len(runs), got, want)
+		}
+	}
+}
+
+// attr returns the string attribute key of s, "" if it has none.
+func attr(s sdktrace.ReadOnlySpan, key string) string {
+	for _, kv := range s.Attributes() {
+		if string(kv.Key) == key {
+			return kv.Value.AsString()
+		}
+	}
+	return ""
+}
+
+// A run that fails its instance says so on its span: outcome failed, and
+// an error status with the failure's code.
+func TestRunSpanOfFailure(t *testing.T) {
+	spans := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans))
+	defer tp.Shutdown(context.Background())
+	ctx := ctxT(t, 20*time.Second)
+	b, err := rsvpnats.Embedded("", rsvpnats.Options{Memory: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	c := must[*rsvp.Client](t)(rsvp.New(ctx, b, rsvp.Config{TracerProvider: tp}))
+	defer c.Close(context.Background())
+	e := must[*workflow.Engine](t)(workflow.New(c, workflow.Config{TracerProvider: tp}))
+	_ = workflow.Register(e, "doomed", func(ctx workflow.Context, _ string) (string, error) {
+		return "", errors.New("no luck")
+	})
+	if err := e.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer e.Stop(context.Background())
+	st := must[*workflow.Status](t)(e.StartInstance(ctx, "doomed", "x", workflow.StartOptions{}))
+	if _, err := workflow.Result[string](ctx, e, st.ID); err == nil {
+		t.Fatal("the doomed workflow succeeded")
+	}
+	if err := e.Stop(ctx); err != nil { // every run's span has ended
+		t.Fatal(err)
+	}
+	var found bool
+	for _, s := range spans.Ended() {
+		if s.Name() != "workflow.run doomed" {
+			continue
+		}
+		found = true
+		if got := attr(s, "workflow.outcome"); got != "failed" || s.Status().Code != codes.Error || s.Status().Description != workflow.CodeFailed {
+			t.Errorf("run span of a failure: outcome %q, status %v; want failed, an error with code %s", got, s.Status(), workflow.CodeFailed)
+		}
+	}
+	if !found {
+		t.Fatal("no run span")
 	}
 }

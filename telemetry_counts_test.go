@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"go.opentelemetry.io/otel/codes"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
@@ -225,6 +226,59 @@ func TestExpiredRequestOutcome(t *testing.T) {
 		}
 		if outcome != "expired" || len(recorded) != 1 || recorded[0] != "/expired" {
 			t.Fatalf("request span outcome %q, rsvp.request.duration outcomes %v; want expired", outcome, recorded)
+		}
+	})
+}
+
+// failEnqueues is an engine whose Enqueue fails once fail is set.
+type failEnqueues struct {
+	backend.Backend
+	fail atomic.Bool
+}
+
+func (b *failEnqueues) Enqueue(ctx context.Context, m *backend.Message) error {
+	if b.fail.Load() {
+		return errors.New("the engine stores nothing for now")
+	}
+	return b.Backend.Enqueue(ctx, m)
+}
+
+// TestPublishSpanOfFailure: a Publish or RequestAll whose copies could not
+// be stored ends its span with an error status, as Send's does.
+func TestPublishSpanOfFailure(t *testing.T) {
+	t.Parallel()
+	forEachEngine(t, func(t *testing.T, e *topicEngine) {
+		ctx := ctxWithin(t, 30*time.Second)
+		spans := tracetest.NewSpanRecorder()
+		tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans))
+		defer tp.Shutdown(context.Background())
+		fb := &failEnqueues{Backend: e.b}
+		c, err := rsvp.New(ctx, fb, rsvp.Config{TracerProvider: tp})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer closeWithin(t, "close client", c.Close)
+		subscribeAll(t, ctx, c, "spanfail", "a")
+		fb.fail.Store(true)
+		if _, err := c.Publish(ctx, "spanfail", &rsvp.Message{Body: []byte("x")}); err == nil {
+			t.Fatal("Publish succeeded with an engine that stores nothing")
+		}
+		if _, err := c.RequestAll(ctx, "spanfail", &rsvp.Message{Body: []byte("x")}, rsvp.GatherOptions{}); err == nil {
+			t.Fatal("RequestAll succeeded with an engine that stores nothing")
+		}
+		for _, name := range []string{"rsvp.publish spanfail", "rsvp.request_all spanfail"} {
+			found := false
+			for _, s := range spans.Ended() {
+				if s.Name() == name {
+					found = true
+					if s.Status().Code != codes.Error {
+						t.Errorf("span %s of a failure: status %v, want an error", name, s.Status())
+					}
+				}
+			}
+			if !found {
+				t.Errorf("no span %s", name)
+			}
 		}
 	})
 }

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/rsvp-go/rsvp/backend"
@@ -184,7 +185,17 @@ func (c *Client) Publish(ctx context.Context, topic string, msg *Message) (Publi
 	}
 	ctx, span := c.startPublishSpan(ctx, "rsvp.publish ", pub)
 	defer span.End()
-	return pub, c.sendCopies(ctx, pub, msgs)
+	err = c.sendCopies(ctx, pub, msgs)
+	spanError(span, err)
+	return pub, err
+}
+
+// spanError records err, if any, on span and marks it failed.
+func spanError(span trace.Span, err error) {
+	if err != nil {
+		span.RecordError(err)
+		span.SetStatus(codes.Error, "not stored")
+	}
 }
 
 func (c *Client) startPublishSpan(ctx context.Context, name string, pub Publication) (context.Context, trace.Span) {
@@ -386,6 +397,7 @@ func (c *Client) RequestAll(ctx context.Context, topic string, msg *Message, opt
 		defer unwatch()
 	}
 	if err := c.sendCopies(ctx, pub, msgs); err != nil {
+		spanError(span, err)
 		return &Gathered{Publication: pub}, err // to complete and gather what was stored
 	}
 	out, err := g.wait(ctx, opts, again) // look for replies stored already

@@ -17,6 +17,21 @@ import (
 	"github.com/rsvp-go/rsvp/backend"
 )
 
+// metered opens a client on b with a meter provider of its own, both
+// closed with the test, and returns it and the provider's reader.
+func metered(t *testing.T, ctx context.Context, b backend.Backend) (*rsvp.Client, *sdkmetric.ManualReader) {
+	t.Helper()
+	reader := sdkmetric.NewManualReader()
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+	t.Cleanup(func() { _ = mp.Shutdown(context.Background()) })
+	c, err := rsvp.New(ctx, b, rsvp.Config{MeterProvider: mp})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { closeWithin(t, "close client", c.Close) })
+	return c, reader
+}
+
 // failDeadLetterOnce is an engine whose first DeadLetter call fails.
 type failDeadLetterOnce struct {
 	backend.Backend
@@ -38,14 +53,7 @@ func TestDeadLetteredCountedOnceStored(t *testing.T) {
 	forEachEngine(t, func(t *testing.T, e *topicEngine) {
 		const queue = "dl-count"
 		ctx := ctxWithin(t, 30*time.Second)
-		reader := sdkmetric.NewManualReader()
-		mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
-		defer mp.Shutdown(context.Background())
-		c, err := rsvp.New(ctx, &failDeadLetterOnce{Backend: e.b}, rsvp.Config{MeterProvider: mp})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer closeWithin(t, "close client", c.Close)
+		c, reader := metered(t, ctx, &failDeadLetterOnce{Backend: e.b})
 		r, err := c.Handle(queue, rsvp.HandlerFunc(func(context.Context, *rsvp.Message) (*rsvp.Reply, error) {
 			return nil, rsvp.Permanent(&rsvp.RemoteError{Code: "gone", Message: "none left"})
 		}), rsvp.HandleOptions{Backoff: func(int) time.Duration { return 0 }})
@@ -74,14 +82,7 @@ func TestStaleAttemptNotCountedAsCompleted(t *testing.T) {
 	forEachEngine(t, func(t *testing.T, e *topicEngine) {
 		const queue = "stale-count"
 		ctx := ctxWithin(t, 30*time.Second)
-		reader := sdkmetric.NewManualReader()
-		mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
-		defer mp.Shutdown(context.Background())
-		c, err := rsvp.New(ctx, e.b, rsvp.Config{MeterProvider: mp})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer closeWithin(t, "close client", c.Close)
+		c, reader := metered(t, ctx, e.b)
 
 		stalled, finish := make(chan struct{}), make(chan struct{})
 		var first atomic.Bool
@@ -140,14 +141,7 @@ func TestCancelledBeforeStartCounted(t *testing.T) {
 	forEachEngine(t, func(t *testing.T, e *topicEngine) {
 		const queue = "cancel-count"
 		ctx := ctxWithin(t, 30*time.Second)
-		reader := sdkmetric.NewManualReader()
-		mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
-		defer mp.Shutdown(context.Background())
-		c, err := rsvp.New(ctx, e.b, rsvp.Config{MeterProvider: mp})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer closeWithin(t, "close client", c.Close)
+		c, reader := metered(t, ctx, e.b)
 		for _, track := range []bool{false, true} {
 			tk, err := c.Send(ctx, queue, &rsvp.Message{Body: []byte("x"), Track: track})
 			if err != nil {

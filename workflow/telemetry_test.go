@@ -15,21 +15,29 @@ import (
 	"github.com/rsvp-go/rsvp/workflow"
 )
 
-// One trace follows an approval instance: from the caller's span through
-// every run of the instance, the requests it sends, their handling, and
-// the timer of its wait.
-func TestTraceFollowsInstance(t *testing.T) {
+// traced returns a span recorder, a tracer provider that records to it,
+// and a client on a memory engine traced by it, all closed with the test.
+func traced(t *testing.T, ctx context.Context) (*tracetest.SpanRecorder, *sdktrace.TracerProvider, *rsvp.Client) {
+	t.Helper()
 	spans := tracetest.NewSpanRecorder()
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans))
-	defer tp.Shutdown(context.Background())
-	ctx := ctxT(t, 20*time.Second)
+	t.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
 	b, err := rsvpnats.Embedded("", rsvpnats.Options{Memory: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer b.Close()
+	t.Cleanup(func() { _ = b.Close() })
 	c := must[*rsvp.Client](t)(rsvp.New(ctx, b, rsvp.Config{TracerProvider: tp}))
-	defer c.Close(context.Background())
+	t.Cleanup(func() { _ = c.Close(context.Background()) })
+	return spans, tp, c
+}
+
+// One trace follows an approval instance: from the caller's span through
+// every run of the instance, the requests it sends, their handling, and
+// the timer of its wait.
+func TestTraceFollowsInstance(t *testing.T) {
+	ctx := ctxT(t, 20*time.Second)
+	spans, tp, c := traced(t, ctx)
 	for _, q := range []string{"ReviewDocument", "PublishDocument"} {
 		respond(t, c, q, rsvp.HandleOptions{}, func(ctx context.Context, d Document) (string, error) { return q + " " + d.ID, nil })
 	}
@@ -112,17 +120,8 @@ func attr(s sdktrace.ReadOnlySpan, key string) string {
 // A run that fails its instance says so on its span: outcome failed, and
 // an error status with the failure's code.
 func TestRunSpanOfFailure(t *testing.T) {
-	spans := tracetest.NewSpanRecorder()
-	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans))
-	defer tp.Shutdown(context.Background())
 	ctx := ctxT(t, 20*time.Second)
-	b, err := rsvpnats.Embedded("", rsvpnats.Options{Memory: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
-	c := must[*rsvp.Client](t)(rsvp.New(ctx, b, rsvp.Config{TracerProvider: tp}))
-	defer c.Close(context.Background())
+	spans, tp, c := traced(t, ctx)
 	e := must[*workflow.Engine](t)(workflow.New(c, workflow.Config{TracerProvider: tp}))
 	_ = workflow.Register(e, "doomed", func(ctx workflow.Context, _ string) (string, error) {
 		return "", errors.New("no luck")

@@ -498,7 +498,8 @@ func (l *Lease) Expires() time.Time {
 // Message returns the leased request.
 func (l *Lease) Message() *Message { return l.d.Message() }
 
-// Duration is how long the lease lasts after At.
+// Duration is how long the lease lasts after it was taken or last
+// extended: HandleOptions.Lease.
 func (l *Lease) Duration() time.Duration { return l.s.opts.Lease }
 
 func (l *Lease) settle() error {

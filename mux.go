@@ -60,12 +60,12 @@ func (m *Mux) Upgrade(from, to string, fn func(ctx context.Context, req *Message
 // ServeRequest implements Handler. Upgrades and the handler run without
 // the Mux's lock held, so that registering does not wait for them.
 func (m *Mux) ServeRequest(ctx context.Context, req *Message) (*Reply, error) {
-	for range maxUpgrades {
+	for n := 0; ; n++ {
 		h, handled, up, upgraded := m.route(req.Type)
 		if handled {
 			return h.ServeRequest(ctx, req)
 		}
-		if !upgraded {
+		if !upgraded || n == maxUpgrades {
 			break
 		}
 		next, err := up.fn(ctx, req)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"go.opentelemetry.io/otel/trace"
+	"maps"
 	"math/rand/v2"
 	"runtime/debug"
 	"strings"
@@ -27,7 +28,9 @@ import (
 // when the handler's lease was lost: it ran out, so that the request may be
 // with another worker. The outcome of such a handler is not recorded. A
 // handler may run more than once for one request (at-least-once execution);
-// the requester sees exactly one final reply.
+// the requester sees exactly one final reply. req is the handler's own
+// copy of the request: changing its fields (but not the bytes of its Body)
+// does not change the request that is dead-lettered and replayed.
 type Handler interface {
 	ServeRequest(ctx context.Context, req *Message) (*Reply, error)
 }
@@ -329,7 +332,11 @@ func (r *Responder) run(a attempt, d backend.Delivery, m *Message) (reply *Reply
 			cause = c
 		}
 	}()
-	reply, err = r.h.ServeRequest(ctx, m)
+	// The handler gets a copy: a field it changes (a Mux upgrade's, say)
+	// does not change the request that is dead-lettered.
+	in := *m
+	in.Headers = maps.Clone(m.Headers)
+	reply, err = r.h.ServeRequest(ctx, &in)
 	return reply, nil, err
 }
 

@@ -331,6 +331,20 @@ func (b *Backend) checkSize(m *nats.Msg) error {
 	return nil
 }
 
+// wireExcess is how many bytes m, as the engine counts it (body and
+// encoded headers), is over the engine's limit: 0 or less if it fits.
+// checkSize keeps 256 bytes below that limit for what is added later: the
+// headers of a dead letter.
+func (b *Backend) wireExcess(m *nats.Msg) int {
+	size := len(m.Data) + len("NATS/1.0\r\n\r\n")
+	for k, vs := range m.Header {
+		for _, v := range vs {
+			size += len(k) + len(": \r\n") + len(v)
+		}
+	}
+	return size - int(b.nc.MaxPayload())
+}
+
 // Enqueue implements backend.Backend.
 func (b *Backend) Enqueue(ctx context.Context, msg *backend.Message) error {
 	if err := backend.ValidateName("queue", msg.Queue); err != nil {
@@ -477,7 +491,17 @@ func (s natsSub) Close() error {
 
 // DeadLetter implements backend.Backend.
 func (b *Backend) DeadLetter(ctx context.Context, dl *backend.DeadLetter) error {
-	if err := b.publish(ctx, streamDLQ, encodeDeadLetter(dl)); err != nil {
+	m := encodeDeadLetter(dl)
+	// A request Enqueue took fits as a dead letter with its error text
+	// shortened as much as needed.
+	if over := b.wireExcess(m); over > 0 {
+		text := m.Header.Get(hdrDeadError)
+		if over > len(text) {
+			return fmt.Errorf("rsvpnats: dead-letter %s: %w: %d bytes over the engine limit %d", dl.Message.ID, backend.ErrTooLarge, over, b.nc.MaxPayload())
+		}
+		m.Header.Set(hdrDeadError, cutText(text, len(text)-over))
+	}
+	if err := b.publish(ctx, streamDLQ, m); err != nil {
 		return fmt.Errorf("rsvpnats: dead-letter %s: %w", dl.Message.ID, err)
 	}
 	return nil

@@ -229,6 +229,10 @@ func open(ctx context.Context, nc *nats.Conn, opts Options, memory bool, syncDir
 		cctx, cancel := context.WithTimeout(ctx, opts.Timeout)
 		streams[i], err = js.CreateOrUpdateStream(cctx, cfg)
 		cancel()
+		if errors.Is(err, nats.ErrNoResponders) {
+			// Nothing answers the JetStream API: the server does not run it.
+			return nil, fmt.Errorf("rsvpnats: create stream %s: %w: the server does not run JetStream (start nats-server with -js)", cfg.Name, jetstream.ErrJetStreamNotEnabled)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("rsvpnats: create stream %s: %w", cfg.Name, err)
 		}

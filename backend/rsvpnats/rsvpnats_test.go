@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/goleak"
@@ -275,5 +276,28 @@ func TestSharedEngineLossIsReported(t *testing.T) {
 	case <-owner.Done():
 	default:
 		t.Fatal("Done of a closed backend is open")
+	}
+}
+
+// TestConnectWithoutJetStream: a server that does not run JetStream is
+// named as such, not as "no responders available for request".
+func TestConnectWithoutJetStream(t *testing.T) {
+	t.Parallel()
+	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go ns.Start()
+	defer ns.Shutdown()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats-server did not come up")
+	}
+	b, err := rsvpnats.Connect(context.Background(), ns.ClientURL(), rsvpnats.Options{})
+	if err == nil {
+		b.Close()
+		t.Fatal("Connect to a server without JetStream succeeded")
+	}
+	if !errors.Is(err, jetstream.ErrJetStreamNotEnabled) || !strings.Contains(err.Error(), "JetStream") {
+		t.Fatalf("got %q, want an error saying JetStream is not enabled (jetstream.ErrJetStreamNotEnabled)", err)
 	}
 }

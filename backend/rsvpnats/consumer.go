@@ -112,7 +112,7 @@ func (c *consumer) Next(ctx context.Context) (backend.Delivery, error) {
 		c.waiting.Add(-1)
 	}()
 	for {
-		if c.ctx.Err() != nil {
+		if c.ctx.Err() != nil || c.lost() {
 			return nil, backend.ErrClosed
 		}
 		if err := ctx.Err(); err != nil {
@@ -196,6 +196,19 @@ func (c *consumer) pull(ctx context.Context) arrived {
 		return arrived{}
 	case <-c.ctx.Done():
 		return arrived{}
+	case <-c.b.done:
+		return arrived{}
+	}
+}
+
+// lost reports whether the backend lost its engine for good (Backend.Done):
+// the consumer is closed as far as its workers can tell.
+func (c *consumer) lost() bool {
+	select {
+	case <-c.b.done:
+		return true
+	default:
+		return false
 	}
 }
 
@@ -246,6 +259,7 @@ func (c *consumer) pause(ctx context.Context, why error) {
 		_ = c.open(ctx)
 	case <-ctx.Done():
 	case <-c.ctx.Done():
+	case <-c.b.done:
 	}
 }
 

@@ -160,7 +160,8 @@ func closedHandler(done chan struct{}) nats.Option {
 // Close, or when a connection gives up reconnecting. A process connected to
 // the embedded engine of another process (see Embedded) loses it when that
 // process exits; Connect keeps reconnecting to an external server and never
-// gives up by itself.
+// gives up by itself. Once it is closed, Next on the backend's consumers
+// returns backend.ErrClosed.
 func (b *Backend) Done() <-chan struct{} { return b.done }
 
 // Redact hides the credentials (user, password or token) in a server URL,

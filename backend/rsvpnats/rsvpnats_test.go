@@ -301,3 +301,57 @@ func TestConnectWithoutJetStream(t *testing.T) {
 		t.Fatalf("got %q, want an error saying JetStream is not enabled (jetstream.ErrJetStreamNotEnabled)", err)
 	}
 }
+
+// TestNextEndsWhenEngineLost: a worker waiting in Next on an engine that
+// is gone for good (Done closed) is told so (ErrClosed), instead of
+// pulling on a closed connection, every second, for ever.
+func TestNextEndsWhenEngineLost(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	owner, err := rsvpnats.Embedded(dir, rsvpnats.Options{Listen: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer owner.Close()
+	guest, err := rsvpnats.Embedded(dir, rsvpnats.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer guest.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := guest.Consume(ctx, "lost", backend.ConsumeParams{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	got := make(chan error, 1)
+	go func() {
+		_, err := c.Next(ctx)
+		got <- err
+	}()
+	if err := owner.Close(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-guest.Done():
+	case <-ctx.Done():
+		t.Fatal("the guest was not told that the engine is gone")
+	}
+	// Within a second after Done (a consumer retries a failed pull after
+	// one), as Next on a closed consumer.
+	wait := time.NewTimer(5 * time.Second)
+	defer wait.Stop()
+	select {
+	case err := <-got:
+		if !errors.Is(err, backend.ErrClosed) {
+			t.Fatalf("Next on a lost engine: %v, want ErrClosed", err)
+		}
+	case <-wait.C:
+		t.Fatal("Next still waits 5s after the engine was lost (Done closed)")
+	}
+	// And a Next called after that.
+	if _, err := c.Next(ctx); !errors.Is(err, backend.ErrClosed) {
+		t.Fatalf("Next after the engine was lost: %v, want ErrClosed", err)
+	}
+}

@@ -1,13 +1,11 @@
 package rsvpnats_test
 
 import (
-	"context"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/rsvp-go/rsvp/backend"
-	"github.com/rsvp-go/rsvp/backend/rsvpnats"
 )
 
 // TestDeadLetterOfLargeRequest: a request as large as Enqueue takes can
@@ -15,13 +13,7 @@ import (
 // shortened to fit); otherwise it came back for ever.
 func TestDeadLetterOfLargeRequest(t *testing.T) {
 	t.Parallel()
-	b, err := rsvpnats.Embedded("", rsvpnats.Options{Memory: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
+	b, ctx := statsSetup(t)
 	limit := int(b.Conn().MaxPayload())
 	var m *backend.Message
 	for size := limit; ; size -= 64 { // the largest body Enqueue takes

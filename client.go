@@ -10,9 +10,11 @@ import (
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
 	"log/slog"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/rsvp-go/rsvp/backend"
 )
@@ -240,6 +242,7 @@ func (c *Client) prepare(queue string, msg *Message) (*Message, error) {
 	}
 	errs := []error{backend.ValidateName("queue", queue), backend.ValidateName("id", m.ID),
 		backend.ValidateName("correlation id", m.CorrelationID), checkHeaders(m.Headers, "Message.ContentType"),
+		checkText("Message.Type", m.Type), checkText("Message.ContentType", m.ContentType),
 		checkTraceContext(m.TraceParent, m.TraceState)}
 	if err := backend.CheckSession(&m); err != nil {
 		errs = append(errs, err)
@@ -270,9 +273,25 @@ func checkHeaders(h map[string]string, contentTypeField string) error {
 			errs = append(errs, fmt.Errorf("header key %q must be printable ASCII without spaces or ':'", k))
 		case strings.ContainsAny(v, "\r\n"):
 			errs = append(errs, fmt.Errorf("header %q has a line break in its value", k))
+		default:
+			errs = append(errs, checkText("header "+strconv.Quote(k), v))
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// checkText reports a text field of a request or reply (a type, a content
+// type, a header value) that the engines cannot all store as it is: with a
+// line break (a NATS header), or not UTF-8 text without NUL bytes
+// (PostgreSQL), which would otherwise be refused on every attempt.
+func checkText(what, s string) error {
+	switch {
+	case strings.ContainsAny(s, "\r\n"):
+		return fmt.Errorf("%s %.40q has a line break", what, s)
+	case !utf8.ValidString(s) || strings.IndexByte(s, 0) >= 0:
+		return fmt.Errorf("%s %.40q is not UTF-8 text without NUL bytes", what, s)
+	}
+	return nil
 }
 
 // checkTraceContext reports a trace context (Message.TraceParent and

@@ -754,3 +754,25 @@ func TestErrorTextNotUTF8(t *testing.T) {
 		}
 	})
 }
+
+// TestRequestTextValidated: a request's type, content type and header
+// values that no engine can store as text (a line break in the type or
+// content type, bytes that are not UTF-8, a NUL) are refused at Send with
+// ErrInvalid, on every engine alike; before, NATS turned line breaks into
+// spaces and PostgreSQL refused the others with an error of its own.
+func TestRequestTextValidated(t *testing.T) {
+	t.Parallel()
+	c := setup(t, rsvp.Config{})
+	for name, m := range map[string]*rsvp.Message{
+		"type with a line break":         {Type: "a.v1\nb"},
+		"content type with a line break": {ContentType: "text/plain\r\nX: y"},
+		"type not UTF-8":                 {Type: "a.v1\xff"},
+		"content type with a NUL":        {ContentType: "text/plain\x00"},
+		"header value not UTF-8":         {Headers: map[string]string{"K": "v\xfe"}},
+		"header value with a NUL":        {Headers: map[string]string{"K": "v\x00"}},
+	} {
+		if _, err := c.Send(ctxWithin(t, 5*time.Second), "q", m); !errors.Is(err, rsvp.ErrInvalid) {
+			t.Errorf("%s: %v, want ErrInvalid", name, err)
+		}
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"go.opentelemetry.io/otel/trace"
 	"log/slog"
+	"maps"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -426,7 +427,9 @@ func (c *Consumer) Next(ctx context.Context) (*Lease, error) {
 		a, ok := c.begin(sctx, d)
 		cancel()
 		if ok {
-			l := &Lease{s: &c.settler, d: d, a: a}
+			m := *d.Message() // the caller's copy, as a Handler's is
+			m.Headers = maps.Clone(m.Headers)
+			l := &Lease{s: &c.settler, d: d, a: a, msg: &m}
 			l.renewed.Store(time.Now().UnixNano())
 			l.timer.Store(time.AfterFunc(c.opts.Lease, l.ranOut))
 			return l, nil
@@ -450,6 +453,7 @@ var ErrSettled = errors.New("rsvp: lease already settled")
 type Lease struct {
 	s       *settler
 	d       backend.Delivery
+	msg     *Message // Message's: the caller's copy of d's
 	a       attempt
 	state   atomic.Int32               // leaseOpen, leaseSettled or leaseRanOut
 	renewed atomic.Int64               // when the lease was taken or last extended, Unix ns
@@ -496,8 +500,10 @@ func (l *Lease) Expires() time.Time {
 	return time.Unix(0, l.renewed.Load()).Add(l.s.opts.Lease)
 }
 
-// Message returns the leased request.
-func (l *Lease) Message() *Message { return l.d.Message() }
+// Message returns the leased request: the caller's copy, as a Handler's
+// is. Changing its fields (but not the bytes of its Body) does not change
+// the request that is dead-lettered and replayed.
+func (l *Lease) Message() *Message { return l.msg }
 
 // Duration is how long the lease lasts after it was taken or last
 // extended: HandleOptions.Lease.

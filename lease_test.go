@@ -473,3 +473,26 @@ func TestPermanentFailAfterCancelNotDeadLettered(t *testing.T) {
 		t.Fatalf("Await: %v, want ErrCancelled", err)
 	}
 }
+
+// TestLeaseMessageIsACopy: changing the leased request (its type, say, as
+// an in-place upgrade would) does not change the dead letter, whose replay
+// must run the request as it was sent.
+func TestLeaseMessageIsACopy(t *testing.T) {
+	t.Parallel()
+	c := setup(t, rsvp.Config{})
+	ctx := ctxWithin(t, 10*time.Second)
+	const q = "leasecopy"
+	if _, err := c.Send(ctx, q, &rsvp.Message{Type: "resize.v1", Headers: map[string]string{"K": "v"}, Body: []byte("x")}); err != nil {
+		t.Fatal(err)
+	}
+	l := next(t, consumer(t, c, q, rsvp.HandleOptions{}))
+	m := l.Message()
+	m.Type, m.Headers["K"] = "resize.v2", "changed"
+	if err := l.Fail(ctx, rsvp.Permanent(errors.New("no luck"))); err != nil {
+		t.Fatal(err)
+	}
+	dls := deadLetters(t, c, q)
+	if len(dls) != 1 || dls[0].Message.Type != "resize.v1" || dls[0].Message.Headers["K"] != "v" {
+		t.Fatalf("dead letters %+v; want the request as sent (resize.v1, K=v)", dls)
+	}
+}

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"go.opentelemetry.io/otel/trace"
 	"log/slog"
-	"maps"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -427,9 +426,7 @@ func (c *Consumer) Next(ctx context.Context) (*Lease, error) {
 		a, ok := c.begin(sctx, d)
 		cancel()
 		if ok {
-			m := *d.Message() // the caller's copy, as a Handler's is
-			m.Headers = maps.Clone(m.Headers)
-			l := &Lease{s: &c.settler, d: d, a: a, msg: &m}
+			l := &Lease{s: &c.settler, d: d, a: a, msg: ownCopy(d.Message())}
 			l.renewed.Store(time.Now().UnixNano())
 			l.timer.Store(time.AfterFunc(c.opts.Lease, l.ranOut))
 			return l, nil
@@ -493,6 +490,11 @@ func (l *Lease) ranOut() {
 		l.a.log.Warn("rsvp: a lease ran out unsettled; the request goes back to the queue")
 		l.s.end(l.a, m, outcomeLeaseLost, fmt.Errorf("rsvp: lease of %s ran out unsettled: %w", m.ID, ErrLeaseLost))
 	}
+}
+
+// ranOutError is Extend's error for a lease that ran out (ranOut).
+func (l *Lease) ranOutError() error {
+	return fmt.Errorf("rsvp: extend lease of %s: it ran out at %s: %w", l.d.Message().ID, l.Expires().Format(time.RFC3339Nano), ErrLeaseLost)
 }
 
 // Expires returns when the lease runs out unless extended.
@@ -586,7 +588,7 @@ func (l *Lease) Extend(ctx context.Context) error {
 	case leaseSettled:
 		return ErrSettled
 	case leaseRanOut:
-		return fmt.Errorf("rsvp: extend lease of %s: it ran out at %s: %w", l.d.Message().ID, l.Expires().Format(time.RFC3339Nano), ErrLeaseLost)
+		return l.ranOutError()
 	}
 	if err := l.d.Extend(ctx); err != nil {
 		if errors.Is(err, ErrLeaseLost) && l.settle() == nil {
@@ -597,8 +599,7 @@ func (l *Lease) Extend(ctx context.Context) error {
 	l.renewing.Lock()
 	defer l.renewing.Unlock()
 	if l.state.Load() == leaseRanOut { // while the engine renewed it: recorded as lost
-		return fmt.Errorf("rsvp: extend lease of %s: it ran out at %s, before the engine renewed it: %w",
-			l.d.Message().ID, l.Expires().Format(time.RFC3339Nano), ErrLeaseLost)
+		return l.ranOutError()
 	}
 	l.renewed.Store(time.Now().UnixNano())
 	return nil

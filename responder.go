@@ -262,6 +262,16 @@ func (r *Responder) handle(d backend.Delivery) {
 // cancellation when its reply cannot be watched.
 const cancelPoll = time.Second
 
+// ownCopy returns a copy of m for a handler or a pull consumer's caller:
+// its fields and headers are its own (its Body's bytes are shared), so
+// that changing them (an in-place upgrade, say) does not change the
+// request that is dead-lettered and replayed.
+func ownCopy(m *Message) *Message {
+	c := *m
+	c.Headers = maps.Clone(m.Headers)
+	return &c
+}
+
 // run calls the handler of attempt a with the lease kept alive, turning a
 // panic into an error. cause says why the responder cancelled the
 // handler's ctx: ErrCancelled (Client.Cancel), an error matching
@@ -332,11 +342,7 @@ func (r *Responder) run(a attempt, d backend.Delivery, m *Message) (reply *Reply
 			cause = c
 		}
 	}()
-	// The handler gets a copy: a field it changes (a Mux upgrade's, say)
-	// does not change the request that is dead-lettered.
-	in := *m
-	in.Headers = maps.Clone(m.Headers)
-	reply, err = r.h.ServeRequest(ctx, &in)
+	reply, err = r.h.ServeRequest(ctx, ownCopy(m))
 	return reply, nil, err
 }
 

@@ -15,7 +15,8 @@ import (
 // they are meant for people and monitoring, not for the hot path.
 type Inspector interface {
 	// Queues returns a snapshot of every queue that has requests, a
-	// consumer or dead letters, sorted by name. The figures need not be
+	// consumer, dead letters, or traffic in the last RateWindow, sorted
+	// by name. The figures need not be
 	// read atomically: under load they may disagree slightly (InFlight
 	// above Depth, say).
 	Queues(ctx context.Context) ([]QueueStats, error)
@@ -63,7 +64,19 @@ type QueueStats struct {
 	// DeadLetters is the number of dead letters of the queue kept (they
 	// expire after the dead-letter retention).
 	DeadLetters uint64
+	// In and Out count the requests stored on the queue, and those that
+	// left it (answered, failed for good, cancelled or expired), in the
+	// last RateWindow: the queue's rates. On NATS each process counts its
+	// own and hands the counts to the engine every 5 s and when it closes,
+	// so they lag by up to 5 s, and a process that is killed loses its
+	// last 5 s; PostgreSQL counts in the same transaction as the change.
+	// Only rsvp's engine code is counted: a program that writes the wire
+	// format itself is not.
+	In, Out uint64
 }
+
+// RateWindow is the time over which QueueStats.In and Out count.
+const RateWindow = time.Minute
 
 // Presence says whether something was found by a search that may have
 // stopped early.

@@ -405,4 +405,46 @@ var inspectCases = []testCase{
 			}
 		}
 	}},
+	{name: "InspectRates", run: func(t *testing.T, open Opener, f Features) {
+		b := opened(t, open)
+		in := inspector(t, b)
+		ctx := ctxFor(t, 30*time.Second)
+		q, other := uniq("ir"), uniq("ir")
+		dup := newMsg(b, q)
+		mustEnqueue(t, b, dup)
+		mustEnqueue(t, b, dup) // a duplicate is not stored: not counted
+		for range 2 {
+			mustEnqueue(t, b, newMsg(b, q))
+		}
+		mustEnqueue(t, b, newMsg(b, other))
+		c := consume(t, b, q, backend.ConsumeParams{Lease: 30 * time.Second})
+		for range 2 {
+			if err := next(t, c, 10*time.Second).Ack(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := next(t, c, 10*time.Second).Nack(ctx, time.Hour); err != nil { // stays: not out
+			t.Fatal(err)
+		}
+		var got backend.QueueStats
+		eventually(t, "3 in and 2 out counted", func() bool {
+			got, _ = queueStats(t, in, q)
+			return got.In == 3 && got.Out == 2
+		})
+		if o, _ := queueStats(t, in, other); o.In != 1 || o.Out != 0 {
+			t.Fatalf("another queue: in %d, out %d; want 1, 0", o.In, o.Out)
+		}
+		if !f.Shared {
+			return
+		}
+		// Another process's counts are stored by the time it has closed.
+		b2 := open(t)
+		mustEnqueue(t, b2, newMsg(b2, q))
+		if err := b2.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if got, _ := queueStats(t, in, q); got.In != 4 || got.Out != 2 {
+			t.Fatalf("after another handle stored one and closed: in %d, out %d; want 4, 2", got.In, got.Out)
+		}
+	}},
 }

@@ -311,7 +311,9 @@ func (c *consumer) reject(m *nats.Msg, msg *backend.Message, why error) {
 		r := &backend.Reply{CorrelationID: msg.CorrelationID, Status: backend.StatusFailed, ErrorCode: "bad_request", ErrorMessage: why.Error(), CreatedAt: time.Now()}
 		_ = c.b.PutReply(ctx, msg.ReplyTo, r) // best effort: the address may be as bad as the rest
 	}
-	_ = m.Term()
+	if m.Term() == nil {
+		c.b.tally.Out(c.queue)
+	}
 }
 
 // ErrLeaseLost: a delivery was not settled or extended because its lease
@@ -413,11 +415,13 @@ func (d *delivery) Ack(ctx context.Context) error {
 			return fmt.Errorf("rsvpnats: ack %s: %w", d.msg.ID, settled(err))
 		}
 		d.ses.settled(d, true)
+		d.c.b.tally.Out(d.c.queue)
 		return nil
 	}
 	if err := d.m.Ack(); err != nil {
 		return fmt.Errorf("rsvpnats: ack %s: %w", d.msg.ID, settled(err))
 	}
+	d.c.b.tally.Out(d.c.queue)
 	return nil
 }
 

@@ -28,6 +28,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/rsvp-go/rsvp/backend"
+	"github.com/rsvp-go/rsvp/internal/tally"
 )
 
 // Options configures a backend. The zero value works.
@@ -120,6 +121,8 @@ type Backend struct {
 
 	leasesMu sync.Mutex
 	leases   jetstream.KeyValue // the lease registry (see shareLease), once made
+
+	tally *tally.Tally // counts requests in and out of each queue (rates.go)
 }
 
 var (
@@ -238,6 +241,13 @@ func open(ctx context.Context, nc *nats.Conn, opts Options, memory bool, syncDir
 			return nil, fmt.Errorf("rsvpnats: create stream %s: %w", cfg.Name, err)
 		}
 	}
+	// Not in cfgs: its writes need no fsync (see rates.go).
+	cctx, cancel := context.WithTimeout(ctx, opts.Timeout)
+	_, err = js.CreateOrUpdateStream(cctx, ratesStream(storage))
+	cancel()
+	if err != nil {
+		return nil, fmt.Errorf("rsvpnats: create stream %s: %w", streamRates, err)
+	}
 	b := &Backend{opts: opts, nc: nc, js: js, reqs: streams[0], replies: streams[1], dlq: streams[2], events: streams[3], storage: storage}
 	b.life, b.end = context.WithCancel(context.Background())
 	if syncDir != "" {
@@ -251,6 +261,7 @@ func open(ctx context.Context, nc *nats.Conn, opts Options, memory bool, syncDir
 			b.syncs[cfg.Name] = g
 		}
 	}
+	b.tally = tally.Start(tallyInterval, min(opts.Timeout, tallyCloseTimeout), opts.Logger, b.storeCounts)
 	return b, nil
 }
 
@@ -295,7 +306,11 @@ func (b *Backend) Conn() *nats.Conn { return b.nc }
 func (b *Backend) Publish(ctx context.Context, m *nats.Msg) error {
 	switch {
 	case strings.HasPrefix(m.Subject, subjRequests), strings.HasPrefix(m.Subject, subjSessions), strings.HasPrefix(m.Subject, subjSchedule):
-		return b.publish(ctx, streamRequests, m)
+		ack, err := b.publishAck(ctx, streamRequests, m)
+		if err == nil && !ack.Duplicate {
+			b.tally.In(queueOf(m.Subject))
+		}
+		return err
 	case strings.HasPrefix(m.Subject, subjReplies):
 		return b.publish(ctx, streamReplies, m)
 	case strings.HasPrefix(m.Subject, subjDLQ):
@@ -311,6 +326,7 @@ func (b *Backend) Publish(ctx context.Context, m *nats.Msg) error {
 func (b *Backend) Close() error {
 	b.closeOnce.Do(func() {
 		b.end()
+		b.tally.Close()
 		b.stopSyncs()
 		// Settles (acks, naks) still buffered go out before the connection
 		// closes; anything lost here comes back after its lease.
@@ -362,8 +378,12 @@ func (b *Backend) Enqueue(ctx context.Context, msg *backend.Message) error {
 	if err := b.checkSize(m); err != nil {
 		return fmt.Errorf("rsvpnats: enqueue: %w", err)
 	}
-	if err := b.publish(ctx, streamRequests, m); err != nil {
+	ack, err := b.publishAck(ctx, streamRequests, m)
+	if err != nil {
 		return fmt.Errorf("rsvpnats: enqueue on %s: %w", msg.Queue, err)
+	}
+	if !ack.Duplicate {
+		b.tally.In(msg.Queue)
 	}
 	return nil
 }

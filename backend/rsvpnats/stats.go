@@ -21,10 +21,11 @@ import (
 var _ backend.Inspector = (*Backend)(nil)
 
 // Queues implements backend.Inspector. It costs a few engine calls plus
-// one per non-empty queue (for its oldest request). InFlight is the
-// consumer's NumAckPending, Redelivered its NumRedelivered, Waiting its
-// pull requests waiting; Responders is -1: JetStream does not count the
-// clients of a consumer.
+// one per non-empty queue (for its oldest request), and reads the counts
+// of the last minute from RSVP_RATES (rates.go) with an ephemeral
+// consumer. InFlight is the consumer's NumAckPending, Redelivered its
+// NumRedelivered, Waiting its pull requests waiting; Responders is -1:
+// JetStream does not count the clients of a consumer.
 func (b *Backend) Queues(ctx context.Context) ([]backend.QueueStats, error) {
 	ctx, cancel := b.withTimeout(ctx)
 	defer cancel()
@@ -92,6 +93,15 @@ func (b *Backend) Queues(ctx context.Context) ([]backend.QueueStats, error) {
 	}
 	for subj, n := range dead.State.Subjects {
 		get(strings.TrimPrefix(subj, subjDLQ)).DeadLetters = n
+	}
+
+	rates, err := b.recentCounts(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("rsvpnats: queues: %w", err)
+	}
+	for name, c := range rates {
+		q := get(name)
+		q.In, q.Out = c.In, c.Out
 	}
 
 	first := max(info.State.FirstSeq, 1)

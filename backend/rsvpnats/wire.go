@@ -20,6 +20,7 @@ const (
 	streamReplies  = "RSVP_REPLIES"
 	streamDLQ      = "RSVP_DLQ"
 	streamEvents   = "RSVP_EVENTS"
+	streamRates    = "RSVP_RATES"
 
 	subjRequests = "rsvp.req."    // + queue
 	subjSessions = "rsvp.ses."    // + queue + "." + session token (sessionToken): requests of a session
@@ -30,6 +31,7 @@ const (
 	subjEvents   = "rsvp.event."  // + correlation id: a request's event log
 	subjChannel  = "rsvp.chan."   // + channel: copies of the events of a channel's requests
 	subjEvNotify = "rsvp.evnote." // + correlation id (republished request events)
+	subjRates    = "rsvp.rate."   // + queue: one process's counts of requests in and out of the queue
 )
 
 // Header names of the wire format.

@@ -119,7 +119,11 @@ func (d *Delivery) CommitWith(ctx context.Context, tx pgx.Tx, reply *backend.Rep
 			return err
 		}
 	}
-	return tx.Commit(ctx)
+	if err := tx.Commit(ctx); err != nil {
+		return err
+	}
+	d.b.tally.Out(d.msg.Queue)
+	return nil
 }
 
 // rollback ends tx, on a context of its own: the caller's may have ended.

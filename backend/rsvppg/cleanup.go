@@ -8,10 +8,11 @@ import (
 // deletes at most: small enough that no delete holds its locks for long.
 const cleanupBatch = 1000
 
-// cleanup deletes expired replies, events, dead letters and dedupe markers,
-// and folds the heartbeats of consumers gone into their queue's summary,
-// every Options.CleanupInterval, in batches, until the backend closes. Rows
-// another backend is deleting at the same time are skipped.
+// cleanup deletes expired replies, events, dead letters, dedupe markers and
+// queue counts, and folds the heartbeats of consumers gone into their
+// queue's summary, every Options.CleanupInterval, in batches, until the
+// backend closes. Rows another backend is deleting at the same time are
+// skipped.
 func (b *Backend) cleanup() {
 	t := time.NewTicker(b.opts.CleanupInterval)
 	defer t.Stop()
@@ -33,7 +34,7 @@ func (b *Backend) cleanupOnce() int64 {
 	defer cancel()
 	var n int64
 	err := b.fast.QueryRow(ctx, b.sql.cleanup, micros(b.opts.ReplyRetention), micros(b.opts.DeadLetterRetention),
-		micros(b.opts.DedupeWindow), cleanupBatch, micros(heartbeatStale)).Scan(&n)
+		micros(b.opts.DedupeWindow), cleanupBatch, micros(heartbeatStale), micros(countRetention)).Scan(&n)
 	if err != nil {
 		b.opts.Logger.Warn("rsvppg: deleting expired rows failed; trying again later", "err", err)
 		return 0

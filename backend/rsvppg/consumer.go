@@ -340,6 +340,7 @@ func (d *Delivery) Ack(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("rsvppg: ack %s: %w", d.msg.ID, err)
 	}
+	d.b.tally.Out(d.msg.Queue)
 	return nil
 }
 

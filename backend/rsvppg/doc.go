@@ -97,11 +97,16 @@
 //     language that consumes a queue may keep a row the same way. The row
 //     with the empty id holds when the queue's consumers gone were last
 //     seen.
+//   - queue_counts: requests in (n_in) and out (n_out) of each queue, for
+//     the rates of rsvp queues (QueueStats.In and Out), append only. The
+//     enqueue statement inserts a row per queue it stored on; each backend
+//     inserts its count of acknowledged requests per queue every 5 seconds
+//     and when it closes. The rates sum the rows of the last minute.
 //
 // A background goroutine deletes replies and events older than
-// ReplyRetention, dead letters older than DeadLetterRetention and dedupe
-// markers older than DedupeWindow, every CleanupInterval, at most 1000 rows
-// of each table per statement. It also folds consumer rows not seen for 30
+// ReplyRetention, dead letters older than DeadLetterRetention, dedupe
+// markers older than DedupeWindow and queue counts older than 10 minutes,
+// every CleanupInterval, at most 1000 rows of each table per statement. It also folds consumer rows not seen for 30
 // seconds (closed, or left by a crashed process) into their queue's row
 // with the empty id, and deletes those after ReplyRetention.
 //

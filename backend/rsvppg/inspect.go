@@ -22,8 +22,9 @@ var _ backend.Inspector = (*Backend)(nil)
 // attempt 0 and a not_before to come is scheduled, not yet due: apart, as
 // on NATS), those delivered (attempt > 0: running, or waiting for a
 // retry), those delivered more than once, the oldest, the consumers open
-// and seen within $1 microseconds, whether any consumer row exists, and the
-// dead letters.
+// and seen within $1 microseconds, whether any consumer row exists, the
+// dead letters, and the requests counted in and out in the last $2
+// microseconds.
 const queuesSQL = `
 WITH r AS (
 	SELECT queue,
@@ -39,10 +40,13 @@ WITH r AS (
 	FROM {s}.consumers GROUP BY queue
 ), d AS (
 	SELECT queue, count(*) AS dead FROM {s}.dead_letters GROUP BY queue
+), n AS (
+	SELECT queue, sum(n_in) AS n_in, sum(n_out) AS n_out FROM {s}.queue_counts
+	WHERE at > now() - $2::bigint * interval '1 microsecond' GROUP BY queue
 )
 SELECT queue, coalesce(r.depth, 0), coalesce(r.scheduled, 0), coalesce(r.in_flight, 0), coalesce(r.redelivered, 0), r.oldest,
-	c.queue IS NOT NULL, coalesce(c.live, 0), coalesce(d.dead, 0)
-FROM r FULL JOIN c USING (queue) FULL JOIN d USING (queue)
+	c.queue IS NOT NULL, coalesce(c.live, 0), coalesce(d.dead, 0), coalesce(n.n_in, 0), coalesce(n.n_out, 0)
+FROM r FULL JOIN c USING (queue) FULL JOIN d USING (queue) FULL JOIN n USING (queue)
 ORDER BY queue COLLATE "C"`
 
 // Queues implements backend.Inspector, in one query that counts the
@@ -61,14 +65,14 @@ func (b *Backend) Queues(ctx context.Context) ([]backend.QueueStats, error) {
 	defer cancel()
 	var qs []backend.QueueStats
 	err = b.retryOnce(ctx, b.fast, func() error {
-		rows, err := b.fast.Query(ctx, b.schemaSQL(queuesSQL), micros(heartbeatStale))
+		rows, err := b.fast.Query(ctx, b.schemaSQL(queuesSQL), micros(heartbeatStale), micros(backend.RateWindow))
 		if err != nil {
 			return err
 		}
 		qs, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (backend.QueueStats, error) {
 			q := backend.QueueStats{Waiting: -1}
 			var oldest *time.Time
-			err := row.Scan(&q.Queue, &q.Depth, &q.Scheduled, &q.InFlight, &q.Redelivered, &oldest, &q.Consumer, &q.Responders, &q.DeadLetters)
+			err := row.Scan(&q.Queue, &q.Depth, &q.Scheduled, &q.InFlight, &q.Redelivered, &oldest, &q.Consumer, &q.Responders, &q.DeadLetters, &q.In, &q.Out)
 			q.Oldest = timeOrZero(oldest)
 			return q, err
 		})

@@ -72,7 +72,7 @@ func loadMigrations(fsys fs.FS) ([]migration, error) {
 
 // SchemaVersion is the schema version this code writes and reads: the
 // number of the last embedded migration.
-const SchemaVersion = 3
+const SchemaVersion = 4
 
 // ErrSchemaTooNew: the schema was migrated by a newer rsvp than this one.
 var ErrSchemaTooNew = errors.New("rsvppg: schema is newer than this rsvp")

@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/rsvp-go/rsvp/backend"
+	"github.com/rsvp-go/rsvp/internal/tally"
 )
 
 // Options configures a backend. The zero value works.
@@ -140,6 +141,7 @@ type Backend struct {
 
 	instance    string        // names the backend in its consumers' ids
 	consumerSeq atomic.Uint64 // numbers its consumers
+	tally       *tally.Tally  // counts the requests acknowledged per queue (rates.go)
 
 	life context.Context // ends at Close
 	end  context.CancelFunc
@@ -179,6 +181,7 @@ func Open(ctx context.Context, url string, opts Options) (*Backend, error) {
 		return nil, err
 	}
 	b.startBatchers()
+	b.tally = tally.Start(tallyInterval, min(opts.Timeout, tallyCloseTimeout), opts.Logger, b.storeCounts)
 	b.goRun(func() { b.listen(conn) })
 	b.goRun(b.dispatch)
 	b.goRun(b.notifier)
@@ -275,6 +278,7 @@ func (b *Backend) Close() error {
 	b.closeOnce.Do(func() {
 		b.end()
 		b.wg.Wait()
+		b.tally.Close() // after the last ack
 		b.closePools()
 	})
 	return nil

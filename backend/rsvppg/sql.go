@@ -19,7 +19,7 @@ type queries struct {
 	eventsByID, eventsByChannel, eventsBySeq     string
 	eventsSince                                  string
 	heartbeat, consumerGone, lastActive          string
-	cleanup                                      string
+	countOut, cleanup                            string
 }
 
 // msgCols are the columns of a stored message, in the order scanMessage
@@ -101,6 +101,8 @@ WITH {gate}input AS (
 		nullif(session_key, ''), reply_session, greatest(coalesce(not_before, now()), now()), greatest(coalesce(not_before, now()), now())
 	FROM input WHERE id IN (SELECT key FROM fresh) ORDER BY ord
 	RETURNING queue
+), counted AS (
+	INSERT INTO {s}.queue_counts (queue, n_in) SELECT queue, count(*) FROM stored GROUP BY queue
 )
 {result}`
 
@@ -209,6 +211,9 @@ WITH input AS (
 )
 SELECT correlation_id, inbox FROM stored`),
 
+		// Adds counts $2 of requests acknowledged on queues $1.
+		countOut: sub(`INSERT INTO {s}.queue_counts (queue, n_out) SELECT * FROM unnest($1::text[], $2::bigint[])`),
+
 		// Sends notifications $2 on channel $1.
 		notify: sub(`SELECT pg_notify($1, p) FROM unnest($2::text[]) p`),
 
@@ -310,6 +315,10 @@ WITH r AS (
 	SELECT queue, '', false, max(seen_at) FROM a GROUP BY queue
 	ON CONFLICT (queue, id) DO UPDATE SET seen_at = greatest(c.seen_at, excluded.seen_at)
 	RETURNING 1
+), q AS (
+	DELETE FROM {s}.queue_counts WHERE seq IN (
+		SELECT seq FROM {s}.queue_counts WHERE at < now() - $6::bigint {us} LIMIT $4 FOR UPDATE SKIP LOCKED)
+	RETURNING 1
 ), g AS (
 	DELETE FROM {s}.consumers WHERE (queue, id) IN (
 		SELECT queue, id FROM {s}.consumers WHERE id = '' AND seen_at < now() - $1::bigint {us} LIMIT $4 FOR UPDATE SKIP LOCKED)
@@ -317,6 +326,6 @@ WITH r AS (
 	RETURNING 1
 )
 SELECT greatest((SELECT count(*) FROM r), (SELECT count(*) FROM e), (SELECT count(*) FROM d), (SELECT count(*) FROM k),
-	(SELECT count(*) FROM a), (SELECT count(*) FROM g))`),
+	(SELECT count(*) FROM a), (SELECT count(*) FROM g), (SELECT count(*) FROM q))`),
 	}
 }

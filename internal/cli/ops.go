@@ -28,7 +28,8 @@ import (
 const queuesUsage = `Usage: rsvp queues [flags]
 
 Show the queues of the engine: every queue that has requests, a consumer
-(some responder took its requests) or dead letters. Columns:
+(some responder took its requests), dead letters, or traffic in the last
+minute. Columns:
 
   QUEUE       the queue's name
   DEPTH       requests not finished: waiting, running, or waiting for a
@@ -41,6 +42,12 @@ Show the queues of the engine: every queue that has requests, a consumer
               an idle worker of --concurrency 8 counts 8. IDLE 0 while
               DEPTH exceeds IN-FLIGHT: every responder is busy, or none is
               running
+  IN/MIN      requests stored on the queue in the last minute
+  OUT/MIN     requests that left it in the last minute: answered, failed
+              for good, cancelled or expired. Each process hands in its
+              count every 5 s and when it stops (on PostgreSQL, requests
+              in are counted as they are stored), so the figures may lag
+              by 5 s, and a process killed loses its last 5 s
   OLDEST      how long the oldest request not finished has been stored
   DEAD        dead letters kept (for 14 days by default)
 
@@ -49,8 +56,8 @@ redelivered (in flight past their first attempt), scheduled (requests
 scheduled for later, not yet due), consumer (whether a responder ever
 consumed the queue: on NATS its durable consumer exists, on PostgreSQL one
 was seen within the reply retention), last_delivered (NATS), oldest (a
-time) and oldest_age_seconds. responders and idle are left out where the
-engine cannot count them.
+time), oldest_age_seconds, in_last_minute and out_last_minute. responders
+and idle are left out where the engine cannot count them.
 
 The engine is that of a running 'rsvp serve' or 'rsvp worker' when given
 the same --engine: embedded:DIR connects to the process that runs it. A
@@ -197,7 +204,7 @@ func runQueues(ctx context.Context, e *env, cmd *command, args []string) error {
 	if idle || !responders {
 		cols = append(cols, "IDLE")
 	}
-	fmt.Fprintln(tw, strings.Join(append(cols, "OLDEST", "DEAD"), "\t"))
+	fmt.Fprintln(tw, strings.Join(append(cols, "IN/MIN", "OUT/MIN", "OLDEST", "DEAD"), "\t"))
 	for _, q := range qs {
 		row := []string{q.Queue, strconv.FormatUint(q.Depth, 10), strconv.Itoa(q.InFlight)}
 		if responders {
@@ -210,7 +217,8 @@ func runQueues(ctx context.Context, e *env, cmd *command, args []string) error {
 		if !q.Oldest.IsZero() {
 			oldest = age(now.Sub(q.Oldest))
 		}
-		fmt.Fprintln(tw, strings.Join(append(row, oldest, strconv.FormatUint(q.DeadLetters, 10)), "\t"))
+		row = append(row, strconv.FormatUint(q.In, 10), strconv.FormatUint(q.Out, 10), oldest, strconv.FormatUint(q.DeadLetters, 10))
+		fmt.Fprintln(tw, strings.Join(row, "\t"))
 	}
 	return tw.Flush()
 }
@@ -237,11 +245,14 @@ type queueJSON struct {
 	Oldest        time.Time `json:"oldest,omitzero"`
 	OldestAge     float64   `json:"oldest_age_seconds"`
 	DeadLetters   uint64    `json:"dead_letters"`
+	InLastMinute  uint64    `json:"in_last_minute"`
+	OutLastMinute uint64    `json:"out_last_minute"`
 }
 
 func newQueueJSON(q backend.QueueStats, now time.Time) queueJSON {
 	j := queueJSON{Queue: q.Queue, Depth: q.Depth, InFlight: q.InFlight, Redelivered: q.Redelivered, Scheduled: q.Scheduled,
-		Consumer: q.Consumer, LastDelivered: q.LastDelivered.UTC(), Oldest: q.Oldest.UTC(), DeadLetters: q.DeadLetters}
+		Consumer: q.Consumer, LastDelivered: q.LastDelivered.UTC(), Oldest: q.Oldest.UTC(), DeadLetters: q.DeadLetters,
+		InLastMinute: q.In, OutLastMinute: q.Out}
 	if q.Responders >= 0 {
 		j.Responders = &q.Responders
 	}

@@ -45,8 +45,9 @@ func TestQueuesAndRequestsGet(t *testing.T) {
 		r := run(t, nil, "queues", "--engine", engine)
 		r.want(t, 0)
 		table = r.stdout
-		return regexp.MustCompile(`(?m)^flaky +0 +0 +8 +- +0\n`).MatchString(table) &&
-			regexp.MustCompile(`(?m)^thumbnail +0 +0 +8 +- +1\n`).MatchString(table)
+		// IN/MIN and OUT/MIN: serve hands in its counts every 5s.
+		return regexp.MustCompile(`(?m)^flaky +0 +0 +8 +1 +1 +- +0\n`).MatchString(table) &&
+			regexp.MustCompile(`(?m)^thumbnail +0 +0 +8 +2 +2 +- +1\n`).MatchString(table)
 	})
 	// The queues of the demo workflows (their activities', the workflow
 	// engine's) and of expiry tasks are not this test's.
@@ -56,8 +57,8 @@ func TestQueuesAndRequestsGet(t *testing.T) {
 	lines := slices.DeleteFunc(strings.Split(strings.TrimSuffix(table, "\n"), "\n"), func(l string) bool {
 		return demoWorkflowQueue(strings.Fields(l)[0])
 	})
-	if len(lines) != 4 || strings.Join(strings.Fields(lines[0]), " ") != "QUEUE DEPTH IN-FLIGHT IDLE OLDEST DEAD" ||
-		!regexp.MustCompile(`^backlog +1 +0 +0 +\d+\.\ds +0$`).MatchString(lines[1]) {
+	if len(lines) != 4 || strings.Join(strings.Fields(lines[0]), " ") != "QUEUE DEPTH IN-FLIGHT IDLE IN/MIN OUT/MIN OLDEST DEAD" ||
+		!regexp.MustCompile(`^backlog +1 +0 +0 +1 +0 +\d+\.\ds +0$`).MatchString(lines[1]) {
 		t.Fatalf("queues:\n%s", table)
 	}
 
@@ -72,7 +73,8 @@ func TestQueuesAndRequestsGet(t *testing.T) {
 	if q := qs[0]; q.Queue != "backlog" || q.Depth != 1 || q.Consumer || q.Oldest.IsZero() || q.OldestAge <= 0 {
 		t.Fatalf("backlog: %+v", q)
 	}
-	if q := qs[2]; q.Queue != "thumbnail" || !q.Consumer || q.DeadLetters != 1 || q.LastDelivered.IsZero() || !q.Oldest.IsZero() {
+	if q := qs[2]; q.Queue != "thumbnail" || !q.Consumer || q.DeadLetters != 1 || q.LastDelivered.IsZero() || !q.Oldest.IsZero() ||
+		q.InLastMinute != 2 || q.OutLastMinute != 2 {
 		t.Fatalf("thumbnail: %+v", q)
 	}
 
@@ -160,7 +162,7 @@ func TestQueuesEmptyEngine(t *testing.T) {
 	t.Parallel()
 	r := run(t, nil, "queues", "--engine", "embedded:mem")
 	r.want(t, 0)
-	if strings.Join(strings.Fields(r.stdout), " ") != "QUEUE DEPTH IN-FLIGHT IDLE OLDEST DEAD" {
+	if strings.Join(strings.Fields(r.stdout), " ") != "QUEUE DEPTH IN-FLIGHT IDLE IN/MIN OUT/MIN OLDEST DEAD" {
 		t.Fatalf("queues of an empty engine:\n%s", r.stdout)
 	}
 	r = run(t, nil, "queues", "--engine", "embedded:mem", "--output", "json")
@@ -285,9 +287,9 @@ func TestOpsOnPostgres(t *testing.T) {
 	r := run(t, nil, "queues", "--engine", engine)
 	r.want(t, 0)
 	lines := strings.Split(strings.TrimSuffix(r.stdout, "\n"), "\n")
-	if len(lines) != 3 || strings.Join(strings.Fields(lines[0]), " ") != "QUEUE DEPTH IN-FLIGHT RESPONDERS OLDEST DEAD" ||
-		!regexp.MustCompile(`^backlog +1 +0 +0 +\d+\.\ds +0$`).MatchString(lines[1]) ||
-		!regexp.MustCompile(`^busy +1 +1 +1 +\d+\.\ds +0$`).MatchString(lines[2]) {
+	if len(lines) != 3 || strings.Join(strings.Fields(lines[0]), " ") != "QUEUE DEPTH IN-FLIGHT RESPONDERS IN/MIN OUT/MIN OLDEST DEAD" ||
+		!regexp.MustCompile(`^backlog +1 +0 +0 +1 +0 +\d+\.\ds +0$`).MatchString(lines[1]) ||
+		!regexp.MustCompile(`^busy +1 +1 +1 +1 +0 +\d+\.\ds +0$`).MatchString(lines[2]) {
 		t.Fatalf("queues:\n%s", r.stdout)
 	}
 	r = run(t, nil, "queues", "--engine", engine, "--output", "json")
@@ -296,7 +298,8 @@ func TestOpsOnPostgres(t *testing.T) {
 	if err := json.Unmarshal([]byte(r.stdout), &qs); err != nil || len(qs) != 2 || strings.Contains(r.stdout, `"idle"`) {
 		t.Fatalf("queues --output json: %v\n%s", err, r.stdout)
 	}
-	if q := qs[1]; q.Queue != "busy" || q.Responders == nil || *q.Responders != 1 || !q.Consumer || q.InFlight != 1 || q.OldestAge <= 0 {
+	if q := qs[1]; q.Queue != "busy" || q.Responders == nil || *q.Responders != 1 || !q.Consumer || q.InFlight != 1 || q.OldestAge <= 0 ||
+		q.InLastMinute != 1 || q.OutLastMinute != 0 {
 		t.Fatalf("busy: %+v", q)
 	}
 
@@ -400,7 +403,7 @@ func TestQueuesEmptyOnPostgres(t *testing.T) {
 	run(t, nil, "migrate", "--engine", engine).want(t, 0)
 	r := run(t, nil, "queues", "--engine", engine)
 	r.want(t, 0)
-	if got := strings.Join(strings.Fields(r.stdout), " "); got != "QUEUE DEPTH IN-FLIGHT RESPONDERS OLDEST DEAD" {
-		t.Fatalf("rsvp queues on an empty PostgreSQL schema printed %q, want the header QUEUE DEPTH IN-FLIGHT RESPONDERS OLDEST DEAD", got)
+	if want := "QUEUE DEPTH IN-FLIGHT RESPONDERS IN/MIN OUT/MIN OLDEST DEAD"; strings.Join(strings.Fields(r.stdout), " ") != want {
+		t.Fatalf("rsvp queues on an empty PostgreSQL schema printed %q, want the header %s", r.stdout, want)
 	}
 }

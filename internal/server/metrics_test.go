@@ -103,6 +103,18 @@ func TestMetricsExposition(t *testing.T) {
 	if got := value("rsvp_queue_oldest_age_seconds", idle); got <= 0 {
 		t.Errorf("oldest age on idle: %v", got)
 	}
+	// The rates of the last minute: the server hands in its counts every
+	// 5s.
+	idleIn := func() float64 { return value("rsvp_queue_in_last_minute", idle) }
+	flakyOut := func() float64 { return value("rsvp_queue_out_last_minute", q) }
+	deadline = time.Now().Add(15 * time.Second)
+	for scrape(); (idleIn() != 1 || flakyOut() != 1) && time.Now().Before(deadline); scrape() {
+		time.Sleep(50 * time.Millisecond) // polling a condition, with a deadline
+	}
+	if idleIn() != 1 || flakyOut() != 1 || value("rsvp_queue_out_last_minute", idle) != 0 || value("rsvp_queue_in_last_minute", q) != 1 {
+		t.Errorf("in and out of the last minute: idle %v and %v, want 1 and 0; flaky %v and %v, want 1 and 1",
+			idleIn(), value("rsvp_queue_out_last_minute", idle), value("rsvp_queue_in_last_minute", q), flakyOut())
+	}
 	if got := value("rsvp_gateway_http_requests_total", map[string]string{"http_route": "POST /v1/queues/{queue}/requests"}); got < 1 {
 		t.Errorf("HTTP submits counted: %v", got)
 	}

@@ -81,9 +81,9 @@ func newTelemetry(ctx context.Context) (*telemetry, error) {
 	return t, nil
 }
 
-// observeQueues reports depth, in-flight, oldest age, dead letters and
-// scheduled requests per queue, read from the engine at each collection
-// (scrape).
+// observeQueues reports depth, in-flight, oldest age, dead letters,
+// scheduled requests and the requests in and out in the last minute per
+// queue, read from the engine at each collection (scrape).
 func observeQueues(mp metric.MeterProvider, qs backend.Inspector) error {
 	m := mp.Meter("github.com/rsvp-go/rsvp/internal/server")
 	depth, err1 := m.Int64ObservableGauge("rsvp.queue.depth", metric.WithDescription("Requests on the queue not finished (waiting, running or waiting for a retry)."))
@@ -91,7 +91,9 @@ func observeQueues(mp metric.MeterProvider, qs backend.Inspector) error {
 	oldest, err3 := m.Float64ObservableGauge("rsvp.queue.oldest_age", metric.WithUnit("s"), metric.WithDescription("Age of the oldest request on the queue not finished."))
 	dead, err4 := m.Int64ObservableGauge("rsvp.queue.dead_letters", metric.WithDescription("Dead letters of the queue kept."))
 	scheduled, err5 := m.Int64ObservableGauge("rsvp.queue.scheduled", metric.WithDescription("Requests of the queue scheduled for later and not yet due (not in the depth)."))
-	if err := errors.Join(err1, err2, err3, err4, err5); err != nil {
+	in, err6 := m.Int64ObservableGauge("rsvp.queue.in_last_minute", metric.WithDescription("Requests stored on the queue in the last minute, by every process."))
+	out, err7 := m.Int64ObservableGauge("rsvp.queue.out_last_minute", metric.WithDescription("Requests that left the queue (answered, failed for good, cancelled or expired) in the last minute, by every process."))
+	if err := errors.Join(err1, err2, err3, err4, err5, err6, err7); err != nil {
 		return err
 	}
 	_, err := m.RegisterCallback(func(ctx context.Context, o metric.Observer) error {
@@ -105,6 +107,8 @@ func observeQueues(mp metric.MeterProvider, qs backend.Inspector) error {
 			o.ObserveInt64(inFlight, int64(s.InFlight), at)
 			o.ObserveInt64(dead, int64(s.DeadLetters), at)
 			o.ObserveInt64(scheduled, int64(s.Scheduled), at)
+			o.ObserveInt64(in, int64(s.In), at)
+			o.ObserveInt64(out, int64(s.Out), at)
 			age := 0.0
 			if !s.Oldest.IsZero() {
 				age = time.Since(s.Oldest).Seconds()
@@ -112,6 +116,6 @@ func observeQueues(mp metric.MeterProvider, qs backend.Inspector) error {
 			o.ObserveFloat64(oldest, age, at)
 		}
 		return nil
-	}, depth, inFlight, oldest, dead, scheduled)
+	}, depth, inFlight, oldest, dead, scheduled, in, out)
 	return err
 }

@@ -1,0 +1,119 @@
+package tally_test
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/rsvp-go/rsvp/internal/tally"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// recorder is a Store that keeps the sums of what it was given, and fails
+// while failing is set.
+type recorder struct {
+	mu      sync.Mutex
+	in, out map[string]uint64
+	calls   int
+	failing bool
+}
+
+func newRecorder() *recorder {
+	return &recorder{in: map[string]uint64{}, out: map[string]uint64{}}
+}
+
+func (r *recorder) store(_ context.Context, counts []tally.Count) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.calls++
+	if r.failing {
+		return errors.New("engine down")
+	}
+	for _, c := range counts {
+		if c.In == 0 && c.Out == 0 {
+			panic("an empty count was stored")
+		}
+		r.in[c.Queue] += c.In
+		r.out[c.Queue] += c.Out
+	}
+	return nil
+}
+
+func (r *recorder) sums(queue string) (in, out uint64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.in[queue], r.out[queue]
+}
+
+func TestCloseStoresEverything(t *testing.T) {
+	r := newRecorder()
+	tl := tally.Start(time.Hour, time.Second, slog.New(slog.DiscardHandler), r.store)
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			for range 1000 {
+				tl.In("a")
+				tl.Out("a")
+				tl.In("b")
+			}
+		})
+	}
+	wg.Wait()
+	tl.Close()
+	tl.Close() // twice is fine
+	if in, out := r.sums("a"); in != 8000 || out != 8000 {
+		t.Fatalf("queue a: in %d, out %d; want 8000, 8000", in, out)
+	}
+	if in, out := r.sums("b"); in != 8000 || out != 0 {
+		t.Fatalf("queue b: in %d, out %d; want 8000, 0", in, out)
+	}
+}
+
+func TestStoresEveryInterval(t *testing.T) {
+	r := newRecorder()
+	tl := tally.Start(10*time.Millisecond, time.Second, slog.New(slog.DiscardHandler), r.store)
+	defer tl.Close()
+	tl.In("a")
+	deadline := time.Now().Add(10 * time.Second)
+	for in, _ := r.sums("a"); in != 1; in, _ = r.sums("a") {
+		if time.Now().After(deadline) {
+			t.Fatal("the count was not stored within 10s")
+		}
+		time.Sleep(5 * time.Millisecond) // polling a condition, with a deadline
+	}
+}
+
+func TestFailedStoreKeepsCounts(t *testing.T) {
+	r := newRecorder()
+	r.failing = true
+	tl := tally.Start(10*time.Millisecond, time.Second, slog.New(slog.DiscardHandler), r.store)
+	tl.In("a")
+	tl.Out("a")
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		r.mu.Lock()
+		calls := r.calls
+		if calls >= 2 {
+			r.failing = false
+		}
+		r.mu.Unlock()
+		if calls >= 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no store tried twice within 10s")
+		}
+		time.Sleep(5 * time.Millisecond) // polling a condition, with a deadline
+	}
+	tl.In("a")
+	tl.Close()
+	if in, out := r.sums("a"); in != 2 || out != 1 {
+		t.Fatalf("after failed stores: in %d, out %d; want 2, 1", in, out)
+	}
+}

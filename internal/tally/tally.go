@@ -35,7 +35,14 @@ type Tally struct {
 	stop     chan struct{}
 	stopped  chan struct{}
 	stopOnce sync.Once
+
+	failingSince time.Time // of the stores failing now; zero if the last one worked (run's only)
 }
+
+// keepFor is how long counts that could not be stored are kept for the
+// next try: past it, storing them would show old traffic as new. A
+// variable for tests.
+var keepFor = time.Minute
 
 type pair struct{ in, out atomic.Uint64 }
 
@@ -77,7 +84,9 @@ func (t *Tally) run(interval time.Duration) {
 }
 
 // flush takes the counts gathered so far and stores them; if that fails,
-// they are added back for the next flush.
+// they are added back for the next flush, unless the stores have failed
+// for keepFor. The first failure is logged as a warning, the others at
+// debug level, and the first success after them again.
 func (t *Tally) flush() {
 	var counts []Count
 	for k, v := range t.queues.Range {
@@ -92,13 +101,28 @@ func (t *Tally) flush() {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), t.timeout)
 	defer cancel()
-	if err := t.store(ctx, counts); err != nil {
-		t.log.Warn("rsvp: storing the queue counts failed; they are kept for the next try", "err", err)
-		for _, c := range counts {
-			p := t.pair(c.Queue)
-			p.in.Add(c.In)
-			p.out.Add(c.Out)
+	err := t.store(ctx, counts)
+	if err == nil {
+		if !t.failingSince.IsZero() {
+			t.failingSince = time.Time{}
+			t.log.Info("rsvp: the queue counts are stored again")
 		}
+		return
+	}
+	switch {
+	case t.failingSince.IsZero():
+		t.failingSince = time.Now()
+		t.log.Warn("rsvp: storing the queue counts failed; they are kept for the next try", "err", err)
+	case time.Since(t.failingSince) > keepFor:
+		t.log.Debug("rsvp: storing the queue counts failed again; dropped", "err", err)
+		return
+	default:
+		t.log.Debug("rsvp: storing the queue counts failed again", "err", err)
+	}
+	for _, c := range counts {
+		p := t.pair(c.Queue)
+		p.in.Add(c.In)
+		p.out.Add(c.Out)
 	}
 }
 

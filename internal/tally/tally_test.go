@@ -117,3 +117,34 @@ func TestFailedStoreKeepsCounts(t *testing.T) {
 		t.Fatalf("after failed stores: in %d, out %d; want 2, 1", in, out)
 	}
 }
+
+// TestCountsDroppedAfterLongFailure: counts that could not be stored for
+// longer than a while are dropped, not stored later as if they were new.
+func TestCountsDroppedAfterLongFailure(t *testing.T) {
+	defer tally.SetKeepFor(0)()
+	r := newRecorder()
+	r.failing = true
+	tl := tally.Start(5*time.Millisecond, time.Second, slog.New(slog.DiscardHandler), r.store)
+	tl.In("a")
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		r.mu.Lock()
+		calls := r.calls
+		r.mu.Unlock()
+		if calls >= 2 { // the first failure keeps them; the second drops them
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no store tried twice within 10s")
+		}
+		time.Sleep(5 * time.Millisecond) // polling a condition, with a deadline
+	}
+	r.mu.Lock()
+	r.failing = false
+	r.mu.Unlock()
+	tl.Out("a")
+	tl.Close()
+	if in, out := r.sums("a"); in != 0 || out != 1 {
+		t.Fatalf("in %d, out %d; want the old count dropped: 0, 1", in, out)
+	}
+}

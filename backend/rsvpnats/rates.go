@@ -16,17 +16,13 @@ import (
 
 // JetStream keeps no count of what entered or left a subject of a work
 // queue, so each process counts the requests it stored (Enqueue, Publish)
-// and those it acknowledged or rejected, and every tallyInterval publishes
+// and those it acknowledged or rejected, and every tally.Interval publishes
 // one message per queue that saw any: subject rsvp.rate.<queue>, body
 // {"in":N,"out":M}. Queues sums the messages of the last
 // backend.RateWindow. The stream keeps them for rateRetention; its writes
 // are not fsynced by group commit, as a lost count only blurs a rate.
 
-const (
-	tallyInterval     = 5 * time.Second
-	tallyCloseTimeout = 2 * time.Second
-	rateRetention     = 10 * time.Minute
-)
+const rateRetention = 10 * time.Minute
 
 func ratesStream(storage jetstream.StorageType) jetstream.StreamConfig {
 	return jetstream.StreamConfig{

@@ -261,7 +261,7 @@ func open(ctx context.Context, nc *nats.Conn, opts Options, memory bool, syncDir
 			b.syncs[cfg.Name] = g
 		}
 	}
-	b.tally = tally.Start(tallyInterval, min(opts.Timeout, tallyCloseTimeout), opts.Logger, b.storeCounts)
+	b.tally = tally.Start(tally.Interval, min(opts.Timeout, tally.StoreTimeout), opts.Logger, b.storeCounts)
 	return b, nil
 }
 

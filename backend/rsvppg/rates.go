@@ -11,15 +11,11 @@ import (
 // The rates of the operator's queries come from the table queue_counts
 // (migration 4): the enqueue statement adds the requests it stored, in its
 // own transaction, and each process adds the requests it acknowledged,
-// counted in memory, every tallyInterval and when it closes (one row per
+// counted in memory, every tally.Interval and when it closes (one row per
 // queue, not one per request). Rows older than countRetention go in the
 // clean-up.
 
-const (
-	tallyInterval     = 5 * time.Second
-	tallyCloseTimeout = 2 * time.Second
-	countRetention    = 10 * time.Minute
-)
+const countRetention = 10 * time.Minute
 
 // storeCounts is the tally's store.
 func (b *Backend) storeCounts(ctx context.Context, counts []tally.Count) error {

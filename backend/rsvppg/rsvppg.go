@@ -181,7 +181,7 @@ func Open(ctx context.Context, url string, opts Options) (*Backend, error) {
 		return nil, err
 	}
 	b.startBatchers()
-	b.tally = tally.Start(tallyInterval, min(opts.Timeout, tallyCloseTimeout), opts.Logger, b.storeCounts)
+	b.tally = tally.Start(tally.Interval, min(opts.Timeout, tally.StoreTimeout), opts.Logger, b.storeCounts)
 	b.goRun(func() { b.listen(conn) })
 	b.goRun(b.dispatch)
 	b.goRun(b.notifier)

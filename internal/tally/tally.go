@@ -15,6 +15,13 @@ import (
 	"time"
 )
 
+// Interval is how often engines store their counts, and StoreTimeout
+// bounds each store (the last, at close, too).
+const (
+	Interval     = 5 * time.Second
+	StoreTimeout = 2 * time.Second
+)
+
 // Count is what one queue saw since the last store.
 type Count struct {
 	Queue string

@@ -148,3 +148,21 @@ func TestCountsDroppedAfterLongFailure(t *testing.T) {
 		t.Fatalf("in %d, out %d; want the old count dropped: 0, 1", in, out)
 	}
 }
+
+// BenchmarkCount is the cost a request pays to be counted in and out,
+// from many goroutines on a few queues.
+func BenchmarkCount(b *testing.B) {
+	r := newRecorder()
+	tl := tally.Start(time.Hour, time.Second, slog.New(slog.DiscardHandler), r.store)
+	defer tl.Close()
+	queues := []string{"thumbnail", "flaky", "shout", "rsvp-workflows"}
+	b.RunParallel(func(pb *testing.PB) {
+		i := 0
+		for pb.Next() {
+			q := queues[i%len(queues)]
+			tl.In(q)
+			tl.Out(q)
+			i++
+		}
+	})
+}

@@ -43,7 +43,7 @@ type Tally struct {
 	stopped  chan struct{}
 	stopOnce sync.Once
 
-	failingSince time.Time // of the stores failing now; zero if the last one worked (run's only)
+	keptSince time.Time // of the counts kept after a failed store; zero if none are (run's only)
 }
 
 // keepFor is how long counts that could not be stored are kept for the
@@ -82,19 +82,21 @@ func (t *Tally) run(interval time.Duration) {
 	for {
 		select {
 		case <-t.stop:
-			t.flush()
+			t.flush(true)
 			return
 		case <-tick.C:
-			t.flush()
+			t.flush(false)
 		}
 	}
 }
 
 // flush takes the counts gathered so far and stores them; if that fails,
-// they are added back for the next flush, unless the stores have failed
-// for keepFor. The first failure is logged as a warning, the others at
-// debug level, and the first success after them again.
-func (t *Tally) flush() {
+// they are added back for the next flush, unless they have been kept for
+// keepFor already: then they are dropped. Failures are logged as warnings
+// when counts are first kept and when they are dropped, and at debug level
+// in between. The last flush (at Close) has no next try: what it fails to
+// store is lost.
+func (t *Tally) flush(last bool) {
 	var counts []Count
 	for k, v := range t.queues.Range {
 		p := v.(*pair)
@@ -109,19 +111,22 @@ func (t *Tally) flush() {
 	ctx, cancel := context.WithTimeout(context.Background(), t.timeout)
 	defer cancel()
 	err := t.store(ctx, counts)
-	if err == nil {
-		if !t.failingSince.IsZero() {
-			t.failingSince = time.Time{}
+	switch {
+	case err == nil:
+		if !t.keptSince.IsZero() {
+			t.keptSince = time.Time{}
 			t.log.Info("rsvp: the queue counts are stored again")
 		}
 		return
-	}
-	switch {
-	case t.failingSince.IsZero():
-		t.failingSince = time.Now()
+	case last:
+		t.log.Warn("rsvp: storing the queue counts at close failed; they are lost", "err", err)
+		return
+	case t.keptSince.IsZero():
+		t.keptSince = time.Now()
 		t.log.Warn("rsvp: storing the queue counts failed; they are kept for the next try", "err", err)
-	case time.Since(t.failingSince) > keepFor:
-		t.log.Debug("rsvp: storing the queue counts failed again; dropped", "err", err)
+	case time.Since(t.keptSince) > keepFor:
+		t.keptSince = time.Time{}
+		t.log.Warn("rsvp: storing the queue counts failed for a minute; dropped", "err", err)
 		return
 	default:
 		t.log.Debug("rsvp: storing the queue counts failed again", "err", err)

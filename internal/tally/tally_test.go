@@ -149,6 +149,60 @@ func TestCountsDroppedAfterLongFailure(t *testing.T) {
 	}
 }
 
+// TestFreshCountsKeptAfterEarlierDrop: counts dropped after a long failure
+// leave no mark on counts taken later. A queue that was idle since the
+// drop, and whose next store fails once, keeps that fresh count for the
+// next try instead of dropping it as if it had been failing all along.
+func TestFreshCountsKeptAfterEarlierDrop(t *testing.T) {
+	defer tally.SetKeepFor(0)()
+	var (
+		mu       sync.Mutex
+		calls    int
+		failures = 3 // the first two: kept, then dropped; the third: the fresh count's first try
+		in       uint64
+	)
+	store := func(_ context.Context, counts []tally.Count) error {
+		mu.Lock()
+		defer mu.Unlock()
+		calls++
+		if failures > 0 {
+			failures--
+			return errors.New("engine down")
+		}
+		for _, c := range counts {
+			in += c.In
+		}
+		return nil
+	}
+	wait := func(n int) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			mu.Lock()
+			done := calls >= n
+			mu.Unlock()
+			if done {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("fewer than %d stores within 10s", n)
+			}
+			time.Sleep(5 * time.Millisecond) // polling a condition, with a deadline
+		}
+	}
+	tl := tally.Start(5*time.Millisecond, time.Second, slog.New(slog.DiscardHandler), store)
+	tl.In("a")
+	wait(2) // kept once, then dropped; nothing is left to store
+	tl.In("a")
+	wait(3) // the fresh count's first try fails
+	tl.Close()
+	mu.Lock()
+	defer mu.Unlock()
+	if in != 1 {
+		t.Fatalf("in %d; want the fresh count kept after its first failed store and stored later: 1", in)
+	}
+}
+
 // BenchmarkCount is the cost a request pays to be counted in and out,
 // from many goroutines on a few queues.
 func BenchmarkCount(b *testing.B) {

@@ -303,6 +303,9 @@ func (b *Backend) Conn() *nats.Conn { return b.nc }
 // Publish stores m, a message of the wire format (docs/wire.md) published
 // by a program of its own, and returns once it is as durable as rsvp's own
 // writes: with SyncAlways on an embedded engine, fsynced by group commit.
+// The requests it stores count in their queue's rates (QueueStats.In) as
+// Enqueue's do, so counts a program publishes on rsvp.rate.<queue> leave
+// them out.
 func (b *Backend) Publish(ctx context.Context, m *nats.Msg) error {
 	switch {
 	case strings.HasPrefix(m.Subject, subjRequests), strings.HasPrefix(m.Subject, subjSessions), strings.HasPrefix(m.Subject, subjSchedule):
@@ -317,6 +320,8 @@ func (b *Backend) Publish(ctx context.Context, m *nats.Msg) error {
 		return b.publish(ctx, streamDLQ, m)
 	case strings.HasPrefix(m.Subject, subjEvents), strings.HasPrefix(m.Subject, subjChannel):
 		return b.publish(ctx, streamEvents, m)
+	case strings.HasPrefix(m.Subject, subjRates):
+		return b.publish(ctx, streamRates, m)
 	}
 	return fmt.Errorf("rsvpnats: publish: %q is not a subject of the wire format", m.Subject)
 }

@@ -24,13 +24,16 @@ import (
 
 const rateRetention = 10 * time.Minute
 
-func ratesStream(storage jetstream.StorageType) jetstream.StreamConfig {
+// ratesStream is the configuration of RSVP_RATES; maxMsg is that of the
+// other streams (docs/wire.md §3 gives them all the same).
+func ratesStream(storage jetstream.StorageType, maxMsg int32) jetstream.StreamConfig {
 	return jetstream.StreamConfig{
 		Name:        streamRates,
 		Description: "rsvp queue counts: requests in and out of each queue, as each process counted them",
 		Subjects:    []string{subjRates + "*"},
 		Storage:     storage,
 		MaxAge:      rateRetention,
+		MaxMsgSize:  maxMsg,
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"testing"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // TestPublishRateCounts: docs/wire.md lets a program of its own publish
@@ -18,5 +19,23 @@ func TestPublishRateCounts(t *testing.T) {
 	q, ok := queueStats(t, ctx, b, "counted")
 	if !ok || q.In != 3 || q.Out != 2 {
 		t.Fatalf("queue counted: listed %v, in %d, out %d; want listed, 3, 2", ok, q.In, q.Out)
+	}
+}
+
+// TestRatesStreamSettings: RSVP_RATES has the settings docs/wire.md says
+// all five streams share: max_msg_size the connection's max_payload.
+func TestRatesStreamSettings(t *testing.T) {
+	t.Parallel()
+	b, ctx := statsSetup(t)
+	js, err := jetstream.New(b.Conn())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := js.Stream(ctx, "RSVP_RATES")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := s.CachedInfo().Config.MaxMsgSize, int32(b.Conn().MaxPayload()); got != want {
+		t.Fatalf("RSVP_RATES max_msg_size %d; want max_payload, %d", got, want)
 	}
 }

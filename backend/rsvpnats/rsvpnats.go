@@ -243,7 +243,7 @@ func open(ctx context.Context, nc *nats.Conn, opts Options, memory bool, syncDir
 	}
 	// Not in cfgs: its writes need no fsync (see rates.go).
 	cctx, cancel := context.WithTimeout(ctx, opts.Timeout)
-	_, err = js.CreateOrUpdateStream(cctx, ratesStream(storage))
+	_, err = js.CreateOrUpdateStream(cctx, ratesStream(storage, maxMsg))
 	cancel()
 	if err != nil {
 		return nil, fmt.Errorf("rsvpnats: create stream %s: %w", streamRates, err)

@@ -66,10 +66,11 @@ type QueueStats struct {
 	DeadLetters uint64
 	// In and Out count the requests stored on the queue, and those that
 	// left it (answered, failed for good, cancelled or expired), in the
-	// last RateWindow: the queue's rates. On NATS each process counts its
-	// own and hands the counts to the engine every 5 s and when it closes,
-	// so they lag by up to 5 s, and a process that is killed loses its
-	// last 5 s; PostgreSQL counts in the same transaction as the change.
+	// last RateWindow: the queue's rates. Each process counts the
+	// requests it took out (on NATS also those it stored) and hands the
+	// counts to the engine every 5 s and when it closes, so they lag by up
+	// to 5 s, and a process that is killed loses its last 5 s; PostgreSQL
+	// counts the requests stored in the transaction that stores them.
 	// Only rsvp's engine code is counted: a program that writes the wire
 	// format itself is not.
 	In, Out uint64

@@ -70,9 +70,10 @@ type QueueStats struct {
 	// requests it took out (on NATS also those it stored) and hands the
 	// counts to the engine every 5 s and when it closes, so they lag by up
 	// to 5 s, and a process that is killed loses its last 5 s; PostgreSQL
-	// counts the requests stored in the transaction that stores them.
-	// Only rsvp's engine code is counted: a program that writes the wire
-	// format itself is not.
+	// counts the requests stored in the transaction that stores them. A
+	// request scheduled for later counts in when it is stored, not when it
+	// comes due. Only rsvp's engine code is counted: a program that writes
+	// the wire format itself is not.
 	In, Out uint64
 }
 

@@ -40,6 +40,9 @@
 // requests without a session: a session's requests would run side by
 // side, out of order. So send no request with a session key until every
 // process that uses the schema runs an rsvp that knows schema version 3.
+// Processes of an rsvp that knows version 3 at most do not count their
+// traffic in queue_counts (version 4): until they are upgraded, the rates
+// of rsvp queues leave it out.
 //
 // The tables, for programs in other languages:
 //

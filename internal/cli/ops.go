@@ -42,7 +42,8 @@ minute. Columns:
               an idle worker of --concurrency 8 counts 8. IDLE 0 while
               DEPTH exceeds IN-FLIGHT: every responder is busy, or none is
               running
-  IN/MIN      requests stored on the queue in the last minute
+  IN/MIN      requests stored on the queue in the last minute (one
+              scheduled for later counts when it is stored)
   OUT/MIN     requests that left it in the last minute: answered, failed
               for good, cancelled or expired. Each process hands in its
               count every 5 s and when it stops (on PostgreSQL, requests

@@ -1,6 +1,8 @@
-// Package natstest starts a current nats-server, built from the Go module
-// the project depends on, as a separate process for tests of external
-// engines (the Debian nats-server on the machine is too old).
+// Package natstest starts a nats-server as a separate process for tests of
+// external engines: the current one, built from the Go module the project
+// depends on (the Debian nats-server on the machine is too old), or an
+// older release, built from the Go module proxy, for tests of what rsvp
+// does on servers that lack a feature.
 package natstest
 
 import (
@@ -17,34 +19,98 @@ import (
 	"github.com/nats-io/nats.go"
 )
 
+// builds are the nats-server binaries built by this test binary, by
+// version ("" for the module the project depends on): each is built once.
 var (
-	buildOnce sync.Once
-	serverBin string
-	buildErr  error
+	buildsMu sync.Mutex
+	builds   = map[string]*build{}
 )
+
+type build struct {
+	once sync.Once
+	bin  string
+	err  error
+}
 
 // Start builds nats-server from the module the project depends
 // on and runs it as a separate process on a free loopback port, with
 // JetStream on disk. It is stopped with the test.
 func Start(t *testing.T) string {
 	t.Helper()
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "rsvp-nats-server-*")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		serverBin = filepath.Join(dir, "nats-server")
-		out, err := exec.Command("go", "build", "-o", serverBin, "github.com/nats-io/nats-server/v2").CombinedOutput()
-		if err != nil {
-			buildErr = fmt.Errorf("go build nats-server: %v\n%s", err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
+	return run(t, binary(t, ""))
+}
+
+// StartVersion is Start with nats-server release version ("2.11.17", say),
+// built from its module, which the go command fetches as it fetches any
+// other, once per test binary. A test that needs it fails, with the go
+// command's output, if it cannot be built: it is not skipped.
+func StartVersion(t *testing.T, version string) string {
+	t.Helper()
+	return run(t, binary(t, version))
+}
+
+// binary returns the path of nats-server of version, building it the first
+// time it is asked for.
+func binary(t *testing.T, version string) string {
+	t.Helper()
+	buildsMu.Lock()
+	b := builds[version]
+	if b == nil {
+		b = &build{}
+		builds[version] = b
 	}
+	buildsMu.Unlock()
+	b.once.Do(func() { b.bin, b.err = buildServer(version) })
+	if b.err != nil {
+		t.Fatal(b.err)
+	}
+	return b.bin
+}
+
+// buildServer builds nats-server of version into a new directory: from the
+// project's own module for "", else in a throwaway module that requires
+// that version.
+func buildServer(version string) (string, error) {
+	dir, err := os.MkdirTemp("", "rsvp-nats-server-*")
+	if err != nil {
+		return "", err
+	}
+	bin := filepath.Join(dir, "nats-server")
+	steps := [][]string{{"go", "build", "-o", bin, "github.com/nats-io/nats-server/v2"}}
+	if version != "" {
+		steps = [][]string{
+			{"go", "mod", "init", "natstest.invalid/server"},
+			{"go", "get", "github.com/nats-io/nats-server/v2@v" + version},
+			steps[0],
+		}
+	}
+	for _, step := range steps {
+		cmd := exec.Command(step[0], step[1:]...)
+		if version != "" {
+			cmd.Dir = dir
+			cmd.Env = append(os.Environ(), "GOWORK=off")
+		}
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return "", fmt.Errorf("build nats-server %s: %s: %v\n%s", describe(version), strings.Join(step, " "), err, out)
+		}
+	}
+	return bin, nil
+}
+
+// describe names version in messages.
+func describe(version string) string {
+	if version == "" {
+		return "of the project's module"
+	}
+	return "v" + version
+}
+
+// run starts bin on a free loopback port, with JetStream on disk in a
+// directory of the test, and returns its URL once it takes connections.
+func run(t *testing.T, bin string) string {
+	t.Helper()
 	port := FreePort(t)
-	cmd := exec.Command(serverBin, "-a", "127.0.0.1", "-p", fmt.Sprint(port), "-js", "-sd", t.TempDir())
+	cmd := exec.Command(bin, "-a", "127.0.0.1", "-p", fmt.Sprint(port), "-js", "-sd", t.TempDir())
 	var logs strings.Builder
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	if err := cmd.Start(); err != nil {

@@ -132,7 +132,10 @@ var (
 
 // Connect opens a backend on the NATS server or cluster at url (comma
 // separated URLs for a cluster). The server must run JetStream, version 2.10
-// or newer.
+// or newer: Connect refuses an older one with an error that wraps
+// errors.ErrUnsupported and names its version, before it creates anything
+// there. In a cluster it checks the server it connects to; run every server
+// at the same version (see the package documentation).
 func Connect(ctx context.Context, url string, opts Options) (*Backend, error) {
 	opts = opts.withDefaults()
 	if err := opts.validate(); err != nil {
@@ -145,6 +148,11 @@ func Connect(ctx context.Context, url string, opts Options) (*Backend, error) {
 	if err != nil {
 		return nil, fmt.Errorf("rsvpnats: connect to %s: %w", Redact(url), err)
 	}
+	if v := nc.ConnectedServerVersion(); !atLeast(v, 2, 10) {
+		nc.Close()
+		return nil, fmt.Errorf("rsvpnats: connect to %s: %w: the server runs NATS %s; rsvp needs 2.10 or newer (2.12 or newer for scheduled requests)",
+			Redact(url), errors.ErrUnsupported, v)
+	}
 	b, err := open(ctx, nc, opts, false, "")
 	if err != nil {
 		nc.Close()
@@ -152,6 +160,22 @@ func Connect(ctx context.Context, url string, opts Options) (*Backend, error) {
 	}
 	b.done = done
 	return b, nil
+}
+
+// atLeast reports whether version, a NATS server's ("2.11.4",
+// "2.12.0-RC.1"), is major.minor or newer. A version it cannot read counts
+// as new enough: the engine's own errors then tell what it lacks.
+func atLeast(version string, major, minor int) bool {
+	parts := strings.SplitN(version, ".", 3)
+	if len(parts) < 2 {
+		return true
+	}
+	gotMajor, err1 := strconv.Atoi(parts[0])
+	gotMinor, err2 := strconv.Atoi(parts[1])
+	if err1 != nil || err2 != nil {
+		return true
+	}
+	return gotMajor > major || gotMajor == major && gotMinor >= minor
 }
 
 // closedHandler closes done once the connection is closed for good.

@@ -108,6 +108,8 @@ type Client struct {
 	active  sync.Map // queue → time.Time: a responder was seen active then (RequireResponder)
 	topics  sync.Map // topic → *cachedRegistry: its subscriptions as last read
 
+	noTasksOnce sync.Once // warns, once, that the engine cannot store expiry tasks
+
 	mu         sync.Mutex
 	responders map[*Responder]struct{}
 	expirer    bool // handles expiry tasks (startExpirer)

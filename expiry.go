@@ -27,6 +27,11 @@ import (
 // ends before. So a Request whose process dies while it waits leaves
 // none: its request expires when a responder takes it. A task per Request
 // would cost every round trip with a deadline a second stored message.)
+//
+// An engine that cannot schedule requests (NATS 2.10 and 2.11: Enqueue
+// fails with errors.ErrUnsupported) gets no expiry tasks: a request sent
+// with a deadline is stored all the same, and expires when a responder
+// takes it; Request's own expiry is as above.
 
 // ExpiryQueue is the internal queue of expiry tasks.
 const ExpiryQueue = "rsvp-expiry"
@@ -65,6 +70,15 @@ func (c *Client) scheduleExpiry(ctx context.Context, t expiryTask) error {
 	}
 	err := c.b.Enqueue(ctx, &backend.Message{ID: id, CorrelationID: id, Queue: ExpiryQueue, ContentType: "application/json",
 		Body: body, CreatedAt: time.Now(), NotBefore: due})
+	if errors.Is(err, errors.ErrUnsupported) {
+		// The engine cannot schedule (NATS before 2.12): the request, stored
+		// or being stored, goes without a task.
+		c.noTasksOnce.Do(func() {
+			c.cfg.Logger.WarnContext(ctx, "rsvp: the engine cannot schedule requests, so requests sent with a deadline get no expiry task: "+
+				"one expires when a responder takes it, and until then Await waits", "err", err)
+		})
+		return nil
+	}
 	if err != nil {
 		return fmt.Errorf("rsvp: schedule the expiry of %s: %w", t.CorrelationID, err)
 	}

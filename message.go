@@ -14,7 +14,9 @@ import (
 // CreatedAt. Headers must not use the "Rsvp-" or "Nats-" prefixes, which the
 // wire format reserves. NotBefore schedules a request: it is stored at once
 // and delivered from that time on (a time already past means at once; more
-// than Config.MaxDelay ahead is refused).
+// than Config.MaxDelay ahead is refused, and so is any time ahead on an
+// engine that cannot schedule, NATS before 2.12, with an error wrapping
+// errors.ErrUnsupported).
 type Message = backend.Message
 
 // Reply is the final outcome of a request, as a responder stored it.

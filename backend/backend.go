@@ -56,6 +56,9 @@ type Message struct {
 	TraceParent, TraceState string
 	// NotBefore, if in the future, schedules the request: it is stored now
 	// and delivered from that time on (to within 100 ms). Zero: at once.
+	// An engine that cannot schedule (rsvpnats on NATS before 2.12) has
+	// Enqueue refuse such a request with an error wrapping
+	// errors.ErrUnsupported, storing nothing.
 	NotBefore time.Time
 	Attempt   int // delivery attempt, 1 on first delivery; set by the backend on delivery
 	// Track asks the responder to record all of the request's state

@@ -7,7 +7,7 @@
 //		backendtest.Run(t, func(t *testing.T) backendtest.Opener {
 //			dir := t.TempDir()
 //			return func(t *testing.T) backend.Backend { ... open on dir ... }
-//		}, backendtest.Features{Durable: true, Shared: true})
+//		}, backendtest.Features{Durable: true, Shared: true, Schedules: true})
 //	}
 //
 // Cases use unique queue names and ids, so engines may be shared between
@@ -45,6 +45,11 @@ type Features struct {
 	// Sessions: Message.SessionKey orders the delivery of a session's
 	// requests (one at a time, in the order stored).
 	Sessions bool
+	// Schedules: a request with Message.NotBefore in the future is
+	// delivered from then on. A backend without it refuses such a request
+	// at Enqueue with an error wrapping errors.ErrUnsupported, and stores
+	// nothing.
+	Schedules bool
 }
 
 type testCase struct {
@@ -58,7 +63,7 @@ func Run(t *testing.T, newEngine func(t *testing.T) Opener, f Features) {
 	for _, tc := range slices.Concat(cases, scheduleCases, eventCases, dlqCases, sessionCases, replayCases, contractCases, inspectCases) {
 		t.Run(tc.name, func(t *testing.T) {
 			if tc.needs != nil && !tc.needs(f) {
-				t.Skipf("backend lacks the feature %s needs", tc.name)
+				t.Skipf("%s does not apply to the backend's features", tc.name)
 			}
 			t.Parallel()
 			tc.run(t, newEngine(t), f)

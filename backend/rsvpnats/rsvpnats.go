@@ -2,9 +2,30 @@
 //
 // Embedded runs a nats-server inside the process, with its data in a
 // directory (or in memory, for tests); Connect uses an external server or
-// cluster, NATS 2.10 or newer. Both create their streams idempotently, so any
-// number of processes can share one engine: responders on the same queue
-// compete for its requests.
+// cluster. Both create their streams idempotently, so any number of
+// processes can share one engine: responders on the same queue compete for
+// its requests.
+//
+// What an external server's version gives:
+//
+//   - Before 2.10: nothing. Connect refuses it (its consumers cannot have
+//     several filter subjects, so no responder could take a request).
+//   - 2.10 and 2.11: everything but scheduled requests. Enqueue refuses a
+//     request with Message.NotBefore in the future, storing nothing (the
+//     server would keep it and never deliver it); rsvp's Send then fails,
+//     and a request sent with a deadline gets no expiry task (see
+//     rsvp.ExpiryQueue). On 2.10, moreover, "first reply wins" holds per
+//     reply inbox only (docs/wire.md, section 14).
+//   - 2.12 and newer, and the embedded engine: everything.
+//
+// Both errors wrap errors.ErrUnsupported and name the server's version.
+// Connect reads the version of the server it connects to, and whether
+// scheduled requests work from the stream RSVP_REQUESTS as the engine
+// stored it (a server before 2.12 drops the setting), once, when it opens.
+// In a cluster, run every server at the same version: while one is older,
+// rsvp gets what that one gives only if it is the one connected to or the
+// one that stored the stream, so an upgrade is done once every process has
+// reconnected after it.
 //
 // docs/wire.md describes the streams, subjects and headers, for programs that
 // speak to the engine with a plain NATS client.
@@ -123,6 +144,9 @@ type Backend struct {
 	leases   jetstream.KeyValue // the lease registry (see shareLease), once made
 
 	tally *tally.Tally // counts requests in and out of each queue (rates.go)
+
+	version   string // of the server connected to when the backend opened
+	schedules bool   // RSVP_REQUESTS allows message schedules (NATS 2.12 or newer)
 }
 
 var (
@@ -272,7 +296,11 @@ func open(ctx context.Context, nc *nats.Conn, opts Options, memory bool, syncDir
 	if err != nil {
 		return nil, fmt.Errorf("rsvpnats: create stream %s: %w", streamRates, err)
 	}
-	b := &Backend{opts: opts, nc: nc, js: js, reqs: streams[0], replies: streams[1], dlq: streams[2], events: streams[3], storage: storage}
+	b := &Backend{opts: opts, nc: nc, js: js, reqs: streams[0], replies: streams[1], dlq: streams[2], events: streams[3], storage: storage,
+		// A server before 2.12 does not know the setting: it stores the
+		// stream without it, and a scheduled request as a plain message
+		// that is never delivered.
+		version: nc.ConnectedServerVersion(), schedules: streams[0].CachedInfo().Config.AllowMsgSchedules}
 	b.life, b.end = context.WithCancel(context.Background())
 	if syncDir != "" {
 		b.syncs = make(map[string]*groupSync, len(cfgs))
@@ -333,6 +361,9 @@ func (b *Backend) Conn() *nats.Conn { return b.nc }
 func (b *Backend) Publish(ctx context.Context, m *nats.Msg) error {
 	switch {
 	case strings.HasPrefix(m.Subject, subjRequests), strings.HasPrefix(m.Subject, subjSessions), strings.HasPrefix(m.Subject, subjSchedule):
+		if strings.HasPrefix(m.Subject, subjSchedule) && !b.schedules {
+			return fmt.Errorf("rsvpnats: publish to %s: %w", m.Subject, b.errNoSchedules())
+		}
 		ack, err := b.publishAck(ctx, streamRequests, m)
 		if err == nil && !ack.Duplicate {
 			b.tally.In(queueOf(m.Subject))
@@ -403,6 +434,9 @@ func (b *Backend) Enqueue(ctx context.Context, msg *backend.Message) error {
 	if err := backend.CheckSession(msg); err != nil {
 		return fmt.Errorf("rsvpnats: enqueue: %w", err)
 	}
+	if !b.schedules && time.Until(msg.NotBefore) > 0 {
+		return fmt.Errorf("rsvpnats: enqueue on %s: %w", msg.Queue, b.errNoSchedules())
+	}
 	m := encodeRequest(msg)
 	if err := b.checkSize(m); err != nil {
 		return fmt.Errorf("rsvpnats: enqueue: %w", err)
@@ -415,6 +449,13 @@ func (b *Backend) Enqueue(ctx context.Context, msg *backend.Message) error {
 		b.tally.In(msg.Queue)
 	}
 	return nil
+}
+
+// errNoSchedules is the error of a request scheduled for later on an
+// engine whose streams cannot schedule messages.
+func (b *Backend) errNoSchedules() error {
+	return fmt.Errorf("%w: a request scheduled for later (NotBefore) needs NATS 2.12 or newer on every server, and the server runs %s",
+		errors.ErrUnsupported, b.version)
 }
 
 // ReplyAddress implements backend.Backend.

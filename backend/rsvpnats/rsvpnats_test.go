@@ -25,7 +25,7 @@ func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
 
-// The three conformance suites run one after another (their cases run in
+// The conformance suites run one after another (their cases run in
 // parallel): all of them at once on two cores starve the engines' timers.
 func TestConformanceEmbeddedMemory(t *testing.T) {
 	backendtest.Run(t, func(t *testing.T) backendtest.Opener {
@@ -36,7 +36,7 @@ func TestConformanceEmbeddedMemory(t *testing.T) {
 			}
 			return b
 		}
-	}, backendtest.Features{Sessions: true})
+	}, backendtest.Features{Sessions: true, Schedules: true})
 }
 
 func TestConformanceEmbeddedDisk(t *testing.T) {
@@ -50,11 +50,27 @@ func TestConformanceEmbeddedDisk(t *testing.T) {
 			}
 			return b
 		}
-	}, backendtest.Features{Durable: true, Shared: true, Sessions: true})
+	}, backendtest.Features{Durable: true, Shared: true, Sessions: true, Schedules: true})
 }
 
 func TestConformanceExternal(t *testing.T) {
 	url := natstest.Start(t)
+	backendtest.Run(t, func(t *testing.T) backendtest.Opener {
+		return func(t *testing.T) backend.Backend {
+			b, err := rsvpnats.Connect(context.Background(), url, rsvpnats.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return b
+		}
+	}, backendtest.Features{Durable: true, Shared: true, Sessions: true, Schedules: true})
+}
+
+// TestConformanceNATS211: on NATS 2.11, the newest release without message
+// schedules, everything but scheduled requests works, and those are
+// refused (ScheduleUnsupported).
+func TestConformanceNATS211(t *testing.T) {
+	url := natstest.StartVersion(t, natstest.NATS211)
 	backendtest.Run(t, func(t *testing.T) backendtest.Opener {
 		return func(t *testing.T) backend.Backend {
 			b, err := rsvpnats.Connect(context.Background(), url, rsvpnats.Options{})

@@ -103,5 +103,5 @@ func TestConformance(t *testing.T) {
 			}
 			return b
 		}
-	}, backendtest.Features{Durable: true, Shared: true, Sessions: true})
+	}, backendtest.Features{Durable: true, Shared: true, Sessions: true, Schedules: true})
 }

@@ -19,6 +19,14 @@ import (
 	"github.com/nats-io/nats.go"
 )
 
+// Releases of nats-server older than the one the project depends on, each
+// the newest of its line that the module proxy serves, for StartVersion.
+const (
+	NATS29  = "2.9.25"  // refused by rsvpnats.Connect
+	NATS210 = "2.10.27" // runs rsvp, without scheduled requests
+	NATS211 = "2.11.17" // as 2.10, and first reply wins across inboxes
+)
+
 // builds are the nats-server binaries built by this test binary, by
 // version ("" for the module the project depends on): each is built once.
 var (

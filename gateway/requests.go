@@ -415,6 +415,11 @@ func (g *Gateway) submit(w http.ResponseWriter, r *http.Request) {
 	case errors.Is(err, rsvp.ErrTooLarge):
 		problem(w, http.StatusRequestEntityTooLarge, "too-large", "Body too large", err.Error())
 		return
+	case errors.Is(err, errors.ErrUnsupported):
+		// A delay on an engine that cannot schedule (NATS before 2.12):
+		// retrying would fail alike.
+		problem(w, http.StatusNotImplemented, "scheduling-unsupported", "The engine cannot schedule requests", err.Error())
+		return
 	case err != nil:
 		g.engineDown(w, r, err)
 		return
@@ -598,7 +603,8 @@ func (g *Gateway) reject(rec *record, cause error) {
 }
 
 // codeNotAccepted is the error code of the reply that ends the record of a
-// request that could not be enqueued (the submission was answered 503).
+// request that could not be enqueued (the submission was answered 503, or
+// 501 for a delay the engine cannot schedule).
 const codeNotAccepted = "not_accepted"
 
 // gatewayInbox is the reply inbox name the gateway stores its own final

@@ -494,12 +494,18 @@ func (e *Engine) executeOr(ctx context.Context, instance string, giveUp bool) (e
 	span.SetAttributes(attribute.Int("workflow.new_calls", len(ex.newCmds)), attribute.Int("workflow.effects", len(ex.effects)))
 	e.cfg.Logger.DebugContext(ctx, "workflow: run", "instance", v.id, "workflow", v.name, "history", len(v.entries),
 		"new_calls", len(ex.newCmds), "effects", len(ex.effects), "finished", ex.finished)
-	if err := e.performAll(ctx, v, ex.effects); err != nil {
-		return err
-	}
 	outcome := "waiting" // for replies, timers or events: a step recorded
 	var failure *Failure
+	err = e.performAll(ctx, v, ex.effects)
 	switch {
+	case errors.Is(err, errors.ErrUnsupported):
+		// A timer on an engine that cannot schedule (NATS before 2.12)
+		// would never fire: the instance fails, instead of its task being
+		// run again and again.
+		failure = &Failure{Code: CodeUnsupported, Message: err.Error()}
+		outcome, err = "failed", e.finish(ctx, v, recFailed, record{Run: v.run, Error: failure})
+	case err != nil:
+		return err
 	case ex.nondet != nil:
 		failure = &Failure{Code: CodeNonDeterministic, Message: ex.nondet.Error()}
 		outcome, err = "failed", e.finish(ctx, v, recFailed, record{Run: v.run, Error: failure})

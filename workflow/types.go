@@ -36,6 +36,7 @@ const (
 	CodeTimeout          = "timeout"          // an activity attempt got no reply in time
 	CodeTerminated       = "terminated"       // Terminate ended the instance
 	CodeTooLarge         = "too_large"        // an output, input or custom status is over the backend's size limit
+	CodeUnsupported      = "unsupported"      // a timer on an engine that cannot schedule (NATS before 2.12)
 )
 
 // Errors returned by the Engine's methods.

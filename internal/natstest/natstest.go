@@ -75,16 +75,32 @@ func binary(t *testing.T, version string) string {
 	return b.bin
 }
 
-// buildServer builds nats-server of version into a new directory: from the
-// project's own module for "", else in a throwaway module that requires
-// that version.
+// buildServer builds nats-server of version (from the project's own module
+// for "", else in a throwaway module that requires that version) into
+// os.TempDir()/rsvp-natstest, named by its version, unless it is there
+// already: a version is built once on a machine, not once per test binary
+// and run. It is built under a temporary name and renamed into place, so
+// that test binaries building it at once never run a partly written one.
 func buildServer(version string) (string, error) {
-	dir, err := os.MkdirTemp("", "rsvp-nats-server-*")
+	named := version
+	if named == "" {
+		named = dependedOn()
+	}
+	cache := filepath.Join(os.TempDir(), "rsvp-natstest")
+	bin := filepath.Join(cache, "nats-server-v"+named)
+	if _, err := os.Stat(bin); err == nil && named != "" {
+		return bin, nil
+	}
+	if err := os.MkdirAll(cache, 0o755); err != nil {
+		return "", err
+	}
+	dir, err := os.MkdirTemp(cache, "build-*")
 	if err != nil {
 		return "", err
 	}
-	bin := filepath.Join(dir, "nats-server")
-	steps := [][]string{{"go", "build", "-o", bin, "github.com/nats-io/nats-server/v2"}}
+	defer os.RemoveAll(dir)
+	built := filepath.Join(dir, "nats-server")
+	steps := [][]string{{"go", "build", "-o", built, "github.com/nats-io/nats-server/v2"}}
 	if version != "" {
 		steps = [][]string{
 			{"go", "mod", "init", "natstest.invalid/server"},
@@ -102,7 +118,24 @@ func buildServer(version string) (string, error) {
 			return "", fmt.Errorf("build nats-server %s: %s: %v\n%s", describe(version), strings.Join(step, " "), err, out)
 		}
 	}
+	if named == "" { // a version not known: not cached
+		bin = filepath.Join(cache, filepath.Base(dir)+"-nats-server")
+	}
+	if err := os.Rename(built, bin); err != nil {
+		return "", err
+	}
 	return bin, nil
+}
+
+// dependedOn returns the version of nats-server the project depends on;
+// "" if the go command does not say, or if the module is replaced (its
+// version does not name its code then).
+func dependedOn() string {
+	out, err := exec.Command("go", "list", "-m", "-f", "{{if not .Replace}}{{.Version}}{{end}}", "github.com/nats-io/nats-server/v2").Output()
+	if err != nil {
+		return ""
+	}
+	return strings.TrimPrefix(strings.TrimSpace(string(out)), "v")
 }
 
 // describe names version in messages.

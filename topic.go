@@ -410,7 +410,9 @@ func (c *Client) RequestAll(ctx context.Context, topic string, msg *Message, opt
 // Gather gathers the replies to the copies of pub, published by this or
 // any other client on the same engine, as RequestAll does: until
 // opts.Want copies have replies, all have, or ctx ends. Replies stored
-// before the call count.
+// before the call count. As Await does, it makes the client run expiry
+// tasks, so that copies sent with a Deadline expire even when the client
+// that published them is gone.
 func (c *Client) Gather(ctx context.Context, pub Publication, opts GatherOptions) (*Gathered, error) {
 	if c.isClosed() {
 		return nil, ErrClosed
@@ -426,6 +428,9 @@ func (c *Client) Gather(ctx context.Context, pub Publication, opts GatherOptions
 			return nil, fmt.Errorf("%w: copy for %q: %w", ErrInvalid, cp.Subscription, err)
 		}
 	}
+	// The copies may need their expiry tasks run, and the client that
+	// published them (or any other) may be gone: as Await does.
+	c.startExpirer()
 	g := c.newGathering(pub)
 	defer g.close()
 	unwatch, err := g.watch(ctx)

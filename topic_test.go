@@ -734,3 +734,37 @@ func TestRequestAllAgainFromAnotherClient(t *testing.T) {
 		}
 	})
 }
+
+// TestGatherAfterRestartExpiresCopies: a publication whose copies have a
+// Deadline, gathered by a client of a restarted requester, ends with every
+// copy answered once the deadline passes, the unserved one as expired: as
+// Await does, Gather runs the expiry tasks that its copies may need, which
+// no other client on the engine may be running.
+func TestGatherAfterRestartExpiresCopies(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, e *topicEngine) {
+		ctx := ctxWithin(t, 60*time.Second)
+		c := e.client()
+		topic := "restart-exp-" + rsvp.NewID()[24:]
+		subscribeAll(t, ctx, c, topic, "idle")
+		deadline := time.Now().Add(time.Second)
+		pub, err := c.Publish(ctx, topic, &rsvp.Message{Body: []byte("x"), Deadline: deadline})
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.restart() // the requester's process ends before the deadline
+		c = e.client()
+		gctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		g, err := c.Gather(gctx, pub, rsvp.GatherOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if g.Reason != rsvp.GatherAll {
+			t.Fatalf("gather after a restart ended %s %s after the copies' deadline, pending %v; want every copy answered (expired)",
+				g.Reason, time.Since(deadline).Round(time.Second), g.Pending())
+		}
+		if r := g.Results[0]; !errors.Is(r.Err, rsvp.ErrExpired) {
+			t.Fatalf("idle copy: %+v, want expired", r)
+		}
+	})
+}

@@ -65,7 +65,8 @@ type Config struct {
 	// requests sent with deadlines (ExpiryQueue); other clients on the
 	// engine then must. For tools that leave nothing behind, such as
 	// benchmarks. Default false: a client runs them once it has sent with a
-	// deadline, awaited, gathered, or started a responder.
+	// deadline, awaited, gathered, read a reply session, or started a
+	// responder.
 	NoExpiryTasks bool
 }
 

@@ -22,7 +22,8 @@ import (
 // reply by then, so that Await in any process returns ErrExpired even if no
 // responder ever takes the request. A client handles expiry tasks once it
 // has sent a request with a deadline, awaited a reply, gathered replies
-// (Gather) or started a responder, until it is closed. (Request stores the expired reply itself
+// (Gather), read a reply session (SessionReplies) or started a responder,
+// until it is closed. (Request stores the expired reply itself
 // when its wait ends at the deadline; it leaves a task only when its wait
 // ends before. So a Request whose process dies while it waits leaves
 // none: its request expires when a responder takes it. A task per Request

@@ -68,7 +68,9 @@ func (r *settler) listReply(ctx context.Context, m *Message, log *slog.Logger) {
 // stored. It waits until at least one is there, or ctx ends, looking
 // again every Config.RecheckInterval in case a notification was lost.
 // Replies are listed as long as the backend keeps replies; one that is
-// gone is skipped.
+// gone is skipped. As Await does, it makes the client run expiry tasks,
+// so that an expired reply is listed even when the client that sent the
+// request is gone.
 func (c *Client) SessionReplies(ctx context.Context, session string, after uint64) ([]SessionReply, error) {
 	if c.isClosed() {
 		return nil, ErrClosed
@@ -76,6 +78,10 @@ func (c *Client) SessionReplies(ctx context.Context, session string, after uint6
 	if err := backend.ValidateSessionKey("reply session", session); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
+	// Its requests' expired replies are listed by their expiry tasks,
+	// which the requester that sent them (or any other client) may no
+	// longer be running: as Await does.
+	c.startExpirer()
 	id := replySessionLog(session)
 	more := make(chan struct{}, 1)
 	sub, err := c.b.SubscribeEvents(ctx, func(ev *backend.Event) {

@@ -609,3 +609,33 @@ func TestSessionRepliesNotificationLost(t *testing.T) {
 		t.Fatalf("SessionReplies still waiting 5s after the reply was listed (RecheckInterval 100ms); cancelled, it returned %v", <-got)
 	}
 }
+
+// TestSessionRepliesAfterRestartListsExpired: a requester that sent with a
+// reply session and a Deadline, and restarted before the deadline, reads
+// the session's expired reply with SessionReplies alone: as Await does,
+// SessionReplies runs the expiry tasks its requests may need, which no
+// other client on the engine may be running.
+func TestSessionRepliesAfterRestartListsExpired(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, e *topicEngine) {
+		ctx := ctxWithin(t, 60*time.Second)
+		c := e.client()
+		q := "nobody-" + rsvp.NewID()[24:]
+		session := "cart " + q
+		deadline := time.Now().Add(time.Second)
+		if _, err := c.Send(ctx, q, &rsvp.Message{Body: []byte("x"), ReplySession: session, Deadline: deadline}); err != nil {
+			t.Fatal(err)
+		}
+		e.restart() // the requester's process ends before the deadline
+		c = e.client()
+		sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		rs, err := c.SessionReplies(sctx, session, 0)
+		if err != nil {
+			t.Fatalf("reply session after a restart, %s after the deadline: %v; want its expired reply listed",
+				time.Since(deadline).Round(time.Second), err)
+		}
+		if len(rs) != 1 || rs[0].Reply.Status != "expired" {
+			t.Fatalf("reply session lists %+v, want one expired reply", rs)
+		}
+	})
+}

@@ -207,29 +207,34 @@ func (c *Client) startPublishSpan(ctx context.Context, name string, pub Publicat
 
 func (c *Client) sendCopies(ctx context.Context, pub Publication, msgs []*Message) error {
 	errs := make([]error, len(msgs))
+	stored := make([]bool, len(msgs))
 	var wg sync.WaitGroup
 	for i, m := range msgs { // at once, so that the engine stores them in one write
 		wg.Go(func() {
 			_, errs[i] = c.send(ctx, m, true)
-			if errs[i] == nil && !m.Deadline.IsZero() && m.ReplyTo != "" {
+			stored[i] = errs[i] == nil
+			if stored[i] && !m.Deadline.IsZero() && m.ReplyTo != "" {
 				errs[i] = c.scheduleExpiry(ctx, expiryOf(m)) // as Send does
 			}
 		})
 	}
 	wg.Wait()
-	failed := 0
-	for _, err := range errs {
-		if err != nil {
-			failed++
-		}
-	}
-	if failed == 0 {
+	err := errors.Join(errs...)
+	if err == nil {
 		return nil
 	}
-	if failed == len(msgs) {
-		return errors.Join(errs...)
+	// Count the copies stored, not those without an error: a copy whose
+	// expiry task failed is stored all the same.
+	n := 0
+	for _, ok := range stored {
+		if ok {
+			n++
+		}
 	}
-	return fmt.Errorf("rsvp: publish %s to %s: %d of %d copies stored: %w", pub.ID, pub.Topic, len(msgs)-failed, len(msgs), errors.Join(errs...))
+	if n == 0 {
+		return err
+	}
+	return fmt.Errorf("rsvp: publish %s to %s: %d of %d copies stored: %w", pub.ID, pub.Topic, n, len(msgs), err)
 }
 
 // preparePublication returns the publication of msg to topic and its

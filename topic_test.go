@@ -639,6 +639,52 @@ func TestRequestAllFailsPartWay(t *testing.T) {
 	}
 }
 
+// refuseExpiry is the engine refusing to store the expiry tasks of the
+// requests whose correlation ids have the suffix.
+type refuseExpiry struct {
+	backend.Backend
+	suffix string
+}
+
+func (r refuseExpiry) Enqueue(ctx context.Context, m *backend.Message) error {
+	var t struct {
+		CorrelationID string `json:"correlation_id"`
+	}
+	if m.Queue == rsvp.ExpiryQueue && json.Unmarshal(m.Body, &t) == nil && strings.HasSuffix(t.CorrelationID, r.suffix) {
+		return errors.New("stream unavailable")
+	}
+	return r.Backend.Enqueue(ctx, m)
+}
+
+// TestPublishPartWayCountsStoredCopies: a Publish whose copies were all
+// stored, but the expiry task of one of them not, says so: its error
+// counts the copies stored, not the copies that failed in any way.
+func TestPublishPartWayCountsStoredCopies(t *testing.T) {
+	t.Parallel()
+	c := setup(t, rsvp.Config{})
+	ctx := ctxWithin(t, 30*time.Second)
+	topic := "expfail-" + rsvp.NewID()[24:]
+	subscribeAll(t, ctx, c.Client, topic, "a", "b")
+	publisher, err := rsvp.New(ctx, refuseExpiry{c.be, ":b"}, rsvp.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { closeWithin(t, "close the publisher", publisher.Close) })
+	pub, err := publisher.Publish(ctx, topic, &rsvp.Message{Body: []byte("x"), Deadline: time.Now().Add(time.Hour)})
+	if err == nil {
+		t.Fatal("Publish succeeded with an expiry task refused")
+	}
+	if want := "2 of 2 copies stored"; !strings.Contains(err.Error(), want) {
+		t.Fatalf("Publish with both copies stored and an expiry task refused: %v; want it to say %q", err, want)
+	}
+	for _, cp := range pub.Copies { // stored indeed
+		serve(t, c.Client, cp.Queue, replyWith(cp.Subscription))
+		if r, err := c.Await(ctx, cp.CorrelationID); err != nil || string(r.Body) != cp.Subscription+":x" {
+			t.Fatalf("copy for %s: %v, %v", cp.Subscription, r, err)
+		}
+	}
+}
+
 func copyIDs(pub rsvp.Publication) []string {
 	var ids []string
 	for _, cp := range pub.Copies {

@@ -497,14 +497,12 @@ func (g *gathering) close() {
 	}
 }
 
-// set records r as the reply of copy i, once, and reports whether the
-// gathering is over.
-func (g *gathering) set(i int, r *Reply, want int) bool {
+// set records r as the reply of copy i, once.
+func (g *gathering) set(i int, r *Reply) {
 	res := &g.out.Results[i]
 	if res.Reply == nil {
 		res.Reply, res.Err = r, replyError(r)
 	}
-	return g.over(want)
 }
 
 func (g *gathering) over(want int) bool {
@@ -545,6 +543,10 @@ func (g *gathering) wait(ctx context.Context, opts GatherOptions, lookNow bool) 
 	defer recheck.Stop()
 	for rechecks := 0; ; rechecks++ {
 		if lookNow {
+			// Every pending copy is looked up before the gathering may end
+			// at Want: stopping at the Want-th reply found would leave
+			// copies whose replies are stored pending, and end with
+			// GatherEnough where GatherAll holds.
 			for i := range g.out.Results {
 				res := &g.out.Results[i]
 				if res.Reply != nil {
@@ -553,9 +555,7 @@ func (g *gathering) wait(ctx context.Context, opts GatherOptions, lookNow bool) 
 				r, err := c.b.GetReply(ctx, res.CorrelationID)
 				switch {
 				case err == nil:
-					if g.set(i, r, opts.Want) {
-						return g.out, nil
-					}
+					g.set(i, r)
 				case errors.Is(err, backend.ErrNotFound):
 				case ctx.Err() != nil:
 					g.out.Reason = GatherDeadline
@@ -567,10 +567,14 @@ func (g *gathering) wait(ctx context.Context, opts GatherOptions, lookNow bool) 
 						"topic", g.out.Publication.Topic, "correlation_id", res.CorrelationID, "err", err)
 				}
 			}
+			if g.over(opts.Want) {
+				return g.out, nil
+			}
 		}
 		select {
 		case a := <-arrivals:
-			if g.set(a.i, a.r, opts.Want) {
+			g.set(a.i, a.r)
+			if g.over(opts.Want) {
 				return g.out, nil
 			}
 			lookNow = false

@@ -531,6 +531,37 @@ func TestTopicRegistryRefresh(t *testing.T) {
 	})
 }
 
+// TestGatherWantCountsStoredReplies: Gather with Want, of a publication
+// whose copies all have replies stored, ends with all of them: replies
+// stored before the call count, GatherAll wins over GatherEnough when both
+// hold, and no copy that has a reply is pending.
+func TestGatherWantCountsStoredReplies(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, e *topicEngine) {
+		ctx := ctxWithin(t, 60*time.Second)
+		c := e.client()
+		topic := "answered-" + rsvp.NewID()[24:]
+		subscribeAll(t, ctx, c, topic, "a", "b", "c")
+		pub, err := c.Publish(ctx, topic, &rsvp.Message{Body: []byte("x")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, cp := range pub.Copies {
+			serve(t, c, cp.Queue, replyWith(cp.Subscription))
+			if _, err := c.Await(ctx, cp.CorrelationID); err != nil {
+				t.Fatal(err)
+			}
+		}
+		g, err := e.client().Gather(ctx, pub, rsvp.GatherOptions{Want: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if g.Reason != rsvp.GatherAll || g.Replied() != 3 {
+			t.Fatalf("Gather with Want 1 of a publication whose 3 copies have replies: reason %s, %d replies, pending %v; want all, 3",
+				g.Reason, g.Replied(), g.Pending())
+		}
+	})
+}
+
 // with Send and that Deadline does, so that Gather and Await end.
 func TestPublishDeadlineExpiresCopies(t *testing.T) {
 	t.Parallel()

@@ -15,24 +15,25 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-// recorder is a Store that keeps the sums of what it was given, and fails
-// while failing is set.
+// recorder is a Store that keeps the sums of what it was given, after
+// failing its first failures calls.
 type recorder struct {
-	mu      sync.Mutex
-	in, out map[string]uint64
-	calls   int
-	failing bool
+	mu       sync.Mutex
+	in, out  map[string]uint64
+	calls    int
+	failures int
 }
 
-func newRecorder() *recorder {
-	return &recorder{in: map[string]uint64{}, out: map[string]uint64{}}
+func newRecorder(failures int) *recorder {
+	return &recorder{in: map[string]uint64{}, out: map[string]uint64{}, failures: failures}
 }
 
 func (r *recorder) store(_ context.Context, counts []tally.Count) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.calls++
-	if r.failing {
+	if r.failures > 0 {
+		r.failures--
 		return errors.New("engine down")
 	}
 	for _, c := range counts {
@@ -51,9 +52,31 @@ func (r *recorder) sums(queue string) (in, out uint64) {
 	return r.in[queue], r.out[queue]
 }
 
+// waitCalls waits until the store was called n times.
+func (r *recorder) waitCalls(t *testing.T, n int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		r.mu.Lock()
+		calls := r.calls
+		r.mu.Unlock()
+		if calls >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d stores within 10s, want %d", calls, n)
+		}
+		time.Sleep(2 * time.Millisecond) // polling a condition, with a deadline
+	}
+}
+
+func start(interval time.Duration, r *recorder) *tally.Tally {
+	return tally.Start(interval, time.Second, slog.New(slog.DiscardHandler), r.store)
+}
+
 func TestCloseStoresEverything(t *testing.T) {
-	r := newRecorder()
-	tl := tally.Start(time.Hour, time.Second, slog.New(slog.DiscardHandler), r.store)
+	r := newRecorder(0)
+	tl := start(time.Hour, r)
 	var wg sync.WaitGroup
 	for range 8 {
 		wg.Go(func() {
@@ -76,45 +99,26 @@ func TestCloseStoresEverything(t *testing.T) {
 }
 
 func TestStoresEveryInterval(t *testing.T) {
-	r := newRecorder()
-	tl := tally.Start(10*time.Millisecond, time.Second, slog.New(slog.DiscardHandler), r.store)
+	r := newRecorder(0)
+	tl := start(5*time.Millisecond, r)
 	defer tl.Close()
 	tl.In("a")
-	deadline := time.Now().Add(10 * time.Second)
-	for in, _ := r.sums("a"); in != 1; in, _ = r.sums("a") {
-		if time.Now().After(deadline) {
-			t.Fatal("the count was not stored within 10s")
-		}
-		time.Sleep(5 * time.Millisecond) // polling a condition, with a deadline
+	r.waitCalls(t, 1)
+	if in, _ := r.sums("a"); in != 1 {
+		t.Fatalf("in %d, want 1", in)
 	}
 }
 
 func TestFailedStoreKeepsCounts(t *testing.T) {
-	r := newRecorder()
-	r.failing = true
-	tl := tally.Start(10*time.Millisecond, time.Second, slog.New(slog.DiscardHandler), r.store)
+	r := newRecorder(1)
+	tl := start(5*time.Millisecond, r)
 	tl.In("a")
 	tl.Out("a")
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		r.mu.Lock()
-		calls := r.calls
-		if calls >= 2 {
-			r.failing = false
-		}
-		r.mu.Unlock()
-		if calls >= 2 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("no store tried twice within 10s")
-		}
-		time.Sleep(5 * time.Millisecond) // polling a condition, with a deadline
-	}
+	r.waitCalls(t, 2) // failed, then stored
 	tl.In("a")
 	tl.Close()
 	if in, out := r.sums("a"); in != 2 || out != 1 {
-		t.Fatalf("after failed stores: in %d, out %d; want 2, 1", in, out)
+		t.Fatalf("after a failed store: in %d, out %d; want 2, 1", in, out)
 	}
 }
 
@@ -122,26 +126,10 @@ func TestFailedStoreKeepsCounts(t *testing.T) {
 // longer than a while are dropped, not stored later as if they were new.
 func TestCountsDroppedAfterLongFailure(t *testing.T) {
 	defer tally.SetKeepFor(0)()
-	r := newRecorder()
-	r.failing = true
-	tl := tally.Start(5*time.Millisecond, time.Second, slog.New(slog.DiscardHandler), r.store)
+	r := newRecorder(2)
+	tl := start(5*time.Millisecond, r)
 	tl.In("a")
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		r.mu.Lock()
-		calls := r.calls
-		r.mu.Unlock()
-		if calls >= 2 { // the first failure keeps them; the second drops them
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("no store tried twice within 10s")
-		}
-		time.Sleep(5 * time.Millisecond) // polling a condition, with a deadline
-	}
-	r.mu.Lock()
-	r.failing = false
-	r.mu.Unlock()
+	r.waitCalls(t, 2) // the first failure keeps them; the second drops them
 	tl.Out("a")
 	tl.Close()
 	if in, out := r.sums("a"); in != 0 || out != 1 {
@@ -155,50 +143,14 @@ func TestCountsDroppedAfterLongFailure(t *testing.T) {
 // next try instead of dropping it as if it had been failing all along.
 func TestFreshCountsKeptAfterEarlierDrop(t *testing.T) {
 	defer tally.SetKeepFor(0)()
-	var (
-		mu       sync.Mutex
-		calls    int
-		failures = 3 // the first two: kept, then dropped; the third: the fresh count's first try
-		in       uint64
-	)
-	store := func(_ context.Context, counts []tally.Count) error {
-		mu.Lock()
-		defer mu.Unlock()
-		calls++
-		if failures > 0 {
-			failures--
-			return errors.New("engine down")
-		}
-		for _, c := range counts {
-			in += c.In
-		}
-		return nil
-	}
-	wait := func(n int) {
-		t.Helper()
-		deadline := time.Now().Add(10 * time.Second)
-		for {
-			mu.Lock()
-			done := calls >= n
-			mu.Unlock()
-			if done {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("fewer than %d stores within 10s", n)
-			}
-			time.Sleep(5 * time.Millisecond) // polling a condition, with a deadline
-		}
-	}
-	tl := tally.Start(5*time.Millisecond, time.Second, slog.New(slog.DiscardHandler), store)
+	r := newRecorder(3) // kept, dropped; then the fresh count's first try
+	tl := start(5*time.Millisecond, r)
 	tl.In("a")
-	wait(2) // kept once, then dropped; nothing is left to store
+	r.waitCalls(t, 2) // nothing is left to store
 	tl.In("a")
-	wait(3) // the fresh count's first try fails
+	r.waitCalls(t, 3)
 	tl.Close()
-	mu.Lock()
-	defer mu.Unlock()
-	if in != 1 {
+	if in, _ := r.sums("a"); in != 1 {
 		t.Fatalf("in %d; want the fresh count kept after its first failed store and stored later: 1", in)
 	}
 }
@@ -206,8 +158,8 @@ func TestFreshCountsKeptAfterEarlierDrop(t *testing.T) {
 // BenchmarkCount is the cost a request pays to be counted in and out,
 // from many goroutines on a few queues.
 func BenchmarkCount(b *testing.B) {
-	r := newRecorder()
-	tl := tally.Start(time.Hour, time.Second, slog.New(slog.DiscardHandler), r.store)
+	r := newRecorder(0)
+	tl := start(time.Hour, r)
 	defer tl.Close()
 	queues := []string{"thumbnail", "flaky", "shout", "rsvp-workflows"}
 	b.RunParallel(func(pb *testing.PB) {

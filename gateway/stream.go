@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"encoding/json"
@@ -151,6 +152,11 @@ type feed struct {
 	// the caller is, and whether it sees each request met so far.
 	c    *caller
 	sees map[string]bool
+	// Channel feeds: over tells, for the requests met so far, whether the
+	// last final event of each is not followed by a replay: an event of
+	// such a request is a stale attempt's, and is not sent, as on the
+	// request's own feed (ended).
+	over map[string]bool
 }
 
 // errCursor: a request stream's cursor is not 0 and names none of its
@@ -198,7 +204,7 @@ func (g *Gateway) requestFeed(ctx context.Context, c caller, id string, after ui
 // channelFeed makes the feed of a caller's channel from cursor after. It
 // shows only the requests the caller may read, as their status URLs do.
 func channelFeed(c caller, channel string, after uint64) *feed {
-	f := &feed{ch: scopedChannel(c.tenant, channel), after: after}
+	f := &feed{ch: scopedChannel(c.tenant, channel), after: after, over: map[string]bool{}}
 	if !c.seesEveryQueue() {
 		f.c, f.sees = &c, map[string]bool{}
 	}
@@ -238,6 +244,52 @@ func (g *Gateway) shows(ctx context.Context, f *feed, ev *backend.Event) (bool, 
 	}
 	f.sees[ev.CorrelationID] = ok
 	return ok, nil
+}
+
+// stale reports whether ev, an event of f's channel that is neither final
+// nor a replay, came after its request's final event (with no replay
+// since): a late event of a stale attempt, which the request's own stream
+// passes over. A request the feed met from its start is known; one met
+// mid-way (the feed resumed from a cursor) is looked up in its request's
+// log, where ev is the event of the same type, time and data.
+func (g *Gateway) stale(ctx context.Context, f *feed, ev *backend.Event) (bool, error) {
+	if over, known := f.over[ev.CorrelationID]; known || ev.Type == backend.EventQueued {
+		return over, nil
+	}
+	q := backend.EventQuery{CorrelationID: ev.CorrelationID, Limit: eventPage}
+	for over := false; ; {
+		evs, err := g.b.Events(ctx, q)
+		if err != nil {
+			return false, err
+		}
+		for _, e := range evs {
+			if e.Type == ev.Type && e.At.Equal(ev.At) && bytes.Equal(e.Data, ev.Data) {
+				f.passed(ev.CorrelationID, over)
+				return over, nil
+			}
+			switch {
+			case finalState(e.Type):
+				over = true
+			case e.Type == backend.EventReplayed:
+				over = false
+			}
+		}
+		if len(evs) < eventPage {
+			// Not in the request's log (its writer died between the
+			// channel's copy and the request's): not known to be stale.
+			return false, nil
+		}
+		q.After = evs[len(evs)-1].Seq
+	}
+}
+
+// passed records, on a channel feed, whether the request id is over
+// after the event just passed (see feed.over).
+func (f *feed) passed(id string, over bool) {
+	if len(f.over) >= maxSeesCache {
+		clear(f.over) // requests met again are looked up (stale)
+	}
+	f.over[id] = over
 }
 
 // checkChannel validates a channel name from a client.
@@ -320,8 +372,8 @@ func (g *Gateway) follow(ctx context.Context, f *feed, emit func(*StreamEvent) e
 }
 
 // catchUp sends the events after f's cursor. done: a request feed sent its
-// final event. What follows the final event is not sent, but for a replay
-// and its events.
+// final event. What follows a request's final event is not sent, but for
+// a replay and its events; on a channel feed, so for each request.
 func (g *Gateway) catchUp(ctx context.Context, f *feed, emit func(*StreamEvent) error) (done bool, err error) {
 	q := backend.EventQuery{CorrelationID: f.id, Channel: f.ch, Limit: eventPage}
 	for {
@@ -340,6 +392,13 @@ func (g *Gateway) catchUp(ctx context.Context, f *feed, emit func(*StreamEvent) 
 					return false, err
 				}
 			}
+			if show && f.id == "" && !finalState(ev.Type) && ev.Type != backend.EventReplayed {
+				stale, err := g.stale(ctx, f, ev)
+				if err != nil {
+					return false, err
+				}
+				show = !stale
+			}
 			if show {
 				se, err := g.streamEvent(ctx, ev)
 				if err != nil {
@@ -352,6 +411,12 @@ func (g *Gateway) catchUp(ctx context.Context, f *feed, emit func(*StreamEvent) 
 			f.after = ev.Seq
 			switch {
 			case f.id == "":
+				switch {
+				case finalState(ev.Type):
+					f.passed(ev.CorrelationID, true)
+				case ev.Type == backend.EventReplayed, ev.Type == backend.EventQueued:
+					f.passed(ev.CorrelationID, false)
+				}
 			case finalState(ev.Type):
 				f.ended = true
 			case ev.Type == backend.EventReplayed: // what came before is over

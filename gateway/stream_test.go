@@ -858,3 +858,76 @@ func TestRequestStreamForeignCursor(t *testing.T) {
 		t.Errorf("WebSocket subscription with the cursor of another request: %v, want an error 400", m)
 	}
 }
+
+// TestChannelStreamSkipsEventsAfterAFinalOne: a channel stream shows each
+// of its requests as the request's own stream does: nothing of a request
+// after its final event, but for a replay. Here, as in
+// TestRequestStreamEndsAtItsFinalEvent, an HTTP worker's lease of a
+// request cancelled meanwhile runs out and its given-back attempt records
+// retrying after cancelled; a second request on the channel marks the end
+// of what to read. Followed from the start, and resumed after the final
+// event, over SSE and WebSocket.
+func TestChannelStreamSkipsEventsAfterAFinalOne(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, gateway.Config{})
+	hdr := map[string]string{"Notify-Channel": "late"}
+	id := e.workerSubmit("late-ch", hdr, "x")
+	e.workerLease("late-ch", "lease=1s", nil)
+	if resp, data := e.do("DELETE", "/v1/requests/"+id, nil, ""); resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("cancel: %d %s", resp.StatusCode, data)
+	}
+	var log []string
+	eventually(t, 10*time.Second, "the lease runs out and its attempt is recorded after the cancel", func() bool {
+		evs, err := e.Client.Backend().Events(t.Context(), backend.EventQuery{CorrelationID: id})
+		log = log[:0]
+		for _, ev := range evs {
+			log = append(log, ev.Type)
+		}
+		return err == nil && len(log) > 0 && log[len(log)-1] == backend.EventRetrying
+	})
+	marker := e.workerSubmit("late-ch", hdr, "marker")
+
+	// readSSE reads the channel stream after cursor up to the marker's
+	// queued event: the types of id's events, and the seq of its final one.
+	readSSE := func(cursor uint64) (types []string, final uint64) {
+		s := openSSE(e, "/v1/channels/late/events", map[string]string{"Last-Event-ID": strconv.FormatUint(cursor, 10)})
+		defer s.close()
+		for {
+			ev := s.must()
+			if ev.Data["id"] == marker {
+				return types, final
+			}
+			types = append(types, ev.Type)
+			if ev.Type == gateway.StateCancelled {
+				final = ev.ID
+			}
+		}
+	}
+	want := []string{"queued", "running", "cancelled"}
+	got, final := readSSE(0)
+	if !slices.Equal(got, want) {
+		t.Errorf("SSE channel stream %v, want %v (the request's log is %v)", got, want, log)
+	}
+	if got, _ := readSSE(final); len(got) != 0 {
+		t.Errorf("SSE channel stream resumed after the final event: %v, want nothing of the request", got)
+	}
+
+	c := dialWS(e, "", nil)
+	readWS := func(cursor uint64) (types []string) {
+		c.send(map[string]any{"op": "subscribe", "channel": "late", "after": cursor})
+		c.expect("subscribed", "", "late")
+		for {
+			ev := c.event("", "late")
+			if ev["id"] == marker {
+				return types
+			}
+			types = append(types, ev["type"].(string))
+		}
+	}
+	if got := readWS(0); !slices.Equal(got, want) {
+		t.Errorf("WebSocket channel subscription %v, want %v (the request's log is %v)", got, want, log)
+	}
+	if got := readWS(final); len(got) != 0 {
+		t.Errorf("WebSocket channel subscription resumed after the final event: %v, want nothing of the request", got)
+	}
+}

@@ -551,6 +551,12 @@ func (g *Gateway) instanceEvents(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := g.streamCtx(r)
 	defer cancel()
 	var sent *workflow.Status // the last status sent
+	if after > 0 && st.Position <= after {
+		// The client has this status: the one of the event it names (a
+		// status is the same at the same position). Only a change it sees
+		// comes next, as on a stream that was never cut.
+		sent = st
+	}
 	for {
 		if st.Position > after && (sent == nil || shownChange(sent, st) || st.State.Final()) {
 			data, err := json.Marshal(instanceStatus(st)) // one line: JSON output escapes newlines

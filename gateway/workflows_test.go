@@ -649,3 +649,86 @@ func TestWorkflowIDTakenHidesTheOtherWorkflow(t *testing.T) {
 		t.Errorf("the conflict does not name the workflow to a key that may see it: %s", data)
 	}
 }
+
+// TestWorkflowEventStreamResumedAtTheLatestStatus: a stream resumed with
+// the position of the instance's current status sends only changes after
+// it that a client sees: the history growing by entries the status does
+// not show (an external event recorded, an activity called) sends nothing,
+// as it does not on a stream that was never cut.
+func TestWorkflowEventStreamResumedAtTheLatestStatus(t *testing.T) {
+	t.Parallel()
+	release := make(chan struct{})
+	en := newEnvWith(t, mustEmbedded(t), gateway.Config{}, func(c *rsvp.Client) (*workflow.Engine, error) {
+		e, err := workflow.New(c, workflow.Config{SweepInterval: 500 * time.Millisecond})
+		if err != nil {
+			return nil, err
+		}
+		return e, workflow.Register(e, "held", func(ctx workflow.Context, in any) (string, error) {
+			if err := workflow.SetCustomStatus(ctx, "waiting"); err != nil {
+				return "", err
+			}
+			v, err := workflow.WaitForEvent[string](ctx, "go", 0)
+			if err != nil {
+				return "", err
+			}
+			return workflow.CallActivity[string](ctx, "held-work", wfDoc{ID: v}, workflow.ActivityOptions{}).Get(ctx)
+		})
+	})
+	e := &wfEnv{env: en}
+	called := make(chan struct{}, 1)
+	e.typed("held-work", func(ctx context.Context, d wfDoc) (string, error) {
+		select {
+		case called <- struct{}{}:
+		default:
+		}
+		select {
+		case <-release:
+			return "done", nil
+		case <-ctx.Done():
+			return "", ctx.Err()
+		}
+	})
+	if resp, data := e.do("POST", "/v1/workflows/held/instances?id=held-1", jsonHdr, `null`); resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("start: %d %s", resp.StatusCode, data)
+	}
+	var position float64
+	eventually(t, 20*time.Second, "the instance waits for its event", func() bool {
+		_, data := e.do("GET", "/v1/instances/held-1", nil, "")
+		st := decode(t, data)
+		position, _ = st["position"].(float64)
+		return st["custom_status"] == "waiting"
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	stream := e.openSSE(ctx, "held-1", strconv.FormatUint(uint64(position), 10))
+	defer stream.Body.Close()
+	if stream.StatusCode != http.StatusOK {
+		t.Fatalf("resumed stream: %d", stream.StatusCode)
+	}
+	if resp, data := e.do("POST", "/v1/instances/held-1/events/go", jsonHdr, `"x"`); resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("raise: %d %s", resp.StatusCode, data)
+	}
+	select {
+	case <-called: // the event and the call are in the history; the status shows neither
+	case <-ctx.Done():
+		t.Fatal("the activity was not called")
+	}
+	close(release)
+	evs := wfSSEEvents(t, oaSSE(t, stream.Body, -1))
+	var got []string
+	for _, ev := range evs {
+		got = append(got, fmt.Sprintf("%d %s %v", ev.id, ev.state, ev.data["custom_status"]))
+	}
+	if len(evs) != 1 || evs[0].state != "completed" {
+		t.Errorf("stream resumed at position %v, the running status's: %v; want the completed status only", position, got)
+	}
+}
+
+func mustEmbedded(t *testing.T) *rsvpnats.Backend {
+	t.Helper()
+	b, err := rsvpnats.Embedded("", rsvpnats.Options{Memory: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}

@@ -376,7 +376,7 @@ func (g *Gateway) submit(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	var wait time.Duration
-	if pw, ok := preferWait(r.Header.Get("Prefer")); ok {
+	if pw, ok := preferWait(r.Header.Values("Prefer")); ok {
 		var err error
 		if wait, err = g.parseWait(pw); err != nil {
 			errs = append(errs, fmt.Errorf("Prefer: %w", err))
@@ -653,9 +653,13 @@ func digest(queue, contentType, sessionKey string, body []byte) string {
 	return hex.EncodeToString(h.Sum(nil))
 }
 
-// preferWait finds the wait preference (RFC 7240) in a Prefer header.
-func preferWait(h string) (string, bool) {
-	for _, p := range strings.Split(h, ",") {
+// preferWait finds the wait preference (RFC 7240) in the lines of a
+// Prefer header: they make one comma-separated list (RFC 9110, section
+// 5.3), and a preference may have parameters after a ";", which wait does
+// not use.
+func preferWait(lines []string) (string, bool) {
+	for _, p := range strings.Split(strings.Join(lines, ","), ",") {
+		p, _, _ = strings.Cut(p, ";")
 		name, val, ok := strings.Cut(strings.TrimSpace(p), "=")
 		if ok && strings.EqualFold(strings.TrimSpace(name), "wait") {
 			return strings.Trim(strings.TrimSpace(val), `"`), true

@@ -556,3 +556,30 @@ func TestSlowBodyTimesOut(t *testing.T) {
 		t.Fatalf("stalled body: %s %s, want 408 body-timeout", resp.Status, body)
 	}
 }
+
+// TestPreferWaitAnyForm: the wait preference is found in any form RFC 7240
+// allows: in a Prefer field line of its own after another (RFC 9110
+// section 5.3: lines of a field make one list), and with preference
+// parameters after a ";".
+func TestPreferWaitAnyForm(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, gateway.Config{})
+	e.respond("fast-forms", rsvp.HandleOptions{}, echo)
+	for _, prefer := range [][]string{{"respond-async", "wait=10"}, {"wait=10; foo=bar"}, {"handling=lenient, wait=10 ;x"}} {
+		req, err := http.NewRequest("POST", e.URL+"/v1/queues/fast-forms/requests", strings.NewReader("hi"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header["Prefer"] = prefer
+		resp, err := noRedirect.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		data, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || string(data) != "echo:hi" || resp.Header.Get("Preference-Applied") != "wait=10" {
+			t.Errorf("Prefer %q: %d %s (Preference-Applied %q), want 200 with the result and wait=10",
+				prefer, resp.StatusCode, data, resp.Header.Get("Preference-Applied"))
+		}
+	}
+}

@@ -435,8 +435,9 @@ func (g *Gateway) submit(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	st := g.fold(stored, nil, nil) // a new request is queued
-	if stored != rec {
-		// An Idempotency-Key used again: show where the first one is.
+	if stored != rec || wait > 0 {
+		// An Idempotency-Key used again, or a wait that ended first: show
+		// where the request is now.
 		if _, evs, reply, err := g.load(r.Context(), stored.ID); err == nil {
 			st = g.fold(stored, evs, reply)
 		}

@@ -583,3 +583,32 @@ func TestPreferWaitAnyForm(t *testing.T) {
 		}
 	}
 }
+
+// TestPreferWaitTimedOutShowsTheStatus: a submission whose Prefer: wait
+// ends before the request does is answered 202 with the request's status
+// at the end of the wait: running, if a worker took it meanwhile, not the
+// queued status of the moment it was stored.
+func TestPreferWaitTimedOutShowsTheStatus(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, gateway.Config{})
+	started, release := make(chan struct{}), make(chan struct{})
+	e.respond("held-wait", rsvp.HandleOptions{}, func(ctx context.Context, m *rsvp.Message) (*rsvp.Reply, error) {
+		close(started)
+		select {
+		case <-release:
+		case <-ctx.Done():
+		}
+		return &rsvp.Reply{Body: []byte("late")}, nil
+	})
+	defer close(release)
+	resp, data := e.do("POST", "/v1/queues/held-wait/requests", map[string]string{"Prefer": "wait=2"}, "x")
+	select {
+	case <-started:
+	default:
+		t.Fatalf("the handler had not started within the wait: %d %s", resp.StatusCode, data)
+	}
+	st := decode(t, data)
+	if resp.StatusCode != http.StatusAccepted || st["state"] != gateway.StateRunning || st["attempts"] != 1.0 {
+		t.Errorf("Prefer: wait=2 on a request running all along: %d state %v attempts %v, want 202 running, attempt 1", resp.StatusCode, st["state"], st["attempts"])
+	}
+}

@@ -59,18 +59,7 @@ func expiryOf(m *Message) expiryTask {
 // Config.MaxDelay is reached in hops: the task comes due earlier and is
 // scheduled again.
 func (c *Client) scheduleExpiry(ctx context.Context, t expiryTask) error {
-	body, _ := json.Marshal(t) // plain fields always encode
-	due := t.Deadline
-	if hop := time.Now().Add(c.cfg.MaxDelay * 9 / 10); due.After(hop) {
-		due = hop
-	}
-	id := "rsvp-exp:" + t.CorrelationID + ":" + strconv.FormatInt(due.UnixMilli(), 10)
-	if len(id) > backend.MaxNameLen {
-		sum := sha256.Sum256([]byte(id))
-		id = "rsvp-exp:" + hex.EncodeToString(sum[:16])
-	}
-	err := c.b.Enqueue(ctx, &backend.Message{ID: id, CorrelationID: id, Queue: ExpiryQueue, ContentType: "application/json",
-		Body: body, CreatedAt: time.Now(), NotBefore: due})
+	err := c.b.Enqueue(ctx, c.expiryMessage(t))
 	if errors.Is(err, errors.ErrUnsupported) {
 		// The engine cannot schedule (NATS before 2.12): the request, stored
 		// or being stored, goes without a task.
@@ -85,6 +74,22 @@ func (c *Client) scheduleExpiry(ctx context.Context, t expiryTask) error {
 	}
 	c.startExpirer()
 	return nil
+}
+
+// expiryMessage is the request on ExpiryQueue that carries task t.
+func (c *Client) expiryMessage(t expiryTask) *backend.Message {
+	body, _ := json.Marshal(t) // plain fields always encode
+	due := t.Deadline
+	if hop := time.Now().Add(c.cfg.MaxDelay * 9 / 10); due.After(hop) {
+		due = hop
+	}
+	id := "rsvp-exp:" + t.CorrelationID + ":" + strconv.FormatInt(due.UnixMilli(), 10)
+	if len(id) > backend.MaxNameLen {
+		sum := sha256.Sum256([]byte(id))
+		id = "rsvp-exp:" + hex.EncodeToString(sum[:16])
+	}
+	return &backend.Message{ID: id, CorrelationID: id, Queue: ExpiryQueue, ContentType: "application/json",
+		Body: body, CreatedAt: time.Now(), NotBefore: due}
 }
 
 // startExpirer makes this client handle expiry tasks, once.

@@ -15,6 +15,21 @@ import (
 // backend stores the reply and acknowledges the request in one commit, and
 // the Lease records the outcome as Reply would.
 
+// ExpiryTask returns the expiry task that Send stores beside m, a request
+// from Prepare, or nil if m gets none (no Deadline, or no ReplyTo). It is
+// for code that stores requests its own way: rsvppg.SendTx stores both in
+// the caller's transaction, so that neither exists without the other (a
+// request without its task would never expire while nobody serves its
+// queue, and Await would wait for good). It makes c handle expiry tasks,
+// as Send does.
+func (c *Client) ExpiryTask(m *Message) *Message {
+	if m.Deadline.IsZero() || m.ReplyTo == "" {
+		return nil
+	}
+	c.startExpirer()
+	return c.expiryMessage(expiryOf(m))
+}
+
 // Delivery returns the backend's delivery behind the lease, for backends
 // whose deliveries offer more than backend.Delivery.
 func (l *Lease) Delivery() backend.Delivery { return l.d }

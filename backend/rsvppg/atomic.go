@@ -356,7 +356,9 @@ func (r *TxResponder) run(l *rsvp.Lease, d *Delivery, m *rsvp.Message, settle fu
 
 // SendTx sends msg to queue as c.Send does, but in tx, a transaction on
 // c's PostgreSQL database: the request exists if and only if tx commits.
-// Await its reply with c.Await(ticket.CorrelationID) after the commit.
+// Await its reply with c.Await(ticket.CorrelationID) after the commit. A
+// request with a Deadline gets its expiry task (see rsvp.ExpiryQueue) in
+// tx too, as Send stores one beside it.
 func SendTx(ctx context.Context, c *rsvp.Client, tx pgx.Tx, queue string, msg *rsvp.Message) (rsvp.Ticket, error) {
 	b, ok := c.Backend().(*Backend)
 	if !ok {
@@ -368,6 +370,11 @@ func SendTx(ctx context.Context, c *rsvp.Client, tx pgx.Tx, queue string, msg *r
 	}
 	if err := b.EnqueueTx(ctx, tx, m); err != nil {
 		return rsvp.Ticket{}, err
+	}
+	if task := c.ExpiryTask(m); task != nil {
+		if err := b.EnqueueTx(ctx, tx, task); err != nil {
+			return rsvp.Ticket{}, fmt.Errorf("rsvppg: SendTx: schedule the expiry of %s: %w", m.CorrelationID, err)
+		}
 	}
 	return rsvp.Ticket{ID: m.ID, CorrelationID: m.CorrelationID, Queue: m.Queue}, nil
 }

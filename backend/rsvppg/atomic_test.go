@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/rsvp-go/rsvp"
+	"github.com/rsvp-go/rsvp/backend"
 	"github.com/rsvp-go/rsvp/backend/rsvppg"
 )
 
@@ -515,5 +516,61 @@ func TestNackBesideOpenTx(t *testing.T) {
 	}
 	if again := nextWithin(t, c, 5*time.Second); again.Message().ID != m.ID {
 		t.Fatalf("got %s, want %s again", again.Message().ID, m.ID)
+	}
+}
+
+// TestSendTxDeadlineExpires: a request sent in a transaction with a
+// Deadline expires as Send's does: nobody serves its queue, and Await
+// returns ErrExpired soon after the deadline rather than waiting out its
+// context. A rolled-back send leaves no expiry behind either.
+func TestSendTxDeadlineExpires(t *testing.T) {
+	t.Parallel()
+	s := newSetup(t)
+	c := newClient(t, s)
+	q := uniq("q")
+	var rolledBack string
+	for _, commit := range []bool{false, true} {
+		tx, err := s.b.Pool().Begin(s.ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ticket, err := rsvppg.SendTx(s.ctx, c, tx, q, &rsvp.Message{Deadline: time.Now().Add(time.Second)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !commit {
+			if err := tx.Rollback(s.ctx); err != nil {
+				t.Fatal(err)
+			}
+			rolledBack = ticket.CorrelationID
+			continue
+		}
+		if err := tx.Commit(s.ctx); err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(s.ctx, 10*time.Second)
+		start := time.Now()
+		r, err := c.Await(ctx, ticket.CorrelationID)
+		cancel()
+		if !errors.Is(err, rsvp.ErrExpired) {
+			t.Fatalf("Await of a request sent in a transaction with a 1s deadline, nobody serving its queue: %v %v after %s; want ErrExpired",
+				r, err, time.Since(start).Round(time.Second))
+		}
+	}
+	// Only the committed send left an expiry task: the queue of tasks is
+	// empty once it ran.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		n := countRows(t, s, "SELECT count(*) FROM "+pgx.Identifier{s.schema, "requests"}.Sanitize()+" WHERE queue = $1", rsvp.ExpiryQueue)
+		if n == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d expiry tasks left, want none", n)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if r, err := s.b.GetReply(s.ctx, rolledBack); !errors.Is(err, backend.ErrNotFound) {
+		t.Fatalf("reply to the request of a rolled-back SendTx: %+v %v; want none", r, err)
 	}
 }

@@ -69,10 +69,28 @@ func (l *Lease) PrepareReply(ctx context.Context, reply *Reply) (*Reply, error) 
 //   - any other error: nothing committed, or it is unknown whether it did;
 //     the request comes back after backoff (a committed one is gone, so
 //     that does nothing).
+//
+// The lease may run out while that commit waits (a database that hangs),
+// and Settled then finds it settled as lost and records nothing, although
+// the commit may have stored the reply: use SettleWith, which settles the
+// lease before it commits.
 func (l *Lease) Settled(ctx context.Context, reply *Reply, commitErr error) error {
+	return l.SettleWith(ctx, reply, func() error { return commitErr })
+}
+
+// SettleWith settles the lease and then runs commit, the caller's commit
+// that stores reply (from PrepareReply) and acknowledges the request
+// together, and records its outcome as Settled does. The lease is settled
+// first so that it cannot run out while commit waits: the caller must keep
+// other workers off the request until commit returns (rsvppg locks its
+// row). If the lease was settled or ran out already, SettleWith returns
+// ErrSettled without running commit: abandon the commit then, and the
+// request comes back.
+func (l *Lease) SettleWith(ctx context.Context, reply *Reply, commit func() error) error {
 	if err := l.settle(); err != nil {
 		return err
 	}
+	commitErr := commit()
 	r, d, m, log := l.s, l.d, l.d.Message(), l.a.log
 	ctx = trace.ContextWithSpan(ctx, l.a.span)
 	outcome := outcomeSucceeded

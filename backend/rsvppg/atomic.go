@@ -263,7 +263,13 @@ func (r *TxResponder) handle(l *rsvp.Lease) {
 			_ = l.Fail(sctx, err)
 			return
 		}
-		_ = l.Settled(sctx, out, d.CommitWith(sctx, tx, out))
+		// The lease is settled before the commit, which may wait long (a
+		// database that hangs): its own clock must not run out meanwhile
+		// and drop what is recorded after a commit that then stands, as
+		// the row lock keeps every other worker off the request.
+		if err := l.SettleWith(sctx, out, func() error { return d.CommitWith(sctx, tx, out) }); err != nil {
+			rollback(r.b, tx) // it ran out before: the request comes back
+		}
 	})
 	switch {
 	case err == nil:

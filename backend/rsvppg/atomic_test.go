@@ -574,3 +574,65 @@ func TestSendTxDeadlineExpires(t *testing.T) {
 		t.Fatalf("reply to the request of a rolled-back SendTx: %+v %v; want none", r, err)
 	}
 }
+
+// TestHandleTxCommitAfterLeaseRanOut: the database hangs while HandleTx
+// commits, for longer than the lease. The row lock keeps every other
+// worker off the request, so the commit that ends the hang stands: the
+// reply stored and the request acknowledged. What the responder records
+// after a commit must then be recorded too (here: the reply listed under
+// its reply session), not dropped because the lease's own clock ran out
+// meanwhile.
+func TestHandleTxCommitAfterLeaseRanOut(t *testing.T) {
+	t.Parallel()
+	b, p, schema, ctx := viaProxy(t)
+	c, err := rsvp.New(ctx, b, rsvp.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close(context.Background()) })
+	q := uniq("q")
+	var froze atomic.Bool
+	handleTx(t, c, q, func(ctx context.Context, tx pgx.Tx, m *rsvp.Message) (*rsvp.Reply, error) {
+		if froze.CompareAndSwap(false, true) {
+			p.Freeze() // the commit that follows hangs
+		}
+		return &rsvp.Reply{Body: []byte("ok")}, nil
+	}, rsvp.HandleOptions{Lease: 500 * time.Millisecond})
+	ticket, err := c.Send(ctx, q, &rsvp.Message{ReplySession: "rs-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Wait, on a connection of its own, until the request's lease has run
+	// out by the database's clock, with a margin for the responder's.
+	conn := connect(t, serverURL(t))
+	requests := pgx.Identifier{schema, "requests"}.Sanitize()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var out bool
+		err := conn.QueryRow(ctx, "SELECT coalesce(bool_and(lease_until < now() - interval '300ms'), false) FROM "+requests+
+			" WHERE id = $1", ticket.ID).Scan(&out)
+		if err != nil {
+			p.Thaw()
+			t.Fatal(err)
+		}
+		if out && froze.Load() {
+			break
+		}
+		if time.Now().After(deadline) {
+			p.Thaw()
+			t.Fatal("the lease did not run out while the database hung")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	p.Thaw()
+	rep, err := c.Await(ctx, ticket.CorrelationID)
+	if err != nil || string(rep.Body) != "ok" {
+		t.Fatalf("Await: %v %v", rep, err)
+	}
+	lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	got, err := c.SessionReplies(lctx, "rs-1", 0)
+	if err != nil || len(got) != 1 {
+		t.Fatalf("reply session after a commit that outlasted the lease: %v, %v; want the reply of %s listed", got, err, ticket.CorrelationID)
+	}
+}

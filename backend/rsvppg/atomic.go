@@ -26,16 +26,16 @@ import (
 // blocks) or delete it while the transaction is open, yet the lease can
 // still be extended (an UPDATE of non-key columns) from the pool.
 
-// Begin starts a transaction on the backend's durable pool (see Pool) and
-// locks the delivery's request row in it (see Lock). Do the business writes
-// in it, then settle with CommitWith, or roll it back and settle the
-// delivery as usual (Nack, or rsvp.Lease.Fail). Settle from the pool only
-// after the transaction ended: an Ack from the pool waits for it, but a
+// Begin starts a transaction on the pool of handlers' transactions (see
+// Pool) and locks the delivery's request row in it (see Lock). Do the
+// business writes in it, then settle with CommitWith, or roll it back and
+// settle the delivery as usual (Nack, or rsvp.Lease.Fail). Settle from
+// outside only after the transaction ended: an Ack waits for it, but a
 // Nack (like Extend) does not, and settles the lease at once; CommitWith
 // then returns ErrLeaseLost and commits nothing, and the request is
 // delivered again once the transaction ended.
 func (d *Delivery) Begin(ctx context.Context) (pgx.Tx, error) {
-	tx, err := d.b.durable.Begin(ctx)
+	tx, err := d.b.txs.Begin(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("rsvppg: begin for %s: %w", d.msg.ID, err)
 	}
@@ -156,7 +156,9 @@ type TxResponder struct {
 }
 
 // HandleTx starts a responder for queue whose handler runs in a
-// transaction on the backend's durable pool (see Pool): the handler's
+// transaction on the pool of handlers' transactions (see Pool), whose
+// commits wait for the disk, and which the backend's own writes do not
+// share, so that the handlers can call rsvp.Progress and Send: the handler's
 // business writes in tx, its reply and the acknowledgement of the request
 // commit together. A worker that dies before the commit leaves no partial
 // effect; the request is delivered again once its lease runs out. The

@@ -636,3 +636,61 @@ func TestHandleTxCommitAfterLeaseRanOut(t *testing.T) {
 		t.Fatalf("reply session after a commit that outlasted the lease: %v, %v; want the reply of %s listed", got, err, ticket.CorrelationID)
 	}
 }
+
+// TestHandleTxLeavesWritesTheirConnections: as many HandleTx handlers as
+// the backend has connections per pool (MaxConns) run at once, each in its
+// transaction. Their rsvp.Progress calls, which append events, and any
+// other durable write of the process (Send, a Handle responder's reply)
+// must not wait for a handler to end, as they would if the handlers'
+// transactions held every connection those writes use.
+func TestHandleTxLeavesWritesTheirConnections(t *testing.T) {
+	t.Parallel()
+	url := serverURL(t)
+	b := open(t, url, rsvppg.Options{Schema: freshSchema(t, url), MaxConns: 2, Timeout: 2 * time.Second})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := rsvp.New(ctx, b, rsvp.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close(context.Background()) })
+	q := uniq("q")
+	const n = 2
+	var inside atomic.Int32
+	all := make(chan struct{})
+	errs := make(chan error, n)
+	handleTx(t, c, q, func(ctx context.Context, tx pgx.Tx, m *rsvp.Message) (*rsvp.Reply, error) {
+		if inside.Add(1) == n {
+			close(all)
+		}
+		select { // every handler holds its transaction open
+		case <-all:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		start := time.Now()
+		if err := rsvp.Progress(pctx, "half"); err != nil {
+			errs <- fmt.Errorf("Progress with %d handlers in their transactions (MaxConns %d): %w after %s", n, n, err, time.Since(start).Round(100*time.Millisecond))
+		} else {
+			errs <- nil
+		}
+		return &rsvp.Reply{Body: []byte("ok")}, nil
+	}, rsvp.HandleOptions{Concurrency: n})
+	for range n {
+		if _, err := c.Send(ctx, q, &rsvp.Message{Track: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range n {
+		select {
+		case err := <-errs:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-ctx.Done():
+			t.Fatal("the handlers did not all run")
+		}
+	}
+}

@@ -190,7 +190,11 @@
 // (or Lock in a transaction of the caller's) locks the request row FOR KEY
 // SHARE, so no other worker takes it while the transaction is open, and
 // CommitWith stores the reply (first reply wins), deletes the request and
-// notifies in the transaction, then commits.
+// notifies in the transaction, then commits. Those transactions, like the
+// application's own on Pool, take their connections from a pool of their
+// own (MaxConns connections), not from the one of the backend's writes:
+// handlers that hold every connection of theirs do not hold up a Send or
+// an rsvp.Progress, in the handlers or elsewhere.
 //
 // # Tests
 //

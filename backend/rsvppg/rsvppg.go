@@ -44,11 +44,12 @@ type Options struct {
 	// CleanupInterval is how often expired replies, events, dead letters and
 	// dedupe markers are deleted, in batches. Default 1m.
 	CleanupInterval time.Duration
-	// MaxConns bounds each of the backend's three connection pools (one for
-	// writes that wait for the disk, one for the rest, and one for the
+	// MaxConns bounds each of the backend's four connection pools (one for
+	// writes that wait for the disk, one for the rest, one for the
 	// enqueues of session requests that wait for their session's lock,
-	// which opens connections only for them); one more connection listens
-	// for notifications. Default 8.
+	// and one for the transactions of handlers and of the application
+	// (Delivery.Begin, HandleTx, Pool); the last two open connections only
+	// for them); one more connection listens for notifications. Default 8.
 	MaxConns int32
 	// MaxMessageSize is the largest request, reply, dead letter or event
 	// accepted, in bytes of body (or data) and headers. Default 8 MiB.
@@ -127,6 +128,12 @@ type Backend struct {
 	// (see sessionQueues), so that they cannot take the connections of
 	// durable that other writes need. Its commits wait for the disk.
 	lockWait *pgxpool.Pool
+	// txs is for transactions that others hold open for as long as they
+	// like (Delivery.Begin, so HandleTx's handlers; the application's, from
+	// Pool), so that they cannot take the connections of durable either:
+	// a handler's Progress or Send would wait for a handler to end. Its
+	// commits wait for the disk.
+	txs *pgxpool.Pool
 
 	enqueues *batcher[*backend.Message, struct{}]
 	replies  *batcher[replyItem, bool]
@@ -190,7 +197,7 @@ func Open(ctx context.Context, url string, opts Options) (*Backend, error) {
 	return b, nil
 }
 
-// connect makes the three pools, checks that the server answers and
+// connect makes the four pools, checks that the server answers and
 // migrates.
 func (b *Backend) connect(ctx context.Context, url string) error {
 	var err error
@@ -204,6 +211,12 @@ func (b *Backend) connect(ctx context.Context, url string) error {
 	if b.lockWait, err = b.newPool(ctx, url, false); err != nil {
 		b.durable.Close()
 		b.fast.Close()
+		return err
+	}
+	if b.txs, err = b.newPool(ctx, url, false); err != nil {
+		b.durable.Close()
+		b.fast.Close()
+		b.lockWait.Close()
 		return err
 	}
 	if err := b.durable.Ping(ctx); err != nil {
@@ -259,6 +272,7 @@ func (b *Backend) closePools() {
 	b.durable.Close()
 	b.fast.Close()
 	b.lockWait.Close()
+	b.txs.Close()
 }
 
 // goRun runs f on a goroutine that Close waits for.
@@ -284,9 +298,11 @@ func (b *Backend) Close() error {
 	return nil
 }
 
-// Pool returns the pool whose commits wait for the disk, for programs that
-// also use the database directly (with EnqueueTx, say).
-func (b *Backend) Pool() *pgxpool.Pool { return b.durable }
+// Pool returns a pool whose commits wait for the disk, for programs that
+// also use the database directly (with EnqueueTx, say). It is the pool of
+// handlers' transactions (Delivery.Begin), not the one of the backend's
+// own writes, which an open transaction of the caller's cannot hold up.
+func (b *Backend) Pool() *pgxpool.Pool { return b.txs }
 
 // Redact hides the password in a database URL or connection string, for
 // messages and logs.

@@ -194,13 +194,18 @@ func (c *Client) Send(ctx context.Context, queue string, msg *Message) (Ticket, 
 // send stores m. With ownSpan it traces the send in a span of its own;
 // Request's span covers its send instead (a span less per round trip).
 func (c *Client) send(ctx context.Context, m *Message, ownSpan bool) (Ticket, error) {
+	return c.sendWith(ctx, m, ownSpan, c.b.Enqueue)
+}
+
+// sendWith is send storing m with store.
+func (c *Client) sendWith(ctx context.Context, m *Message, ownSpan bool, store func(context.Context, *Message) error) (Ticket, error) {
 	span := trace.SpanFromContext(ctx)
 	if ownSpan {
 		ctx, span = c.tel.startSend(ctx, m)
 		defer span.End()
 	}
 	putTraceContext(ctx, &m.TraceParent, &m.TraceState)
-	if err := c.b.Enqueue(ctx, m); err != nil {
+	if err := store(ctx, m); err != nil {
 		span.RecordError(err)
 		span.SetStatus(codes.Error, "not stored")
 		if errors.Is(err, backend.ErrTooLarge) {

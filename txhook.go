@@ -15,6 +15,15 @@ import (
 // backend stores the reply and acknowledges the request in one commit, and
 // the Lease records the outcome as Reply would.
 
+// SendWith sends m, a request from Prepare, as Send does (in a span of its
+// own that m's trace context names, counted in the metrics), but stores it
+// with store instead of the engine's Enqueue: for code that stores
+// requests its own way (rsvppg.SendTx, in the caller's transaction). Its
+// errors are Send's. It stores no expiry task: see ExpiryTask.
+func (c *Client) SendWith(ctx context.Context, m *Message, store func(context.Context, *Message) error) (Ticket, error) {
+	return c.sendWith(ctx, m, true, store)
+}
+
 // ExpiryTask returns the expiry task that Send stores beside m, a request
 // from Prepare, or nil if m gets none (no Deadline, or no ReplyTo). It is
 // for code that stores requests its own way: rsvppg.SendTx stores both in

@@ -376,13 +376,15 @@ func SendTx(ctx context.Context, c *rsvp.Client, tx pgx.Tx, queue string, msg *r
 	if err != nil {
 		return rsvp.Ticket{}, err
 	}
-	if err := b.EnqueueTx(ctx, tx, m); err != nil {
-		return rsvp.Ticket{}, err
-	}
-	if task := c.ExpiryTask(m); task != nil {
-		if err := b.EnqueueTx(ctx, tx, task); err != nil {
-			return rsvp.Ticket{}, fmt.Errorf("rsvppg: SendTx: schedule the expiry of %s: %w", m.CorrelationID, err)
+	return c.SendWith(ctx, m, func(ctx context.Context, m *rsvp.Message) error {
+		if err := b.EnqueueTx(ctx, tx, m); err != nil {
+			return err
 		}
-	}
-	return rsvp.Ticket{ID: m.ID, CorrelationID: m.CorrelationID, Queue: m.Queue}, nil
+		if task := c.ExpiryTask(m); task != nil {
+			if err := b.EnqueueTx(ctx, tx, task); err != nil {
+				return fmt.Errorf("rsvppg: SendTx: schedule the expiry of %s: %w", m.CorrelationID, err)
+			}
+		}
+		return nil
+	})
 }

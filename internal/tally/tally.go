@@ -1,7 +1,8 @@
 // Package tally counts the requests that enter and leave each queue in one
 // process, and hands the counts to the engine now and then: the figures
-// behind the IN/MIN and OUT/MIN columns of rsvp queues, on engines that
-// cannot count them in their storage (NATS).
+// behind the IN/MIN and OUT/MIN columns of rsvp queues, where the engine
+// cannot count them as it stores them (on NATS both; on PostgreSQL the
+// requests that leave, deleted by acknowledgements batched per statement).
 //
 // Counting costs a map look-up and an atomic add; the engine is written to
 // once per interval per queue that saw traffic, not once per request.

@@ -1,16 +1,23 @@
 package cli
 
 import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	neturl "net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/rsvp-go/rsvp/backend"
+	"github.com/rsvp-go/rsvp/internal/tcpproxy"
 )
 
 // tempEngine returns an embedded engine in a new directory of the test.
@@ -395,5 +402,84 @@ func TestWorkerKillsCommandBeyondStdoutLimit(t *testing.T) {
 	w.stop(t)
 	if log := w.log.String(); !strings.Contains(log, "attempt 1/5: failed permanently") {
 		t.Fatalf("worker log:\n%s", log)
+	}
+}
+
+// TestAwaitLosesEngine: 'rsvp await' connected to the embedded engine of
+// another rsvp process ends with a clear error when that process exits,
+// as a worker does, instead of waiting for ever (--timeout 0) for a reply
+// that cannot come.
+func TestAwaitLosesEngine(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	engine := "embedded:" + dir
+	w := startWorker(t, engine, "other", "--exec", "cat") // runs the engine
+	r := run(t, nil, "send", "nobody-serves", "--data", "kept", "--engine", engine)
+	r.want(t, 0)
+	id := strings.TrimSpace(r.stdout)
+	// Guests reach the engine through a proxy that tells when the await
+	// has subscribed to its reply: it is waiting then.
+	subscribed := make(chan struct{})
+	var once sync.Once
+	proxyEngine(t, dir, func(toServer bool, chunk []byte) bool {
+		if toServer && bytes.Contains(chunk, []byte("SUB rsvp.notify."+id+".")) {
+			once.Do(func() { close(subscribed) })
+		}
+		return false
+	})
+
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	done := make(chan result, 1)
+	go func() {
+		var stdout, stderr bytes.Buffer
+		code := Run(ctx, []string{"await", id, "--timeout", "0", "--engine", engine}, nil, &stdout, &stderr)
+		done <- result{code: code, stdout: stdout.String(), stderr: stderr.String()}
+	}()
+	select {
+	case <-subscribed:
+	case r := <-done:
+		t.Fatalf("await ended before the engine was lost: exit %d, %s", r.code, r.stderr)
+	case <-time.After(waitTimeout):
+		t.Fatalf("await did not subscribe to its reply within %s", waitTimeout)
+	}
+	if code := w.stop(t); code != 0 {
+		t.Fatalf("worker exit code %d; its log:\n%s", code, w.log)
+	}
+	select {
+	case r := <-done:
+		r.want(t, 1, "lost the engine", "run 'rsvp await "+id+"'")
+	case <-time.After(waitTimeout):
+		cancel()
+		r := <-done
+		t.Fatalf("await still waiting %s after the process that ran its engine stopped (--timeout 0); interrupted then: exit %d, %s", waitTimeout, r.code, r.stderr)
+	}
+}
+
+// proxyEngine makes the guests of the embedded engine in dir, run by this
+// process, connect through a tcpproxy with watcher: it rewrites the
+// address the engine's process wrote there.
+func proxyEngine(t *testing.T, dir string, watcher tcpproxy.Watcher) {
+	t.Helper()
+	file := filepath.Join(dir, "engine.json")
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var info map[string]any
+	if err := json.Unmarshal(b, &info); err != nil {
+		t.Fatal(err)
+	}
+	u, err := neturl.Parse(fmt.Sprint(info["url"]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.Host = tcpproxy.Start(t, u.Host, func() tcpproxy.Watcher { return watcher }).Addr()
+	info["url"] = u.String()
+	if b, err = json.Marshal(info); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(file, b, 0o600); err != nil {
+		t.Fatal(err)
 	}
 }

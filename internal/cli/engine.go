@@ -80,6 +80,7 @@ func engineFlag(fs *flag.FlagSet) (engineSpec, error) {
 
 // session is an open engine and a client on it.
 type session struct {
+	spec    engineSpec
 	backend backend.Backend
 	client  *rsvp.Client
 }
@@ -109,7 +110,7 @@ func open(ctx context.Context, spec engineSpec, o openOptions) (*session, error)
 		b.Close()
 		return nil, fmt.Errorf("start client on engine %s: %w", spec.raw, err)
 	}
-	return &session{backend: b, client: c}, nil
+	return &session{spec: spec, backend: b, client: c}, nil
 }
 
 func openBackend(ctx context.Context, spec engineSpec, log *slog.Logger) (backend.Backend, error) {

@@ -48,7 +48,8 @@ Wait for the reply to the request with correlation id ID (as printed by
 'rsvp send', or by 'rsvp request' when it timed out) and write the reply
 body to stdout. Replies are kept for 24 hours, so the request may have been
 answered long ago. A failed request prints "rsvp: request failed: CODE:
-MESSAGE" to stderr and exits 1; so does a timeout.
+MESSAGE" to stderr and exits 1; so do a timeout and the loss of the engine
+(the other rsvp process that ran an embedded engine exited).
 
 Example:
   rsvp await 019a4c2e-7d3b-7c61-9f0e-2b5d8a1c4e77 --timeout 5m
@@ -57,11 +58,15 @@ Example:
 // errWaitTimeout ends the wait of request and await when --timeout passes.
 var errWaitTimeout = errors.New("timeout")
 
+// errEngineLost ends the wait of request and await when the engine is lost
+// for good (the process that ran it exited).
+var errEngineLost = errors.New("engine lost")
+
 func runRequest(ctx context.Context, e *env, cmd *command, args []string) error {
 	fs := e.newFlagSet(cmd)
 	timeout := fs.Duration("timeout", 30*time.Second, "how long to wait for the reply; 0 waits for ever")
 	return e.sendThen(ctx, fs, cmd, args, timeout, func(s *session, t rsvp.Ticket) error {
-		return e.await(ctx, s.client, t.CorrelationID, *timeout)
+		return e.await(ctx, s, t.CorrelationID, *timeout)
 	})
 }
 
@@ -126,7 +131,7 @@ func runAwait(ctx context.Context, e *env, cmd *command, args []string) error {
 		return err
 	}
 	defer s.close(ctx, e.stderr)
-	return e.await(ctx, s.client, id, *timeout)
+	return e.await(ctx, s, id, *timeout)
 }
 
 // parseQueueCommand parses the command line of a command whose one
@@ -151,11 +156,14 @@ func (e *env) parseQueueCommand(fs *flag.FlagSet, cmd *command, args []string, t
 }
 
 // await waits up to timeout (0: no limit) for the reply to id and writes
-// its body to stdout.
-func (e *env) await(ctx context.Context, c *rsvp.Client, id string, timeout time.Duration) error {
+// its body to stdout. It ends when the engine of s is lost: no reply can
+// come then.
+func (e *env) await(ctx context.Context, s *session, id string, timeout time.Duration) error {
 	wctx, cancel := withWaitTimeout(ctx, timeout)
 	defer cancel()
-	r, err := c.Await(wctx, id)
+	wctx, stopWatch := cancelOnLost(wctx, s.backend)
+	defer stopWatch()
+	r, err := s.client.Await(wctx, id)
 	var rerr *rsvp.RemoteError
 	switch {
 	case err == nil:
@@ -165,12 +173,35 @@ func (e *env) await(ctx context.Context, c *rsvp.Client, id string, timeout time
 		return nil
 	case errors.As(err, &rerr):
 		return fmt.Errorf("request failed: %s: %s", rerr.Code, rerr.Message)
+	case errors.Is(context.Cause(wctx), errEngineLost):
+		return fmt.Errorf("lost the engine %s while waiting for the reply to request %s (the process that ran it exited?); the request is kept there: run 'rsvp await %s' once it runs again", s.spec.raw, id, id)
 	case errors.Is(context.Cause(wctx), errWaitTimeout):
 		return fmt.Errorf("no reply within %s to request %s; it stays queued: run 'rsvp await %s' to wait again", timeout, id, id)
 	case ctx.Err() != nil:
 		return fmt.Errorf("interrupted while waiting for the reply to request %s; run 'rsvp await %s' to wait again", id, id)
 	default:
 		return fmt.Errorf("wait for the reply to %s: %w", id, err)
+	}
+}
+
+// cancelOnLost returns a context that ends, with cause errEngineLost, when
+// b loses its engine for good (engineLost). stop releases it and waits for
+// its watch to end.
+func cancelOnLost(ctx context.Context, b backend.Backend) (_ context.Context, stop func()) {
+	lost := engineLost(b)
+	ctx, cancel := context.WithCancelCause(ctx)
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		select {
+		case <-lost: // nil: never
+			cancel(errEngineLost)
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, func() {
+		cancel(nil)
+		<-watched
 	}
 }
 

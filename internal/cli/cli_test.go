@@ -180,6 +180,21 @@ func TestAwaitTimeout(t *testing.T) {
 	r.want(t, 1, "no reply within 100ms to request no-such-request")
 }
 
+// TestAwaitUnknownID: at the timeout of 'rsvp await' on an id the engine
+// has no record of (a typo, or a request of another engine), the message
+// says so rather than that the request "stays queued".
+func TestAwaitUnknownID(t *testing.T) {
+	t.Parallel()
+	engine := tempEngine(t)
+	r := run(t, nil, "send", "q", "--data", "x", "--engine", engine) // the engine exists
+	r.want(t, 0)
+	r = run(t, nil, "await", "no-such-request", "--timeout", "100ms", "--engine", engine)
+	r.want(t, 1, "no reply within 100ms to request no-such-request", "the engine has no record: no event log, reply or dead letter, and it is not queued")
+	if strings.Contains(r.stderr, "stays queued") {
+		t.Fatalf("stderr says an unknown request stays queued:\n%s", r.stderr)
+	}
+}
+
 func TestWorkerStopsGracefully(t *testing.T) {
 	t.Parallel()
 	engine := tempEngine(t)

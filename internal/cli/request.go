@@ -1,10 +1,12 @@
 package cli
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/rsvp-go/rsvp"
@@ -176,6 +178,9 @@ func (e *env) await(ctx context.Context, s *session, id string, timeout time.Dur
 	case errors.Is(context.Cause(wctx), errEngineLost):
 		return fmt.Errorf("lost the engine %s while waiting for the reply to request %s (the process that ran it exited?); the request is kept there: run 'rsvp await %s' once it runs again", s.spec.raw, id, id)
 	case errors.Is(context.Cause(wctx), errWaitTimeout):
+		if why, unknown := unknownRequest(ctx, s.backend, id); unknown {
+			return fmt.Errorf("no reply within %s to request %s, of which the engine has no record: %s (a wrong id, or another engine's? replies are kept for 24 hours)", timeout, id, why)
+		}
 		return fmt.Errorf("no reply within %s to request %s; it stays queued: run 'rsvp await %s' to wait again", timeout, id, id)
 	case ctx.Err() != nil:
 		return fmt.Errorf("interrupted while waiting for the reply to request %s; run 'rsvp await %s' to wait again", id, id)
@@ -183,6 +188,27 @@ func (e *env) await(ctx context.Context, s *session, id string, timeout time.Dur
 		return fmt.Errorf("wait for the reply to %s: %w", id, err)
 	}
 }
+
+// unknownRequest reports whether the engine of b holds nothing of the
+// request id (backend.Inspector), and the engine's reason; false when it
+// cannot tell.
+func unknownRequest(ctx context.Context, b backend.Backend, id string) (why string, unknown bool) {
+	in, ok := b.(backend.Inspector)
+	if !ok {
+		return "", false
+	}
+	ctx, cancel := context.WithTimeout(ctx, inspectTimeout)
+	defer cancel()
+	_, err := in.Request(ctx, id)
+	if !errors.Is(err, backend.ErrNotFound) {
+		return "", false
+	}
+	_, why, _ = strings.Cut(err.Error(), backend.ErrNotFound.Error()+": ")
+	return cmp.Or(why, "nothing stored under that id"), true
+}
+
+// inspectTimeout bounds the look at the engine after a wait timed out.
+const inspectTimeout = 5 * time.Second
 
 // cancelOnLost returns a context that ends, with cause errEngineLost, when
 // b loses its engine for good (engineLost). stop releases it and waits for

@@ -157,6 +157,8 @@ func (f *benchFlags) validate(fs *flag.FlagSet, w *benchWorkload) error {
 		return usagef("-c, --rate and --handlers do not apply to http idle")
 	case w.name == "http" && f.mode == "push" && isSet(fs, "c"):
 		return usagef("-c does not apply to http push (--streams, --handlers)")
+	case isSet(fs, "handlers") && w.name != "roundtrip" && (w.name != "http" || f.mode != "push"):
+		return usagef("--handlers applies to roundtrip and http push, whose responders it sizes")
 	}
 	return nil
 }

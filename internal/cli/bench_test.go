@@ -218,6 +218,8 @@ func TestBenchUsageErrors(t *testing.T) {
 		{[]string{"roundtrip", "--warmup", "-1s"}, "--warmup -1s is negative"},
 		{[]string{"roundtrip", "--handlers", "-1"}, "--handlers -1 is negative"},
 		{[]string{"limits", "--size", "10"}, "--size does not apply to limits"},
+		{[]string{"enqueue", "--handlers", "3", "-d", "1ms", "--warmup", "0"}, "--handlers applies to roundtrip and http push"},
+		{[]string{"http", "submit", "--handlers", "3", "-d", "1ms", "--warmup", "0"}, "--handlers applies to roundtrip and http push"},
 		{[]string{"roundtrip", "--engine", "embedded:mem", "--sync", "interval"}, "--sync applies to an embedded engine on disk, not to embedded:mem"},
 		{[]string{"roundtrip", "--engine", "nats://user:secret@localhost:4222", "--sync", "always"}, "--sync applies to an embedded engine on disk, not to nats://***@localhost:4222"},
 		{[]string{"roundtrip", "--engine", "bogus"}, `engine "bogus" is not one of`},

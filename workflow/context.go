@@ -24,7 +24,9 @@ type Context interface {
 	// instead of time.Now.
 	Now() time.Time
 	// IsReplaying reports whether the function is re-running steps taken
-	// before; log lines written while it is true are repeats.
+	// before; log lines written while it is true are repeats. (While it
+	// is false, a line may still be a repeat of a run that recorded
+	// nothing, or failed before it could, in another engine.)
 	IsReplaying() bool
 
 	exec() *execution

@@ -490,6 +490,7 @@ func (e *Engine) executeOr(ctx context.Context, instance string, giveUp bool) (e
 		}
 	}()
 	ex := newExecution(v, def)
+	ex.seen = readUpto(v, h.executed)
 	ex.replay(v.epochEntries())
 	span.SetAttributes(attribute.Int("workflow.new_calls", len(ex.newCmds)), attribute.Int("workflow.effects", len(ex.effects)))
 	e.cfg.Logger.DebugContext(ctx, "workflow: run", "instance", v.id, "workflow", v.name, "history", len(v.entries),
@@ -886,13 +887,20 @@ func (e *Engine) sweep(ctx context.Context) error {
 // far as the steps recorded and this engine's own executions (up to
 // position seen) tell.
 func unseenInput(v *view, seen uint64) (entry, bool) {
-	upto := seen
+	return lastInputAfter(v, readUpto(v, seen))
+}
+
+// readUpto returns the history position up to which some execution of v
+// has read, as far as the steps recorded and this engine's own
+// executions (up to position executed) tell.
+func readUpto(v *view, executed uint64) uint64 {
+	upto := executed
 	for _, e := range v.entries {
 		if e.kind == recStep {
 			upto = max(upto, e.rec.Upto)
 		}
 	}
-	return lastInputAfter(v, upto)
+	return upto
 }
 
 // lastInputAfter returns v's last entry after position pos that an

@@ -31,6 +31,9 @@ type execution struct {
 	now       time.Time
 	pos       uint64 // history position of the entry being applied
 	replaying bool
+	// seen is the history position up to which a former execution read:
+	// the function's code after an entry up to it ran before (IsReplaying).
+	seen uint64
 
 	seq      int             // commands issued so far in this epoch
 	recorded map[int]command // commands a former execution recorded
@@ -155,13 +158,18 @@ func timerKey(seq, attempt int, k string) string { return fmt.Sprintf("t:%d:%d:%
 func (ex *execution) replay(entries []entry) {
 	ex.resume, ex.yield = make(chan bool), make(chan struct{})
 	go ex.main()
-	ex.replaying = len(entries) > 0
+	// The code up to the first wait ran before if any execution of this
+	// epoch did (ex.pos is the epoch's first record); the code after an
+	// entry, if an execution read that entry. Not "all but the last
+	// entry": entries no execution read yet (events raised before the
+	// first run, say) take the function through code never run before.
+	ex.replaying = ex.seen >= ex.pos
 	ex.step()
-	for i, e := range entries {
+	for _, e := range entries {
 		if ex.exited {
 			break
 		}
-		ex.now, ex.pos, ex.replaying = e.at, e.seq, i < len(entries)-1
+		ex.now, ex.pos, ex.replaying = e.at, e.seq, e.seq <= ex.seen
 		ex.apply(e)
 		ex.step()
 	}

@@ -804,3 +804,58 @@ func TestContinueAsNewRecordsStaySmall(t *testing.T) {
 		t.Fatalf("%d continued records, want %d", continued, epochs)
 	}
 }
+
+// IsReplaying is false exactly where the function runs code for the first
+// time: a line logged when it is false is logged once. Here the events
+// are in the history before the first run, so that run takes several
+// steps at once, none of them a repeat.
+func TestIsReplayingOnlyForRepeats(t *testing.T) {
+	var mu sync.Mutex
+	fresh := map[string]int{} // lines reached with IsReplaying false
+	reg := func(e *workflow.Engine) {
+		_ = workflow.Register(e, "log", func(ctx workflow.Context, _ int) (string, error) {
+			note := func(line string) {
+				mu.Lock()
+				defer mu.Unlock()
+				if !ctx.IsReplaying() {
+					fresh[line]++
+				}
+			}
+			note("start")
+			a, err := workflow.WaitForEvent[string](ctx, "a", 0)
+			if err != nil {
+				return "", err
+			}
+			note("got a")
+			b, err := workflow.WaitForEvent[string](ctx, "b", 0)
+			if err != nil {
+				return "", err
+			}
+			note("got b")
+			if err := workflow.Sleep(ctx, 10*time.Millisecond); err != nil { // one more run, replaying the lines above
+				return "", err
+			}
+			note("slept")
+			return a + b, nil
+		})
+	}
+	e := engineOn(t, rawBackend(t), "rsvp-workflows", false, reg)
+	ctx := ctxT(t, 20*time.Second)
+	st := must[*workflow.Status](t)(e.StartInstance(ctx, "log", 0, workflow.StartOptions{ID: "r1"}))
+	for _, ev := range []string{"a", "b"} {
+		if err := e.RaiseEvent(ctx, st.ID, ev, ev, ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := e.Start(ctx); err != nil { // its first run sees both events
+		t.Fatal(err)
+	}
+	if out, err := workflow.Result[string](ctx, e, st.ID); err != nil || out != "ab" {
+		t.Fatalf("result %q, %v", out, err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if want := map[string]int{"start": 1, "got a": 1, "got b": 1, "slept": 1}; fmt.Sprint(fresh) != fmt.Sprint(want) {
+		t.Fatalf("lines reached with IsReplaying false: %v; want each once: %v", fresh, want)
+	}
+}

@@ -601,6 +601,13 @@ func (e *Engine) perform(ctx context.Context, v *view, ef effect) error {
 		}
 		return nil
 	case "timer":
+		if ef.timeout > 0 {
+			// An attempt's timeout counts from now, as its request's
+			// deadline does, not from Context.Now: the run may come long
+			// after the entry it replayed last (a backlog of tasks,
+			// engines down), and the attempt has all its time.
+			ef.due = time.Now().Add(ef.timeout)
+		}
 		t := task{Instance: v.id, Timer: true, Run: v.run, Epoch: v.epoch, Seq: ef.seq, Attempt: ef.attempt, Kind: ef.timer, Due: ef.due}
 		return e.enqueue(ctx, taskID(v.id, v.run, strconv.Itoa(v.epoch), strconv.Itoa(ef.seq), strconv.Itoa(ef.attempt), ef.timer), t, ef.due)
 	case "child":

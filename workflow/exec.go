@@ -71,8 +71,8 @@ type effect struct {
 	target   string // queue or workflow name
 	body     []byte
 	typ      string
-	timeout  time.Duration
-	timer    string // timer kind
+	timeout  time.Duration // a send's time limit; an attempt's timeout timer's, from when it is set
+	timer    string        // timer kind
 	due      time.Time
 	childID  string
 	childVer int
@@ -296,9 +296,9 @@ func (ex *execution) sendAttempt(seq int, a *activityCall, attempt int) {
 	a.attempt = attempt
 	ex.effect(effect{key: sendKey(seq, attempt), kind: "send", seq: seq, attempt: attempt,
 		target: a.queue, body: a.input, typ: a.opts.Type, timeout: a.opts.Timeout})
-	if a.opts.Timeout > 0 {
+	if a.opts.Timeout > 0 { // due when performed (see effect.timeout)
 		ex.effect(effect{key: timerKey(seq, attempt, timerTimeout), kind: "timer", seq: seq, attempt: attempt,
-			timer: timerTimeout, due: ex.now.Add(a.opts.Timeout)})
+			timer: timerTimeout, timeout: a.opts.Timeout})
 	}
 }
 

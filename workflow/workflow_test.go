@@ -859,3 +859,43 @@ func TestIsReplayingOnlyForRepeats(t *testing.T) {
 		t.Fatalf("lines reached with IsReplaying false: %v; want each once: %v", fresh, want)
 	}
 }
+
+// An activity attempt's timeout counts from when the attempt is made,
+// as its request's deadline does: not from the history entry the run
+// replayed last, which is old when the run comes late (a backlog of
+// tasks, engines down for a while).
+func TestActivityTimeoutCountsFromTheAttempt(t *testing.T) {
+	reg := func(e *workflow.Engine) {
+		_ = workflow.Register(e, "call", func(ctx workflow.Context, _ int) (string, error) {
+			return workflow.CallActivity[string](ctx, "takes-a-moment", "x", workflow.ActivityOptions{Timeout: 2 * time.Second}).Get(ctx)
+		})
+	}
+	b := rawBackend(t)
+	e := engineOn(t, b, "rsvp-workflows", false, reg)
+	c, err := rsvp.New(context.Background(), b, rsvp.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close(context.Background()) })
+	respond(t, c, "takes-a-moment", rsvp.HandleOptions{}, func(ctx context.Context, s string) (string, error) {
+		select {
+		case <-time.After(300 * time.Millisecond):
+			return "done", nil
+		case <-ctx.Done():
+			return "", ctx.Err()
+		}
+	})
+	ctx := ctxT(t, 20*time.Second)
+	st := must[*workflow.Status](t)(e.StartInstance(ctx, "call", 0, workflow.StartOptions{ID: "late"}))
+	// No engine runs it for a while: its first run comes 3s after the
+	// start, past the attempt's 2s timeout if that counted from the start.
+	for time.Since(st.CreatedAt) < 3*time.Second {
+		time.Sleep(50 * time.Millisecond) // waiting for the start to be old, not for another goroutine
+	}
+	if err := e.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := workflow.Result[string](ctx, e, st.ID); err != nil || out != "done" {
+		t.Fatalf("an activity answering in 300ms with a 2s timeout, run 3s after the start: %q, %v", out, err)
+	}
+}

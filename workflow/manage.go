@@ -240,7 +240,9 @@ func (e *Engine) waitFor(ctx context.Context, id string, done func(*Status) bool
 }
 
 // Result waits until instance id has finished and decodes its output into
-// T. A failed or terminated instance returns its *Failure as the error.
+// T. A failed or terminated instance returns its *Failure as the error
+// (errors.Is ErrNonDeterministic, ErrUnknownWorkflow or ErrBadInput for
+// those codes).
 func Result[T any](ctx context.Context, e *Engine, id string) (T, error) {
 	var out T
 	st, err := e.Await(ctx, id)

@@ -62,6 +62,24 @@ type Failure struct {
 
 func (f *Failure) Error() string { return f.Code + ": " + f.Message }
 
+// Is makes a failure with the code of one of this package's sentinel
+// errors match it (errors.Is): the error Result returns for an instance
+// failed as nondeterministic is ErrNonDeterministic, as the failure's text
+// says; unknown_workflow is ErrUnknownWorkflow and bad_input ErrBadInput.
+// The failure is stored as its code and text, so the sentinel it wrapped
+// when it happened is lost.
+func (f *Failure) Is(target error) bool {
+	switch target {
+	case ErrNonDeterministic:
+		return f.Code == CodeNonDeterministic
+	case ErrUnknownWorkflow:
+		return f.Code == CodeUnknownWorkflow
+	case ErrBadInput:
+		return f.Code == CodeBadInput
+	}
+	return false
+}
+
 // ActivityError is the error of a failed activity call or sub-workflow.
 type ActivityError struct {
 	Target string // queue or workflow name

@@ -307,6 +307,10 @@ func TestNonDeterminismFewerCalls(t *testing.T) {
 		t.Fatalf("history recorded call 2 (event go), the changed code returned after call 1: state %s, output %s, error %+v; want failed, code nondeterministic",
 			st.State, st.Output, st.Error)
 	}
+	// The error Result returns is the sentinel the package declares for it.
+	if _, err := workflow.Result[string](ctx, en.E, "s1"); !errors.Is(err, workflow.ErrNonDeterministic) {
+		t.Fatalf("Result of an instance failed as nondeterministic: %v; want errors.Is ErrNonDeterministic", err)
+	}
 }
 
 func TestPanicFailsInstanceEngineLives(t *testing.T) {
@@ -483,6 +487,9 @@ func TestStartUnregistered(t *testing.T) {
 	st = must[*workflow.Status](t)(front.Await(ctx, st.ID))
 	if st.State != workflow.StateFailed || st.Error.Code != workflow.CodeBadInput {
 		t.Fatalf("bad input: %s %+v", st.State, st.Error)
+	}
+	if _, err := workflow.Result[int](ctx, front, st.ID); !errors.Is(err, workflow.ErrBadInput) {
+		t.Fatalf("Result of an instance failed with code bad_input: %v; want errors.Is ErrBadInput", err)
 	}
 	st = must[*workflow.Status](t)(front.StartJSON(ctx, "typed", []byte(`{"N":7}`), workflow.StartOptions{ID: "u2"}))
 	if out, err := workflow.Result[int](ctx, front, st.ID); err != nil || out != 7 {

@@ -372,7 +372,10 @@ func (e *Engine) RaiseEvent(ctx context.Context, id, name string, payload any, e
 // told to the parent): Terminate returns ErrFinished if it is not its
 // own. Errors: ErrNotFound, ErrFinished.
 func (e *Engine) Terminate(ctx context.Context, id, reason string) error {
-	defer e.lock(id)()
+	// No wait for a run of the instance in this engine (e.lock), which
+	// may take long (a slow write) and knows no ctx: the final record's
+	// dedupe key keeps one end in the history, as when a Terminate from
+	// another process races the run.
 	v, err := e.view(ctx, id)
 	if err != nil {
 		return err

@@ -470,3 +470,52 @@ func pollList(t *testing.T, ctx context.Context, e *workflow.Engine, name string
 		time.Sleep(50 * time.Millisecond) // poll interval
 	}
 }
+
+// Terminate does not wait for a run of the instance in its own engine:
+// while that run's write hung (a slow backend), Terminate waited for it
+// past its ctx, though a Terminate from any other process goes ahead
+// (the history keeps one end either way).
+func TestTerminateDoesNotWaitForARunHere(t *testing.T) {
+	raw := rawBackend(t)
+	gated := newGated(raw, "wf.step")
+	a := engineOn(t, gated, "wf-a", true, func(e *workflow.Engine) {
+		_ = workflow.Register(e, "nap", func(ctx workflow.Context, _ int) (string, error) {
+			if _, err := workflow.WaitForEvent[string](ctx, "go", 0); err != nil {
+				return "", err
+			}
+			return "", workflow.Sleep(ctx, time.Hour)
+		})
+	})
+	ctx := ctxT(t, 20*time.Second)
+	must[*workflow.Status](t)(a.StartInstance(ctx, "nap", 0, workflow.StartOptions{ID: "t1"}))
+	waitStep(t, ctx, a, "t1", `"target":"go"`)
+	gated.arm() // hold the step of the run after the event
+	if err := a.RaiseEvent(ctx, "t1", "go", "now", "go-1"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-gated.reached: // a run of t1 in engine a waits for its write
+	case <-ctx.Done():
+		t.Fatal("the run after the event never recorded its step")
+	}
+	done := make(chan error, 1)
+	go func() {
+		tctx, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		done <- a.Terminate(tctx, "t1", "enough")
+	}()
+	var termErr error
+	select {
+	case termErr = <-done:
+	case <-time.After(5 * time.Second):
+		close(gated.release)
+		t.Fatalf("Terminate with a 1s ctx still waiting after 5s, for the run of t1 whose write hangs: %v", <-done)
+	}
+	close(gated.release)
+	if termErr != nil {
+		t.Fatalf("Terminate while a run waits for its write: %v", termErr)
+	}
+	if st := must[*workflow.Status](t)(a.Await(ctx, "t1")); st.State != workflow.StateTerminated || st.Error.Message != "enough" {
+		t.Fatalf("after Terminate: %s %+v", st.State, st.Error)
+	}
+}

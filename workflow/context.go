@@ -128,9 +128,12 @@ type RetryPolicy struct {
 	Backoff time.Duration
 	// MaxBackoff caps the delay. Default 1m.
 	MaxBackoff time.Duration
-	// NonRetryable lists error codes that end the call at once. Failures
-	// the responder marked permanent (codes bad_payload, bad_request,
-	// cancelled) are never retried.
+	// NonRetryable lists error codes that end the call at once. Replies
+	// with the codes bad_payload, bad_request and cancelled are never
+	// retried. A handler's rsvp.Permanent error ends its request's
+	// attempts at the responder, but reaches the workflow with its code
+	// (failed, or that of an *rsvp.RemoteError it wraps): list that code
+	// here to end the call.
 	NonRetryable []string
 }
 

@@ -80,8 +80,10 @@ type PublicRecord struct {
 	CreatedAt   time.Time `json:"created_at"`
 	Deadline    time.Time `json:"deadline,omitzero"`
 	NotBefore   time.Time `json:"not_before,omitzero"`
-	Callback    string    `json:"callback,omitempty"`
-	Channel     string    `json:"channel,omitempty"`
+	// Callback is the Callback-URL the submitter named; not a queue's
+	// default webhook (QueueConfig.Webhook).
+	Callback string `json:"callback,omitempty"`
+	Channel  string `json:"channel,omitempty"`
 }
 
 // streamed reports whether events of type typ go out on the streams.
@@ -112,8 +114,12 @@ func (g *Gateway) streamEvent(ctx context.Context, ev *backend.Event) (*StreamEv
 	case ev.Type == backend.EventQueued:
 		var rec record
 		if json.Unmarshal(ev.Data, &rec) == nil {
+			callback := rec.Callback
+			if callback == g.cfg.Queues[rec.Queue].Webhook {
+				callback = "" // the queue's, the operator's: it may hold a token
+			}
 			se.Data, _ = json.Marshal(PublicRecord{ID: rec.ID, Queue: rec.Queue, ContentType: rec.ContentType,
-				CreatedAt: rec.CreatedAt, Deadline: rec.Deadline, NotBefore: rec.NotBefore, Callback: rec.Callback, Channel: rec.Channel})
+				CreatedAt: rec.CreatedAt, Deadline: rec.Deadline, NotBefore: rec.NotBefore, Callback: callback, Channel: rec.Channel})
 		}
 	case finalState(ev.Type):
 		rec, evs, reply, err := g.load(ctx, ev.CorrelationID)

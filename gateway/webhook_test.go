@@ -128,3 +128,24 @@ func TestCloseDoesNotWaitForUnfinishedWebhooks(t *testing.T) {
 		t.Fatalf("Close took %s, waiting for a webhook whose request has not finished", took.Round(time.Millisecond))
 	}
 }
+
+// TestQueueWebhookNotShown: a queue's default callback URL is the
+// operator's (it may carry a token): the queued event on the streams shows
+// a callback only when the submitter named it.
+func TestQueueWebhookNotShown(t *testing.T) {
+	t.Parallel()
+	const hook = "https://hooks.example.com/rsvp?token=operator-secret"
+	e := newEnv(t, gateway.Config{Webhooks: gateway.WebhookConfig{Secrets: []string{gateway.NewTestSecret(t)}},
+		Queues: map[string]gateway.QueueConfig{"hooked": {Webhook: hook}}})
+	id := e.submit("hooked", nil, "x")
+	if ev := openSSE(e, "/v1/requests/"+id+"/events", nil).must(); ev.Type != "queued" || ev.Data["data"] == nil {
+		t.Fatalf("first event %+v, want queued with its data", ev)
+	} else if data, _ := json.Marshal(ev.Data); strings.Contains(string(data), "operator-secret") {
+		t.Fatalf("the queued event of a request submitted without Callback-URL shows the queue's webhook: %s", data)
+	}
+	own := "https://example.org/mine"
+	id = e.submit("hooked", map[string]string{"Callback-URL": own}, "y")
+	if ev := openSSE(e, "/v1/requests/"+id+"/events", nil).must(); !contains(ev.Data["data"].(map[string]any)["callback"], own) {
+		t.Fatalf("the queued event of a request with its own Callback-URL: %+v, want callback %s", ev.Data, own)
+	}
+}

@@ -37,7 +37,8 @@ and cancel the tenant's own requests), consume (the worker API), admin
 (read and cancel any tenant's requests; on "*", also GET /metrics); queue
 "*" is every queue. /healthz and /readyz need no key. Without
 keys anyone who can connect can use every queue, so rsvp serve then listens
-only on a loopback address (127.0.0.1, ::1, localhost) and refuses others.
+only on a loopback address (127.0.0.1, ::1, localhost) and refuses others,
+and refuses requests naming another host or sent by web pages of other sites.
 
 TLS: --tls-cert and --tls-key serve HTTPS only, with that certificate
 (read again when the files change, so a renewed one is served without a

@@ -16,6 +16,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"strings"
 	"sync"
 	"time"
@@ -242,8 +243,13 @@ func Run(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("%w: %s", ErrUnprotected, addr)
 	}
 	streams := newStreamCanceller(cfg.streamStarted)
+	handler := withMetrics(gw, gw.Admin(tel.metrics))
+	if !protected {
+		host, _, _ := net.SplitHostPort(cfg.Addr) // validated
+		handler = localOnly(handler, host)
+	}
 	srv := &http.Server{
-		Handler:           streams.wrap(withMetrics(gw, gw.Admin(tel.metrics))),
+		Handler:           streams.wrap(handler),
 		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
 		IdleTimeout:       cfg.IdleTimeout,
 		MaxHeaderBytes:    64 << 10,
@@ -303,6 +309,44 @@ func withMetrics(h, metrics http.Handler) http.Handler {
 	mux.Handle("GET /metrics", metrics)
 	mux.Handle("/", h)
 	return mux
+}
+
+// localOnly guards a server without API keys, which only its loopback
+// address protects, from the web pages of the user's browser: a request
+// naming another host than the server's (a DNS name of the page's site,
+// rebound to 127.0.0.1) or sent by a page of another site (its Origin)
+// could otherwise use every queue. Such requests get 403. The server's
+// hosts are loopback addresses, localhost, and the host of its Addr.
+func localOnly(h http.Handler, addrHost string) http.Handler {
+	local := func(host string) bool {
+		if ip, err := netip.ParseAddr(host); err == nil {
+			return ip.Unmap().IsLoopback()
+		}
+		return host != "" && (strings.EqualFold(host, "localhost") || strings.EqualFold(host, addrHost))
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		host, _, err := net.SplitHostPort(r.Host)
+		if err != nil {
+			host = r.Host // no port
+		}
+		host = strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
+		origin, hasOrigin := "", false
+		if o := r.Header.Values("Origin"); len(o) > 0 {
+			hasOrigin = true
+			if u, err := url.Parse(o[0]); err == nil {
+				origin = u.Hostname()
+			}
+		}
+		if !local(host) || hasOrigin && !local(origin) {
+			w.Header().Set("Content-Type", "application/problem+json")
+			w.Header().Set("Cache-Control", "no-store")
+			w.WriteHeader(http.StatusForbidden)
+			_, _ = io.WriteString(w, `{"type":"https://rsvp.dev/problems/forbidden","title":"Not allowed","status":403,`+
+				`"detail":"this server has no API keys: it serves only requests to its loopback address, not from web pages of other sites"}`+"\n")
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
 }
 
 // exposureWarning says what is exposed on addr, if anything: everything

@@ -245,3 +245,48 @@ func TestExposureWarning(t *testing.T) {
 		}
 	}
 }
+
+// TestUnprotectedRefusesOtherSites: without API keys the server is
+// guarded by listening on loopback only. A web page the user's browser
+// opens must not get around that: by a DNS name of its own rebound to
+// 127.0.0.1 (its requests name that host) or by a cross-site request
+// (its Origin). Both are refused; requests naming the loopback host, or
+// coming from a page of it, are served.
+func TestUnprotectedRefusesOtherSites(t *testing.T) {
+	t.Parallel()
+	r := start(t, server.Config{})
+	port := r.url[strings.LastIndex(r.url, ":")+1:]
+	for _, c := range []struct {
+		host, origin string
+		want         int
+	}{
+		{"", "", http.StatusAccepted},
+		{"localhost:" + port, "", http.StatusAccepted},
+		{"[::1]:" + port, "http://localhost:" + port, http.StatusAccepted},
+		{"", "http://127.0.0.1:" + port, http.StatusAccepted},
+		{"rebound.example:" + port, "", http.StatusForbidden},
+		{"rebound.example:" + port, "http://rebound.example:" + port, http.StatusForbidden},
+		{"", "https://evil.example", http.StatusForbidden},
+		{"", "null", http.StatusForbidden},
+	} {
+		req, err := http.NewRequest("POST", r.url+"/v1/queues/q/requests", strings.NewReader("x"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.host != "" {
+			req.Host = c.host
+		}
+		if c.origin != "" {
+			req.Header.Set("Origin", c.origin)
+		}
+		resp, err := noRedirect.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != c.want {
+			t.Errorf("no API keys, Host %q, Origin %q: %s %s, want %d", c.host, c.origin, resp.Status, body, c.want)
+		}
+	}
+}

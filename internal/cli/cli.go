@@ -40,7 +40,7 @@ Commands:
   worker    answer the requests of a queue by running a shell command
   serve     serve the HTTP API (202 Accepted, status, result) on the engine
   key       make an API key for 'rsvp serve', or a webhook secret
-  queues    show the queues: depth, in flight, responders, oldest, dead letters
+  queues    show the queues: depth, in flight, responders, in/out per minute, dead letters
   requests  show a request: state, attempts, reply, dead letters ('requests get ID')
   dlq       list, show, replay or purge the dead letters of a queue
   workflow  start, inspect, signal, terminate or purge durable workflow instances

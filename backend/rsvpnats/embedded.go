@@ -22,6 +22,18 @@ const (
 	engineFile = "engine.json" // where that process serves it; mode 0600
 )
 
+// HasEngine reports whether dir holds an embedded engine: one ran there
+// (its lock file or its JetStream store is there). For tools that read an
+// engine and must not make one.
+func HasEngine(dir string) bool {
+	for _, name := range []string{lockFile, "jetstream"} {
+		if _, err := os.Stat(filepath.Join(dir, name)); err == nil {
+			return true
+		}
+	}
+	return false
+}
+
 // engineInfo is the content of engineFile.
 type engineInfo struct {
 	URL   string `json:"url"`

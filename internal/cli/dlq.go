@@ -5,9 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
 	"maps"
-	"os"
 	"slices"
 	"strconv"
 	"text/tabwriter"
@@ -208,10 +206,8 @@ func runDLQ(ctx context.Context, e *env, cmd *command, args []string) error {
 	if err != nil {
 		return err
 	}
-	if spec.dir != "" {
-		if _, err := os.Stat(spec.dir); errors.Is(err, fs.ErrNotExist) {
-			return fmt.Errorf("no engine at %s: directory %s does not exist (name the engine with --engine or $RSVP_ENGINE)", spec.raw, spec.dir)
-		}
+	if err := spec.mustExist(); err != nil {
+		return err
 	}
 	s, err := open(ctx, spec, openOptions{})
 	if err != nil {

@@ -111,6 +111,22 @@ func checkOutput(output string) error {
 	return nil
 }
 
+// mustExist returns an error if spec names an engine directory that does
+// not exist or holds no engine: for commands that read an engine, which
+// must not make one there.
+func (spec engineSpec) mustExist() error {
+	if spec.dir == "" {
+		return nil
+	}
+	if _, err := os.Stat(spec.dir); errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("no engine at %s: directory %s does not exist (name the engine with --engine or $RSVP_ENGINE)", spec.raw, spec.dir)
+	}
+	if !rsvpnats.HasEngine(spec.dir) {
+		return fmt.Errorf("no engine at %s: directory %s holds no rsvp engine (name the engine with --engine or $RSVP_ENGINE)", spec.raw, spec.dir)
+	}
+	return nil
+}
+
 // queryEngine is an engine opened for the operator's queries.
 type queryEngine interface {
 	backend.Inspector
@@ -125,10 +141,8 @@ func openForQuery(ctx context.Context, flags *flag.FlagSet) (queryEngine, error)
 	if err != nil {
 		return nil, err
 	}
-	if spec.dir != "" {
-		if _, err := os.Stat(spec.dir); errors.Is(err, fs.ErrNotExist) {
-			return nil, fmt.Errorf("no engine at %s: directory %s does not exist (name the engine with --engine or $RSVP_ENGINE)", spec.raw, spec.dir)
-		}
+	if err := spec.mustExist(); err != nil {
+		return nil, err
 	}
 	var b backend.Backend
 	if spec.pg != "" {

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"maps"
 	neturl "net/url"
+	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -405,5 +406,22 @@ func TestQueuesEmptyOnPostgres(t *testing.T) {
 	r.want(t, 0)
 	if want := "QUEUE DEPTH IN-FLIGHT RESPONDERS IN/MIN OUT/MIN OLDEST DEAD"; strings.Join(strings.Fields(r.stdout), " ") != want {
 		t.Fatalf("rsvp queues on an empty PostgreSQL schema printed %q, want the header %s", r.stdout, want)
+	}
+}
+
+// TestOpsRefuseDirectoryWithoutEngine: the operator's commands read an
+// engine; pointed at a directory that exists but holds none (a typo, the
+// wrong working directory), they say so and leave it as it was, as they
+// do for a directory that does not exist, instead of making an engine
+// there.
+func TestOpsRefuseDirectoryWithoutEngine(t *testing.T) {
+	t.Parallel()
+	for _, args := range [][]string{{"queues"}, {"requests", "get", "x"}, {"dlq", "ls", "q"}, {"workflow", "ls"}} {
+		dir := t.TempDir()
+		r := run(t, nil, append(args, "--engine", "embedded:"+dir)...)
+		r.want(t, exitFailure, "holds no rsvp engine")
+		if entries, err := os.ReadDir(dir); err != nil || len(entries) > 0 {
+			t.Fatalf("rsvp %s left %d entries in the directory (%v)", strings.Join(args, " "), len(entries), err)
+		}
 	}
 }

@@ -8,7 +8,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"io/fs"
 	"os"
 	"slices"
 	"strings"
@@ -124,9 +123,9 @@ func runWorkflow(ctx context.Context, e *env, cmd *command, args []string) error
 	if err != nil {
 		return err
 	}
-	if spec.dir != "" && w.action != "start" { // start may make the engine, as 'rsvp send' does
-		if _, err := os.Stat(spec.dir); errors.Is(err, fs.ErrNotExist) {
-			return fmt.Errorf("no engine at %s: directory %s does not exist (name the engine with --engine or $RSVP_ENGINE)", spec.raw, spec.dir)
+	if w.action != "start" { // start may make the engine, as 'rsvp send' does
+		if err := spec.mustExist(); err != nil {
+			return err
 		}
 	}
 	s, err := open(ctx, spec, openOptions{})

@@ -49,16 +49,17 @@ Commands:
   bench     measure throughput and latency, and the engine's limits
   help      show the help of a command
 
-Engine (--engine before or after the command, else $RSVP_ENGINE, else
-embedded:./rsvp-data):
+Engine of the commands that use one (--engine before or after the command,
+else $RSVP_ENGINE, else embedded:./rsvp-data):
   embedded:DIR       run the engine in this process, its data in DIR; when
                      another rsvp process already runs it, connect to that one
                      (start workers first: the engine stops with the process
                      that runs it, and the others lose it)
   embedded:mem       an in-memory engine private to this process (for trying
                      things out: nothing is kept)
-  nats://HOST:PORT   an external NATS server with JetStream (2.10 or newer);
-  tls://HOST:PORT    several URLs may be given, separated by commas
+  nats://HOST:PORT   an external NATS server with JetStream (2.10 or newer;
+  tls://HOST:PORT    2.12 or newer for delays and workflow timers); several
+                     URLs may be given, separated by commas
   postgres://...     a PostgreSQL database (tables in schema "rsvp", or
                      that of a schema=NAME parameter, made or upgraded on
                      first use, but by neither 'rsvp queues' nor 'rsvp

@@ -228,7 +228,12 @@ func WaitForEvent[T any](ctx Context, name string, timeout time.Duration) (T, er
 }
 
 // EventFuture is WaitForEvent as a future, to wait for an event together
-// with other calls (AwaitAny).
+// with other calls (AwaitAny). Until it has finished (or its timeout has
+// passed), it takes the next event of its name whether or not anything
+// reads it: a future left behind, say by a loop that makes a new one on
+// each pass while an AwaitAny picked another call, takes an event that a
+// later future never sees. In such a loop, make the future once and keep
+// it until it has finished.
 func EventFuture[T any](ctx Context, name string, timeout time.Duration) Future[T] {
 	ex := ctx.exec()
 	f := ex.command("event", name)

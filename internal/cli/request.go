@@ -9,6 +9,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/rsvp-go/rsvp"
 	"github.com/rsvp-go/rsvp/backend"
 )
@@ -228,6 +230,22 @@ func cancelOnLost(ctx context.Context, b backend.Backend) (_ context.Context, st
 	return ctx, func() {
 		cancel(nil)
 		<-watched
+	}
+}
+
+// lostWith reports whether err, from a call to b, failed because b lost its
+// engine for good. Calls fail as the connection closes; engineLost tells a
+// moment later, so lostWith waits for it, for at most closeTimeout.
+func lostWith(err error, b backend.Backend) bool {
+	lost := engineLost(b)
+	if lost == nil || !errors.Is(err, nats.ErrConnectionClosed) {
+		return false
+	}
+	select {
+	case <-lost:
+		return true
+	case <-time.After(closeTimeout):
+		return false
 	}
 }
 

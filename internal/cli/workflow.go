@@ -62,7 +62,8 @@ Histories are kept as long as the engine keeps events: 24 hours by default.
 
 Exit status 1 if there is no instance ID, if raise or terminate finds the
 instance finished, if purge finds it running, or if the time of --wait
-passes first.
+passes first or the engine is lost while waiting (the other rsvp process
+that ran an embedded engine exited).
 
 Example:
   rsvp workflow start approval --id approve-doc-1 --input '{"id": "doc-1"}'
@@ -146,9 +147,9 @@ func runWorkflow(ctx context.Context, e *env, cmd *command, args []string) error
 	}()
 	switch w.action {
 	case "start":
-		return e.workflowStart(ctx, wf, w)
+		return e.workflowStart(ctx, s, wf, w)
 	case "status":
-		return e.workflowStatus(ctx, wf, w)
+		return e.workflowStatus(ctx, s, wf, w)
 	case "raise":
 		err := wf.RaiseEvent(ctx, w.id, w.name, json.RawMessage(w.data), w.eventID)
 		if errors.Is(err, workflow.ErrFinished) {
@@ -401,7 +402,7 @@ func failureText(st *workflow.Status) string {
 	return string(st.State) + ": " + failure(f.Code, f.Message)
 }
 
-func (e *env) workflowStart(ctx context.Context, wf *workflow.Engine, w *workflowCmd) error {
+func (e *env) workflowStart(ctx context.Context, s *session, wf *workflow.Engine, w *workflowCmd) error {
 	st, err := wf.StartJSON(ctx, w.name, w.input, workflow.StartOptions{ID: w.id, Version: w.version})
 	if err != nil {
 		return workflowErr(w, err)
@@ -419,7 +420,7 @@ func (e *env) workflowStart(ctx context.Context, wf *workflow.Engine, w *workflo
 		}
 		return nil
 	}
-	st, err = e.workflowWait(ctx, wf, w)
+	st, err = e.workflowWait(ctx, s, wf, w)
 	if err != nil {
 		return err
 	}
@@ -438,15 +439,21 @@ func (e *env) workflowStart(ctx context.Context, wf *workflow.Engine, w *workflo
 	return nil
 }
 
-// workflowWait waits for instance w.id to finish, for at most --wait.
-func (e *env) workflowWait(ctx context.Context, wf *workflow.Engine, w *workflowCmd) (*workflow.Status, error) {
+// workflowWait waits for instance w.id to finish, for at most --wait. It
+// ends when the engine of s is lost: no change can come then.
+func (e *env) workflowWait(ctx context.Context, s *session, wf *workflow.Engine, w *workflowCmd) (*workflow.Status, error) {
 	wctx, cancel := withWaitTimeout(ctx, w.waitFor)
 	defer cancel()
+	wctx, stopWatch := cancelOnLost(wctx, s.backend)
+	defer stopWatch()
 	st, err := wf.Await(wctx, w.id)
 	again := fmt.Sprintf("run 'rsvp workflow status %s --wait %s' to wait again", w.id, w.waitOption)
 	switch {
 	case err == nil:
 		return st, nil
+	case errors.Is(context.Cause(wctx), errEngineLost) || lostWith(err, s.backend):
+		return nil, fmt.Errorf("workflow %s: lost the engine %s while waiting for instance %s (the process that ran it exited?); %s once it runs again",
+			w.action, s.spec.raw, w.id, strings.Replace(again, " to wait again", "", 1))
 	case errors.Is(context.Cause(wctx), errWaitTimeout):
 		return nil, fmt.Errorf("workflow %s: instance %s has not finished within %s (is a workflow engine running it?); %s", w.action, w.id, w.waitFor, again)
 	case ctx.Err() != nil:
@@ -456,13 +463,13 @@ func (e *env) workflowWait(ctx context.Context, wf *workflow.Engine, w *workflow
 	}
 }
 
-func (e *env) workflowStatus(ctx context.Context, wf *workflow.Engine, w *workflowCmd) error {
+func (e *env) workflowStatus(ctx context.Context, s *session, wf *workflow.Engine, w *workflowCmd) error {
 	var (
 		st  *workflow.Status
 		err error
 	)
 	if w.wait {
-		if st, err = e.workflowWait(ctx, wf, w); err != nil {
+		if st, err = e.workflowWait(ctx, s, wf, w); err != nil {
 			return err
 		}
 	} else if st, err = wf.Status(ctx, w.id); err != nil {

@@ -40,7 +40,15 @@ const (
 	demoQueue   = "thumbnail"
 	demoBackoff = 50 * time.Millisecond // so that the retry shows quickly
 	demoTimeout = 30 * time.Second      // per request
+
+	// maxDemoRequests bounds --requests: each is a goroutine and a line of
+	// output, all at once.
+	maxDemoRequests = 100_000
 )
+
+// maxConcurrency bounds --concurrency: each handler is a goroutine (and for
+// 'rsvp worker', a process), started at once.
+const maxConcurrency = 10_000
 
 // thumbnailRequest and thumbnailReply are the demo's messages.
 type thumbnailRequest struct {
@@ -58,8 +66,8 @@ func runDemo(ctx context.Context, e *env, cmd *command, args []string) error {
 	ef := fs.Lookup("engine")
 	ef.Usage += " (default: a new temporary directory, removed afterwards)"
 	ef.DefValue = ""
-	n := fs.Int("requests", 20, "how many thumbnail requests to send, all at once")
-	conc := fs.Int("concurrency", 8, "how many thumbnails the responder makes at once")
+	n := fs.Int("requests", 20, "how many thumbnail requests to send, all at once (1 to 100000)")
+	conc := fs.Int("concurrency", 8, "how many thumbnails the responder makes at once (1 to 10000)")
 	pos, err := e.parse(fs, cmd, args)
 	if err != nil {
 		return err
@@ -67,8 +75,13 @@ func runDemo(ctx context.Context, e *env, cmd *command, args []string) error {
 	if err := exactArgs(pos); err != nil {
 		return err
 	}
-	if *n < 1 || *conc < 1 {
+	switch {
+	case *n < 1 || *conc < 1:
 		return usagef("--requests and --concurrency must be at least 1")
+	case *n > maxDemoRequests:
+		return usagef("--requests %d is above %d", *n, maxDemoRequests)
+	case *conc > maxConcurrency:
+		return usagef("--concurrency %d is above %d", *conc, maxConcurrency)
 	}
 	spec, cleanup, err := e.demoEngine(fs)
 	if err != nil {

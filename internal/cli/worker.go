@@ -59,7 +59,7 @@ type workerFlags struct {
 
 func (f *workerFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.command, "exec", "", "shell `command` that answers a request (required)")
-	fs.IntVar(&f.concurrency, "concurrency", 1, "how many requests are handled at once")
+	fs.IntVar(&f.concurrency, "concurrency", 1, "how many requests are handled at once (1 to 10000)")
 	fs.IntVar(&f.attempts, "attempts", 5, "how many times a failing request is tried in all")
 	fs.DurationVar(&f.lease, "lease", 30*time.Second, "how long a request stays reserved for a worker that stopped renewing it (it died); on NATS the queue keeps the longest lease any of its workers asked for")
 	fs.DurationVar(&f.backoff, "backoff", time.Second, "delay before the first retry; it doubles on each retry, up to 60 times this")
@@ -72,6 +72,8 @@ func (f *workerFlags) validate() error {
 		return usagef("missing --exec CMD: the command that answers requests")
 	case f.concurrency < 1:
 		return usagef("--concurrency %d is below 1", f.concurrency)
+	case f.concurrency > maxConcurrency:
+		return usagef("--concurrency %d is above %d", f.concurrency, maxConcurrency)
 	case f.attempts < 1:
 		return usagef("--attempts %d is below 1", f.attempts)
 	case f.lease < 100*time.Millisecond:

@@ -696,7 +696,7 @@ func (e *Engine) remindParent(ctx context.Context, v *view) error {
 		}
 	}
 	final := v.entries[len(v.entries)-1] // (nothing is kept after it)
-	e.cfg.Logger.DebugContext(ctx, "workflow: sweep tells a parent how its sub-workflow ended", "instance", v.id, "parent", p.Instance)
+	e.cfg.Logger.DebugContext(ctx, "workflow: tell a parent how its sub-workflow ended, which it did not hear", "instance", v.id, "parent", p.Instance)
 	return e.tellParent(ctx, v.id, v.run, p, final.kind, final.rec)
 }
 

@@ -395,7 +395,8 @@ func (e *Engine) Terminate(ctx context.Context, id, reason string) error {
 }
 
 // Purge forgets finished instance id: it is no longer listed or found, and
-// its id may be started again. Errors: ErrNotFound, ErrRunning.
+// its id may be started again. The parent of a sub-workflow that has not
+// heard how it ended is told first. Errors: ErrNotFound, ErrRunning.
 func (e *Engine) Purge(ctx context.Context, id string) error {
 	v, err := e.view(ctx, id)
 	if err != nil {
@@ -406,6 +407,12 @@ func (e *Engine) Purge(ctx context.Context, id string) error {
 	}
 	if !v.state.Final() {
 		return fmt.Errorf("%w: %s; terminate it first", ErrRunning, id)
+	}
+	// A sub-workflow's parent may not have heard how it ended (the engine
+	// that finished it died first): once the history is gone, the sweep
+	// could not tell it.
+	if err := e.remindParent(ctx, v); err != nil {
+		return fmt.Errorf("workflow: purge %s: tell its parent how it ended: %w", id, err)
 	}
 	_, err = e.append(ctx, id, recPurged, record{Run: v.run}, "", true)
 	return err

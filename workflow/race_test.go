@@ -519,3 +519,69 @@ func TestTerminateDoesNotWaitForARunHere(t *testing.T) {
 		t.Fatalf("after Terminate: %s %+v", st.State, st.Error)
 	}
 }
+
+// Purging a sub-workflow that finished but could not tell its parent
+// tells the parent first: the sweep, which would have told it, finds
+// nothing to go on once the history is purged, and the parent waited for
+// good.
+func TestPurgeTellsParentOfFinishedChild(t *testing.T) {
+	raw := rawBackend(t)
+	ctx := ctxT(t, 20*time.Second)
+	c, err := rsvp.New(ctx, raw, rsvp.Config{RecheckInterval: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	failing := &failingBackend{Backend: raw, kind: "wf.result", instance: "p1", failed: make(chan struct{})}
+	fc, err := rsvp.New(ctx, failing, rsvp.Config{RecheckInterval: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// No sweep within the test: only Purge can tell the parent.
+	a, err := workflow.New(fc, workflow.Config{Queue: "wf-a", SweepInterval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = workflow.Register(a, "kid", func(ctx workflow.Context, _ int) (string, error) {
+		return workflow.WaitForEvent[string](ctx, "go", 0)
+	})
+	_ = workflow.Register(a, "par", func(ctx workflow.Context, _ int) (string, error) {
+		out, err := workflow.CallWorkflow[string](ctx, "kid", 0).Get(ctx)
+		return "child said: " + out, err
+	})
+	if err := a.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = a.Stop(ctx)
+		_ = fc.Close(ctx)
+		_ = c.Close(ctx)
+	})
+
+	must[*workflow.Status](t)(a.StartInstance(ctx, "par", 0, workflow.StartOptions{ID: "p1"}))
+	kid := waitListed(t, ctx, a, "kid")
+	waitStep(t, ctx, a, kid, `"target":"go"`)
+	failing.mu.Lock()
+	failing.armed = true // the sub-workflow's result fails to reach its parent
+	failing.mu.Unlock()
+	if err := a.RaiseEvent(ctx, kid, "go", "done", "go-1"); err != nil {
+		t.Fatal(err)
+	}
+	<-failing.failed
+	if _, err := a.Await(ctx, kid); err != nil {
+		t.Fatal(err)
+	}
+	// Purged through an engine on the plain backend, as an operator would.
+	op, err := workflow.New(c, workflow.Config{Queue: "wf-a", SweepInterval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = op.Stop(context.Background()) })
+	if err := op.Purge(ctx, kid); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := workflow.Result[string](ctx, a, "p1"); err != nil || out != "child said: done" {
+		t.Fatalf("parent after its sub-workflow was purged: %q, %v", out, err)
+	}
+}

@@ -3,6 +3,7 @@ package rsvp_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -246,6 +247,37 @@ func TestExpiredAfterExpiryTaskIsDeadLettered(t *testing.T) {
 			waitDeadLetter(t, ctx, e.b, q, rsvp.CodeExpired)
 			if len(attempts) != 0 {
 				t.Fatalf("attempt %d ran after the deadline", <-attempts)
+			}
+		})
+		t.Run("succeeded_late", func(t *testing.T) {
+			// The handler succeeds after the expiry task stored the expired
+			// reply: that reply stands, and the request, which ended
+			// expired, has its copy in the dead-letter queue
+			// (../shared/DESIGN.md section 2), as when the handler fails
+			// late.
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			c := e.client()
+			q := "slow-" + rsvp.NewID()[24:]
+			expired := make(chan struct{})
+			serve(t, c, q, func(context.Context, *rsvp.Message) (*rsvp.Reply, error) {
+				<-expired // past the deadline, ignoring its context
+				return &rsvp.Reply{Body: []byte("late")}, nil
+			})
+			tk, err := c.Send(ctx, q, &rsvp.Message{Body: []byte("x"), Deadline: time.Now().Add(300 * time.Millisecond)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := c.Await(ctx, tk.CorrelationID); !errors.Is(err, rsvp.ErrExpired) {
+				t.Fatalf("Await: %v, want ErrExpired from the expiry task", err)
+			}
+			close(expired)
+			dl := waitDeadLetter(t, ctx, e.b, q, rsvp.CodeExpired)
+			if dl.Message.CorrelationID != tk.CorrelationID || !strings.Contains(dl.LastError, "succeeded after") {
+				t.Fatalf("dead letter of %s (%q), want %s, the handler's late success", dl.Message.CorrelationID, dl.LastError, tk.CorrelationID)
+			}
+			if _, err := c.Await(ctx, tk.CorrelationID); !errors.Is(err, rsvp.ErrExpired) {
+				t.Fatalf("Await after the late success: %v, want ErrExpired", err)
 			}
 		})
 	})

@@ -205,9 +205,18 @@ func (r *settler) finish(ctx context.Context, d backend.Delivery, reply *Reply, 
 		}
 		exists := errors.Is(err, backend.ErrReplyExists)
 		if exists {
-			// Cancelled, or answered by another attempt: that reply stands.
+			// Cancelled, expired, or answered by another attempt: that
+			// reply stands.
+			succeeded := reply.Status == backend.StatusSucceeded
 			reply, err = r.c.b.GetReply(ctx, m.CorrelationID)
 			failed = false
+			if err == nil && succeeded && reply.Status == backend.StatusExpired {
+				// The handler succeeded after the deadline, too late: the
+				// request ended expired, and, as when a handler fails late,
+				// is dead-lettered so.
+				r.fail(ctx, d, CodeExpired, "deadline passed while handling: the handler succeeded after the request had expired", log)
+				return
+			}
 		}
 		if err != nil {
 			log.Error("rsvp: storing the outcome failed; the request will be handled again", "err", err)

@@ -323,8 +323,14 @@ func allowed(m *http.ServeMux, r *http.Request) []string {
 	return out
 }
 
-// ServeHTTP implements http.Handler.
-func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) { g.mux.ServeHTTP(w, r) }
+// ServeHTTP implements http.Handler. Every response says
+// "X-Content-Type-Options: nosniff": a result is a body a worker stored
+// with the content type it chose, which a browser must not guess over (an
+// application/octet-stream body taken for HTML).
+func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	g.mux.ServeHTTP(w, r)
+}
 
 func (g *Gateway) ready(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
@@ -376,6 +382,7 @@ func (c caller) seesEveryQueue() bool {
 // for what spans tenants and queues, such as the server's metrics.
 func (g *Gateway) Admin(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Content-Type-Options", "nosniff") // as ServeHTTP
 		c, ok := g.authenticate(w, r)
 		if !ok {
 			return

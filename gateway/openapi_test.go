@@ -55,9 +55,12 @@ type oaSpec struct {
 // members of bodies are found by undeclared below instead of the
 // library's strict mode, which also refuses the members of free-form
 // values (progress, results, event data) and does not follow a $ref that
-// has a description beside it.
+// has a description beside it. X-Content-Type-Options is on every
+// response: the document says so once, in its introduction, and
+// checkResponse checks it instead.
 func oaOptions() []config.Option {
-	return []config.Option{config.WithFormatAssertions(), config.WithStrictMode(), config.WithStrictIgnorePaths("$.body", "$.body.**")}
+	return []config.Option{config.WithFormatAssertions(), config.WithStrictMode(), config.WithStrictIgnorePaths("$.body", "$.body.**"),
+		config.WithStrictIgnoredHeadersExtra("x-content-type-options")}
 }
 
 func loadOpenAPI(t *testing.T) *oaSpec {
@@ -106,6 +109,10 @@ func (s *oaSpec) checkResponse(req *http.Request, resp *http.Response, data []by
 	r := *resp
 	r.Body = io.NopCloser(bytes.NewReader(data))
 	r.Request = req
+	if got := resp.Header.Get("X-Content-Type-Options"); got != "nosniff" {
+		return fmt.Errorf("%s %s → %d: X-Content-Type-Options %q; docs/openapi.yaml says every response is nosniff",
+			req.Method, req.URL.RequestURI(), resp.StatusCode, got)
+	}
 	if ok, errs := s.v.ValidateHttpResponse(req, &r); !ok {
 		return fmt.Errorf("%s %s → %d: response does not match docs/openapi.yaml:%s\nbody: %s",
 			req.Method, req.URL.RequestURI(), resp.StatusCode, oaDescribe(errs), oaCut(data))
@@ -456,7 +463,7 @@ func TestOpenAPIValidatorRejects(t *testing.T) {
 		return data
 	}
 	accepted := http.Header{"Content-Type": {"application/json"}, "Location": {"/v1/requests/r1"},
-		"Retry-After": {"1"}, "Expires": {"Sat, 03 Jan 2026 15:04:05 GMT"}}
+		"Retry-After": {"1"}, "Expires": {"Sat, 03 Jan 2026 15:04:05 GMT"}, "X-Content-Type-Options": {"nosniff"}}
 	without := func(h http.Header, name string) http.Header {
 		h = h.Clone()
 		h.Del(name)
@@ -487,13 +494,14 @@ func TestOpenAPIValidatorRejects(t *testing.T) {
 		{"a Retry-After that is no number", "POST", "/v1/queues/q/requests", 202, with(accepted, "Retry-After", "soon"), status(nil)},
 		{"an Expires that is no HTTP date", "POST", "/v1/queues/q/requests", 202, with(accepted, "Expires", "2026-01-03"), status(nil)},
 		{"an undocumented header", "POST", "/v1/queues/q/requests", 202, with(accepted, "X-Tenant", "acme"), status(nil)},
-		{"an undocumented status", "GET", "/v1/requests/r1", 418, http.Header{"Content-Type": {"application/problem+json"}}, problem},
-		{"an error as plain JSON", "GET", "/v1/requests/r1", 404, http.Header{"Content-Type": {"application/json"}}, problem},
-		{"a problem without title", "GET", "/v1/requests/r1", 404, http.Header{"Content-Type": {"application/problem+json"}},
+		{"no X-Content-Type-Options", "POST", "/v1/queues/q/requests", 202, without(accepted, "X-Content-Type-Options"), status(nil)},
+		{"an undocumented status", "GET", "/v1/requests/r1", 418, http.Header{"Content-Type": {"application/problem+json"}, "X-Content-Type-Options": {"nosniff"}}, problem},
+		{"an error as plain JSON", "GET", "/v1/requests/r1", 404, http.Header{"Content-Type": {"application/json"}, "X-Content-Type-Options": {"nosniff"}}, problem},
+		{"a problem without title", "GET", "/v1/requests/r1", 404, http.Header{"Content-Type": {"application/problem+json"}, "X-Content-Type-Options": {"nosniff"}},
 			[]byte(`{"type":"https://rsvp.dev/problems/unknown-request","status":404}`)},
-		{"401 without WWW-Authenticate", "GET", "/v1/requests/r1", 401, http.Header{"Content-Type": {"application/problem+json"}},
+		{"401 without WWW-Authenticate", "GET", "/v1/requests/r1", 401, http.Header{"Content-Type": {"application/problem+json"}, "X-Content-Type-Options": {"nosniff"}},
 			[]byte(`{"type":"https://rsvp.dev/problems/unauthenticated","title":"API key required","status":401}`)},
-		{"a lease body that is not a string", "POST", "/v1/queues/q/leases", 200, http.Header{"Content-Type": {"application/json"}},
+		{"a lease body that is not a string", "POST", "/v1/queues/q/leases", 200, http.Header{"Content-Type": {"application/json"}, "X-Content-Type-Options": {"nosniff"}},
 			[]byte(`{"leases":[{"lease":"l","id":"r1","correlation_id":"r1","queue":"q","attempt":1,"content_type":"","headers":{},"body":null,"created_at":"2026-01-02T15:04:05Z","expires_at":"2026-01-02T15:04:35Z"}]}`)},
 	}
 	for _, c := range cases {

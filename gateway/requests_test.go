@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -610,5 +611,53 @@ func TestPreferWaitTimedOutShowsTheStatus(t *testing.T) {
 	st := decode(t, data)
 	if resp.StatusCode != http.StatusAccepted || st["state"] != gateway.StateRunning || st["attempts"] != 1.0 {
 		t.Errorf("Prefer: wait=2 on a request running all along: %d state %v attempts %v, want 202 running, attempt 1", resp.StatusCode, st["state"], st["attempts"])
+	}
+}
+
+// TestResultNoSniff: a result is the body a worker stored, with the
+// content type it chose: a browser must not sniff it as another type (a
+// body stored as application/octet-stream run as HTML). Every response of
+// the gateway says nosniff: results, the submission answered with its
+// result (Prefer: wait), problems.
+func TestResultNoSniff(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, gateway.Config{})
+	e.respond("pages", rsvp.HandleOptions{}, echo) // the reply has the submission's content type
+	const page = "<html><script>alert(document.cookie)</script></html>"
+	for _, ct := range []string{"text/html", ""} { // "": served as application/octet-stream
+		id := e.submit("pages", map[string]string{"Content-Type": ct}, page)
+		e.waitState(id, "succeeded")
+		resp, data := e.do("GET", "/v1/requests/"+id+"/result", nil, "")
+		if resp.StatusCode != http.StatusOK || string(data) != "echo:"+page {
+			t.Fatalf("result of a %q body: %d %q", ct, resp.StatusCode, data)
+		}
+		if got := resp.Header.Get("X-Content-Type-Options"); got != "nosniff" {
+			t.Errorf("result stored as %q (served as %q): X-Content-Type-Options %q, want nosniff",
+				ct, resp.Header.Get("Content-Type"), got)
+		}
+	}
+	resp, data := e.do("POST", "/v1/queues/pages/requests", map[string]string{"Content-Type": "text/html", "Prefer": "wait=10"}, page)
+	if resp.StatusCode != http.StatusOK || string(data) != "echo:"+page {
+		t.Fatalf("submission with Prefer: wait: %d %q, want 200 with the result", resp.StatusCode, data)
+	}
+	if got := resp.Header.Get("X-Content-Type-Options"); got != "nosniff" {
+		t.Errorf("submission answered with its text/html result: X-Content-Type-Options %q, want nosniff", got)
+	}
+	resp, _ = e.do("GET", "/v1/requests/nope", nil, "")
+	if got := resp.Header.Get("X-Content-Type-Options"); resp.StatusCode != http.StatusNotFound || got != "nosniff" {
+		t.Errorf("404 problem: %d, X-Content-Type-Options %q, want nosniff", resp.StatusCode, got)
+	}
+	// What the gateway guards with Admin (rsvp serve's /metrics) too.
+	admin := httptest.NewServer(e.GW.Admin(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, page)
+	})))
+	defer admin.Close()
+	resp, err := http.Get(admin.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if got := resp.Header.Get("X-Content-Type-Options"); got != "nosniff" {
+		t.Errorf("a handler guarded by Admin: X-Content-Type-Options %q, want nosniff", got)
 	}
 }

@@ -77,8 +77,11 @@ type WebhookConfig struct {
 	// (RFC 1918, fc00::/7), link-local, unspecified ("this network",
 	// 0.0.0.0/8 and ::), shared (CGNAT, 100.64.0.0/10), multicast and
 	// broadcast ranges, including those ranges embedded in IPv4-mapped
-	// (::ffff:0:0/96) and NAT64 (64:ff9b::/96) IPv6 addresses. Default
-	// false: such targets are refused.
+	// (::ffff:0:0/96) and well-known NAT64 (64:ff9b::/96) IPv6
+	// addresses, and the local-use NAT64 prefix 64:ff9b:1::/48 (RFC
+	// 8215), all of it: a NAT64 gateway translates its addresses to IPv4
+	// ones, private ones too, as its operator chose. Default false: such
+	// targets are refused.
 	AllowPrivate bool
 	// Timeout bounds one delivery attempt: connecting, sending and reading
 	// the response headers and (up to 64 KiB of) body. Default 10s.
@@ -365,13 +368,18 @@ var (
 		{netip.MustParsePrefix("fc00::/7"), "a private (unique local)"},
 		{netip.MustParsePrefix("fe80::/10"), "a link-local"},
 		{netip.MustParsePrefix("ff00::/8"), "a multicast"},
+		// Where its IPv4 address sits, and so which one it is, depends on
+		// the length of the prefix the local NAT64 uses within the /48
+		// (RFC 6052), which the sender cannot know.
+		{netip.MustParsePrefix("64:ff9b:1::/48"), "a local-use NAT64 (RFC 8215)"},
 	}
 	nat64Prefix = netip.MustParsePrefix("64:ff9b::/96")
 )
 
 // forbiddenAddr returns why ip may not be a callback target ("a loopback",
-// ...) or "" if it may. IPv4 addresses embedded in IPv4-mapped and NAT64
-// IPv6 addresses are judged as IPv4.
+// ...) or "" if it may. IPv4 addresses embedded in IPv4-mapped and
+// well-known NAT64 (64:ff9b::/96) IPv6 addresses are judged as IPv4; the
+// local-use NAT64 prefix (64:ff9b:1::/48) is refused whole.
 func forbiddenAddr(ip netip.Addr) string {
 	ip = ip.WithZone("").Unmap()
 	if ip.Is6() && nat64Prefix.Contains(ip) {

@@ -317,6 +317,11 @@ func TestWebhookCheckURLPrivateLiterals(t *testing.T) {
 		{"http://[::ffff:127.0.0.1]/hook", "loopback"},
 		{"http://[::ffff:a9fe:a9fe]/hook", "link-local"},
 		{"http://[64:ff9b::a00:1]/hook", "private"},
+		// The local-use NAT64 prefix (RFC 8215): where the IPv4 address
+		// sits, and which one, is the local NAT64's choice, so all of it
+		// is refused, with a public-looking IPv4 in the last 32 bits too.
+		{"http://[64:ff9b:1::a00:1]/hook", "local-use NAT64"},
+		{"http://[64:ff9b:1:ffff::5db8:d822]:8443/hook", "local-use NAT64"},
 	} {
 		err := deny.checkURL(tc.url)
 		if !errors.Is(err, errForbiddenTarget) || !strings.Contains(err.Error(), tc.reason) || !strings.HasPrefix(err.Error(), "callback URL host ") {
@@ -388,14 +393,20 @@ func TestWebhookCheckDialAddress(t *testing.T) {
 		"169.254.169.254:80", "100.127.255.254:80", "0.0.0.0:80", "[::]:80", "[fc00::1]:80",
 		"[fe80::1%lo]:80", "[::ffff:10.0.0.1]:80", "[64:ff9b::7f00:1]:80", "224.0.0.1:80",
 		"255.255.255.255:80", "[ff02::1]:80", "not-an-address",
+		"[64:ff9b:1::a00:1]:80", "[64:ff9b:1:a00:1::]:80", "[64:ff9b:1::5db8:d822]:443",
 	} {
 		if err := checkDialAddress(addr); !errors.Is(err, errForbiddenTarget) {
 			t.Errorf("checkDialAddress(%q) = %v, want a refusal", addr, err)
 		}
 	}
+	// The dialer's Control hook is checkDialAddress: a name that resolves
+	// to a local-use NAT64 address is refused before connecting.
+	if err := dialGuard("tcp6", "[64:ff9b:1::a00:1]:443", nil); !errors.Is(err, errForbiddenTarget) || !strings.Contains(err.Error(), "local-use NAT64") {
+		t.Errorf("dialGuard to a local-use NAT64 address = %v, want a refusal naming it", err)
+	}
 	for _, addr := range []string{
 		"93.184.216.34:443", "[2606:4700:4700::1111]:443", "172.32.0.1:80", "100.128.0.1:80",
-		"192.169.0.1:80", "[64:ff9b::5db8:d822]:443",
+		"192.169.0.1:80", "[64:ff9b::5db8:d822]:443", "[64:ff9b:2::a00:1]:80", "[64:ff9a:1::a00:1]:80",
 	} {
 		if err := checkDialAddress(addr); err != nil {
 			t.Errorf("checkDialAddress(%q) = %v, want nil", addr, err)

@@ -87,10 +87,17 @@ func TestWebhookDelivery(t *testing.T) {
 
 func TestWebhookRefusesPrivateTargets(t *testing.T) {
 	e := newEnv(t, gateway.Config{Webhooks: gateway.WebhookConfig{Secrets: []string{gateway.NewTestSecret(t)}}})
-	resp, data := e.do("POST", "/v1/queues/q/requests", map[string]string{"Callback-URL": "http://127.0.0.1:9/x"}, "x")
-	if resp.StatusCode != 400 || !contains(decode(t, data)["detail"], "loopback") {
-		t.Fatalf("loopback callback: %d %s", resp.StatusCode, data)
+	for _, tc := range []struct{ url, reason string }{
+		{"http://127.0.0.1:9/x", "loopback"},
+		{"http://[64:ff9b::a00:1]/x", "private"},           // well-known NAT64: judged by its IPv4
+		{"http://[64:ff9b:1::a00:1]/x", "local-use NAT64"}, // RFC 8215: all of it
+	} {
+		resp, data := e.do("POST", "/v1/queues/q/requests", map[string]string{"Callback-URL": tc.url}, "x")
+		if resp.StatusCode != 400 || !contains(decode(t, data)["detail"], tc.reason) {
+			t.Errorf("callback %s: %d %s, want 400 naming %q", tc.url, resp.StatusCode, data, tc.reason)
+		}
 	}
+	e.nothingQueued("q")
 }
 
 func contains(v any, sub string) bool {

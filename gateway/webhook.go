@@ -199,7 +199,9 @@ func (g *Gateway) deliverWebhook(ctx context.Context, m *rsvp.Message) (*rsvp.Re
 	status, sendErr := g.hooks.send(ctx, rec.Callback, id, body)
 	at := WebhookAttempt{Attempt: n + 1, At: time.Now().UTC(), Delivered: sendErr == nil, Status: status}
 	if sendErr != nil {
-		at.Error = sendErr.Error()
+		// The tenant's words, without addresses or the URL; the log below
+		// has sendErr itself.
+		at.Error = webhookFailure(status, sendErr, g.cfg.Webhooks.Timeout)
 	}
 	data, _ := json.Marshal(map[string]any{"attempt": at.Attempt, "delivered": at.Delivered, "status": at.Status, "error": at.Error})
 	if err := g.b.AppendEvent(ctx, &backend.Event{CorrelationID: id, Channel: scopedChannel(rec.Tenant, rec.Channel), Type: backend.EventWebhook, At: at.At, Data: data}); err != nil {

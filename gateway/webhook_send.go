@@ -24,6 +24,8 @@ import (
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -293,6 +295,75 @@ func (s *webhookSender) send(ctx context.Context, callbackURL, msgID string, bod
 	default:
 		return resp.StatusCode, fmt.Errorf("webhook: callback answered %s", resp.Status)
 	}
+}
+
+// webhookFailure is what a tenant reads of a failed delivery attempt (the
+// attempts in its request's status, and in later payloads), from send's
+// status and error: the kind of failure, in a few words, and never an
+// address, a host name or the URL. Those would show a queue's default
+// webhook, which is the operator's (its URL may hold a token), and, for
+// any callback, where its host name resolved from the gateway (with a name
+// of its choice a tenant could read the operator's DNS, one name at a
+// time). A submitter knows its own URL: the kind of failure is what it
+// needs to fix it. The gateway's log keeps send's whole error.
+func webhookFailure(status int, err error, timeout time.Duration) string {
+	const failed = "webhook delivery failed: "
+	var (
+		dnsErr   *net.DNSError
+		certErr  *tls.CertificateVerificationError
+		unknown  x509.UnknownAuthorityError
+		hostErr  x509.HostnameError
+		invalid  x509.CertificateInvalidError
+		recErr   tls.RecordHeaderError
+		alertErr tls.AlertError
+	)
+	switch {
+	case err == nil:
+		return ""
+	case status >= 300 && status <= 399:
+		// The status text, not the callback's reason phrase: that is the
+		// callback's words, and the callback may be the operator's.
+		return fmt.Sprintf(failed+"the callback answered %d %s; redirects are not followed", status, http.StatusText(status))
+	case status != 0:
+		return fmt.Sprintf(failed+"the callback answered %d %s", status, http.StatusText(status))
+	case errors.Is(err, errForbiddenTarget):
+		return "webhook delivery refused: the callback's host is, or resolves to, a private, loopback or link-local address (or another range callbacks may not reach)"
+	case errors.As(err, &dnsErr) && dnsErr.IsNotFound:
+		return failed + "the callback's host name was not found"
+	case errors.As(err, &dnsErr):
+		return failed + "the callback's host name could not be resolved"
+	case errors.Is(err, context.DeadlineExceeded), isTimeout(err):
+		return fmt.Sprintf(failed+"no response within %v", timeout)
+	case errors.Is(err, context.Canceled):
+		return failed + "interrupted (the gateway stopped); it will be retried"
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return failed + "connection refused"
+	case errors.Is(err, syscall.ECONNRESET):
+		return failed + "connection reset"
+	case errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH):
+		return failed + "the callback's host is unreachable"
+	case errors.As(err, &unknown):
+		return failed + "the callback's TLS certificate is signed by an unknown authority"
+	case errors.As(err, &hostErr):
+		return failed + "the callback's TLS certificate is not valid for its host"
+	case errors.As(err, &invalid) && invalid.Reason == x509.Expired:
+		return failed + "the callback's TLS certificate has expired or is not yet valid"
+	case errors.As(err, &certErr), errors.As(err, &invalid):
+		return failed + "the callback's TLS certificate was not accepted"
+	case errors.As(err, &recErr), strings.Contains(err.Error(), "server gave HTTP response to HTTPS client"): // net/http's words for a RecordHeaderError of "HTTP/"
+		return failed + "the callback did not answer in TLS (an https:// URL for an http:// one?)"
+	case errors.As(err, &alertErr):
+		return failed + "the TLS handshake with the callback failed"
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return failed + "the connection closed before a response"
+	}
+	return failed + "see the gateway's log"
+}
+
+// isTimeout reports whether err is a network timeout.
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
 
 // checkMsgID refuses ids that could make the signed content ambiguous (the

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"bufio"
 	"context"
 	"crypto/hmac"
 	"crypto/rand"
@@ -10,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -523,5 +525,78 @@ func TestWebhookSendRefusals(t *testing.T) {
 	cancel()
 	if _, err := s.send(ctx, srv.URL, "msg_c", []byte(`{}`)); !errors.Is(err, context.Canceled) || strings.Contains(err.Error(), "no response within") {
 		t.Errorf("send with a cancelled context = %v", err)
+	}
+}
+
+// TestWebhookFailureWords: the words a tenant reads of a failed delivery
+// (webhookFailure) name the kind of failure of real sends, and never the
+// address dialed, the port, the URL or the callback's own reason phrase.
+func TestWebhookFailureWords(t *testing.T) {
+	t.Parallel()
+	s := newTestSender(t, WebhookConfig{Secrets: []string{newTestSecret(t)}, AllowPrivate: true, Timeout: 200 * time.Millisecond})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := ln.Addr().String()
+	ln.Close()
+	tlsSrv := httptest.NewUnstartedServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
+	tlsSrv.Config.ErrorLog = log.New(io.Discard, "", 0) // the handshake the sender breaks off
+	tlsSrv.StartTLS()                                   // with a certificate the sender does not trust
+	t.Cleanup(tlsSrv.Close)
+	plain, _ := newReceiver(t, http.StatusOK)
+	// A callback whose reason phrase tells of its insides.
+	raw, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rawDone := make(chan struct{})
+	go func() {
+		defer close(rawDone)
+		for {
+			c, err := raw.Accept()
+			if err != nil {
+				return
+			}
+			_, _ = http.ReadRequest(bufio.NewReader(c))
+			_, _ = io.WriteString(c, "HTTP/1.1 502 upstream 10.9.8.7:5432 down\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+			c.Close()
+		}
+	}()
+	t.Cleanup(func() { raw.Close(); <-rawDone })
+	release := make(chan struct{})
+	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-r.Context().Done():
+		case <-release:
+		}
+	}))
+	t.Cleanup(slow.Close)
+	t.Cleanup(func() { close(release) })
+
+	for _, tc := range []struct{ name, url, want string }{
+		{"refused", "http://" + closed + "/hook?token=t0k3n", "connection refused"},
+		{"untrusted certificate", tlsSrv.URL + "/hook?token=t0k3n", "unknown authority"},
+		{"https to a plain HTTP server", "https://" + strings.TrimPrefix(plain.URL, "http://") + "/hook?token=t0k3n", "did not answer in TLS"},
+		{"reason phrase", "http://" + raw.Addr().String() + "/hook?token=t0k3n", "answered 502 Bad Gateway"},
+		{"timeout", slow.URL + "/hook?token=t0k3n", "no response within 200ms"},
+	} {
+		status, err := s.send(context.Background(), tc.url, "msg_w", []byte(`{}`))
+		if err == nil {
+			t.Errorf("%s: send succeeded", tc.name)
+			continue
+		}
+		got := webhookFailure(status, err, s.cfg.Timeout)
+		if !strings.Contains(got, tc.want) {
+			t.Errorf("%s: %q (of %v), want it to say %q", tc.name, got, err, tc.want)
+		}
+		for _, leak := range []string{"127.0.0.1", "10.9.8.7", "t0k3n", "/hook", "dial"} {
+			if strings.Contains(got, leak) {
+				t.Errorf("%s: %q shows %q", tc.name, got, leak)
+			}
+		}
+	}
+	if got := webhookFailure(0, nil, time.Second); got != "" {
+		t.Errorf("webhookFailure of no error = %q, want empty", got)
 	}
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -154,5 +156,124 @@ func TestQueueWebhookNotShown(t *testing.T) {
 	id = e.submit("hooked", map[string]string{"Callback-URL": own}, "y")
 	if ev := openSSE(e, "/v1/requests/"+id+"/events", nil).must(); !contains(ev.Data["data"].(map[string]any)["callback"], own) {
 		t.Fatalf("the queued event of a request with its own Callback-URL: %+v, want callback %s", ev.Data, own)
+	}
+}
+
+// syncBuffer is a log sink safe for the gateway's goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// closedPort returns a port of 127.0.0.1 that nothing listens on.
+func closedPort(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, port, _ := net.SplitHostPort(ln.Addr().String())
+	ln.Close()
+	return port
+}
+
+// firstWebhookError waits for the first delivery attempt of id in its
+// status, as its submitter reads it, and returns its error.
+func (e *env) firstWebhookError(id string) string {
+	e.t.Helper()
+	var first map[string]any
+	eventually(e.t, 20*time.Second, "a delivery attempt of "+id+" in its status", func() bool {
+		_, data := e.do("GET", "/v1/requests/"+id+"?redirect=false", nil, "")
+		hooks, _ := decode(e.t, data)["webhooks"].([]any)
+		if len(hooks) > 0 {
+			first = hooks[0].(map[string]any)
+		}
+		return first != nil
+	})
+	if first["delivered"] != false {
+		e.t.Fatalf("attempt %v, want a failed one", first)
+	}
+	msg, _ := first["error"].(string)
+	return msg
+}
+
+// TestWebhookErrorsShowNoAddresses: what a tenant reads of a failed
+// delivery (the attempts in its request's status) says what went wrong,
+// not where: neither the address the callback's host resolved to (the
+// gateway's view of the network: with a name a submitter picks, a probe
+// of the operator's DNS) nor, for a queue's default webhook, the
+// operator's URL. The server log keeps the whole error. A submitter's own
+// callback gets the same words, which name the kind of failure.
+func TestWebhookErrorsShowNoAddresses(t *testing.T) {
+	t.Parallel()
+	refused := closedPort(t)
+	operatorHook := "http://127.0.0.1:" + refused + "/hook?token=operator-secret"
+	var log syncBuffer
+	secret := gateway.NewTestSecret(t)
+	e := newEnv(t, gateway.Config{
+		Webhooks: gateway.WebhookConfig{Secrets: []string{secret}, AllowPrivate: true},
+		Queues:   map[string]gateway.QueueConfig{"hooked": {Webhook: operatorHook}},
+		Logger:   slog.New(slog.NewTextHandler(&log, &slog.HandlerOptions{Level: slog.LevelDebug})),
+	})
+	e.respond("hooked", rsvp.HandleOptions{}, echo)
+	e.respond("mine", rsvp.HandleOptions{}, echo)
+	secrets := []string{"127.0.0.1", refused, "operator-secret", "/hook", "dial tcp"}
+
+	id := e.submit("hooked", nil, "x") // the queue's webhook, the operator's
+	msg := e.firstWebhookError(id)
+	for _, s := range secrets {
+		if strings.Contains(msg, s) {
+			t.Errorf("a tenant reads the failed delivery to the queue's webhook as %q: it shows %q", msg, s)
+		}
+	}
+	if !strings.Contains(msg, "connection refused") {
+		t.Errorf("delivery to the queue's webhook: error %q, want it to say the connection was refused", msg)
+	}
+	eventually(t, 10*time.Second, "the full error in the log", func() bool {
+		return strings.Contains(log.String(), "127.0.0.1:"+refused) && strings.Contains(log.String(), "connection refused")
+	})
+
+	// The submitter's own callback: the kind of failure, as useful to it.
+	id = e.submit("mine", map[string]string{"Callback-URL": "http://127.0.0.1:" + refused + "/mine"}, "x")
+	if msg := e.firstWebhookError(id); !strings.Contains(msg, "connection refused") || strings.Contains(msg, "dial tcp") {
+		t.Errorf("delivery to the submitter's own callback, refused: error %q, want the kind (connection refused) without the dial", msg)
+	}
+	failing := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}))
+	defer failing.Close()
+	id = e.submit("mine", map[string]string{"Callback-URL": failing.URL + "/mine"}, "x")
+	if msg := e.firstWebhookError(id); !strings.Contains(msg, "503") {
+		t.Errorf("delivery to the submitter's own callback, answered 503: error %q, want it to name 503", msg)
+	}
+}
+
+// TestWebhookRefusedDialShowsNoAddress: a callback whose host name
+// resolves to a forbidden address is refused when connecting; its
+// submitter reads that it was, not the address the name resolved to
+// (which would let any tenant read the gateway's DNS, one name at a time).
+func TestWebhookRefusedDialShowsNoAddress(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, gateway.Config{Webhooks: gateway.WebhookConfig{Secrets: []string{gateway.NewTestSecret(t)}}})
+	e.respond("mine", rsvp.HandleOptions{}, echo)
+	id := e.submit("mine", map[string]string{"Callback-URL": "http://localhost:" + closedPort(t) + "/x"}, "x") // names pass at submission
+	msg := e.firstWebhookError(id)
+	if strings.Contains(msg, "127.0.0.1") || strings.Contains(msg, "::1") {
+		t.Errorf("a refused connection reads %q: it shows the address the name resolved to", msg)
+	}
+	if !strings.Contains(msg, "private, loopback or link-local") {
+		t.Errorf("a refused connection reads %q, want it to say the target is not allowed", msg)
 	}
 }

@@ -336,7 +336,9 @@ func (g *Gateway) ready(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 	defer cancel()
 	if _, err := g.b.GetReply(ctx, "readyz-probe"); err != nil && !errors.Is(err, backend.ErrNotFound) {
-		problem(w, http.StatusServiceUnavailable, "not-ready", "The engine is not reachable", err.Error())
+		// Not err to whoever asks (no key needed): see engineDown.
+		g.log.Warn("gateway: not ready", "err", err)
+		problem(w, http.StatusServiceUnavailable, "not-ready", "The engine is not reachable", engineFailed)
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})

@@ -97,8 +97,8 @@ func TestKeyRetryAfterAFailedSend(t *testing.T) {
 	h := map[string]string{"Idempotency-Key": "order-8"}
 	fb.fail.Store(1)
 	resp, data := e.do("POST", "/v1/queues/cutoff/requests", h, "a")
-	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(data), "engine unreachable (test)") {
-		t.Fatalf("submission with the engine failing: %d %s, want 503 with the cause", resp.StatusCode, data)
+	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(data), "engine-unavailable") || fb.fail.Load() != 0 {
+		t.Fatalf("submission with the engine failing: %d %s, want 503 engine-unavailable for the failed enqueue", resp.StatusCode, data)
 	}
 	id := e.submit("cutoff", h, "a")
 	e.respond("cutoff", rsvp.HandleOptions{}, echo)
@@ -126,8 +126,8 @@ func TestWebhookOfARefusedSubmission(t *testing.T) {
 	h := map[string]string{"Callback-URL": hook.URL + "/done"}
 	fb.fail.Store(1)
 	resp, data := e.do("POST", "/v1/queues/hooked/requests", h, "a")
-	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(data), "engine unreachable (test)") {
-		t.Fatalf("submission with its webhook failing to schedule: %d %s, want 503 with the cause", resp.StatusCode, data)
+	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(data), "engine-unavailable") || fb.fail.Load() != 0 {
+		t.Fatalf("submission with its webhook failing to schedule: %d %s, want 503 engine-unavailable for the failed enqueue", resp.StatusCode, data)
 	}
 	e.nothingQueued("hooked")
 

@@ -308,14 +308,22 @@ func finalEvent(rec *record, reply *backend.Reply, at time.Time, key string) *ba
 	return ev
 }
 
+// engineDown answers a call whose engine call failed with err: 503, and
+// err in the log only. An engine's errors are the operator's business, and
+// may name its configuration: a PostgreSQL engine that cannot connect says
+// "failed to connect to `user=rsvp database=prod`: 10.1.2.3:5432 ...".
 func (g *Gateway) engineDown(w http.ResponseWriter, r *http.Request, err error) {
 	if r.Context().Err() != nil {
 		return // the client left
 	}
 	g.log.Error("gateway: engine call failed", "method", r.Method, "path", r.URL.Path, "err", err)
 	w.Header().Set("Retry-After", "1")
-	problem(w, http.StatusServiceUnavailable, "engine-unavailable", "The engine is not reachable", err.Error())
+	problem(w, http.StatusServiceUnavailable, "engine-unavailable", "The engine is not reachable", engineFailed+"; retry")
 }
+
+// engineFailed is what callers read of an engine call that failed; the
+// gateway's log has the error.
+const engineFailed = "the engine failed or could not be reached (the gateway's log has the cause)"
 
 // submit: POST /v1/queues/{queue}/requests.
 func (g *Gateway) submit(w http.ResponseWriter, r *http.Request) {
@@ -592,12 +600,18 @@ func (g *Gateway) send(ctx context.Context, rec *record, body []byte, hooked boo
 	return rec, nil
 }
 
-// reject ends the record of a request that could not be enqueued.
+// reject ends the record of a request that could not be enqueued. Its
+// message, which the submitter reads, does not repeat cause, an engine's
+// error (see engineDown), which the submission's 503 logged.
 func (g *Gateway) reject(rec *record, cause error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
+	why := engineFailed
+	if errors.Is(cause, errors.ErrUnsupported) {
+		why = "the engine cannot schedule requests"
+	}
 	r := &backend.Reply{CorrelationID: rec.ID, Status: backend.StatusFailed, ErrorCode: codeNotAccepted,
-		ErrorMessage: "the gateway could not enqueue the request: " + cause.Error(), CreatedAt: time.Now()}
+		ErrorMessage: "the gateway could not enqueue the request: " + why, CreatedAt: time.Now()}
 	if err := g.storeFinal(ctx, rec, r); err != nil && !errors.Is(err, backend.ErrReplyExists) {
 		g.log.Warn("gateway: could not mark a request that failed to enqueue", "queue", rec.Queue, "id", rec.ID, "correlation_id", rec.ID, "err", err)
 	}

@@ -770,7 +770,7 @@ func (s *wsSession) subscribe(m *wsIn) {
 			s.g.streamEnded(ctx, f, err)
 			_ = s.send(&wsOut{Type: "error", Request: req, Channel: ch, Error: &Problem{Type: problemType + "engine-unavailable",
 				Title: "The subscription ended", Status: http.StatusServiceUnavailable,
-				Detail: fmt.Sprintf("%v; subscribe again with after %d", err, f.after)}})
+				Detail: fmt.Sprintf("%s; subscribe again with after %d", engineFailed, f.after)}}) // err is logged (streamEnded)
 		default: // the request's final event was sent
 			_ = s.send(&wsOut{Type: "end", Request: req})
 		}
@@ -811,7 +811,7 @@ func (s *wsSession) engineDown(m *wsIn, err error) {
 		return
 	}
 	s.g.log.Error("gateway: engine call failed", "path", "/v1/ws", "err", err)
-	s.fail(m, http.StatusServiceUnavailable, "engine-unavailable", "The engine is not reachable", err.Error())
+	s.fail(m, http.StatusServiceUnavailable, "engine-unavailable", "The engine is not reachable", engineFailed+"; retry") // as engineDown
 }
 
 // keepAlive pings the client every heartbeatInterval, and closes the

@@ -29,7 +29,11 @@ type record struct {
 	Deadline    time.Time `json:"deadline,omitzero"`
 	NotBefore   time.Time `json:"not_before,omitzero"` // scheduled: not handed out before
 	Callback    string    `json:"callback,omitempty"`
-	Channel     string    `json:"channel,omitempty"`
+	// QueueWebhook: Callback is the queue's default webhook
+	// (QueueConfig.Webhook when the request was submitted), the
+	// operator's, not a Callback-URL of the submitter's.
+	QueueWebhook bool   `json:"queue_webhook,omitempty"`
+	Channel      string `json:"channel,omitempty"`
 	// SessionKey is the session of the queue the request joined
 	// (Session-Key header): Message.SessionKey.
 	SessionKey string `json:"session_key,omitempty"`
@@ -334,6 +338,7 @@ func (g *Gateway) submit(w http.ResponseWriter, r *http.Request) {
 	qc := g.cfg.Queues[queue]
 	rec := &record{Queue: queue, Tenant: c.tenant, ContentType: r.Header.Get("Content-Type"), CreatedAt: time.Now().UTC(),
 		Channel: r.Header.Get("Notify-Channel"), Callback: cmp.Or(r.Header.Get("Callback-URL"), qc.Webhook)}
+	rec.QueueWebhook = rec.Callback != "" && r.Header.Get("Callback-URL") == ""
 	var errs []error
 	if rec.ContentType != "" {
 		if _, _, err := mime.ParseMediaType(rec.ContentType); err != nil {

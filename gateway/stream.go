@@ -115,7 +115,7 @@ func (g *Gateway) streamEvent(ctx context.Context, ev *backend.Event) (*StreamEv
 		var rec record
 		if json.Unmarshal(ev.Data, &rec) == nil {
 			callback := rec.Callback
-			if callback == g.cfg.Queues[rec.Queue].Webhook {
+			if rec.QueueWebhook || callback == g.cfg.Queues[rec.Queue].Webhook { // the latter for records made before QueueWebhook
 				callback = "" // the queue's, the operator's: it may hold a token
 			}
 			se.Data, _ = json.Marshal(PublicRecord{ID: rec.ID, Queue: rec.Queue, ContentType: rec.ContentType,

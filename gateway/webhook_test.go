@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/rsvp-go/rsvp"
+	"github.com/rsvp-go/rsvp/backend"
+	"github.com/rsvp-go/rsvp/backend/rsvpnats"
 	"github.com/rsvp-go/rsvp/gateway"
 )
 
@@ -275,5 +277,37 @@ func TestWebhookRefusedDialShowsNoAddress(t *testing.T) {
 	}
 	if !strings.Contains(msg, "private, loopback or link-local") {
 		t.Errorf("a refused connection reads %q, want it to say the target is not allowed", msg)
+	}
+}
+
+// keptEngine is an engine a second env shares: it is closed by the env
+// that made it, not by this one.
+type keptEngine struct{ backend.Backend }
+
+func (keptEngine) Close() error { return nil }
+
+// TestRotatedQueueWebhookNotShown: a request that went to a queue's
+// default webhook keeps that URL in its record; after the operator changes
+// the queue's webhook (a new token, say, with the old one still valid
+// until the change is done), the queued event of such a request is still
+// the operator's URL, not the submitter's, and the streams do not show it.
+func TestRotatedQueueWebhookNotShown(t *testing.T) {
+	t.Parallel()
+	b, err := rsvpnats.Embedded("", rsvpnats.Options{Memory: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	secret := gateway.NewTestSecret(t)
+	config := func(hook string) gateway.Config {
+		return gateway.Config{Webhooks: gateway.WebhookConfig{Secrets: []string{secret}},
+			Queues: map[string]gateway.QueueConfig{"hooked": {Webhook: hook}}}
+	}
+	before := newEnvOn(t, b, config("https://hooks.example.com/rsvp?token=old-secret"))
+	id := before.submit("hooked", nil, "x")
+	after := newEnvWith(t, keptEngine{b}, config("https://hooks.example.com/rsvp?token=new-secret"), nil)
+	if ev := openSSE(after, "/v1/requests/"+id+"/events", nil).must(); ev.Type != "queued" || ev.Data["data"] == nil {
+		t.Fatalf("first event %+v, want queued with its data", ev)
+	} else if data, _ := json.Marshal(ev.Data); strings.Contains(string(data), "old-secret") {
+		t.Fatalf("after the queue's webhook changed, the queued event of a request sent to the former one shows it: %s", data)
 	}
 }

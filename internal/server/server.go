@@ -340,6 +340,7 @@ func localOnly(h http.Handler, addrHost string) http.Handler {
 		if !local(host) || hasOrigin && !local(origin) {
 			w.Header().Set("Content-Type", "application/problem+json")
 			w.Header().Set("Cache-Control", "no-store")
+			w.Header().Set("X-Content-Type-Options", "nosniff") // as the gateway's answers
 			w.WriteHeader(http.StatusForbidden)
 			_, _ = io.WriteString(w, `{"type":"https://rsvp.dev/problems/forbidden","title":"Not allowed","status":403,`+
 				`"detail":"this server has no API keys: it serves only requests to its loopback address, not from web pages of other sites"}`+"\n")

@@ -288,5 +288,8 @@ func TestUnprotectedRefusesOtherSites(t *testing.T) {
 		if resp.StatusCode != c.want {
 			t.Errorf("no API keys, Host %q, Origin %q: %s %s, want %d", c.host, c.origin, resp.Status, body, c.want)
 		}
+		if got := resp.Header.Get("X-Content-Type-Options"); got != "nosniff" {
+			t.Errorf("no API keys, Host %q, Origin %q: X-Content-Type-Options %q, want nosniff, as on every answer", c.host, c.origin, got)
+		}
 	}
 }

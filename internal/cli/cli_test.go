@@ -435,42 +435,51 @@ func TestAwaitLosesEngine(t *testing.T) {
 	r := run(t, nil, "send", "nobody-serves", "--data", "kept", "--engine", engine)
 	r.want(t, 0)
 	id := strings.TrimSpace(r.stdout)
-	// Guests reach the engine through a proxy that tells when the await
-	// has subscribed to its reply: it is waiting then.
+	r = runUntilEngineLost(t, w, dir, "SUB rsvp.notify."+id+".", "await", id, "--timeout", "0", "--engine", engine)
+	r.want(t, 1, "lost the engine", "run 'rsvp await "+id+"'")
+}
+
+// runUntilEngineLost runs the command args, whose engine in dir w's process
+// runs, until it subscribes to a subject starting with sub (the wait has
+// begun), then stops w, and returns what the command did once it ended.
+func runUntilEngineLost(t *testing.T, w *worker, dir, sub string, args ...string) result {
+	t.Helper()
+	// Guests reach the engine through a proxy that tells when the command
+	// has subscribed: it is waiting then.
 	subscribed := make(chan struct{})
 	var once sync.Once
 	proxyEngine(t, dir, func(toServer bool, chunk []byte) bool {
-		if toServer && bytes.Contains(chunk, []byte("SUB rsvp.notify."+id+".")) {
+		if toServer && bytes.Contains(chunk, []byte(sub)) {
 			once.Do(func() { close(subscribed) })
 		}
 		return false
 	})
-
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
 	done := make(chan result, 1)
 	go func() {
 		var stdout, stderr bytes.Buffer
-		code := Run(ctx, []string{"await", id, "--timeout", "0", "--engine", engine}, nil, &stdout, &stderr)
+		code := Run(ctx, args, nil, &stdout, &stderr)
 		done <- result{code: code, stdout: stdout.String(), stderr: stderr.String()}
 	}()
 	select {
 	case <-subscribed:
 	case r := <-done:
-		t.Fatalf("await ended before the engine was lost: exit %d, %s", r.code, r.stderr)
+		t.Fatalf("%q ended before the engine was lost: exit %d, %s", args, r.code, r.stderr)
 	case <-time.After(waitTimeout):
-		t.Fatalf("await did not subscribe to its reply within %s", waitTimeout)
+		t.Fatalf("%q did not subscribe to %s within %s", args, sub, waitTimeout)
 	}
 	if code := w.stop(t); code != 0 {
 		t.Fatalf("worker exit code %d; its log:\n%s", code, w.log)
 	}
 	select {
 	case r := <-done:
-		r.want(t, 1, "lost the engine", "run 'rsvp await "+id+"'")
+		return r
 	case <-time.After(waitTimeout):
 		cancel()
 		r := <-done
-		t.Fatalf("await still waiting %s after the process that ran its engine stopped (--timeout 0); interrupted then: exit %d, %s", waitTimeout, r.code, r.stderr)
+		t.Fatalf("%q still waiting %s after the process that ran its engine stopped; interrupted then: exit %d, %s", args, waitTimeout, r.code, r.stderr)
+		return r
 	}
 }
 

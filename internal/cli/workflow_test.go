@@ -1,11 +1,9 @@
 package cli
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -326,41 +324,6 @@ func TestWorkflowWaitLosesEngine(t *testing.T) {
 	w := startWorker(t, engine, "other", "--exec", "cat") // runs the engine
 	// No engine runs workflow "nobody-runs": the instance stays pending.
 	run(t, nil, "workflow", "start", "nobody-runs", "--id", "lost-1", "--engine", engine).want(t, 0)
-	// Guests reach the engine through a proxy that tells when the wait has
-	// subscribed to the notices of changes: it is waiting then.
-	subscribed := make(chan struct{})
-	var once sync.Once
-	proxyEngine(t, dir, func(toServer bool, chunk []byte) bool {
-		if toServer && bytes.Contains(chunk, []byte("SUB rsvp.evnote.")) {
-			once.Do(func() { close(subscribed) })
-		}
-		return false
-	})
-
-	ctx, cancel := context.WithCancel(t.Context())
-	defer cancel()
-	done := make(chan result, 1)
-	go func() {
-		var stdout, stderr bytes.Buffer
-		code := Run(ctx, []string{"workflow", "status", "lost-1", "--wait", "0", "--engine", engine}, nil, &stdout, &stderr)
-		done <- result{code: code, stdout: stdout.String(), stderr: stderr.String()}
-	}()
-	select {
-	case <-subscribed:
-	case r := <-done:
-		t.Fatalf("the wait ended before the engine was lost: exit %d, %s", r.code, r.stderr)
-	case <-time.After(waitTimeout):
-		t.Fatalf("the wait did not subscribe within %s", waitTimeout)
-	}
-	if code := w.stop(t); code != 0 {
-		t.Fatalf("worker exit code %d; its log:\n%s", code, w.log)
-	}
-	select {
-	case r := <-done:
-		r.want(t, 1, "lost the engine", "instance lost-1", "rsvp workflow status lost-1 --wait 0")
-	case <-time.After(waitTimeout):
-		cancel()
-		r := <-done
-		t.Fatalf("still waiting %s after the process that ran its engine stopped (--wait 0); interrupted then: exit %d, %s", waitTimeout, r.code, r.stderr)
-	}
+	r := runUntilEngineLost(t, w, dir, "SUB rsvp.evnote.", "workflow", "status", "lost-1", "--wait", "0", "--engine", engine)
+	r.want(t, 1, "lost the engine", "instance lost-1", "rsvp workflow status lost-1 --wait 0")
 }

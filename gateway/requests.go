@@ -688,12 +688,25 @@ func preferWait(lines []string) (string, bool) {
 	return "", false
 }
 
+// longPollRecheck is how often a long-poll (waitFinal, longPoll) reads
+// the request again on its own, in case the notification of its change
+// was lost: the engine's notifications are best effort (a core NATS
+// message, a PostgreSQL NOTIFY), so without it a lost one held the answer
+// until the wait ended, up to a minute, though the result was stored. 5s
+// bounds that delay to what a client polling at Retry-After (1s) would
+// hardly notice among its retries, while a waiting long-poll costs a fifth
+// of the reads of such a client; streams, which may stay open for hours,
+// look only every minute (recheckTicks).
+const longPollRecheck = 5 * time.Second
+
 // waitFinal waits up to d for the reply to id; nil if there is none yet.
 func (g *Gateway) waitFinal(ctx context.Context, id string, d time.Duration) (*backend.Reply, error) {
 	w := g.hub.watchID(id)
 	defer g.hub.stop(w)
 	timer := time.NewTimer(d)
 	defer timer.Stop()
+	recheck := time.NewTicker(longPollRecheck)
+	defer recheck.Stop()
 	for {
 		reply, err := g.b.GetReply(ctx, id)
 		if err == nil {
@@ -704,6 +717,7 @@ func (g *Gateway) waitFinal(ctx context.Context, id string, d time.Duration) (*b
 		}
 		select {
 		case <-w.C:
+		case <-recheck.C: // a notification may have been lost
 		case <-timer.C:
 			return nil, nil
 		case <-ctx.Done():
@@ -763,6 +777,8 @@ func (g *Gateway) longPoll(ctx context.Context, rec *record, st *Status, d time.
 	defer g.hub.stop(w)
 	timer := time.NewTimer(d)
 	defer timer.Stop()
+	recheck := time.NewTicker(longPollRecheck)
+	defer recheck.Stop()
 	for {
 		// Read after watching, so that no event falls between.
 		_, evs, reply, err := g.load(ctx, rec.ID)
@@ -774,6 +790,7 @@ func (g *Gateway) longPoll(ctx context.Context, rec *record, st *Status, d time.
 		}
 		select {
 		case <-w.C:
+		case <-recheck.C: // a notification may have been lost
 		case <-timer.C:
 			return st, nil
 		case <-ctx.Done():

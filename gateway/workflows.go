@@ -522,7 +522,8 @@ func (g *Gateway) listInstances(w http.ResponseWriter, r *http.Request) {
 // instanceEvents: GET /v1/instances/{id}/events. Server-Sent Events of the
 // instance's status: one event per change a client sees (see nextChange),
 // its id the status's position, its type the state, its data the status;
-// the stream ends after the final status.
+// the stream ends after the final status. A cursor after the status's
+// position is refused.
 func (g *Gateway) instanceEvents(w http.ResponseWriter, r *http.Request) {
 	c, e, ok := g.wfCall(w, r)
 	if !ok {
@@ -534,6 +535,18 @@ func (g *Gateway) instanceEvents(w http.ResponseWriter, r *http.Request) {
 	}
 	st, ok := g.instance(w, r, c, e)
 	if !ok {
+		return
+	}
+	if after > st.Position {
+		// No event of this stream has had it: an event's id is the
+		// position of a status read, and an instance's position only
+		// grows. Refused, as a request stream refuses a cursor that names
+		// none of its events: the stream would send nothing until the
+		// history passed it, or its 204 would tell the client it had seen
+		// the end.
+		problem(w, http.StatusBadRequest, "invalid-last-event-id", "Invalid Last-Event-ID",
+			fmt.Sprintf("%d is after the last change of instance %q (position %d): resume with the id of an event of this stream, or 0",
+				after, st.ID, st.Position))
 		return
 	}
 	if st.State.Final() && st.Position <= after {

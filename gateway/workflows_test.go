@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"slices"
 	"strconv"
@@ -731,4 +732,70 @@ func mustEmbedded(t *testing.T) *rsvpnats.Backend {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// TestWorkflowEventStreamFutureCursor: a cursor after the instance's
+// position, which no event of its stream has had, is refused (400
+// invalid-last-event-id), as a request stream refuses one that names none
+// of its events: while the instance runs (the stream would send nothing
+// until the history passed it) and once it has finished (204 would tell
+// the client it had seen the end).
+func TestWorkflowEventStreamFutureCursor(t *testing.T) {
+	t.Parallel()
+	e := newWorkflowEnv(t, gateway.Config{})
+	if resp, data := e.do("POST", "/v1/workflows/approval/instances?id=ahead", jsonHdr, `{"id":"a","text":"x"}`); resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("start: %d %s", resp.StatusCode, data)
+	}
+	e.awaitWaiting("ahead")
+	position := func() uint64 {
+		_, data := e.do("GET", "/v1/instances/ahead?redirect=false", nil, "")
+		p, _ := decode(t, data)["position"].(float64)
+		return uint64(p)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	refused := func(when string, cursor uint64) {
+		t.Helper()
+		for _, query := range []bool{false, true} {
+			req, err := http.NewRequestWithContext(ctx, "GET", e.URL+"/v1/instances/ahead/events", nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if query {
+				req.URL.RawQuery = "last_event_id=" + strconv.FormatUint(cursor, 10)
+			} else {
+				req.Header.Set("Last-Event-ID", strconv.FormatUint(cursor, 10))
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if resp.StatusCode != http.StatusBadRequest {
+				resp.Body.Close() // not read: a stream would not end
+				t.Errorf("%s, cursor %d after the instance's position %d (in the query: %v): %d %s, want 400 invalid-last-event-id",
+					when, cursor, cursor-1000, query, resp.StatusCode, resp.Header.Get("Content-Type"))
+				continue
+			}
+			data, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			wantProblem(t, resp, data, http.StatusBadRequest, "invalid-last-event-id", "")
+		}
+	}
+	refused("running", position()+1000)
+
+	if resp, data := e.do("POST", "/v1/instances/ahead/events/ApprovalReceived", jsonHdr, `"Approved"`); resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("raise: %d %s", resp.StatusCode, data)
+	}
+	e.awaitFinal("ahead")
+	final := position()
+	refused("finished", final+1000)
+	// The final status's own position still ends the stream (204).
+	done := e.openSSE(ctx, "ahead", strconv.FormatUint(final, 10))
+	done.Body.Close()
+	if done.StatusCode != http.StatusNoContent {
+		t.Errorf("resumed at the final status: %d, want 204", done.StatusCode)
+	}
 }

@@ -66,8 +66,9 @@ type Config struct {
 	// Logger receives the gateway's log lines. Default: discard.
 	Logger *slog.Logger
 	// TracerProvider makes a server span per HTTP request (a child of the
-	// caller's traceparent) and a span per pushed final event. Default: the
-	// global provider.
+	// caller's traceparent and tracestate) and a span per pushed final
+	// event (a child of the submission's, with its tracestate). Default:
+	// the global provider.
 	TracerProvider trace.TracerProvider
 	// MeterProvider makes the gateway's metrics. Default: the global
 	// provider.

@@ -40,9 +40,10 @@ type record struct {
 	// Digest identifies the submission (queue, content type, session key,
 	// body) for Idempotency-Key checks.
 	Digest string `json:"digest"`
-	// Trace is the W3C traceparent of the submission, parent of the spans
-	// of later pushes.
-	Trace string `json:"trace,omitempty"`
+	// Trace and TraceState are the W3C trace context (traceparent,
+	// tracestate) of the submission, parent of the spans of later pushes.
+	Trace      string `json:"trace,omitempty"`
+	TraceState string `json:"tracestate,omitempty"`
 }
 
 // States of a request, as the API shows them.
@@ -413,7 +414,7 @@ func (g *Gateway) submit(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	rec.Digest = digest(queue, rec.ContentType, rec.SessionKey, body)
-	rec.Trace = g.tel.traceOf(r.Context())
+	rec.Trace, rec.TraceState = g.tel.traceOf(r.Context())
 	if key != "" {
 		rec.ID = idempotentID(c.tenant, key)
 	} else {

@@ -128,7 +128,7 @@ func (g *Gateway) streamEvent(ctx context.Context, ev *backend.Event) (*StreamEv
 		case err != nil:
 			return nil, err
 		default:
-			_, span := g.tel.tracer.Start(g.tel.recordTrace(ctx, rec.Trace), "rsvp.gateway.push",
+			_, span := g.tel.tracer.Start(g.tel.recordTrace(ctx, rec.Trace, rec.TraceState), "rsvp.gateway.push",
 				trace.WithSpanKind(trace.SpanKindProducer), trace.WithAttributes(attribute.String("rsvp.correlation_id", rec.ID),
 					attribute.String("rsvp.event", ev.Type), attribute.Int64("rsvp.event.seq", int64(ev.Seq))))
 			defer span.End()

@@ -86,17 +86,24 @@ func (w *statusWriter) Write(p []byte) (int, error) {
 
 func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
-// traceOf returns the W3C traceparent of ctx's span, for a request record.
-func (t *telemetry) traceOf(ctx context.Context) string {
+// traceOf returns the W3C trace context of ctx's span, its traceparent
+// and tracestate (often empty), for a request record.
+func (t *telemetry) traceOf(ctx context.Context) (traceparent, tracestate string) {
 	c := propagation.MapCarrier{}
 	t.prop.Inject(ctx, c)
-	return c["traceparent"]
+	return c["traceparent"], c["tracestate"]
 }
 
-// recordTrace returns ctx with the span context a record stored.
-func (t *telemetry) recordTrace(ctx context.Context, traceparent string) context.Context {
+// recordTrace returns ctx with the span context a record stored: its
+// traceparent and tracestate, which vendors' tracers rely on as much (a
+// sampling decision, a tenant) and which the spans after carry on.
+func (t *telemetry) recordTrace(ctx context.Context, traceparent, tracestate string) context.Context {
 	if traceparent == "" {
 		return ctx
 	}
-	return t.prop.Extract(ctx, propagation.MapCarrier{"traceparent": traceparent})
+	c := propagation.MapCarrier{"traceparent": traceparent}
+	if tracestate != "" {
+		c["tracestate"] = tracestate
+	}
+	return t.prop.Extract(ctx, c)
 }

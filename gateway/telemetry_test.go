@@ -104,3 +104,42 @@ func TestOneTraceFromSubmitToPush(t *testing.T) {
 		}
 	}
 }
+
+// TestPushSpanKeepsTracestate: the span of a pushed final event is a
+// child of the submission's span with its whole W3C trace context, the
+// caller's tracestate too, not only its traceparent.
+func TestPushSpanKeepsTracestate(t *testing.T) {
+	t.Parallel()
+	spans := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans))
+	defer tp.Shutdown(context.Background())
+	e := newEnv(t, gateway.Config{TracerProvider: tp})
+	e.respond("traced", rsvp.HandleOptions{}, echo)
+	const (
+		traceID = "4bf92f3577b34da6a3ce929d0e0e4736"
+		state   = "vendor=opaque-1,other=2"
+	)
+	id := e.submit("traced", map[string]string{"traceparent": "00-" + traceID + "-00f067aa0ba902b7-01", "tracestate": state}, "x")
+	s := openSSE(e, "/v1/requests/"+id+"/events", nil)
+	for ev := s.must(); ev.Type != "succeeded"; ev = s.must() {
+	}
+	s.close()
+	var push sdktrace.ReadOnlySpan
+	for _, sp := range spans.Ended() {
+		if sp.Name() == "rsvp.gateway.push" {
+			push = sp
+		}
+	}
+	if push == nil {
+		t.Fatal("no rsvp.gateway.push span")
+	}
+	if got := push.Parent().TraceID().String(); got != traceID {
+		t.Fatalf("the push span's parent is in trace %s, want the caller's %s", got, traceID)
+	}
+	if got := push.Parent().TraceState().String(); got != state {
+		t.Errorf("the push span's parent has tracestate %q, want the caller's %q", got, state)
+	}
+	if got := push.SpanContext().TraceState().String(); got != state {
+		t.Errorf("the push span has tracestate %q, want the caller's %q", got, state)
+	}
+}

@@ -79,11 +79,15 @@ type WebhookConfig struct {
 	// (RFC 1918, fc00::/7), link-local, unspecified ("this network",
 	// 0.0.0.0/8 and ::), shared (CGNAT, 100.64.0.0/10), multicast and
 	// broadcast ranges, including those ranges embedded in IPv4-mapped
-	// (::ffff:0:0/96) and well-known NAT64 (64:ff9b::/96) IPv6
-	// addresses, and the local-use NAT64 prefix 64:ff9b:1::/48 (RFC
-	// 8215), all of it: a NAT64 gateway translates its addresses to IPv4
-	// ones, private ones too, as its operator chose. Default false: such
-	// targets are refused.
+	// (::ffff:0:0/96), well-known NAT64 (64:ff9b::/96) and 6to4
+	// (2002::/16, the IPv4 address in bits 16 to 48) IPv6 addresses; and
+	// these, all of them: the local-use NAT64 prefix 64:ff9b:1::/48 (RFC
+	// 8215; a NAT64 gateway translates its addresses to IPv4 ones,
+	// private ones too, as its operator chose), Teredo (2001::/32; its
+	// packets go to a client's NAT, whatever lies behind it) and the
+	// deprecated IPv4-compatible addresses (::/96; an automatic tunnel
+	// sends to the IPv4 address in them). Default false: such targets are
+	// refused.
 	AllowPrivate bool
 	// Timeout bounds one delivery attempt: connecting, sending and reading
 	// the response headers and (up to 64 KiB of) body. Default 10s.
@@ -436,6 +440,11 @@ var (
 	}{
 		{netip.MustParsePrefix("::/128"), "an unspecified"},
 		{netip.MustParsePrefix("::1/128"), "a loopback"},
+		// Deprecated (RFC 4291, section 2.5.5.1) and used by no host, but
+		// an automatic tunnel (Linux's sit0) still sends to the IPv4
+		// address in the last 32 bits: ::127.0.0.1 is 127.0.0.1. After
+		// the two above, which keep their reasons.
+		{netip.MustParsePrefix("::/96"), "a deprecated IPv4-compatible (::/96)"},
 		{netip.MustParsePrefix("fc00::/7"), "a private (unique local)"},
 		{netip.MustParsePrefix("fe80::/10"), "a link-local"},
 		{netip.MustParsePrefix("ff00::/8"), "a multicast"},
@@ -443,19 +452,33 @@ var (
 		// the length of the prefix the local NAT64 uses within the /48
 		// (RFC 6052), which the sender cannot know.
 		{netip.MustParsePrefix("64:ff9b:1::/48"), "a local-use NAT64 (RFC 8215)"},
+		// A Teredo address holds its server's IPv4 address and, inverted,
+		// the client's public (NAT) address and port: a relay sends the
+		// packets to that NAT, and what lies behind it no address tells.
+		// No callback server lives on one.
+		{netip.MustParsePrefix("2001::/32"), "a Teredo (RFC 4380)"},
 	}
 	nat64Prefix = netip.MustParsePrefix("64:ff9b::/96")
+	// A 6to4 address (RFC 3056) holds in bits 16 to 48 the IPv4 address
+	// of the site's router, which a 6to4 relay sends the packets to.
+	sixToFourPrefix = netip.MustParsePrefix("2002::/16")
 )
 
 // forbiddenAddr returns why ip may not be a callback target ("a loopback",
-// ...) or "" if it may. IPv4 addresses embedded in IPv4-mapped and
-// well-known NAT64 (64:ff9b::/96) IPv6 addresses are judged as IPv4; the
-// local-use NAT64 prefix (64:ff9b:1::/48) is refused whole.
+// ...) or "" if it may. IPv4 addresses embedded in IPv4-mapped, well-known
+// NAT64 (64:ff9b::/96) and 6to4 (2002::/16) IPv6 addresses are judged as
+// IPv4; the local-use NAT64 prefix (64:ff9b:1::/48), Teredo (2001::/32)
+// and the deprecated IPv4-compatible addresses (::/96) are refused whole.
 func forbiddenAddr(ip netip.Addr) string {
 	ip = ip.WithZone("").Unmap()
-	if ip.Is6() && nat64Prefix.Contains(ip) {
+	if ip.Is6() {
 		b := ip.As16()
-		ip = netip.AddrFrom4([4]byte{b[12], b[13], b[14], b[15]})
+		switch {
+		case nat64Prefix.Contains(ip):
+			ip = netip.AddrFrom4([4]byte{b[12], b[13], b[14], b[15]})
+		case sixToFourPrefix.Contains(ip):
+			ip = netip.AddrFrom4([4]byte{b[2], b[3], b[4], b[5]})
+		}
 	}
 	if ip.Is4() {
 		for _, f := range forbiddenV4 {

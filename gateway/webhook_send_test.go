@@ -324,6 +324,20 @@ func TestWebhookCheckURLPrivateLiterals(t *testing.T) {
 		// is refused, with a public-looking IPv4 in the last 32 bits too.
 		{"http://[64:ff9b:1::a00:1]/hook", "local-use NAT64"},
 		{"http://[64:ff9b:1:ffff::5db8:d822]:8443/hook", "local-use NAT64"},
+		// 6to4 (2002::/16) is judged by the IPv4 address in its bits
+		// 16-48, which a 6to4 relay sends the packets to.
+		{"http://[2002:a00:1::1]/hook", "private"},
+		{"http://[2002:7f00:1::]/hook", "loopback"},
+		{"http://[2002:a9fe:a9fe:1::80]/hook", "link-local"},
+		// Teredo (2001::/32) is refused whole: its packets go to the
+		// client's NAT, whatever is behind it (RFC 4380's example address).
+		{"http://[2001:0:4136:e378:8000:63bf:3fff:fdd2]/hook", "Teredo"},
+		{"http://[2001::5db8:d822]/hook", "Teredo"},
+		// The deprecated IPv4-compatible addresses (::/96) are refused
+		// whole, with a public IPv4 address too.
+		{"http://[::a00:1]/hook", "IPv4-compatible"},
+		{"http://[::127.0.0.1]:8080/hook", "IPv4-compatible"},
+		{"http://[::5db8:d822]/hook", "IPv4-compatible"},
 	} {
 		err := deny.checkURL(tc.url)
 		if !errors.Is(err, errForbiddenTarget) || !strings.Contains(err.Error(), tc.reason) || !strings.HasPrefix(err.Error(), "callback URL host ") {
@@ -339,6 +353,7 @@ func TestWebhookCheckURLPrivateLiterals(t *testing.T) {
 		"https://93.184.216.34/hook",
 		"https://[2606:4700:4700::1111]:8443/hook?x=1#f",
 		"HTTPS://Example.COM/hook",
+		"https://[2002:5db8:d822::1]/hook", // 6to4 of a public address
 	} {
 		if err := deny.checkURL(ok); err != nil {
 			t.Errorf("checkURL(%q) = %v, want nil", ok, err)
@@ -396,6 +411,9 @@ func TestWebhookCheckDialAddress(t *testing.T) {
 		"[fe80::1%lo]:80", "[::ffff:10.0.0.1]:80", "[64:ff9b::7f00:1]:80", "224.0.0.1:80",
 		"255.255.255.255:80", "[ff02::1]:80", "not-an-address",
 		"[64:ff9b:1::a00:1]:80", "[64:ff9b:1:a00:1::]:80", "[64:ff9b:1::5db8:d822]:443",
+		"[2002:a00:1::1]:80", "[2002:7f00:1::1]:443", "[2002:a9fe:a9fe::]:80", "[2002:6440:1::1]:80",
+		"[2001:0:4136:e378:8000:63bf:3fff:fdd2]:80", "[2001::1]:443",
+		"[::a00:1]:80", "[::127.0.0.1]:80", "[::5db8:d822]:443",
 	} {
 		if err := checkDialAddress(addr); !errors.Is(err, errForbiddenTarget) {
 			t.Errorf("checkDialAddress(%q) = %v, want a refusal", addr, err)
@@ -403,12 +421,21 @@ func TestWebhookCheckDialAddress(t *testing.T) {
 	}
 	// The dialer's Control hook is checkDialAddress: a name that resolves
 	// to a local-use NAT64 address is refused before connecting.
-	if err := dialGuard("tcp6", "[64:ff9b:1::a00:1]:443", nil); !errors.Is(err, errForbiddenTarget) || !strings.Contains(err.Error(), "local-use NAT64") {
-		t.Errorf("dialGuard to a local-use NAT64 address = %v, want a refusal naming it", err)
+	for _, tc := range []struct{ addr, reason string }{
+		{"[64:ff9b:1::a00:1]:443", "local-use NAT64"},
+		{"[2002:a00:1::1]:443", "private"},
+		{"[2001:0:4136:e378:8000:63bf:3fff:fdd2]:443", "Teredo"},
+		{"[::7f00:1]:443", "IPv4-compatible"},
+	} {
+		if err := dialGuard("tcp6", tc.addr, nil); !errors.Is(err, errForbiddenTarget) || !strings.Contains(err.Error(), tc.reason) {
+			t.Errorf("dialGuard(%q) = %v, want a refusal naming %q", tc.addr, err, tc.reason)
+		}
 	}
 	for _, addr := range []string{
 		"93.184.216.34:443", "[2606:4700:4700::1111]:443", "172.32.0.1:80", "100.128.0.1:80",
 		"192.169.0.1:80", "[64:ff9b::5db8:d822]:443", "[64:ff9b:2::a00:1]:80", "[64:ff9a:1::a00:1]:80",
+		"[2002:5db8:d822::1]:443", "[2003:a00:1::1]:80", "[2001:1:4136:e378::1]:80", "[2001:4860:4860::8888]:443",
+		"[::1:0:a00:1]:80",
 	} {
 		if err := checkDialAddress(addr); err != nil {
 			t.Errorf("checkDialAddress(%q) = %v, want nil", addr, err)

@@ -95,6 +95,9 @@ func TestWebhookRefusesPrivateTargets(t *testing.T) {
 		{"http://127.0.0.1:9/x", "loopback"},
 		{"http://[64:ff9b::a00:1]/x", "private"},           // well-known NAT64: judged by its IPv4
 		{"http://[64:ff9b:1::a00:1]/x", "local-use NAT64"}, // RFC 8215: all of it
+		{"http://[2002:a00:1::1]/x", "private"},            // 6to4: judged by its IPv4
+		{"http://[2001:0:4136:e378:8000:63bf:3fff:fdd2]/x", "Teredo"},
+		{"http://[::a00:1]/x", "IPv4-compatible"},
 	} {
 		resp, data := e.do("POST", "/v1/queues/q/requests", map[string]string{"Callback-URL": tc.url}, "x")
 		if resp.StatusCode != 400 || !contains(decode(t, data)["detail"], tc.reason) {

@@ -80,14 +80,16 @@ type WebhookConfig struct {
 	// 0.0.0.0/8 and ::), shared (CGNAT, 100.64.0.0/10), multicast and
 	// broadcast ranges, including those ranges embedded in IPv4-mapped
 	// (::ffff:0:0/96), well-known NAT64 (64:ff9b::/96) and 6to4
-	// (2002::/16, the IPv4 address in bits 16 to 48) IPv6 addresses; and
-	// these, all of them: the local-use NAT64 prefix 64:ff9b:1::/48 (RFC
+	// (2002::/16, the IPv4 address in bits 16 to 48) IPv6 addresses; the
+	// special-purpose IPv4 ranges 192.0.0.0/24, 192.88.99.0/24,
+	// 198.18.0.0/15 and 240.0.0.0/4, the deprecated site-local fec0::/10;
+	// and these, all of them: the local-use NAT64 prefix 64:ff9b:1::/48 (RFC
 	// 8215; a NAT64 gateway translates its addresses to IPv4 ones,
 	// private ones too, as its operator chose), Teredo (2001::/32; its
 	// packets go to a client's NAT, whatever lies behind it) and the
 	// deprecated IPv4-compatible addresses (::/96; an automatic tunnel
-	// sends to the IPv4 address in them). Default false: such targets are
-	// refused.
+	// sends to the IPv4 address in them), and IPv4-translated ones
+	// (::ffff:0:0:0/96). Default false: such targets are refused.
 	AllowPrivate bool
 	// Timeout bounds one delivery attempt: connecting, sending and reading
 	// the response headers and (up to 64 KiB of) body. Default 10s.
@@ -433,6 +435,13 @@ var (
 		{netip.MustParsePrefix("192.168.0.0/16"), "a private"},
 		{netip.MustParsePrefix("224.0.0.0/4"), "a multicast"},
 		{netip.MustParsePrefix("255.255.255.255/32"), "the broadcast"},
+		// Special-purpose ranges (RFC 6890) that networks use inside and
+		// no callback lives on. After the broadcast, which keeps its
+		// reason.
+		{netip.MustParsePrefix("192.0.0.0/24"), "an IETF protocol assignments"},
+		{netip.MustParsePrefix("192.88.99.0/24"), "a deprecated 6to4 relay anycast"},
+		{netip.MustParsePrefix("198.18.0.0/15"), "a benchmarking"},
+		{netip.MustParsePrefix("240.0.0.0/4"), "a reserved"},
 	}
 	forbiddenV6 = []struct {
 		prefix netip.Prefix
@@ -445,7 +454,12 @@ var (
 		// address in the last 32 bits: ::127.0.0.1 is 127.0.0.1. After
 		// the two above, which keep their reasons.
 		{netip.MustParsePrefix("::/96"), "a deprecated IPv4-compatible (::/96)"},
+		// SIIT's IPv4-translated addresses (RFC 2765): a translator maps
+		// them to the IPv4 address in their last 32 bits, which networks
+		// choose.
+		{netip.MustParsePrefix("::ffff:0:0:0/96"), "an IPv4-translated (::ffff:0:0:0/96)"},
 		{netip.MustParsePrefix("fc00::/7"), "a private (unique local)"},
+		{netip.MustParsePrefix("fec0::/10"), "a deprecated site-local"},
 		{netip.MustParsePrefix("fe80::/10"), "a link-local"},
 		{netip.MustParsePrefix("ff00::/8"), "a multicast"},
 		// Where its IPv4 address sits, and so which one it is, depends on

@@ -338,6 +338,20 @@ func TestWebhookCheckURLPrivateLiterals(t *testing.T) {
 		{"http://[::a00:1]/hook", "IPv4-compatible"},
 		{"http://[::127.0.0.1]:8080/hook", "IPv4-compatible"},
 		{"http://[::5db8:d822]/hook", "IPv4-compatible"},
+		// Special-purpose IPv4 ranges no callback lives on, which networks
+		// use inside (RFC 6890): IETF assignments, benchmarking, the
+		// deprecated 6to4 relay anycast, and the reserved 240/4.
+		{"http://192.0.0.170/hook", "IETF protocol assignments"},
+		{"http://198.18.0.1/hook", "benchmarking"},
+		{"http://198.19.255.254/hook", "benchmarking"},
+		{"http://192.88.99.1/hook", "6to4 relay"},
+		{"http://240.0.0.1/hook", "reserved"},
+		{"http://[::ffff:198.18.0.1]/hook", "benchmarking"},
+		// The deprecated site-local IPv6 range, and SIIT's IPv4-translated
+		// addresses, refused whole.
+		{"http://[fec0::1]/hook", "site-local"},
+		{"http://[::ffff:0:a00:1]/hook", "IPv4-translated"},
+		{"http://[::ffff:0:5db8:d822]/hook", "IPv4-translated"},
 	} {
 		err := deny.checkURL(tc.url)
 		if !errors.Is(err, errForbiddenTarget) || !strings.Contains(err.Error(), tc.reason) || !strings.HasPrefix(err.Error(), "callback URL host ") {

@@ -7,11 +7,15 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/rsvp-go/rsvp"
 	"github.com/rsvp-go/rsvp/backend/rsvpnats"
@@ -141,5 +145,84 @@ func TestPushSpanKeepsTracestate(t *testing.T) {
 	}
 	if got := push.SpanContext().TraceState().String(); got != state {
 		t.Errorf("the push span has tracestate %q, want the caller's %q", got, state)
+	}
+}
+
+// TestWebhookTraced: a webhook delivery is in the trace of its submission,
+// as pushes on streams are: a span per attempt (rsvp.gateway.webhook, a
+// client span, a child of the submission's span, with the attempt and the
+// callback's status), and the POST carries that span's traceparent and the
+// caller's tracestate, so the receiver can go on with the trace.
+func TestWebhookTraced(t *testing.T) {
+	t.Parallel()
+	spans := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans))
+	defer tp.Shutdown(context.Background())
+	type delivery struct{ traceparent, tracestate string }
+	got := make(chan delivery, 2)
+	var posts atomic.Int32
+	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got <- delivery{r.Header.Get("traceparent"), r.Header.Get("tracestate")}
+		if posts.Add(1) == 1 {
+			w.WriteHeader(http.StatusServiceUnavailable) // the first attempt fails
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	defer hook.Close()
+	e := newEnv(t, gateway.Config{TracerProvider: tp,
+		Webhooks: gateway.WebhookConfig{Secrets: []string{gateway.NewTestSecret(t)}, AllowPrivate: true}})
+	e.respond("traced", rsvp.HandleOptions{}, echo)
+	const (
+		traceID = "4bf92f3577b34da6a3ce929d0e0e4736"
+		state   = "vendor=opaque-1"
+	)
+	e.submit("traced", map[string]string{"traceparent": "00-" + traceID + "-00f067aa0ba902b7-01", "tracestate": state,
+		"Callback-URL": hook.URL + "/done"}, "x")
+	var deliveries []delivery
+	for range 2 {
+		select {
+		case d := <-got:
+			deliveries = append(deliveries, d)
+		case <-time.After(30 * time.Second):
+			t.Fatalf("%d webhook deliveries within 30s, want 2", len(deliveries))
+		}
+	}
+	// The span of an attempt ends after its POST was answered.
+	var hooks []sdktrace.ReadOnlySpan
+	for deadline := time.Now().Add(10 * time.Second); len(hooks) < 2 && time.Now().Before(deadline); {
+		hooks = hooks[:0]
+		for _, sp := range spans.Ended() {
+			if sp.Name() == "rsvp.gateway.webhook" {
+				hooks = append(hooks, sp)
+			}
+		}
+		if len(hooks) < 2 {
+			time.Sleep(10 * time.Millisecond) // poll interval
+		}
+	}
+	if len(hooks) != 2 {
+		t.Fatalf("%d rsvp.gateway.webhook spans, want one per attempt (2)", len(hooks))
+	}
+	for i, sp := range hooks {
+		if sp.SpanKind() != trace.SpanKindClient || sp.Parent().TraceID().String() != traceID {
+			t.Errorf("attempt %d: span kind %v in trace %s, want a client span in the caller's trace %s", i+1, sp.SpanKind(), sp.Parent().TraceID(), traceID)
+		}
+		attrs := attribute.NewSet(sp.Attributes()...)
+		if v, _ := attrs.Value("rsvp.webhook.attempt"); v.AsInt64() != int64(i+1) {
+			t.Errorf("attempt %d: rsvp.webhook.attempt %v", i+1, v.Emit())
+		}
+		want := []int64{http.StatusServiceUnavailable, http.StatusNoContent}[i]
+		if v, _ := attrs.Value("http.response.status_code"); v.AsInt64() != want {
+			t.Errorf("attempt %d: http.response.status_code %v, want %d", i+1, v.Emit(), want)
+		}
+		sc := sp.SpanContext()
+		wantParent := "00-" + traceID + "-" + sc.SpanID().String() + "-01"
+		if d := deliveries[i]; d.traceparent != wantParent || d.tracestate != state {
+			t.Errorf("attempt %d: POST with traceparent %q, tracestate %q; want %q (its span) and %q", i+1, d.traceparent, d.tracestate, wantParent, state)
+		}
+	}
+	if hooks[0].Status().Code != codes.Error || hooks[1].Status().Code == codes.Error {
+		t.Errorf("span statuses %v, %v: want the failed attempt's an error, the delivered one's not", hooks[0].Status(), hooks[1].Status())
 	}
 }

@@ -6,10 +6,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"go.opentelemetry.io/otel/attribute"
-	"go.opentelemetry.io/otel/metric"
 	"mime"
 	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/rsvp-go/rsvp"
 	"github.com/rsvp-go/rsvp/backend"
@@ -196,13 +199,23 @@ func (g *Gateway) deliverWebhook(ctx context.Context, m *rsvp.Message) (*rsvp.Re
 	if err != nil {
 		return nil, rsvp.Permanent(err)
 	}
-	status, sendErr := g.hooks.send(ctx, rec.Callback, id, body)
+	// Each attempt has a span in the submission's trace, as a push on a
+	// stream has, and the POST carries it on to the receiver.
+	sctx, span := g.tel.tracer.Start(g.tel.recordTrace(ctx, rec.Trace, rec.TraceState), "rsvp.gateway.webhook",
+		trace.WithSpanKind(trace.SpanKindClient), trace.WithAttributes(attribute.String("rsvp.correlation_id", id),
+			attribute.Int("rsvp.webhook.attempt", n+1)))
+	status, sendErr := g.hooks.send(sctx, rec.Callback, id, body)
 	at := WebhookAttempt{Attempt: n + 1, At: time.Now().UTC(), Delivered: sendErr == nil, Status: status}
+	if status != 0 {
+		span.SetAttributes(attribute.Int("http.response.status_code", status))
+	}
 	if sendErr != nil {
 		// The tenant's words, without addresses or the URL; the log below
 		// has sendErr itself.
 		at.Error = webhookFailure(status, sendErr, g.cfg.Webhooks.Timeout)
+		span.SetStatus(codes.Error, at.Error)
 	}
+	span.End()
 	data, _ := json.Marshal(map[string]any{"attempt": at.Attempt, "delivered": at.Delivered, "status": at.Status, "error": at.Error})
 	if err := g.b.AppendEvent(ctx, &backend.Event{CorrelationID: id, Channel: scopedChannel(rec.Tenant, rec.Channel), Type: backend.EventWebhook, At: at.At, Data: data}); err != nil {
 		g.log.Warn("gateway: recording a webhook attempt failed", "queue", rec.Queue, "id", id, "correlation_id", id, "err", err)

@@ -38,6 +38,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"go.opentelemetry.io/otel/propagation"
 )
 
 // Defaults for the zero values of WebhookConfig fields.
@@ -279,6 +281,9 @@ func (s *webhookSender) send(ctx context.Context, callbackURL, msgID string, bod
 	req.Header.Set("webhook-id", msgID)
 	req.Header.Set("webhook-timestamp", strconv.FormatInt(ts, 10))
 	req.Header.Set("webhook-signature", strings.Join(sigs, " "))
+	// The trace context of ctx (the delivery's span), unsigned as the
+	// other transport headers are, for the receiver to go on with the trace.
+	propagation.TraceContext{}.Inject(ctx, propagation.HeaderCarrier(req.Header))
 
 	resp, err := s.client.Do(req)
 	if err != nil {

@@ -516,6 +516,18 @@ func (l *Lease) Expires() time.Time {
 // the request that is dead-lettered and replayed.
 func (l *Lease) Message() *Message { return l.msg }
 
+// TraceContext returns the W3C trace context (traceparent, tracestate) of
+// the attempt's span, rsvp.handle, for the spans of the work done under
+// the lease to be its children, as a Handler's ctx makes them. With no
+// tracer (the default no-op provider) it is the request's own, or empty.
+func (l *Lease) TraceContext() (traceparent, tracestate string) {
+	putTraceContext(l.a.ctx, &traceparent, &tracestate)
+	if traceparent == "" {
+		traceparent, tracestate = l.msg.TraceParent, l.msg.TraceState
+	}
+	return traceparent, tracestate
+}
+
 // Duration is how long the lease lasts after it was taken or last
 // extended: HandleOptions.Lease.
 func (l *Lease) Duration() time.Duration { return l.s.opts.Lease }

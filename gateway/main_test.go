@@ -55,7 +55,8 @@ func newEnvOn(t *testing.T, b *rsvpnats.Backend, cfg gateway.Config) *env {
 func newEnvWith(t *testing.T, b backend.Backend, cfg gateway.Config, workflows func(c *rsvp.Client) (*workflow.Engine, error)) *env {
 	t.Helper()
 	ctx := context.Background()
-	c, err := rsvp.New(ctx, b, rsvp.Config{RecheckInterval: 200 * time.Millisecond})
+	// The client traces with the gateway's provider, as rsvp serve's does.
+	c, err := rsvp.New(ctx, b, rsvp.Config{RecheckInterval: 200 * time.Millisecond, TracerProvider: cfg.TracerProvider})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -50,7 +50,8 @@ type Lease struct {
 	Deadline      time.Time         `json:"deadline,omitzero"`
 	SessionKey    string            `json:"session_key,omitempty"`
 	// TraceParent and TraceState are the W3C trace context of the
-	// requester's span, if any, for the worker's spans to continue.
+	// attempt's span (rsvp.handle, in the requester's trace), if any, for
+	// the worker's spans to be its children.
 	TraceParent string `json:"traceparent,omitempty"`
 	TraceState  string `json:"tracestate,omitempty"`
 	// ExpiresAt is when the lease runs out unless extended: the request is
@@ -523,9 +524,10 @@ func (g *Gateway) lease(w http.ResponseWriter, r *http.Request) {
 			if hdr == nil {
 				hdr = map[string]string{}
 			}
+			tp, ts := l.TraceContext()
 			out = append(out, Lease{Lease: e.id, ID: m.ID, CorrelationID: m.CorrelationID, Queue: m.Queue, Type: m.Type,
 				Attempt: m.Attempt, ContentType: m.ContentType, Headers: hdr, Body: m.Body, CreatedAt: m.CreatedAt.UTC(),
-				Deadline: m.Deadline.UTC(), SessionKey: m.SessionKey, TraceParent: m.TraceParent, TraceState: m.TraceState,
+				Deadline: m.Deadline.UTC(), SessionKey: m.SessionKey, TraceParent: tp, TraceState: ts,
 				ExpiresAt: e.expires.UTC()})
 		}
 		if err == nil {

@@ -11,6 +11,9 @@ import (
 	"testing"
 	"time"
 
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+
 	"github.com/rsvp-go/rsvp"
 	"github.com/rsvp-go/rsvp/backend"
 	"github.com/rsvp-go/rsvp/backend/rsvpnats"
@@ -413,16 +416,33 @@ func TestWorkerLeaseIsPerGateway(t *testing.T) {
 }
 
 // TestWorkerLeaseCarriesTrace: an HTTP worker gets the W3C trace context of
-// the request in its lease, to continue the caller's trace, and not among
-// the application headers.
+// its attempt's span (rsvp.handle, in the caller's trace) in its lease, so
+// that its own spans are the attempt's children, and not among the
+// application headers.
 func TestWorkerLeaseCarriesTrace(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t, gateway.Config{})
+	spans := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans))
+	defer tp.Shutdown(context.Background())
+	e := newEnv(t, gateway.Config{TracerProvider: tp})
 	const caller = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
-	e.workerSubmit("traced", map[string]string{"traceparent": caller, "X-Tenant": "acme"}, "x")
+	e.workerSubmit("traced", map[string]string{"traceparent": caller, "tracestate": "vendor=1", "X-Tenant": "acme"}, "x")
 	l := e.workerLease("traced", "", nil)
-	if len(l.TraceParent) != 55 || l.TraceParent[3:35] != caller[3:35] || l.Headers["traceparent"] != "" {
-		t.Fatalf("lease traceparent %q, headers %v; want the caller's trace %s", l.TraceParent, l.Headers, caller[3:35])
+	if len(l.TraceParent) != 55 || l.TraceParent[3:35] != caller[3:35] || l.TraceState != "vendor=1" || l.Headers["traceparent"] != "" {
+		t.Fatalf("lease traceparent %q, tracestate %q, headers %v; want the caller's trace %s and tracestate", l.TraceParent, l.TraceState, l.Headers, caller[3:35])
+	}
+	e.workerSettle(l.Lease, "reply", nil, "ok", http.StatusNoContent)
+	var handle sdktrace.ReadOnlySpan
+	for _, sp := range spans.Ended() {
+		if sp.Name() == "rsvp.handle traced" {
+			handle = sp
+		}
+	}
+	if handle == nil {
+		t.Fatal("no rsvp.handle span once the lease was settled")
+	}
+	if got, want := l.TraceParent[36:52], handle.SpanContext().SpanID().String(); got != want {
+		t.Errorf("the lease's traceparent names span %s, want the attempt's span %s (rsvp.handle), whose children the worker's spans are", got, want)
 	}
 }
 

@@ -70,7 +70,9 @@ func (l *Lease) PrepareReply(ctx context.Context, reply *Reply) (*Reply, error) 
 //     event of a tracked request, metrics) and touches the backend no more.
 //   - backend.ErrReplyExists: nothing committed because the request was
 //     answered already (cancelled, most likely): that reply stands and the
-//     request is acknowledged.
+//     request is acknowledged; if that reply is an expiry (its deadline
+//     passed while the handler ran) and reply succeeded, the request is
+//     also dead-lettered as expired, as a Handler's late success is.
 //   - backend.ErrTooLarge: nothing committed; the request fails, as Reply
 //     fails it.
 //   - backend.ErrBadAddress: nothing committed; the request is
@@ -116,6 +118,14 @@ func (l *Lease) SettleWith(ctx context.Context, reply *Reply, commit func() erro
 			log.Error("rsvp: reading the stored reply failed; the request will be settled again", "err", err)
 			_ = d.Nack(ctx, r.opts.Backoff(m.Attempt))
 			outcome = outcomeRetry
+			break
+		}
+		if stored.Status == backend.StatusExpired && reply != nil && reply.Status == backend.StatusSucceeded {
+			// The handler succeeded after the deadline, too late: the
+			// request ended expired, and is dead-lettered so, as finish
+			// does for a Handler's late success.
+			r.fail(ctx, d, CodeExpired, "deadline passed while handling: the handler succeeded after the request had expired", log)
+			outcome = outcomeExpired
 			break
 		}
 		if stored.Status == backend.StatusCancelled {

@@ -694,3 +694,51 @@ func TestHandleTxLeavesWritesTheirConnections(t *testing.T) {
 		}
 	}
 }
+
+// TestHandleTxSucceededLateIsDeadLettered: a HandleTx handler that succeeds
+// after its request's expiry task stored the expired reply ends as a
+// Handle responder's does: the expired reply stands, its writes are rolled
+// back, and the request, which ended expired, is dead-lettered as expired.
+func TestHandleTxSucceededLateIsDeadLettered(t *testing.T) {
+	t.Parallel()
+	s := newSetup(t)
+	c := newClient(t, s)
+	table := ordersTable(t, s)
+	q := uniq("q")
+	expired := make(chan struct{})
+	handleTx(t, c, q, func(ctx context.Context, tx pgx.Tx, m *rsvp.Message) (*rsvp.Reply, error) {
+		<-expired // past the deadline, ignoring its context
+		if err := placeOrder(context.Background(), tx, table, m); err != nil {
+			return nil, err
+		}
+		return &rsvp.Reply{Body: []byte("late")}, nil
+	}, rsvp.HandleOptions{})
+	tk, err := c.Send(s.ctx, q, &rsvp.Message{Body: []byte("late-order"), Deadline: time.Now().Add(300 * time.Millisecond)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Await(s.ctx, tk.CorrelationID); !errors.Is(err, rsvp.ErrExpired) {
+		t.Fatalf("Await: %v, want ErrExpired from the expiry task", err)
+	}
+	close(expired)
+	var dls []*backend.DeadLetter
+	for deadline := time.Now().Add(10 * time.Second); len(dls) == 0; {
+		if dls, err = s.b.DeadLetters(s.ctx, backend.DeadLetterQuery{Queue: q}); err != nil {
+			t.Fatal(err)
+		}
+		if len(dls) == 0 && time.Now().After(deadline) {
+			t.Fatalf("no dead letter of %s within 10s after its handler succeeded past its deadline, "+
+				"want one with reason expired as a Handle responder stores", tk.CorrelationID)
+		}
+		time.Sleep(20 * time.Millisecond) // polling a condition, with a deadline
+	}
+	if dl := dls[0]; dl.Reason != rsvp.CodeExpired || dl.Message.CorrelationID != tk.CorrelationID || !strings.Contains(dl.LastError, "succeeded after") {
+		t.Fatalf("dead letter %s of %s (%q), want reason expired for %s, the handler's late success", dl.Reason, dl.Message.CorrelationID, dl.LastError, tk.CorrelationID)
+	}
+	if _, err := c.Await(s.ctx, tk.CorrelationID); !errors.Is(err, rsvp.ErrExpired) {
+		t.Fatalf("Await after the late success: %v, want ErrExpired", err)
+	}
+	if n := countRows(t, s, "SELECT count(*) FROM "+table); n != 0 {
+		t.Fatalf("%d orders written, want the late handler's write rolled back", n)
+	}
+}

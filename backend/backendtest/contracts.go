@@ -118,6 +118,66 @@ var contractCases = []testCase{
 		}
 		_ = c1.Close() // safe twice
 	}},
+	{name: "ClosedConsumerKeepsNothing", run: func(t *testing.T, open Opener, f Features) {
+		// A consumer closed while Next calls that gave up (a responder
+		// stopping: its workers' ctx cancelled) may still have their pulls
+		// waiting at the engine: a message stored just before Close goes
+		// at once to another consumer, not leased to the closed one until
+		// its lease runs out. The race is narrow; each round is one try.
+		b := opened(t, open)
+		const rounds, workers, lease = 20, 4, time.Minute
+		in, _ := b.(backend.Inspector)
+		queues := make([]string, rounds)
+		for i := range queues {
+			q := uniq("q")
+			queues[i] = q
+			c1, err := b.Consume(ctxFor(t, 10*time.Second), q, backend.ConsumeParams{Lease: lease})
+			if err != nil {
+				t.Fatal(err)
+			}
+			gaveUp, giveUp := context.WithCancel(context.Background())
+			done := make(chan error, workers)
+			for range workers {
+				go func() {
+					_, err := c1.Next(gaveUp)
+					done <- err
+				}()
+			}
+			if in != nil {
+				eventually(t, "the Next calls waiting at the engine", func() bool {
+					st, _ := queueStats(t, in, q)
+					return st.Waiting == -1 || st.Waiting >= workers
+				})
+			}
+			giveUp()
+			for range workers {
+				if err := <-done; !errors.Is(err, context.Canceled) {
+					t.Fatalf("Next given up: %v, want context.Canceled", err)
+				}
+			}
+			mustEnqueue(t, b, newMsg(b, q))
+			if err := c1.Close(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		var lost []string
+		within := ctxFor(t, 5*time.Second) // for all: far less than the lease
+		for _, q := range queues {
+			c2 := consume(t, b, q, backend.ConsumeParams{Lease: lease})
+			d, err := c2.Next(within)
+			if err != nil {
+				lost = append(lost, q)
+				continue
+			}
+			if err := d.Ack(ctxFor(t, 5*time.Second)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if len(lost) > 0 {
+			t.Fatalf("%d of %d messages stored just before their consumer closed were not delivered to another within 5s "+
+				"(lease %s): leased to the closed consumer (queues %v)", len(lost), rounds, lease, lost)
+		}
+	}},
 	{name: "NextLeasesOnlyWhatItTakes", run: func(t *testing.T, open Opener, f Features) {
 		// A message is leased when Next takes it, not before: what a
 		// consumer did not take goes at once to another, at attempt 1. A

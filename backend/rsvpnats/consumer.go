@@ -62,12 +62,15 @@ func (b *Backend) Consume(ctx context.Context, queue string, p backend.ConsumePa
 	}
 	c.inbox = nats.NewInbox()
 	sub, err := b.nc.Subscribe(c.inbox, func(m *nats.Msg) {
-		select {
-		case c.msgs <- arrived{m, time.Now()}:
-		case <-c.ctx.Done():
-			if m.Reply != "" {
-				_ = m.Nak() // pulled for a worker that is gone
+		if c.ctx.Err() == nil {
+			select {
+			case c.msgs <- arrived{m, time.Now()}:
+				return
+			case <-c.ctx.Done():
 			}
+		}
+		if m.Reply != "" {
+			_ = m.Nak() // pulled for a worker that is gone
 		}
 	})
 	if err != nil {
@@ -273,7 +276,7 @@ func (c *consumer) Close() error {
 		// Unsubscribe first: a pull of this consumer still waiting at the
 		// server then has no interest, and what is handed back below goes
 		// to another consumer, not to it.
-		_ = c.sub.Unsubscribe()
+		c.unsubscribe()
 		c.ses.release()
 		for {
 			select {
@@ -287,6 +290,30 @@ func (c *consumer) Close() error {
 		}
 	})
 	return nil
+}
+
+// unsubscribe ends the consumer's inbox subscription once every message
+// the server sent to it before it learnt of the end has been through the
+// subscription's handler, which hands it back (the consumer is closed):
+// pulls of workers that left may still be waiting at the server, and a
+// message it sent them just before would otherwise be dropped on arrival,
+// or from the subscription's pending messages, and wait out its lease
+// there, holding up its session. It drains the subscription, waiting at
+// most the backend's Timeout.
+func (c *consumer) unsubscribe() {
+	closed := c.sub.StatusChanged(nats.SubscriptionClosed)
+	if err := c.sub.Drain(); err != nil {
+		_ = c.sub.Unsubscribe()
+		return
+	}
+	timeout := time.NewTimer(c.b.opts.Timeout)
+	defer timeout.Stop()
+	select {
+	case <-closed:
+	case <-timeout.C:
+		_ = c.sub.Unsubscribe()
+	case <-c.b.done:
+	}
 }
 
 // reject takes a request that no handler could read out of the queue: it

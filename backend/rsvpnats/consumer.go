@@ -127,6 +127,13 @@ func (c *consumer) Next(ctx context.Context) (backend.Delivery, error) {
 			// Unless the engine confirms that in time, the request may be
 			// with another worker by now: it is left to come back.
 			if err := d.renew(ctx); err != nil {
+				if ctx.Err() != nil && !errors.Is(err, ErrLeaseLost) {
+					// The caller left (a responder stopping), not the lease:
+					// it is held again, for another worker, or for Close
+					// to hand back, rather than left to its lease.
+					c.ses.keep(d)
+					return nil, ctx.Err()
+				}
 				c.log.Warn("rsvpnats: a held session request's lease could not be renewed; it comes back", "id", d.msg.ID, "err", err)
 				c.ses.settled(d, false)
 				continue

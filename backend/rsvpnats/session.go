@@ -332,6 +332,23 @@ func (ss *sessions) settled(d *delivery, acked bool) {
 	ss.queue(s)
 }
 
+// keep holds d again, which a worker took (promote) but did not start:
+// its Next call ended before the renewal that starts its lease afresh was
+// confirmed. Its lease is as it was while held. If the consumer closed
+// meanwhile, d is handed back.
+func (ss *sessions) keep(d *delivery) {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if s := ss.keys[d.msg.SessionKey]; s != nil && s.out == d {
+		s.out = nil
+	}
+	if ss.closed {
+		ss.handBackUnlocked(d, "the consumer closed")
+		return
+	}
+	ss.hold(ss.session(d.msg.SessionKey), d)
+}
+
 // extended is told that d's lease was renewed.
 func (ss *sessions) extended(d *delivery) {
 	ss.mu.Lock()

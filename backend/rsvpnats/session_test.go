@@ -3,7 +3,10 @@ package rsvpnats_test
 import (
 	"context"
 	"encoding/base64"
+	"errors"
+	"fmt"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -208,5 +211,83 @@ func TestSessionHeldLeaseNeedsConfirmedRenewals(t *testing.T) {
 	if r := <-got; r.err == nil {
 		t.Fatalf("%s (attempt %d) was handed to a worker of the consumer that was cut off, while another consumer had it",
 			r.d.Message().ID, r.d.Message().Attempt)
+	}
+}
+
+// A worker's Next that takes a held session request whose turn came, and
+// ends (its responder stopping) while the renewal that starts the
+// request's lease afresh is under way, leaves the request held, so that
+// the consumer hands it back when it closes: another consumer gets it at
+// once, not after its lease, and its session does not wait that long.
+func TestSessionTurnTakenAsWorkerLeavesGoesBack(t *testing.T) {
+	url := natstest.Start(t)
+	renewing, release := make(chan struct{}), make(chan struct{})
+	var armed atomic.Bool
+	p := tcpproxy.Start(t, strings.TrimPrefix(url, "nats://"), func() tcpproxy.Watcher {
+		return func(toServer bool, chunk []byte) bool {
+			if toServer && armed.Load() && strings.Contains(string(chunk), "+WPI") && armed.CompareAndSwap(true, false) {
+				close(renewing)
+				<-release // the renewal waits at the proxy
+			}
+			return false
+		}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	open := func(url string) *rsvpnats.Backend {
+		b, err := rsvpnats.Connect(ctx, url, rsvpnats.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { b.Close() })
+		return b
+	}
+	proxied, other := open("nats://"+p.Addr()), open(url)
+	t.Cleanup(func() {
+		select {
+		case <-release:
+		default:
+			close(release)
+		}
+	})
+	sessionEnqueue(t, ctx, other, "q", "h1", "k")
+	sessionEnqueue(t, ctx, other, "q", "h2", "k")
+	const lease = 30 * time.Second
+	held := sessionConsume(t, ctx, proxied, "q", lease)
+	d1, err := nextWithin(held, 5*time.Second)
+	if err != nil || d1.Message().ID != "h1" {
+		t.Fatalf("first: %v, %v", d1, err)
+	}
+	if d, err := nextWithin(held, 300*time.Millisecond); err == nil { // pulls h2 and holds it
+		t.Fatalf("h2 was handed out before its turn: %s", d.Message().ID)
+	}
+	if err := d1.Ack(ctx); err != nil { // h2's turn
+		t.Fatal(err)
+	}
+	armed.Store(true)
+	worker, leave := context.WithCancel(ctx)
+	defer leave()
+	got := make(chan error, 1)
+	go func() {
+		d, err := held.Next(worker)
+		if err == nil {
+			err = fmt.Errorf("got %s", d.Message().ID)
+		}
+		got <- err
+	}()
+	select {
+	case <-renewing:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the worker did not take h2 for its turn within 10s")
+	}
+	leave() // the responder stops
+	if err := <-got; !errors.Is(err, context.Canceled) {
+		t.Fatalf("Next that left while taking h2: %v, want context.Canceled", err)
+	}
+	close(release)
+	held.Close()
+	d, err := nextWithin(sessionConsume(t, ctx, other, "q", lease), 5*time.Second)
+	if err != nil || d.Message().ID != "h2" {
+		t.Fatalf("other consumer after the first closed: %v, %v; want h2 at once (its lease is %s)", d, err, lease)
 	}
 }

@@ -68,12 +68,18 @@ func rawBackend(t *testing.T) backend.Backend {
 // if start, and stopped with the test.
 func engineOn(t *testing.T, b backend.Backend, queue string, start bool, register func(*workflow.Engine)) *workflow.Engine {
 	t.Helper()
+	return engineWith(t, b, workflow.Config{Queue: queue, SweepInterval: 500 * time.Millisecond}, start, register)
+}
+
+// engineWith is engineOn with the engine's configuration cfg.
+func engineWith(t *testing.T, b backend.Backend, cfg workflow.Config, start bool, register func(*workflow.Engine)) *workflow.Engine {
+	t.Helper()
 	ctx := context.Background()
 	c, err := rsvp.New(ctx, b, rsvp.Config{RecheckInterval: 200 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
-	e, err := workflow.New(c, workflow.Config{Queue: queue, SweepInterval: 500 * time.Millisecond})
+	e, err := workflow.New(c, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -319,22 +325,26 @@ func (f *failingBackend) AppendEvent(ctx context.Context, ev *backend.Event) err
 	return f.Backend.AppendEvent(ctx, ev)
 }
 
+// registerParentAndKid registers "par", which calls the sub-workflow
+// "kid" and returns what it said, and "kid", which returns the data of
+// its event "go".
+func registerParentAndKid(e *workflow.Engine) {
+	_ = workflow.Register(e, "kid", func(ctx workflow.Context, _ int) (string, error) {
+		return workflow.WaitForEvent[string](ctx, "go", 0)
+	})
+	_ = workflow.Register(e, "par", func(ctx workflow.Context, _ int) (string, error) {
+		out, err := workflow.CallWorkflow[string](ctx, "kid", 0).Get(ctx)
+		return "child said: " + out, err
+	})
+}
+
 // A sub-workflow that finished but could not tell its parent (the write
 // failed, or the process died after the final record) is found by the
 // sweep, which tells the parent.
 func TestSweepTellsParentOfFinishedChild(t *testing.T) {
 	raw := rawBackend(t)
-	reg := func(e *workflow.Engine) {
-		_ = workflow.Register(e, "kid", func(ctx workflow.Context, _ int) (string, error) {
-			return workflow.WaitForEvent[string](ctx, "go", 0)
-		})
-		_ = workflow.Register(e, "par", func(ctx workflow.Context, _ int) (string, error) {
-			out, err := workflow.CallWorkflow[string](ctx, "kid", 0).Get(ctx)
-			return "child said: " + out, err
-		})
-	}
 	failing := &failingBackend{Backend: raw, kind: "wf.result", instance: "p1", failed: make(chan struct{})}
-	a := engineOn(t, failing, "wf-a", true, reg)
+	a := engineOn(t, failing, "wf-a", true, registerParentAndKid)
 	ctx := ctxT(t, 20*time.Second)
 
 	must[*workflow.Status](t)(a.StartInstance(ctx, "par", 0, workflow.StartOptions{ID: "p1"}))
@@ -527,37 +537,9 @@ func TestTerminateDoesNotWaitForARunHere(t *testing.T) {
 func TestPurgeTellsParentOfFinishedChild(t *testing.T) {
 	raw := rawBackend(t)
 	ctx := ctxT(t, 20*time.Second)
-	c, err := rsvp.New(ctx, raw, rsvp.Config{RecheckInterval: 200 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
 	failing := &failingBackend{Backend: raw, kind: "wf.result", instance: "p1", failed: make(chan struct{})}
-	fc, err := rsvp.New(ctx, failing, rsvp.Config{RecheckInterval: 200 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
 	// No sweep within the test: only Purge can tell the parent.
-	a, err := workflow.New(fc, workflow.Config{Queue: "wf-a", SweepInterval: time.Hour})
-	if err != nil {
-		t.Fatal(err)
-	}
-	_ = workflow.Register(a, "kid", func(ctx workflow.Context, _ int) (string, error) {
-		return workflow.WaitForEvent[string](ctx, "go", 0)
-	})
-	_ = workflow.Register(a, "par", func(ctx workflow.Context, _ int) (string, error) {
-		out, err := workflow.CallWorkflow[string](ctx, "kid", 0).Get(ctx)
-		return "child said: " + out, err
-	})
-	if err := a.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		_ = a.Stop(ctx)
-		_ = fc.Close(ctx)
-		_ = c.Close(ctx)
-	})
+	a := engineWith(t, failing, workflow.Config{Queue: "wf-a", SweepInterval: time.Hour}, true, registerParentAndKid)
 
 	must[*workflow.Status](t)(a.StartInstance(ctx, "par", 0, workflow.StartOptions{ID: "p1"}))
 	kid := waitListed(t, ctx, a, "kid")
@@ -573,11 +555,7 @@ func TestPurgeTellsParentOfFinishedChild(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Purged through an engine on the plain backend, as an operator would.
-	op, err := workflow.New(c, workflow.Config{Queue: "wf-a", SweepInterval: time.Hour})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = op.Stop(context.Background()) })
+	op := engineWith(t, raw, workflow.Config{Queue: "wf-a", SweepInterval: time.Hour}, false, nil)
 	if err := op.Purge(ctx, kid); err != nil {
 		t.Fatal(err)
 	}

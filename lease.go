@@ -214,7 +214,7 @@ func (r *settler) finish(ctx context.Context, d backend.Delivery, reply *Reply, 
 				// The handler succeeded after the deadline, too late: the
 				// request ended expired, and, as when a handler fails late,
 				// is dead-lettered so.
-				r.fail(ctx, d, CodeExpired, "deadline passed while handling: the handler succeeded after the request had expired", log)
+				r.fail(ctx, d, CodeExpired, succeededLate, log)
 				return
 			}
 		}
@@ -298,6 +298,10 @@ func (r *settler) fail(ctx context.Context, d backend.Delivery, code, msg string
 	msg = cut(msg)
 	r.finish(ctx, d, &Reply{CorrelationID: m.CorrelationID, Status: failureStatus(code), ErrorCode: code, ErrorMessage: msg}, true, log)
 }
+
+// succeededLate is the error text of a request dead-lettered because its
+// handler succeeded after the deadline, which an expired reply had marked.
+const succeededLate = "deadline passed while handling: the handler succeeded after the request had expired"
 
 // failureStatus is the final status of a request dead-lettered with code.
 func failureStatus(code string) backend.Status {

@@ -124,7 +124,7 @@ func (l *Lease) SettleWith(ctx context.Context, reply *Reply, commit func() erro
 			// The handler succeeded after the deadline, too late: the
 			// request ended expired, and is dead-lettered so, as finish
 			// does for a Handler's late success.
-			r.fail(ctx, d, CodeExpired, "deadline passed while handling: the handler succeeded after the request had expired", log)
+			r.fail(ctx, d, CodeExpired, succeededLate, log)
 			outcome = outcomeExpired
 			break
 		}

@@ -447,13 +447,14 @@ func (e *env) workflowWait(ctx context.Context, s *session, wf *workflow.Engine,
 	wctx, stopWatch := cancelOnLost(wctx, s.backend)
 	defer stopWatch()
 	st, err := wf.Await(wctx, w.id)
-	again := fmt.Sprintf("run 'rsvp workflow status %s --wait %s' to wait again", w.id, w.waitOption)
+	rerun := fmt.Sprintf("run 'rsvp workflow status %s --wait %s'", w.id, w.waitOption)
+	again := rerun + " to wait again"
 	switch {
 	case err == nil:
 		return st, nil
 	case errors.Is(context.Cause(wctx), errEngineLost) || lostWith(err, s.backend):
 		return nil, fmt.Errorf("workflow %s: lost the engine %s while waiting for instance %s (the process that ran it exited?); %s once it runs again",
-			w.action, s.spec.raw, w.id, strings.Replace(again, " to wait again", "", 1))
+			w.action, s.spec.raw, w.id, rerun)
 	case errors.Is(context.Cause(wctx), errWaitTimeout):
 		return nil, fmt.Errorf("workflow %s: instance %s has not finished within %s (is a workflow engine running it?); %s", w.action, w.id, w.waitFor, again)
 	case ctx.Err() != nil:

@@ -338,15 +338,11 @@ func registerParentAndKid(e *workflow.Engine) {
 	})
 }
 
-// A sub-workflow that finished but could not tell its parent (the write
-// failed, or the process died after the final record) is found by the
-// sweep, which tells the parent.
-func TestSweepTellsParentOfFinishedChild(t *testing.T) {
-	raw := rawBackend(t)
-	failing := &failingBackend{Backend: raw, kind: "wf.result", instance: "p1", failed: make(chan struct{})}
-	a := engineOn(t, failing, "wf-a", true, registerParentAndKid)
-	ctx := ctxT(t, 20*time.Second)
-
+// finishKidUntold starts "par" as instance p1 on a (registerParentAndKid),
+// and finishes its sub-workflow with failing armed, so that its result
+// does not reach p1. It returns the sub-workflow's id.
+func finishKidUntold(t *testing.T, ctx context.Context, a *workflow.Engine, failing *failingBackend) string {
+	t.Helper()
 	must[*workflow.Status](t)(a.StartInstance(ctx, "par", 0, workflow.StartOptions{ID: "p1"}))
 	kid := waitListed(t, ctx, a, "kid")
 	waitStep(t, ctx, a, kid, `"target":"go"`)
@@ -361,6 +357,19 @@ func TestSweepTellsParentOfFinishedChild(t *testing.T) {
 	case <-ctx.Done():
 		t.Fatal("the sub-workflow never told its parent")
 	}
+	return kid
+}
+
+// A sub-workflow that finished but could not tell its parent (the write
+// failed, or the process died after the final record) is found by the
+// sweep, which tells the parent.
+func TestSweepTellsParentOfFinishedChild(t *testing.T) {
+	raw := rawBackend(t)
+	failing := &failingBackend{Backend: raw, kind: "wf.result", instance: "p1", failed: make(chan struct{})}
+	a := engineOn(t, failing, "wf-a", true, registerParentAndKid)
+	ctx := ctxT(t, 20*time.Second)
+
+	finishKidUntold(t, ctx, a, failing)
 	if out, err := workflow.Result[string](ctx, a, "p1"); err != nil || out != "child said: done" {
 		t.Fatalf("parent: %q, %v", out, err)
 	}
@@ -541,16 +550,7 @@ func TestPurgeTellsParentOfFinishedChild(t *testing.T) {
 	// No sweep within the test: only Purge can tell the parent.
 	a := engineWith(t, failing, workflow.Config{Queue: "wf-a", SweepInterval: time.Hour}, true, registerParentAndKid)
 
-	must[*workflow.Status](t)(a.StartInstance(ctx, "par", 0, workflow.StartOptions{ID: "p1"}))
-	kid := waitListed(t, ctx, a, "kid")
-	waitStep(t, ctx, a, kid, `"target":"go"`)
-	failing.mu.Lock()
-	failing.armed = true // the sub-workflow's result fails to reach its parent
-	failing.mu.Unlock()
-	if err := a.RaiseEvent(ctx, kid, "go", "done", "go-1"); err != nil {
-		t.Fatal(err)
-	}
-	<-failing.failed
+	kid := finishKidUntold(t, ctx, a, failing)
 	if _, err := a.Await(ctx, kid); err != nil {
 		t.Fatal(err)
 	}

@@ -80,27 +80,10 @@ func TestLongPollSurvivesLostNotification(t *testing.T) {
 	t.Run("status", func(t *testing.T) {
 		t.Parallel()
 		id := e.submit("later", nil, "x")
-		type answer struct {
-			status int
-			body   string
-			err    error
-			took   time.Duration
-		}
-		done := make(chan answer, 1)
 		ctx, cancel := context.WithTimeout(context.Background(), within)
 		defer cancel()
-		go func() {
-			start := time.Now()
-			req, _ := http.NewRequestWithContext(ctx, "GET", e.URL+"/v1/requests/"+id+"?wait=60s&redirect=false", nil)
-			resp, err := http.DefaultClient.Do(req)
-			if err != nil {
-				done <- answer{err: err, took: time.Since(start)}
-				return
-			}
-			defer resp.Body.Close()
-			body, err := io.ReadAll(resp.Body)
-			done <- answer{status: resp.StatusCode, body: string(body), err: err, took: time.Since(start)}
-		}()
+		req, _ := http.NewRequestWithContext(ctx, "GET", e.URL+"/v1/requests/"+id+"?wait=60s&redirect=false", nil)
+		done := callInBackground(req)
 		// The status read once for the answer, once by the long-poll
 		// after it watches: it waits now.
 		eventually(t, 10*time.Second, "the long-poll reads the request", func() bool { return eng.replyReads(id) >= 2 })
@@ -114,26 +97,11 @@ func TestLongPollSurvivesLostNotification(t *testing.T) {
 
 	t.Run("prefer wait", func(t *testing.T) {
 		t.Parallel()
-		type answer struct {
-			status int
-			err    error
-			took   time.Duration
-		}
-		done := make(chan answer, 1)
 		ctx, cancel := context.WithTimeout(context.Background(), within)
 		defer cancel()
-		go func() {
-			start := time.Now()
-			req, _ := http.NewRequestWithContext(ctx, "POST", e.URL+"/v1/queues/soon/requests", strings.NewReader("y"))
-			req.Header.Set("Prefer", "wait=60")
-			resp, err := http.DefaultClient.Do(req)
-			if err != nil {
-				done <- answer{err: err, took: time.Since(start)}
-				return
-			}
-			resp.Body.Close()
-			done <- answer{status: resp.StatusCode, took: time.Since(start)}
-		}()
+		req, _ := http.NewRequestWithContext(ctx, "POST", e.URL+"/v1/queues/soon/requests", strings.NewReader("y"))
+		req.Header.Set("Prefer", "wait=60")
+		done := callInBackground(req)
 		var id string
 		eventually(t, 10*time.Second, "the submission is queued and waits for its reply", func() bool {
 			id = eng.lastEnqueued("soon")
@@ -146,4 +114,30 @@ func TestLongPollSurvivesLostNotification(t *testing.T) {
 				a.status, a.err, a.took.Round(time.Millisecond), within)
 		}
 	})
+}
+
+// answer is what callInBackground got, and how long it took.
+type answer struct {
+	status int
+	body   string
+	err    error
+	took   time.Duration
+}
+
+// callInBackground sends req from a goroutine and delivers its answer,
+// with the whole body read, on the channel it returns.
+func callInBackground(req *http.Request) <-chan answer {
+	done := make(chan answer, 1)
+	go func() {
+		start := time.Now()
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			done <- answer{err: err, took: time.Since(start)}
+			return
+		}
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		done <- answer{status: resp.StatusCode, body: string(body), err: err, took: time.Since(start)}
+	}()
+	return done
 }
